@@ -1,0 +1,64 @@
+# The one place the project's commands live. `make demo` runs the portal; `make test` proves it.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export DJANGO_SETTINGS_MODULE ?= portal.settings
+
+# Tests run on PostgreSQL (row locks and CHECK constraints are part of what is tested).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal
+DEMO_DATABASE_URL ?= sqlite:///$(CURDIR)/demo.sqlite3
+
+.PHONY: install lock demo demo-data serve worker test lint schema pg-check bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+lock:  ## re-resolve the pins after changing pyproject.toml
+	rm -rf /tmp/portal-lock && $(PYTHON) -m venv /tmp/portal-lock
+	/tmp/portal-lock/bin/pip install --quiet -e ".[dev]"
+	/tmp/portal-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+demo-data demo serve: export DEBUG = 1
+demo-data: install  ## the demo organization on SQLite, without serving
+	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py migrate --noinput
+	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py demo_load
+
+demo: demo-data
+	@echo
+	@echo "  Portal:  http://127.0.0.1:8000/   (log in as owner@acme.example / demo-password)"
+	@echo "  API:     http://127.0.0.1:8000/api/v1/schema/swagger/"
+	@echo
+	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py runserver 127.0.0.1:8000
+
+serve: install
+	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py runserver 127.0.0.1:8000
+
+worker: install
+	$(VENV)/bin/celery -A portal worker -B --loglevel=info
+
+pg-check: install
+	@DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m portal.dbcheck
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+schema: install
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
+
+test pg-check schema: export SECRET_KEY ?= test-only-secret-key-not-for-production
+test pg-check schema: export SECURE_SSL_REDIRECT = 0
+test: lint pg-check schema
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) manage.py makemigrations --check --dry-run
+	DATABASE_URL=$(TEST_DATABASE_URL) $(VENV)/bin/pytest
+
+bench: install
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) demo.sqlite3*

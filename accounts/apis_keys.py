@@ -1,0 +1,225 @@
+"""`/api/v1/keys` and `/api/v1/keys/{hash}`: API keys, shaped as OpenRouter's key API so that its
+official SDKs (`client.api_keys.list/create/get/update/delete`) work against the portal.
+
+Source of the shapes: OpenRouter's API reference ("API Keys") as implemented by the `openrouter`
+Python SDK 1.3: create answers 201 with `{"data": key, "key": secret}`, delete answers 200 with
+`{"deleted": true}`, lists are `{"data": [...]}` with `offset` paging. Portal extensions on create:
+`kind`, `team`, `member`, `scopes`."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from credits.selectors import key_usage_totals
+from portal.api import OrganizationAPIView, StrictSerializer
+from portal.errors import PermissionDenied
+
+from . import selectors, services
+from .models import ApiKey
+from .roles import KIND_SCOPES, SCOPES, KeyKind
+
+LIST_PAGE_SIZE = 100
+_OPENROUTER_IGNORED = frozenset(
+    {"include_byok_in_limit", "workspace_id", "creator_user_id", "external"}
+)
+
+
+class KeyOutput(serializers.Serializer):
+    """OpenRouter's key object (every field its SDK requires), plus the portal's own."""
+
+    hash = serializers.CharField()
+    name = serializers.CharField()
+    label = serializers.CharField()
+    disabled = serializers.BooleanField()
+    limit = serializers.DecimalField(max_digits=28, decimal_places=12, coerce_to_string=False,
+                                     allow_null=True, help_text="Credit limit (credits, USD).")
+    limit_remaining = serializers.DecimalField(max_digits=28, decimal_places=12,
+                                               coerce_to_string=False, allow_null=True)
+    limit_reset = serializers.CharField(allow_null=True)
+    include_byok_in_limit = serializers.BooleanField()
+    usage = serializers.DecimalField(max_digits=28, decimal_places=12, coerce_to_string=False,
+                                     help_text="Credits used in total.")
+    usage_daily = serializers.DecimalField(max_digits=28, decimal_places=12,
+                                           coerce_to_string=False, help_text="UTC day.")
+    usage_weekly = serializers.DecimalField(max_digits=28, decimal_places=12,
+                                            coerce_to_string=False, help_text="UTC week, Monday.")
+    usage_monthly = serializers.DecimalField(max_digits=28, decimal_places=12,
+                                             coerce_to_string=False, help_text="UTC month.")
+    byok_usage = serializers.IntegerField()
+    byok_usage_daily = serializers.IntegerField()
+    byok_usage_weekly = serializers.IntegerField()
+    byok_usage_monthly = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    creator_user_id = serializers.CharField(allow_null=True)
+    external_user = serializers.CharField(allow_null=True)
+    workspace_id = serializers.CharField()
+    is_management_key = serializers.BooleanField()
+    kind = serializers.ChoiceField(choices=KeyKind.choices)
+    team = serializers.CharField(allow_null=True)
+    member = serializers.EmailField(allow_null=True)
+    scopes = serializers.ListField(child=serializers.CharField())
+
+
+def key_document(key: ApiKey, usage) -> dict:
+    """The key object of OpenRouter's API for `key`, with `usage` from `key_usage_totals`."""
+    return {
+        "hash": key.hash,
+        "name": key.name,
+        "label": key.label,
+        "disabled": key.disabled,
+        "limit": key.limit,
+        "limit_remaining": None if key.limit is None else max(key.limit - usage.in_limit_window, 0),
+        "limit_reset": key.limit_reset or None,
+        "include_byok_in_limit": False,
+        "usage": usage.total,
+        "usage_daily": usage.daily,
+        "usage_weekly": usage.weekly,
+        "usage_monthly": usage.monthly,
+        "byok_usage": 0,
+        "byok_usage_daily": 0,
+        "byok_usage_weekly": 0,
+        "byok_usage_monthly": 0,
+        "created_at": key.created_at,
+        "updated_at": key.updated_at,
+        "last_used_at": key.last_used_at,
+        "expires_at": key.expires_at,
+        "creator_user_id": str(key.created_by_id) if key.created_by_id else None,
+        "external_user": None,
+        "workspace_id": key.organization.slug,
+        "is_management_key": key.kind == KeyKind.MANAGEMENT,
+        "kind": key.kind,
+        "team": key.team.slug if key.team_id else None,
+        "member": key.user.email if key.user_id else None,
+        "scopes": sorted(selectors.key_scopes(key)),
+    }
+
+
+def keys_data(keys: list[ApiKey]) -> list[dict]:
+    totals = key_usage_totals(keys)
+    return [KeyOutput(key_document(k, totals[k.pk])).data for k in keys]
+
+
+class KeyCreateInput(StrictSerializer):
+    ignored_fields = _OPENROUTER_IGNORED
+    name = serializers.CharField(max_length=200)
+    limit = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0,
+                                     allow_null=True, required=False)
+    limit_reset = serializers.ChoiceField(choices=ApiKey.LimitReset.choices, allow_null=True,
+                                          required=False)
+    expires_at = serializers.DateTimeField(allow_null=True, required=False)
+    kind = serializers.ChoiceField(choices=KeyKind.choices, default=KeyKind.USAGE)
+    team = serializers.CharField(max_length=50, required=False, allow_null=True)
+    member = serializers.EmailField(required=False, allow_null=True)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=sorted(SCOPES)),
+                                   required=False)
+
+
+class KeyUpdateInput(StrictSerializer):
+    ignored_fields = _OPENROUTER_IGNORED
+    name = serializers.CharField(max_length=200, required=False)
+    disabled = serializers.BooleanField(required=False)
+    limit = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0,
+                                     allow_null=True, required=False)
+    limit_reset = serializers.ChoiceField(choices=ApiKey.LimitReset.choices, allow_null=True,
+                                          required=False)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=sorted(SCOPES)),
+                                   required=False)
+
+
+KeyListOutput = inline_serializer("KeyList", {"data": KeyOutput(many=True)})
+KeyEnvelope = inline_serializer("KeyEnvelope", {"data": KeyOutput()})
+KeyCreatedOutput = inline_serializer(
+    "KeyCreated", {"data": KeyOutput(), "key": serializers.CharField(help_text="Shown once.")}
+)
+
+
+class KeyListApi(OrganizationAPIView):
+    scope_map = {"GET": "keys:read", "POST": "keys:write"}
+
+    @extend_schema(
+        operation_id="keys_list",
+        parameters=[
+            OpenApiParameter("offset", int, description="Skip this many keys (pages of 100)."),
+            OpenApiParameter("include_disabled", bool),
+            OpenApiParameter("include_expired", bool),
+        ],
+        responses={200: KeyListOutput},
+    )
+    def get(self, request):
+        params = self.parse(_KeyListParams, data=request.query_params)
+        keys = selectors.apikey_list(organization=self.organization).order_by("id")
+        if not params.get("include_disabled"):
+            keys = keys.filter(disabled=False)
+        if not params.get("include_expired"):
+            from django.db.models import Q
+            from django.utils import timezone
+
+            keys = keys.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        offset = params.get("offset", 0)
+        return Response({"data": keys_data(list(keys[offset : offset + LIST_PAGE_SIZE]))})
+
+    @extend_schema(operation_id="keys_create", request=KeyCreateInput,
+                   responses={201: KeyCreatedOutput})
+    def post(self, request):
+        data = self.parse(KeyCreateInput)
+        team = data.get("team")
+        team = selectors.team_get(organization=self.organization, slug=team) if team else None
+        member = data.get("member")
+        if member:
+            from .apis import _member_user
+
+            user = _member_user(self.organization, member)
+        else:
+            user = self.key.user
+        creator_scopes = selectors.key_scopes(self.key)
+        scopes = data.get("scopes")
+        if scopes is None:
+            scopes = sorted(KIND_SCOPES[data["kind"]] & creator_scopes)
+        elif not set(scopes) <= creator_scopes:
+            raise PermissionDenied("A key cannot grant scopes its creator lacks.",
+                                   scopes=sorted(set(scopes) - creator_scopes))
+        key, secret = services.apikey_create(
+            organization=self.organization, name=data["name"], kind=data["kind"], team=team,
+            user=user, scopes=scopes, limit=data.get("limit"), limit_reset=data.get("limit_reset"),
+            expires_at=data.get("expires_at"), actor=self.actor,
+        )
+        return Response({"data": keys_data([key])[0], "key": secret},
+                        status=status.HTTP_201_CREATED)
+
+
+class _KeyListParams(serializers.Serializer):
+    offset = serializers.IntegerField(min_value=0, required=False, default=0)
+    include_disabled = serializers.BooleanField(required=False, default=False)
+    include_expired = serializers.BooleanField(required=False, default=False)
+
+
+class KeyDetailApi(OrganizationAPIView):
+    scope_map = {"GET": "keys:read", "PATCH": "keys:write", "DELETE": "keys:write"}
+
+    @extend_schema(operation_id="keys_get", responses={200: KeyEnvelope})
+    def get(self, request, hash: str):
+        key = selectors.apikey_get(organization=self.organization, hash=hash)
+        return Response({"data": keys_data([key])[0]})
+
+    @extend_schema(operation_id="keys_update", request=KeyUpdateInput,
+                   responses={200: KeyEnvelope})
+    def patch(self, request, hash: str):
+        key = selectors.apikey_get(organization=self.organization, hash=hash)
+        data = self.parse(KeyUpdateInput)
+        if "scopes" in data and not set(data["scopes"]) <= selectors.key_scopes(self.key):
+            raise PermissionDenied("A key cannot grant scopes its creator lacks.")
+        key = services.apikey_update(key=key, actor=self.actor, **data)
+        return Response({"data": keys_data([key])[0]})
+
+    @extend_schema(operation_id="keys_delete",
+                   responses={200: inline_serializer("KeyDeleted",
+                                                     {"deleted": serializers.BooleanField()})})
+    def delete(self, request, hash: str):
+        key = selectors.apikey_get(organization=self.organization, hash=hash)
+        services.apikey_delete(key=key, actor=self.actor)
+        return Response({"deleted": True})

@@ -1,0 +1,322 @@
+"""The ledger (double-entry accounts, transactions, entries, credit lots, holds), model prices and
+usage events. Rules hold in PostgreSQL itself (see the migrations): entries of a transaction sum to
+zero (deferred constraint trigger), entries and transactions are append-only (triggers),
+`balance - held >= 0` on accounts that may not overdraw and `remaining >= 0` on lots (CHECKs),
+idempotency keys are unique per organization. Every write goes through `credits.services`.
+
+Sign convention: an entry's `amount` is what it adds to its account's balance. A grant credits
+the pool (+) and debits the grants account (-); usage debits the pool or a team (-) and credits the
+usage sink (+).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.models import ApiKey, Organization, Team
+from portal.money import CreditField, PriceField
+
+
+class LedgerAccount(models.Model):
+    """One account of an organization's ledger, with its cached `balance` and `held` (the sum of
+    its pending holds), both kept in the same transaction as its entries.
+
+    Sinks (`usage`, `expiry`) are never locked or updated on the hot path: their balance is the
+    sum of their entries (`credits.selectors.account_balance`)."""
+
+    class Kind(models.TextChoices):
+        POOL = "pool", "Organization pool"
+        TEAM = "team", "Team allocation"
+        PURCHASES = "purchases", "Purchases (source)"
+        GRANTS = "grants", "Grants (source)"
+        USAGE = "usage", "Usage (sink)"
+        EXPIRY = "expiry", "Expiry (sink)"
+        ADJUSTMENTS = "adjustments", "Adjustments"
+
+    HOLDS_LOTS = frozenset({Kind.POOL, Kind.TEAM})  # spendable: credits live in lots
+    SINKS = frozenset({Kind.USAGE, Kind.EXPIRY})
+    SOURCES = frozenset({Kind.PURCHASES, Kind.GRANTS, Kind.ADJUSTMENTS})
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="ledger_accounts"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    team = models.OneToOneField(
+        Team, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_account"
+    )
+    balance = CreditField(default=0)
+    held = CreditField(default=0)
+    may_overdraw = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["organization_id", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(may_overdraw=True) | Q(balance__gte=F("held")),
+                name="account_available_not_negative",
+            ),
+            models.CheckConstraint(condition=Q(held__gte=0), name="account_held_not_negative"),
+            models.CheckConstraint(
+                condition=Q(kind="team", team__isnull=False) | Q(~Q(kind="team"), team__isnull=True),
+                name="account_team_iff_team_kind",
+            ),
+            models.UniqueConstraint(
+                fields=["organization", "kind"],
+                condition=~Q(kind="team"),
+                name="account_one_per_kind",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}:{self.kind}" + (f":{self.team_id}" if self.team_id else "")
+
+    @property
+    def available(self):
+        return self.balance - self.held
+
+
+class LedgerTransaction(models.Model):
+    """A balanced set of entries, posted at once. Append-only; corrected by a reversal."""
+
+    class Kind(models.TextChoices):
+        GRANT = "grant", "Grant"
+        PURCHASE = "purchase", "Purchase"
+        ALLOCATION = "allocation", "Allocation"
+        RECLAIM = "reclaim", "Reclaim"
+        USAGE = "usage", "Usage"
+        EXPIRY = "expiry", "Expiry"
+        REVERSAL = "reversal", "Reversal"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="ledger_transactions"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    idempotency_key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    reverses = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversed_by"
+    )
+    memo = models.CharField(max_length=500, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "idempotency_key"], name="transaction_idempotency_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk}"
+
+
+class CreditLot(models.Model):
+    """Credits that entered (a purchase, grant or promotion), or the portion of such a lot that an
+    allocation moved to another account. Spending burns an account's lots by `priority` (lower
+    first), then earliest `expires_at` (none last), then age. An allocated portion keeps its
+    origin's priority and expiry."""
+
+    class Source(models.TextChoices):
+        PURCHASE = "purchase", "Purchase"
+        GRANT = "grant", "Grant"
+        PROMOTION = "promotion", "Promotion"
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="lots")
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="lots")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    origin = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="portions",
+        help_text="The lot this portion was allocated from.",
+    )
+    original_amount = CreditField()
+    remaining = CreditField()
+    priority = models.PositiveSmallIntegerField(default=50)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
+    memo = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["priority", F("expires_at").asc(nulls_last=True), "created_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(remaining__gte=0), name="lot_remaining_not_negative"),
+            models.CheckConstraint(condition=Q(original_amount__gt=0), name="lot_amount_positive"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["account", "priority", "expires_at", "created_at"],
+                condition=Q(remaining__gt=0),
+                name="lot_burn_order",
+            ),
+            models.Index(fields=["expires_at"], condition=Q(remaining__gt=0), name="lot_expiring"),
+        ]
+
+    def __str__(self) -> str:
+        return f"lot #{self.pk} ({self.remaining}/{self.original_amount})"
+
+
+class LedgerEntry(models.Model):
+    """One signed posting to one account. Append-only. `lot` names the lot portion it burned
+    (negative) or created or refilled (positive) on a spendable account."""
+
+    transaction = models.ForeignKey(
+        LedgerTransaction, on_delete=models.PROTECT, related_name="entries"
+    )
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="entries")
+    amount = CreditField()
+    lot = models.ForeignKey(
+        CreditLot, null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(amount=0), name="entry_amount_not_zero")
+        ]
+        indexes = [models.Index(fields=["account", "id"], name="entry_account_history")]
+
+
+class Hold(models.Model):
+    """A two-phase reservation (TigerBeetle's pending transfer): `authorize` reserves `amount`
+    on an account until `expires_at`; `capture` posts the actual cost and releases the rest;
+    `void` releases all; an expired hold is released by `credits.tasks.holds_expire`."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CAPTURED = "captured", "Captured"
+        VOIDED = "voided", "Voided"
+        EXPIRED = "expired", "Expired"
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="holds")
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="holds")
+    amount = CreditField()
+    captured_amount = CreditField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    idempotency_key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT)
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.PROTECT)
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    model = models.CharField(max_length=200, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    transaction = models.OneToOneField(
+        LedgerTransaction, null=True, blank=True, on_delete=models.PROTECT, related_name="hold"
+    )
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "idempotency_key"], name="hold_idempotency_unique"
+            ),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="hold_amount_positive"),
+        ]
+        indexes = [
+            models.Index(fields=["expires_at"], condition=Q(status="pending"), name="hold_pending")
+        ]
+
+
+class ModelPrice(models.Model):
+    """List prices of one model from one effective date on (USD = credits per unit), from the
+    LiteLLM price table (`model_prices_and_context_window.json`, MIT). An event is priced with the
+    row in force at its `occurred_at`, so old events keep their old price."""
+
+    model = models.CharField(max_length=200)
+    provider = models.CharField(max_length=64, blank=True)
+    mode = models.CharField(max_length=32, blank=True)
+    effective_from = models.DateTimeField()
+    input_per_token = PriceField(null=True, blank=True)
+    output_per_token = PriceField(null=True, blank=True)
+    cache_read_per_token = PriceField(null=True, blank=True)
+    reasoning_per_token = PriceField(null=True, blank=True)
+    input_per_image = PriceField(null=True, blank=True)
+    output_per_image = PriceField(null=True, blank=True)
+    per_request = PriceField(null=True, blank=True)
+    source = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_from"], name="price_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} from {self.effective_from:%Y-%m-%d}"
+
+
+class UsageEvent(models.Model):
+    """One metered model request. `event_id` is the client's id, unique per organization (a retry
+    returns the first result). `cost` is computed from `price` unless the caller reported an
+    upstream cost (`cost_source=reported`). Windows of key limits count by `recorded_at` (server
+    time, which a client cannot backdate); reports count by `occurred_at`."""
+
+    class Operation(models.TextChoices):
+        CHAT = "chat", "Chat"
+        COMPLETION = "completion", "Completion"
+        IMAGE = "image", "Image"
+        EMBEDDING = "embedding", "Embedding"
+        AUDIO = "audio", "Audio"
+        BATCH = "batch", "Batch"
+        OTHER = "other", "Other"
+
+    class CostSource(models.TextChoices):
+        PRICE_TABLE = "price_table", "Price table"
+        REPORTED = "reported", "Reported upstream"
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="usage")
+    event_id = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT)
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.PROTECT)
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    operation = models.CharField(max_length=16, choices=Operation.choices, default=Operation.CHAT)
+    model = models.CharField(max_length=200)
+    price = models.ForeignKey(ModelPrice, null=True, blank=True, on_delete=models.PROTECT)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    images = models.PositiveIntegerField(default=0)
+    cost = CreditField()
+    cost_source = models.CharField(max_length=16, choices=CostSource.choices)
+    conversation_id = models.CharField(max_length=255, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    transaction = models.OneToOneField(
+        LedgerTransaction, null=True, blank=True, on_delete=models.PROTECT, related_name="usage"
+    )
+    occurred_at = models.DateTimeField()
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "event_id"], name="usage_event_id_unique"
+            ),
+            models.CheckConstraint(condition=Q(cost__gte=0), name="usage_cost_not_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "occurred_at"], name="usage_org_time"),
+            models.Index(fields=["team", "occurred_at"], name="usage_team_time"),
+            models.Index(fields=["api_key", "recorded_at"], name="usage_key_recorded"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.model} {self.cost}"

@@ -1,0 +1,264 @@
+"""Metering: record usage events (priced, debited, idempotent) and credit-aware requests
+(authorize a worst-case hold, capture the actual usage, void).
+
+Keep these names: `POST /api/v1/credits/usage` and the authorization endpoints call these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from accounts.models import ApiKey, Organization, Team, User
+from portal.errors import BudgetExceeded, IdempotencyConflict, ValidationFailed
+from portal.money import format_credits, parse_credits
+
+from ..models import Hold, LedgerAccount, UsageEvent
+from ..periods import window_start
+from .ledger import (
+    _lock,
+    hold_authorize,
+    hold_capture,
+    ledger_debit,
+    request_hash,
+    spending_account,
+)
+from .prices import Tokens, cost_compute, price_for
+
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class UsageInput:
+    """One usage event as a client reports it (validated by the API's serializer or the replay)."""
+
+    id: str
+    model: str
+    operation: str = UsageEvent.Operation.CHAT
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    images: int = 0
+    cost: Decimal | None = None
+    occurred_at: datetime | None = None
+    conversation_id: str = ""
+    metadata: dict | None = None
+
+    def digest(self) -> str:
+        return request_hash(
+            model=self.model, operation=self.operation, prompt=self.prompt_tokens,
+            completion=self.completion_tokens, cached=self.cached_tokens,
+            reasoning=self.reasoning_tokens, images=self.images, cost=self.cost,
+            occurred_at=self.occurred_at, conversation=self.conversation_id,
+            metadata=self.metadata or {},
+        )
+
+    @property
+    def tokens(self) -> Tokens:
+        return Tokens(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
+                      self.reasoning_tokens, self.images)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who a request is charged to: the organization, and the key, team and member if known."""
+
+    organization: Organization
+    api_key: ApiKey | None = None
+    team: Team | None = None
+    member: User | None = None
+
+    @classmethod
+    def of_key(cls, key: ApiKey) -> Attribution:
+        return cls(organization=key.organization, api_key=key, team=key.team, member=key.user)
+
+
+@dataclass(frozen=True)
+class UsageResult:
+    event: UsageEvent
+    created: bool
+    account: LedgerAccount
+
+    @property
+    def balance_after(self) -> Decimal:
+        return self.account.balance - self.account.held
+
+
+def usage_price(event: UsageInput, occurred_at: datetime) -> tuple[Decimal, object, str]:
+    """(cost, price row or None, cost source) of an event. Raises ValidationFailed for a model
+    missing from the price table when no upstream cost is reported."""
+    if event.cost is not None:
+        return parse_credits(event.cost, field="cost", allow_zero=True), None, "reported"
+    price = price_for(event.model, occurred_at)
+    if price is None:
+        raise ValidationFailed(
+            {"model": [f"Unknown model '{event.model}': it is not in the price table; report "
+                       "the request's cost in `cost`."]},
+            message=f"Unknown model '{event.model}' and no cost reported",
+        )
+    return cost_compute(price, event.tokens, operation=event.operation), price, "price_table"
+
+
+def _occurred_at(event: UsageInput, now: datetime) -> datetime:
+    occurred_at = event.occurred_at or now
+    if occurred_at.tzinfo is None:
+        raise ValidationFailed({"occurred_at": ["Give a time zone (UTC: a trailing Z)."]})
+    if occurred_at > now + MAX_FUTURE_SKEW:
+        raise ValidationFailed({"occurred_at": ["Must not be in the future."]})
+    return occurred_at
+
+
+def key_limit_check(key: ApiKey | None, amount: Decimal, now: datetime) -> None:
+    """Refuse (BudgetExceeded) when `amount` more would take a key past its credit `limit` in the
+    current `limit_reset` window, counting its recorded usage and its pending holds. Locks the key
+    row so that parallel requests of one key are checked one at a time."""
+    if key is None or key.limit is None:
+        return
+    ApiKey.objects.select_for_update().filter(pk=key.pk).exists()
+    used = UsageEvent.objects.filter(api_key=key)
+    start = window_start(key.limit_reset or None, now)
+    if start is not None:
+        used = used.filter(recorded_at__gte=start)
+    spent = used.aggregate(s=Sum("cost"))["s"] or Decimal(0)
+    held = Hold.objects.filter(api_key=key, status=Hold.Status.PENDING).aggregate(
+        s=Sum("amount"))["s"] or Decimal(0)
+    if spent + held + amount > key.limit:
+        remaining = max(key.limit - spent - held, Decimal(0))
+        raise BudgetExceeded(
+            f"Key limit exceeded: {format_credits(amount)} needed, "
+            f"{format_credits(remaining)} left of the key's {format_credits(key.limit)} "
+            f"{key.limit_reset or 'total'} limit",
+            budget={"scope": "api_key", "limit": str(key.limit),
+                    "period": key.limit_reset or "lifetime", "spent": str(spent),
+                    "held": str(held), "remaining": str(remaining)},
+        )
+
+
+def _existing(organization: Organization, event: UsageInput, digest: str) -> UsageEvent | None:
+    existing = UsageEvent.objects.filter(organization=organization, event_id=event.id).first()
+    if existing is not None and existing.request_hash != digest:
+        raise IdempotencyConflict(
+            f"Usage event '{event.id}' was recorded with a different body.", event_id=event.id
+        )
+    return existing
+
+
+@transaction.atomic
+def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
+    """Price, check and record one usage event, debiting its cost from the team's allocation or
+    the pool. A retry with the same `id` and body returns the first result (created=False).
+
+    Raises ValidationFailed (unknown model, future time), IdempotencyConflict (same id, other
+    body), InsufficientCredits, BudgetExceeded (the key's limit); nothing is recorded then."""
+    organization = attribution.organization
+    account = spending_account(organization, attribution.team)
+    digest = event.digest()
+    existing = _existing(organization, event, digest)
+    if existing is not None:
+        return UsageResult(existing, False, LedgerAccount.objects.get(pk=account.pk))
+    now = timezone.now()
+    occurred_at = _occurred_at(event, now)
+    cost, price, source = usage_price(event, occurred_at)
+    txn = None
+    if cost > 0:
+        txn, created = ledger_debit(account=account, amount=cost, digest=digest,
+                                    idempotency_key=f"usage:{event.id}",
+                                    metadata={"event_id": event.id})
+        if not created:  # a concurrent duplicate committed first
+            return UsageResult(_existing(organization, event, digest), False, account)
+    key_limit_check(attribution.api_key, cost, now)
+    try:
+        with transaction.atomic():
+            usage = UsageEvent.objects.create(
+                organization=organization, event_id=event.id, request_hash=digest,
+                api_key=attribution.api_key, team=attribution.team, member=attribution.member,
+                operation=event.operation, model=event.model, price=price,
+                prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
+                cached_tokens=event.cached_tokens, reasoning_tokens=event.reasoning_tokens,
+                images=event.images, cost=cost, cost_source=source,
+                conversation_id=event.conversation_id, metadata=event.metadata or {},
+                transaction=txn, occurred_at=occurred_at, recorded_at=now,
+            )
+    except IntegrityError:
+        return UsageResult(_existing(organization, event, digest), False, account)
+    if txn is None:
+        account.refresh_from_db(fields=["balance", "held"])
+    return UsageResult(usage, True, account)
+
+
+# Credit-aware requests: authorize, capture, void -------------------------------------------------
+
+
+def authorization_estimate(*, model: str, prompt_tokens: int, max_tokens: int,
+                           at: datetime) -> Decimal:
+    """The worst case of a request: its prompt and `max_tokens` of output at the model's price.
+    Raises ValidationFailed for a model not in the price table."""
+    estimate = UsageInput(id="estimate", model=model, prompt_tokens=prompt_tokens,
+                          completion_tokens=max_tokens)
+    return usage_price(estimate, at)[0]
+
+
+@transaction.atomic
+def authorization_create(
+    *, attribution: Attribution, id: str, amount: Decimal | None = None, model: str = "",
+    prompt_tokens: int = 0, max_tokens: int = 0, timeout: timedelta | None = None,
+) -> tuple[Hold, bool]:
+    """Hold the worst-case cost of a request (an `amount`, or `model` with `prompt_tokens` and
+    `max_tokens`) on the spending account, checked against the balance and the key's limit in
+    one step. `id` is the idempotency key. Returns (hold, created).
+
+    Raises ValidationFailed, InsufficientCredits, BudgetExceeded, IdempotencyConflict."""
+    now = timezone.now()
+    if amount is None:
+        if not model:
+            raise ValidationFailed({"amount": ["Give an amount, or a model and max_tokens."]})
+        amount = authorization_estimate(model=model, prompt_tokens=prompt_tokens,
+                                        max_tokens=max_tokens, at=now)
+    amount = parse_credits(amount)
+    account = spending_account(attribution.organization, attribution.team)
+    existing = Hold.objects.filter(organization=attribution.organization,
+                                   idempotency_key=id).first()
+    if existing is None:
+        _lock([account])  # accounts first, then the key row: the order usage_record takes
+        key_limit_check(attribution.api_key, amount, now)
+    return hold_authorize(
+        account=account, amount=amount, idempotency_key=id, timeout=timeout,
+        extra_digest=request_hash(model=model, prompt=prompt_tokens, max_tokens=max_tokens),
+        api_key=attribution.api_key, team=attribution.team, member=attribution.member,
+        model=model,
+    )
+
+
+@transaction.atomic
+def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
+    """Capture a hold with the request's actual usage: records the usage event (priced as
+    `usage_record` does) and posts its cost, releasing the rest of the hold. A retry of the
+    same capture returns the first result.
+
+    Raises HoldNotPending, InsufficientCredits (cost above the hold and not available),
+    ValidationFailed, IdempotencyConflict."""
+    organization = hold.organization
+    digest = event.digest()
+    existing = _existing(organization, event, digest)
+    if existing is not None:
+        return UsageResult(existing, False, LedgerAccount.objects.get(pk=hold.account_id))
+    now = timezone.now()
+    occurred_at = _occurred_at(event, now)
+    cost, price, source = usage_price(event, occurred_at)
+    txn = hold_capture(hold=hold, amount=cost, metadata={"event_id": event.id})
+    usage = UsageEvent.objects.create(
+        organization=organization, event_id=event.id, request_hash=digest, api_key=hold.api_key,
+        team=hold.team, member=hold.member, operation=event.operation, model=event.model,
+        price=price, prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
+        cached_tokens=event.cached_tokens, reasoning_tokens=event.reasoning_tokens,
+        images=event.images, cost=cost, cost_source=source,
+        conversation_id=event.conversation_id, metadata={**(event.metadata or {}),
+                                                         "authorization": hold.idempotency_key},
+        transaction=txn, occurred_at=occurred_at, recorded_at=now,
+    )
+    return UsageResult(usage, True, LedgerAccount.objects.get(pk=hold.account_id))

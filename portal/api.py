@@ -1,0 +1,144 @@
+"""Building blocks of every API view: the tenant, the actor, strict input parsing, and the
+schema's error responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from rest_framework import generics, serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.audit import Actor
+from accounts.models import ApiKey, Organization
+
+
+class StrictSerializer(serializers.Serializer):
+    """A plain input serializer that refuses unknown fields (400 naming them)."""
+
+    ignored_fields: frozenset[str] = frozenset()
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                {"non_field_errors": ["Expected a JSON object."]}
+            )
+        unknown = set(data) - set(self.fields) - set(self.ignored_fields)
+        if unknown:
+            raise serializers.ValidationError({f: ["Unknown field."] for f in sorted(unknown)})
+        return super().to_internal_value(data)
+
+
+class OrganizationAPIView(APIView):
+    """Base of every tenant API view: `self.organization` is the calling key's organization, and
+    every read goes through a selector given it. `scope_map` names the scope per HTTP method."""
+
+    scope_map: dict[str, str] = {}
+
+    @property
+    def key(self) -> ApiKey:
+        return self.request.auth
+
+    @property
+    def organization(self) -> Organization:
+        return self.request.auth.organization
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.from_request(self.request)
+
+    def parse(self, serializer_class, data: Any = None, **kwargs) -> dict:
+        serializer = serializer_class(data=self.request.data if data is None else data, **kwargs)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+
+class OrganizationListAPIView(OrganizationAPIView, generics.GenericAPIView):
+    """Base of list endpoints: cursor-paginated, filtered with `filterset_class`. Rows come only
+    from `selector(organization)`; subclasses may not override `get_queryset` (PostHog's guard),
+    so no list can forget the tenant filter."""
+
+    model: type[models.Model]
+    pagination_class = None  # set from settings below
+    filter_backends = [DjangoFilterBackend]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "get_queryset" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: implement selector(), not get_queryset()")
+
+    def selector(self, organization: Organization) -> models.QuerySet:
+        raise NotImplementedError
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no request, no tenant
+            return self.model.objects.none()
+        return self.selector(self.organization)
+
+    def list_response(self, serializer_class) -> Response:
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        return self.get_paginated_response(serializer_class(page, many=True).data)
+
+
+from portal.pagination import CursorPagination  # noqa: E402
+
+OrganizationListAPIView.pagination_class = CursorPagination
+
+
+ErrorSerializer = inline_serializer(
+    name="Error",
+    fields={
+        "error": inline_serializer(
+            name="ErrorDetail",
+            fields={
+                "code": serializers.IntegerField(help_text="The HTTP status."),
+                "message": serializers.CharField(),
+                "metadata": serializers.DictField(
+                    help_text="`type` is the stable reason (validation_error, "
+                    "insufficient_credits, budget_exceeded, idempotency_conflict, ...)."
+                ),
+            },
+        )
+    },
+)
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid input",
+    401: "Missing, invalid, expired or disabled API key",
+    402: "Insufficient credits or exhausted budget",
+    403: "The key lacks the scope",
+    404: "Not found in this organization",
+    409: "Conflict (idempotency key reused for another request, state)",
+    413: "Request body too large",
+    429: "Throttled",
+}
+
+
+def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
+    return {c: OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[c]) for c in codes}
+
+
+def add_error_responses(result, generator, request, public):
+    """drf-spectacular postprocessing hook: document the error format on every operation."""
+    components = result.setdefault("components", {}).setdefault("schemas", {})
+    if "Error" not in components:
+        return result
+    for path in result.get("paths", {}).values():
+        for method, operation in path.items():
+            codes = [400, 401, 403, 404, 429]
+            if method in ("post", "put", "patch"):
+                codes.append(413)
+            for code in codes:
+                operation.setdefault("responses", {}).setdefault(
+                    str(code),
+                    {
+                        "description": _ERROR_DESCRIPTIONS[code],
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
+                    },
+                )
+    return result

@@ -1,0 +1,80 @@
+"""Credits and money: the one quantum of the whole project.
+
+1 credit = 1 USD of model usage (as on OpenRouter). Every stored amount is a `Decimal` quantized to
+`CREDIT_QUANTUM`; no `float` ever touches an amount. The quantum (1e-12 credits) is finer than one
+token of the cheapest model in the LiteLLM price table (1.3e-10 USD per token, July 2026), so a
+single token is always representable.
+"""
+
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+from django.db import models
+
+CREDIT_DECIMAL_PLACES = 12
+CREDIT_MAX_DIGITS = 28  # up to 10^16 credits
+CREDIT_QUANTUM = Decimal(1).scaleb(-CREDIT_DECIMAL_PLACES)
+
+# Prices per token carry more digits than amounts (the price table has up to 23 decimals).
+PRICE_DECIMAL_PLACES = 24
+PRICE_MAX_DIGITS = 34
+
+
+class CreditField(models.DecimalField):
+    """A model field holding credits at the project's quantum."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("max_digits", CREDIT_MAX_DIGITS)
+        kwargs.setdefault("decimal_places", CREDIT_DECIMAL_PLACES)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self):
+        name, path, args, kwargs = super().deconstruct()
+        return name, "portal.money.CreditField", args, kwargs
+
+
+class PriceField(models.DecimalField):
+    """A model field holding a USD-per-unit price (per token, per image, per request)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("max_digits", PRICE_MAX_DIGITS)
+        kwargs.setdefault("decimal_places", PRICE_DECIMAL_PLACES)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self):
+        name, path, args, kwargs = super().deconstruct()
+        return name, "portal.money.PriceField", args, kwargs
+
+
+def quantize_credits(value: Decimal) -> Decimal:
+    """Round an exact amount to the credit quantum (banker's rounding)."""
+    return value.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def parse_credits(value, *, field: str = "amount", allow_zero: bool = False) -> Decimal:
+    """Parse a user-given amount of credits (str, int or Decimal; never float).
+
+    Raises `portal.errors.ValidationFailed` for NaN, infinities, negative or (unless `allow_zero`)
+    zero amounts, more decimals than `CREDIT_QUANTUM`, or more digits than the column holds.
+    """
+    from portal.errors import ValidationFailed
+
+    if isinstance(value, float | bool):
+        raise ValidationFailed({field: ["Give amounts as a decimal string, not a float."]})
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise ValidationFailed({field: ["A valid decimal number is required."]}) from None
+    if not amount.is_finite():
+        raise ValidationFailed({field: ["A finite number is required."]})
+    if amount < 0 or (amount == 0 and not allow_zero):
+        raise ValidationFailed({field: ["Must be greater than zero."]})
+    if amount != amount.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN):
+        raise ValidationFailed({field: [f"At most {CREDIT_DECIMAL_PLACES} decimal places."]})
+    if amount >= Decimal(10) ** (CREDIT_MAX_DIGITS - CREDIT_DECIMAL_PLACES):
+        raise ValidationFailed({field: ["Too large."]})
+    return amount.quantize(CREDIT_QUANTUM)
+
+
+def format_credits(value: Decimal, places: int = 4) -> str:
+    """Credits for people: rounded to `places` decimals, without trailing noise."""
+    return f"{value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN):,}"

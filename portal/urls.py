@@ -1,0 +1,63 @@
+"""URLs: the pages (`/`, `/o/<org-slug>/...`), Django admin (`/admin/`), and the REST API under
+`/api/v1/` with its OpenAPI schema. API paths have no trailing slash (OpenRouter's SDKs send none)."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from accounts import apis as accounts_apis
+from accounts import apis_keys, views
+from credits import apis as credits_apis
+from credits import apis_openrouter
+
+api_v1 = [
+    path("organization", accounts_apis.OrganizationApi.as_view(), name="organization"),
+    path("teams", accounts_apis.TeamListApi.as_view(), name="teams"),
+    path("teams/<slug:slug>", accounts_apis.TeamDetailApi.as_view(), name="team"),
+    path("teams/<slug:slug>/members", accounts_apis.TeamMembersApi.as_view(), name="team-members"),
+    path("members", accounts_apis.MemberListApi.as_view(), name="members"),
+    path("members/<int:pk>", accounts_apis.MemberDetailApi.as_view(), name="member"),
+    path("invitations", accounts_apis.InvitationListApi.as_view(), name="invitations"),
+    path("invitations/<int:pk>", accounts_apis.InvitationDetailApi.as_view(), name="invitation"),
+    path("keys", apis_keys.KeyListApi.as_view(), name="keys"),
+    path("keys/<str:hash>", apis_keys.KeyDetailApi.as_view(), name="key-detail"),
+    path("key", apis_openrouter.CurrentKeyApi.as_view(), name="key-current"),
+    path("credits", apis_openrouter.CreditsApi.as_view(), name="credits"),
+    path("generation", apis_openrouter.GenerationApi.as_view(), name="generation"),
+    path("audit-events", accounts_apis.AuditEventListApi.as_view(), name="audit-events"),
+    path("credits/balance", credits_apis.BalanceApi.as_view(), name="credits-balance"),
+    path("credits/accounts", credits_apis.AccountListApi.as_view(), name="credits-accounts"),
+    path("credits/lots", credits_apis.LotListApi.as_view(), name="credits-lots"),
+    path("credits/allocations", credits_apis.AllocationApi.as_view(), name="credits-allocations"),
+    path("credits/usage", credits_apis.UsageApi.as_view(), name="credits-usage"),
+    path("credits/authorizations", credits_apis.AuthorizationCreateApi.as_view(),
+         name="credits-authorizations"),
+    path("credits/authorizations/<int:pk>/capture", credits_apis.AuthorizationCaptureApi.as_view(),
+         name="credits-authorization-capture"),
+    path("credits/authorizations/<int:pk>/void", credits_apis.AuthorizationVoidApi.as_view(),
+         name="credits-authorization-void"),
+    path("credits/report", credits_apis.ReportApi.as_view(), name="credits-report"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
+]
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/done/", auth_views.PasswordResetDoneView.as_view(),
+         name="password_reset_done"),
+    path("reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(),
+         name="password_reset_confirm"),
+    path("reset/done/", auth_views.PasswordResetCompleteView.as_view(),
+         name="password_reset_complete"),
+    path("invitations/<str:token>/", views.invitation_accept, name="invitation-accept"),
+    path("o/<slug:org>/", views.dashboard, name="dashboard"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include((api_v1, "api"))),
+]
+
+handler404 = "portal.views.not_found"
+handler500 = "portal.views.server_error"
