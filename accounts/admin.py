@@ -74,8 +74,19 @@ class InvitationAdmin(admin.ModelAdmin):
 class ApiKeyAdmin(admin.ModelAdmin):
     """Keys are created through the API or `apikey_create` (the secret is shown only then)."""
 
-    list_display = ["name", "label", "organization", "kind", "team", "user", "disabled",
-                    "limit", "limit_reset", "last_used_at", "deleted_at"]
+    list_display = [
+        "name",
+        "label",
+        "organization",
+        "kind",
+        "team",
+        "user",
+        "disabled",
+        "limit",
+        "limit_reset",
+        "last_used_at",
+        "deleted_at",
+    ]
     list_filter = ["kind", "disabled", "organization"]
     search_fields = ["name", "label", "hash"]
     readonly_fields = ["hash", "label", "created_at", "updated_at", "last_used_at", "deleted_at"]
@@ -88,8 +99,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
 class AuditEventAdmin(admin.ModelAdmin):
     """Read-only: the audit log is append-only (the database refuses UPDATE and DELETE too)."""
 
-    list_display = ["created_at", "organization", "sequence", "action", "actor_label",
-                    "target_type", "target_label", "ip_address"]
+    list_display = [
+        "created_at",
+        "organization",
+        "sequence",
+        "action",
+        "actor_label",
+        "target_type",
+        "target_label",
+        "ip_address",
+    ]
     list_filter = ["action", "organization"]
     search_fields = ["action", "actor_label", "target_label"]
     date_hierarchy = "created_at"

@@ -4,17 +4,21 @@ The OpenRouter-compatible key endpoints are in `accounts.apis_keys`."""
 from __future__ import annotations
 
 import django_filters
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from portal.api import OrganizationAPIView, OrganizationListAPIView, StrictSerializer, error_responses
+from portal.api import (
+    OrganizationAPIView,
+    OrganizationListAPIView,
+    StrictSerializer,
+    error_responses,
+)
 from portal.errors import NotFound
 
 from . import selectors, services
 from .models import AuditEvent, Invitation, Membership, Team, User
 from .roles import Role, TeamRole
-
 
 # Organization ------------------------------------------------------------------------------------
 
@@ -43,8 +47,11 @@ class OrganizationApi(OrganizationAPIView):
     def get(self, request):
         return Response(OrganizationOutput(self.organization).data)
 
-    @extend_schema(operation_id="organization_update", request=OrganizationUpdateInput,
-                   responses={200: OrganizationOutput})
+    @extend_schema(
+        operation_id="organization_update",
+        request=OrganizationUpdateInput,
+        responses={200: OrganizationOutput},
+    )
     def patch(self, request):
         data = self.parse(OrganizationUpdateInput)
         org = services.organization_update(organization=self.organization, actor=self.actor, **data)
@@ -83,11 +90,15 @@ class TeamListApi(OrganizationListAPIView):
     def get(self, request):
         return self.list_response(TeamOutput)
 
-    @extend_schema(operation_id="teams_create", request=TeamCreateInput,
-                   responses={201: TeamOutput, **error_responses(409)})
+    @extend_schema(
+        operation_id="teams_create",
+        request=TeamCreateInput,
+        responses={201: TeamOutput, **error_responses(409)},
+    )
     def post(self, request):
-        team = services.team_create(organization=self.organization, actor=self.actor,
-                                    **self.parse(TeamCreateInput))
+        team = services.team_create(
+            organization=self.organization, actor=self.actor, **self.parse(TeamCreateInput)
+        )
         return Response(TeamOutput(team).data, status=status.HTTP_201_CREATED)
 
 
@@ -96,10 +107,13 @@ class TeamDetailApi(OrganizationAPIView):
 
     @extend_schema(operation_id="teams_get", responses={200: TeamOutput})
     def get(self, request, slug: str):
-        return Response(TeamOutput(selectors.team_get(organization=self.organization, slug=slug)).data)
+        return Response(
+            TeamOutput(selectors.team_get(organization=self.organization, slug=slug)).data
+        )
 
-    @extend_schema(operation_id="teams_update", request=TeamUpdateInput,
-                   responses={200: TeamOutput})
+    @extend_schema(
+        operation_id="teams_update", request=TeamUpdateInput, responses={200: TeamOutput}
+    )
     def patch(self, request, slug: str):
         team = selectors.team_get(organization=self.organization, slug=slug)
         data = self.parse(TeamUpdateInput)
@@ -119,8 +133,9 @@ class TeamMemberOutput(serializers.Serializer):
 class TeamMembersApi(OrganizationAPIView):
     scope_map = {"POST": "members:write"}
 
-    @extend_schema(operation_id="teams_members_set", request=TeamMemberInput,
-                   responses={200: TeamMemberOutput})
+    @extend_schema(
+        operation_id="teams_members_set", request=TeamMemberInput, responses={200: TeamMemberOutput}
+    )
     def post(self, request, slug: str):
         team = selectors.team_get(organization=self.organization, slug=slug)
         data = self.parse(TeamMemberInput)
@@ -130,9 +145,11 @@ class TeamMembersApi(OrganizationAPIView):
 
 
 def _member_user(organization, email: str) -> User:
-    membership = selectors.membership_list(organization=organization).filter(
-        user__email=email.lower()
-    ).first()
+    membership = (
+        selectors.membership_list(organization=organization)
+        .filter(user__email=email.lower())
+        .first()
+    )
     if membership is None:
         raise NotFound(f"{email} is not a member of this organization.", resource="member")
     return membership.user
@@ -187,13 +204,17 @@ class MemberDetailApi(OrganizationAPIView):
     def get(self, request, pk: int):
         return Response(MemberOutput(self._get(pk)).data)
 
-    @extend_schema(operation_id="members_update", request=MemberUpdateInput,
-                   responses={200: MemberOutput, **error_responses(409)})
+    @extend_schema(
+        operation_id="members_update",
+        request=MemberUpdateInput,
+        responses={200: MemberOutput, **error_responses(409)},
+    )
     def patch(self, request, pk: int):
         membership = self._get(pk)
         data = self.parse(MemberUpdateInput)
-        membership = services.membership_role_set(membership=membership, role=data["role"],
-                                                  actor=self.actor)
+        membership = services.membership_role_set(
+            membership=membership, role=data["role"], actor=self.actor
+        )
         return Response(MemberOutput(membership).data)
 
     @extend_schema(operation_id="members_remove", responses={204: None, **error_responses(409)})
@@ -238,8 +259,11 @@ class InvitationListApi(OrganizationListAPIView):
     def get(self, request):
         return self.list_response(InvitationOutput)
 
-    @extend_schema(operation_id="invitations_create", request=InvitationCreateInput,
-                   responses={201: InvitationOutput, **error_responses(409)})
+    @extend_schema(
+        operation_id="invitations_create",
+        request=InvitationCreateInput,
+        responses={201: InvitationOutput, **error_responses(409)},
+    )
     def post(self, request):
         data = self.parse(InvitationCreateInput)
         if "team" in data:
@@ -263,8 +287,9 @@ class InvitationDetailApi(OrganizationAPIView):
     def get(self, request, pk: int):
         return Response(InvitationOutput(self._get(pk)).data)
 
-    @extend_schema(operation_id="invitations_revoke",
-                   responses={200: InvitationOutput, **error_responses(409)})
+    @extend_schema(
+        operation_id="invitations_revoke", responses={200: InvitationOutput, **error_responses(409)}
+    )
     def delete(self, request, pk: int):
         invitation = services.invitation_revoke(invitation=self._get(pk), actor=self.actor)
         return Response(InvitationOutput(invitation).data)
@@ -312,5 +337,3 @@ class AuditEventListApi(OrganizationListAPIView):
     @extend_schema(operation_id="audit_events_list", responses={200: AuditEventOutput(many=True)})
     def get(self, request):
         return self.list_response(AuditEventOutput)
-
-

@@ -33,20 +33,30 @@ class KeyOutput(serializers.Serializer):
     name = serializers.CharField()
     label = serializers.CharField()
     disabled = serializers.BooleanField()
-    limit = serializers.DecimalField(max_digits=28, decimal_places=12, coerce_to_string=False,
-                                     allow_null=True, help_text="Credit limit (credits, USD).")
-    limit_remaining = serializers.DecimalField(max_digits=28, decimal_places=12,
-                                               coerce_to_string=False, allow_null=True)
+    limit = serializers.DecimalField(
+        max_digits=28,
+        decimal_places=12,
+        coerce_to_string=False,
+        allow_null=True,
+        help_text="Credit limit (credits, USD).",
+    )
+    limit_remaining = serializers.DecimalField(
+        max_digits=28, decimal_places=12, coerce_to_string=False, allow_null=True
+    )
     limit_reset = serializers.CharField(allow_null=True)
     include_byok_in_limit = serializers.BooleanField()
-    usage = serializers.DecimalField(max_digits=28, decimal_places=12, coerce_to_string=False,
-                                     help_text="Credits used in total.")
-    usage_daily = serializers.DecimalField(max_digits=28, decimal_places=12,
-                                           coerce_to_string=False, help_text="UTC day.")
-    usage_weekly = serializers.DecimalField(max_digits=28, decimal_places=12,
-                                            coerce_to_string=False, help_text="UTC week, Monday.")
-    usage_monthly = serializers.DecimalField(max_digits=28, decimal_places=12,
-                                             coerce_to_string=False, help_text="UTC month.")
+    usage = serializers.DecimalField(
+        max_digits=28, decimal_places=12, coerce_to_string=False, help_text="Credits used in total."
+    )
+    usage_daily = serializers.DecimalField(
+        max_digits=28, decimal_places=12, coerce_to_string=False, help_text="UTC day."
+    )
+    usage_weekly = serializers.DecimalField(
+        max_digits=28, decimal_places=12, coerce_to_string=False, help_text="UTC week, Monday."
+    )
+    usage_monthly = serializers.DecimalField(
+        max_digits=28, decimal_places=12, coerce_to_string=False, help_text="UTC month."
+    )
     byok_usage = serializers.IntegerField()
     byok_usage_daily = serializers.IntegerField()
     byok_usage_weekly = serializers.IntegerField()
@@ -107,28 +117,34 @@ def keys_data(keys: list[ApiKey]) -> list[dict]:
 class KeyCreateInput(StrictSerializer):
     ignored_fields = _OPENROUTER_IGNORED
     name = serializers.CharField(max_length=200)
-    limit = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0,
-                                     allow_null=True, required=False)
-    limit_reset = serializers.ChoiceField(choices=ApiKey.LimitReset.choices, allow_null=True,
-                                          required=False)
+    limit = serializers.DecimalField(
+        max_digits=28, decimal_places=12, min_value=0, allow_null=True, required=False
+    )
+    limit_reset = serializers.ChoiceField(
+        choices=ApiKey.LimitReset.choices, allow_null=True, required=False
+    )
     expires_at = serializers.DateTimeField(allow_null=True, required=False)
     kind = serializers.ChoiceField(choices=KeyKind.choices, default=KeyKind.USAGE)
     team = serializers.CharField(max_length=50, required=False, allow_null=True)
     member = serializers.EmailField(required=False, allow_null=True)
-    scopes = serializers.ListField(child=serializers.ChoiceField(choices=sorted(SCOPES)),
-                                   required=False)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=sorted(SCOPES)), required=False
+    )
 
 
 class KeyUpdateInput(StrictSerializer):
     ignored_fields = _OPENROUTER_IGNORED
     name = serializers.CharField(max_length=200, required=False)
     disabled = serializers.BooleanField(required=False)
-    limit = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0,
-                                     allow_null=True, required=False)
-    limit_reset = serializers.ChoiceField(choices=ApiKey.LimitReset.choices, allow_null=True,
-                                          required=False)
-    scopes = serializers.ListField(child=serializers.ChoiceField(choices=sorted(SCOPES)),
-                                   required=False)
+    limit = serializers.DecimalField(
+        max_digits=28, decimal_places=12, min_value=0, allow_null=True, required=False
+    )
+    limit_reset = serializers.ChoiceField(
+        choices=ApiKey.LimitReset.choices, allow_null=True, required=False
+    )
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=sorted(SCOPES)), required=False
+    )
 
 
 KeyListOutput = inline_serializer("KeyList", {"data": KeyOutput(many=True)})
@@ -163,8 +179,9 @@ class KeyListApi(OrganizationAPIView):
         offset = params.get("offset", 0)
         return Response({"data": keys_data(list(keys[offset : offset + LIST_PAGE_SIZE]))})
 
-    @extend_schema(operation_id="keys_create", request=KeyCreateInput,
-                   responses={201: KeyCreatedOutput})
+    @extend_schema(
+        operation_id="keys_create", request=KeyCreateInput, responses={201: KeyCreatedOutput}
+    )
     def post(self, request):
         data = self.parse(KeyCreateInput)
         team = data.get("team")
@@ -181,15 +198,25 @@ class KeyListApi(OrganizationAPIView):
         if scopes is None:
             scopes = sorted(KIND_SCOPES[data["kind"]] & creator_scopes)
         elif not set(scopes) <= creator_scopes:
-            raise PermissionDenied("A key cannot grant scopes its creator lacks.",
-                                   scopes=sorted(set(scopes) - creator_scopes))
+            raise PermissionDenied(
+                "A key cannot grant scopes its creator lacks.",
+                scopes=sorted(set(scopes) - creator_scopes),
+            )
         key, secret = services.apikey_create(
-            organization=self.organization, name=data["name"], kind=data["kind"], team=team,
-            user=user, scopes=scopes, limit=data.get("limit"), limit_reset=data.get("limit_reset"),
-            expires_at=data.get("expires_at"), actor=self.actor,
+            organization=self.organization,
+            name=data["name"],
+            kind=data["kind"],
+            team=team,
+            user=user,
+            scopes=scopes,
+            limit=data.get("limit"),
+            limit_reset=data.get("limit_reset"),
+            expires_at=data.get("expires_at"),
+            actor=self.actor,
         )
-        return Response({"data": keys_data([key])[0], "key": secret},
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            {"data": keys_data([key])[0], "key": secret}, status=status.HTTP_201_CREATED
+        )
 
 
 class _KeyListParams(serializers.Serializer):
@@ -206,8 +233,7 @@ class KeyDetailApi(OrganizationAPIView):
         key = selectors.apikey_get(organization=self.organization, hash=hash)
         return Response({"data": keys_data([key])[0]})
 
-    @extend_schema(operation_id="keys_update", request=KeyUpdateInput,
-                   responses={200: KeyEnvelope})
+    @extend_schema(operation_id="keys_update", request=KeyUpdateInput, responses={200: KeyEnvelope})
     def patch(self, request, hash: str):
         key = selectors.apikey_get(organization=self.organization, hash=hash)
         data = self.parse(KeyUpdateInput)
@@ -216,9 +242,10 @@ class KeyDetailApi(OrganizationAPIView):
         key = services.apikey_update(key=key, actor=self.actor, **data)
         return Response({"data": keys_data([key])[0]})
 
-    @extend_schema(operation_id="keys_delete",
-                   responses={200: inline_serializer("KeyDeleted",
-                                                     {"deleted": serializers.BooleanField()})})
+    @extend_schema(
+        operation_id="keys_delete",
+        responses={200: inline_serializer("KeyDeleted", {"deleted": serializers.BooleanField()})},
+    )
     def delete(self, request, hash: str):
         key = selectors.apikey_get(organization=self.organization, hash=hash)
         services.apikey_delete(key=key, actor=self.actor)

@@ -129,7 +129,9 @@ def audit_verify(*, organization: Organization) -> AuditEvent | None:
     """Walk `organization`'s chain in sequence order; return the first event whose stored hash,
     previous-hash link or sequence number does not hold, or None when the chain is intact."""
     prev_hash, expected_seq = "", 1
-    for event in AuditEvent.objects.filter(organization=organization).order_by("sequence").iterator():
+    for event in (
+        AuditEvent.objects.filter(organization=organization).order_by("sequence").iterator()
+    ):
         if (
             event.sequence != expected_seq
             or event.prev_hash != prev_hash

@@ -46,9 +46,10 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("This API key is disabled.")
         if key.expires_at is not None and key.expires_at <= now:
             raise exceptions.AuthenticationFailed("This API key has expired.")
-        if key.user_id is not None and not key.user.memberships.filter(
-            organization_id=key.organization_id
-        ).exists():
+        if (
+            key.user_id is not None
+            and not key.user.memberships.filter(organization_id=key.organization_id).exists()
+        ):
             raise exceptions.AuthenticationFailed("This API key's member left the organization.")
         if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
             ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)

@@ -145,6 +145,9 @@ class TeamMembership(models.Model):
             models.UniqueConstraint(fields=["team", "user"], name="team_membership_unique")
         ]
 
+    def __str__(self) -> str:
+        return f"{self.user} on {self.team} ({self.role})"
+
 
 class Invitation(models.Model):
     """An invitation by e-mail. Its token is signed, expires at `expires_at`, and is single-use."""
@@ -170,6 +173,9 @@ class Invitation(models.Model):
 
     class Meta:
         ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"invitation of {self.email} to {self.organization_id}"
 
     @property
     def status(self) -> str:
@@ -223,8 +229,9 @@ class ApiKey(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [
-            models.CheckConstraint(condition=Q(limit__isnull=True) | Q(limit__gte=0),
-                                   name="apikey_limit_not_negative"),
+            models.CheckConstraint(
+                condition=Q(limit__isnull=True) | Q(limit__gte=0), name="apikey_limit_not_negative"
+            ),
         ]
         indexes = [models.Index(fields=["organization", "deleted_at"])]
 

@@ -51,7 +51,9 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     Role.OWNER: ALL,
     Role.ADMIN: ALL - {"billing:write"},
     Role.BILLING: _READ | {"billing:write", "audit:read"},
-    Role.MEMBER: frozenset({"org:read", "members:read", "credits:read", "usage:read", "usage:write"}),
+    Role.MEMBER: frozenset(
+        {"org:read", "members:read", "credits:read", "usage:read", "usage:write"}
+    ),
     Role.VIEWER: _READ - {"keys:read", "billing:read"},
 }
 

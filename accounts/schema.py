@@ -8,5 +8,8 @@ class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     name = "bearer"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer",
-                "description": "An API key of the organization: `Authorization: Bearer sk-cp-v1-...`"}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key of the organization: `Authorization: Bearer sk-cp-v1-...`",
+        }

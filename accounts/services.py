@@ -74,7 +74,9 @@ def user_get_or_create(*, email: str, password: str | None = None, name: str = "
         except DjangoValidationError as exc:
             raise ValidationFailed({"password": list(exc.messages)}) from None
     first, _, last = name.partition(" ")
-    return User.objects.create_user(email=email, password=password, first_name=first, last_name=last)
+    return User.objects.create_user(
+        email=email, password=password, first_name=first, last_name=last
+    )
 
 
 @transaction.atomic
@@ -118,8 +120,14 @@ def organization_update(*, organization: Organization, actor: Actor, **changes) 
     for field, value in changes.items():
         setattr(organization, field, value)
     organization.save(update_fields=list(changes) or None)
-    audit_record(organization=organization, actor=actor, action="organization.updated",
-                 target=organization, before=before, after=changes)
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="organization.updated",
+        target=organization,
+        before=before,
+        after=changes,
+    )
     return organization
 
 
@@ -128,7 +136,11 @@ def organization_update(*, organization: Organization, actor: Actor, **changes) 
 
 @transaction.atomic
 def team_create(
-    *, organization: Organization, slug: str, name: str, funding: str = Team.Funding.ALLOCATION,
+    *,
+    organization: Organization,
+    slug: str,
+    name: str,
+    funding: str = Team.Funding.ALLOCATION,
     actor: Actor,
 ) -> Team:
     """Raises ValidationFailed, Conflict (slug taken in this organization)."""
@@ -139,14 +151,20 @@ def team_create(
     team = Team.objects.create(
         organization=organization, slug=slug, name=_text(name, "name"), funding=funding
     )
-    audit_record(organization=organization, actor=actor, action="team.created", target=team,
-                 after={"slug": slug, "name": team.name, "funding": funding})
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="team.created",
+        target=team,
+        after={"slug": slug, "name": team.name, "funding": funding},
+    )
     return team
 
 
 @transaction.atomic
-def team_update(*, team: Team, actor: Actor, name: str | None = None,
-                funding: str | None = None) -> Team:
+def team_update(
+    *, team: Team, actor: Actor, name: str | None = None, funding: str | None = None
+) -> Team:
     team = Team.objects.select_for_update().get(pk=team.pk)
     before = {"name": team.name, "funding": team.funding}
     if name is not None:
@@ -154,14 +172,21 @@ def team_update(*, team: Team, actor: Actor, name: str | None = None,
     if funding is not None:
         team.funding = _choice(funding, Team.Funding, "funding")
     team.save(update_fields=["name", "funding"])
-    audit_record(organization=team.organization, actor=actor, action="team.updated", target=team,
-                 before=before, after={"name": team.name, "funding": team.funding})
+    audit_record(
+        organization=team.organization,
+        actor=actor,
+        action="team.updated",
+        target=team,
+        before=before,
+        after={"name": team.name, "funding": team.funding},
+    )
     return team
 
 
 @transaction.atomic
-def team_member_set(*, team: Team, user: User, role: str = TeamRole.MEMBER,
-                    actor: Actor) -> TeamMembership:
+def team_member_set(
+    *, team: Team, user: User, role: str = TeamRole.MEMBER, actor: Actor
+) -> TeamMembership:
     """Put an organization member on a team (or change their team role). Managers get the
     team's object permissions (django-guardian); members lose them."""
     _choice(role, TeamRole, "role")
@@ -172,9 +197,13 @@ def team_member_set(*, team: Team, user: User, role: str = TeamRole.MEMBER,
     )
     for perm in TEAM_MANAGER_PERMISSIONS:
         (assign_perm if role == TeamRole.MANAGER else remove_perm)(perm, user, team)
-    audit_record(organization=team.organization, actor=actor,
-                 action="team.member_added" if created else "team.member_changed",
-                 target=team, after={"user": user.email, "role": role})
+    audit_record(
+        organization=team.organization,
+        actor=actor,
+        action="team.member_added" if created else "team.member_changed",
+        target=team,
+        after={"user": user.email, "role": role},
+    )
     return tm
 
 
@@ -185,8 +214,13 @@ def team_member_remove(*, team: Team, user: User, actor: Actor) -> None:
         raise NotFound("Not on this team.", resource="team_membership")
     for perm in TEAM_MANAGER_PERMISSIONS:
         remove_perm(perm, user, team)
-    audit_record(organization=team.organization, actor=actor, action="team.member_removed",
-                 target=team, before={"user": user.email})
+    audit_record(
+        organization=team.organization,
+        actor=actor,
+        action="team.member_removed",
+        target=team,
+        before={"user": user.email},
+    )
 
 
 # Memberships ------------------------------------------------------------------------------------
@@ -199,16 +233,22 @@ def _lock_memberships(organization: Organization) -> list[Membership]:
 
 
 @transaction.atomic
-def membership_add(*, organization: Organization, user: User, role: str,
-                   actor: Actor) -> Membership:
+def membership_add(
+    *, organization: Organization, user: User, role: str, actor: Actor
+) -> Membership:
     _choice(role, Role, "role")
     membership, created = Membership.objects.get_or_create(
         organization=organization, user=user, defaults={"role": role}
     )
     if not created:
         raise Conflict(f"{user.email} is a member already.", field="email")
-    audit_record(organization=organization, actor=actor, action="member.added", target=membership,
-                 after={"user": user.email, "role": role})
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="member.added",
+        target=membership,
+        after={"user": user.email, "role": role},
+    )
     return membership
 
 
@@ -225,8 +265,14 @@ def membership_role_set(*, membership: Membership, role: str, actor: Actor) -> M
     before = {"role": membership.role}
     membership.role = role
     membership.save(update_fields=["role"])
-    audit_record(organization=membership.organization, actor=actor, action="member.role_changed",
-                 target=membership, before=before, after={"role": role})
+    audit_record(
+        organization=membership.organization,
+        actor=actor,
+        action="member.role_changed",
+        target=membership,
+        before=before,
+        after={"role": role},
+    )
     return membership
 
 
@@ -242,8 +288,13 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
         for perm in TEAM_MANAGER_PERMISSIONS:
             remove_perm(perm, user, tm.team)
         tm.delete()
-    audit_record(organization=organization, actor=actor, action="member.removed",
-                 target=membership, before={"user": user.email, "role": membership.role})
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="member.removed",
+        target=membership,
+        before={"user": user.email, "role": membership.role},
+    )
     membership.delete()
 
 
@@ -256,9 +307,15 @@ def invitation_token(invitation: Invitation) -> str:
 
 
 @transaction.atomic
-def invitation_create(*, organization: Organization, email: str, role: str = Role.MEMBER,
-                      team: Team | None = None, team_role: str = TeamRole.MEMBER,
-                      actor: Actor) -> tuple[Invitation, str]:
+def invitation_create(
+    *,
+    organization: Organization,
+    email: str,
+    role: str = Role.MEMBER,
+    team: Team | None = None,
+    team_role: str = TeamRole.MEMBER,
+    actor: Actor,
+) -> tuple[Invitation, str]:
     """Invite an e-mail address; returns the invitation and its token. The e-mail is sent after
     commit. Raises ValidationFailed, Conflict (already a member)."""
     email = _email(email)
@@ -269,12 +326,22 @@ def invitation_create(*, organization: Organization, email: str, role: str = Rol
     if Membership.objects.filter(organization=organization, user__email=email).exists():
         raise Conflict(f"{email} is a member already.", field="email")
     invitation = Invitation.objects.create(
-        organization=organization, email=email, role=role, team=team, team_role=team_role,
-        nonce=secrets.token_hex(16), invited_by=actor.user,
+        organization=organization,
+        email=email,
+        role=role,
+        team=team,
+        team_role=team_role,
+        nonce=secrets.token_hex(16),
+        invited_by=actor.user,
         expires_at=timezone.now() + settings.INVITATION_MAX_AGE,
     )
-    audit_record(organization=organization, actor=actor, action="invitation.created",
-                 target=invitation, after={"email": email, "role": role})
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="invitation.created",
+        target=invitation,
+        after={"email": email, "role": role},
+    )
     from .tasks import invitation_send
 
     transaction.on_commit(lambda: invitation_send.delay(invitation.pk))
@@ -305,8 +372,9 @@ def invitation_accept(*, token: str, user: User, actor: Actor) -> Membership:
         raise ValidationFailed({"token": [f"This invitation is {invitation.status}."]})
     if user.email.lower() != invitation.email:
         raise PermissionDenied("This invitation is for another e-mail address.")
-    membership = membership_add(organization=invitation.organization, user=user,
-                                role=invitation.role, actor=actor)
+    membership = membership_add(
+        organization=invitation.organization, user=user, role=invitation.role, actor=actor
+    )
     if invitation.team is not None:
         team_member_set(team=invitation.team, user=user, role=invitation.team_role, actor=actor)
     invitation.accepted_at = timezone.now()
@@ -322,8 +390,13 @@ def invitation_revoke(*, invitation: Invitation, actor: Actor) -> Invitation:
         raise Conflict(f"This invitation is {invitation.status}.", reason=invitation.status)
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
-    audit_record(organization=invitation.organization, actor=actor, action="invitation.revoked",
-                 target=invitation, before={"email": invitation.email})
+    audit_record(
+        organization=invitation.organization,
+        actor=actor,
+        action="invitation.revoked",
+        target=invitation,
+        before={"email": invitation.email},
+    )
     return invitation
 
 
@@ -332,9 +405,16 @@ def invitation_revoke(*, invitation: Invitation, actor: Actor) -> Invitation:
 
 def _key_snapshot(key: ApiKey) -> dict:
     return {
-        "name": key.name, "kind": key.kind, "label": key.label, "team": key.team_id,
-        "user": key.user_id, "scopes": key.scopes, "limit": key.limit,
-        "limit_reset": key.limit_reset, "expires_at": key.expires_at, "disabled": key.disabled,
+        "name": key.name,
+        "kind": key.kind,
+        "label": key.label,
+        "team": key.team_id,
+        "user": key.user_id,
+        "scopes": key.scopes,
+        "limit": key.limit,
+        "limit_reset": key.limit_reset,
+        "expires_at": key.expires_at,
+        "disabled": key.disabled,
     }
 
 
@@ -358,9 +438,17 @@ def _key_scopes(scopes, kind: str) -> list[str]:
 
 @transaction.atomic
 def apikey_create(
-    *, organization: Organization, name: str, kind: str = KeyKind.USAGE, team: Team | None = None,
-    user: User | None = None, scopes: list[str] | None = None, limit=None, limit_reset=None,
-    expires_at: datetime | None = None, actor: Actor,
+    *,
+    organization: Organization,
+    name: str,
+    kind: str = KeyKind.USAGE,
+    team: Team | None = None,
+    user: User | None = None,
+    scopes: list[str] | None = None,
+    limit=None,
+    limit_reset=None,
+    expires_at: datetime | None = None,
+    actor: Actor,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns it and its secret (shown once; only its sha256 is stored).
 
@@ -370,21 +458,36 @@ def apikey_create(
     _choice(kind, KeyKind, "kind")
     if team is not None and team.organization_id != organization.pk:
         raise ValidationFailed({"team": ["No such team in this organization."]})
-    if user is not None and not Membership.objects.filter(
-        organization=organization, user=user
-    ).exists():
+    if (
+        user is not None
+        and not Membership.objects.filter(organization=organization, user=user).exists()
+    ):
         raise ValidationFailed({"member": ["Not a member of this organization."]})
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationFailed({"expires_at": ["Must be in the future."]})
     amount, reset = _key_limit(limit, limit_reset)
     secret = KEY_PREFIX + secrets.token_hex(32)
     key = ApiKey.objects.create(
-        organization=organization, name=name.strip(), kind=kind, hash=hash_secret(secret),
-        label=f"{secret[:12]}...{secret[-4:]}", team=team, user=user, created_by=actor.user,
-        scopes=_key_scopes(scopes, kind), limit=amount, limit_reset=reset, expires_at=expires_at,
+        organization=organization,
+        name=name.strip(),
+        kind=kind,
+        hash=hash_secret(secret),
+        label=f"{secret[:12]}...{secret[-4:]}",
+        team=team,
+        user=user,
+        created_by=actor.user,
+        scopes=_key_scopes(scopes, kind),
+        limit=amount,
+        limit_reset=reset,
+        expires_at=expires_at,
     )
-    audit_record(organization=organization, actor=actor, action="key.created", target=key,
-                 after=_key_snapshot(key))
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="key.created",
+        target=key,
+        after=_key_snapshot(key),
+    )
     return key, secret
 
 
@@ -415,8 +518,14 @@ def apikey_update(*, key: ApiKey, actor: Actor, **changes) -> ApiKey:
         key.expires_at = changes["expires_at"]
     key.updated_at = timezone.now()
     key.save()
-    audit_record(organization=key.organization, actor=actor, action="key.updated", target=key,
-                 before=before, after=_key_snapshot(key))
+    audit_record(
+        organization=key.organization,
+        actor=actor,
+        action="key.updated",
+        target=key,
+        before=before,
+        after=_key_snapshot(key),
+    )
     return key
 
 
@@ -429,7 +538,10 @@ def apikey_delete(*, key: ApiKey, actor: Actor) -> None:
     )
     if not updated:
         raise NotFound("No such API key in this organization.", resource="key")
-    audit_record(organization=key.organization, actor=actor, action="key.deleted", target=key,
-                 before=_key_snapshot(key))
-
-
+    audit_record(
+        organization=key.organization,
+        actor=actor,
+        action="key.deleted",
+        target=key,
+        before=_key_snapshot(key),
+    )

@@ -11,12 +11,23 @@ from datetime import timedelta
 import django_filters
 from django.http import HttpResponse
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from accounts.selectors import team_get, teams_visible_to_key
-from portal.api import OrganizationAPIView, OrganizationListAPIView, StrictSerializer, error_responses
+from portal.api import (
+    OrganizationAPIView,
+    OrganizationListAPIView,
+    StrictSerializer,
+    decimals_as_strings,
+    error_responses,
+)
 from portal.errors import PermissionDenied, ValidationFailed
 
 from . import selectors, services
@@ -82,8 +93,9 @@ class BalanceApi(OrganizationAPIView):
 
     @extend_schema(operation_id="credits_balance", responses={200: BalanceOutput})
     def get(self, request):
-        summary = selectors.balance_summary(organization=self.organization,
-                                            teams=teams_visible_to_key(self.key))
+        summary = selectors.balance_summary(
+            organization=self.organization, teams=teams_visible_to_key(self.key)
+        )
         return Response(BalanceOutput(summary).data)
 
 
@@ -170,13 +182,23 @@ class AllocationApi(OrganizationAPIView):
     scope_map = {"POST": "credits:read"}
 
     @extend_schema(
-        operation_id="credits_allocations_create", request=AllocationInput,
-        responses={201: inline_serializer("Allocation", {
-            "transaction": serializers.IntegerField(), "kind": serializers.CharField(),
-            "team": serializers.CharField(), "amount": Credits(),
-            "team_balance": Credits(), "pool_balance": Credits(),
-            "idempotency_key": serializers.CharField()}),
-            **error_responses(402, 409)},
+        operation_id="credits_allocations_create",
+        request=AllocationInput,
+        responses={
+            201: inline_serializer(
+                "Allocation",
+                {
+                    "transaction": serializers.IntegerField(),
+                    "kind": serializers.CharField(),
+                    "team": serializers.CharField(),
+                    "amount": Credits(),
+                    "team_balance": Credits(),
+                    "pool_balance": Credits(),
+                    "idempotency_key": serializers.CharField(),
+                },
+            ),
+            **error_responses(402, 409),
+        },
         description="Allocate credits from the pool to a team, or reclaim them (`direction`). "
         "Needs `credits:write`, or a team manager's `allocate_team_credits` right on the team. "
         "Idempotent by `idempotency_key` (or the `Idempotency-Key` header).",
@@ -187,18 +209,32 @@ class AllocationApi(OrganizationAPIView):
         if not _may_allocate(self, team):
             raise PermissionDenied("Allocating needs credits:write, or the team manager's right.")
         key = data.get("idempotency_key") or request.headers.get("Idempotency-Key")
-        service = (services.credits_allocate if data["direction"] == "allocate"
-                   else services.credits_reclaim)
-        txn = service(team=team, amount=data["amount"], idempotency_key=key,
-                      memo=data["memo"], actor=self.actor)
+        service = (
+            services.credits_allocate
+            if data["direction"] == "allocate"
+            else services.credits_reclaim
+        )
+        txn = service(
+            team=team,
+            amount=data["amount"],
+            idempotency_key=key,
+            memo=data["memo"],
+            actor=self.actor,
+        )
         team_acc = services.team_account(team)
         pool = services.system_account(self.organization, LedgerAccount.Kind.POOL)
-        return Response({
-            "transaction": txn.pk, "kind": txn.kind, "team": team.slug,
-            "amount": str(sum(e.amount for e in txn.entries.filter(account=team_acc))),
-            "team_balance": str(team_acc.balance), "pool_balance": str(pool.balance),
-            "idempotency_key": txn.idempotency_key,
-        }, status=status.HTTP_201_CREATED)
+        return Response(
+            {
+                "transaction": txn.pk,
+                "kind": txn.kind,
+                "team": team.slug,
+                "amount": str(sum(e.amount for e in txn.entries.filter(account=team_acc))),
+                "team_balance": str(team_acc.balance),
+                "pool_balance": str(pool.balance),
+                "idempotency_key": txn.idempotency_key,
+            },
+            status=status.HTTP_201_CREATED,
+        )
 
 
 # Usage -------------------------------------------------------------------------------------------
@@ -208,7 +244,9 @@ class UsageEventInput(StrictSerializer):
     """One usage event. Token counts do not overlap: `prompt_tokens` are uncached input,
     `cached_tokens` input read from cache, `completion_tokens` output without `reasoning_tokens`."""
 
-    id = serializers.CharField(max_length=255, help_text="Unique per organization; retries reuse it.")
+    id = serializers.CharField(
+        max_length=255, help_text="Unique per organization; retries reuse it."
+    )
     model = serializers.CharField(max_length=200)
     operation = serializers.ChoiceField(choices=UsageEvent.Operation.choices, default="chat")
     prompt_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
@@ -217,7 +255,11 @@ class UsageEventInput(StrictSerializer):
     reasoning_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
     images = serializers.IntegerField(min_value=0, max_value=100_000, default=0)
     cost = serializers.DecimalField(
-        max_digits=28, decimal_places=12, min_value=0, required=False, allow_null=True,
+        max_digits=28,
+        decimal_places=12,
+        min_value=0,
+        required=False,
+        allow_null=True,
         help_text="Upstream-reported cost in credits (OpenRouter's usage.cost), stored as given.",
     )
     occurred_at = serializers.DateTimeField(required=False, help_text="ISO 8601; default now.")
@@ -280,19 +322,34 @@ class UsageEventOutput(serializers.Serializer):
     recorded_at = serializers.DateTimeField()
 
 
-UsageRecorded = inline_serializer("UsageRecorded", {
-    "event": UsageEventOutput(), "cost": Credits(),
-    "balance_after": Credits(help_text="Available credits of the account paid from, after."),
-})
-UsageBatchInput = inline_serializer("UsageBatchInput", {
-    "events": UsageEventInput(many=True, help_text=f"At most {MAX_BATCH}."),
-})
-UsageBatchResult = inline_serializer("UsageBatchResult", {
-    "results": serializers.ListField(child=serializers.DictField(), help_text=(
-        "Per event, in order: {id, status (201 recorded, 200 retry, 4xx), cost, "
-        "balance_after} or {id, status, error}.")),
-    "accepted": serializers.IntegerField(), "refused": serializers.IntegerField(),
-})
+UsageRecorded = inline_serializer(
+    "UsageRecorded",
+    {
+        "event": UsageEventOutput(),
+        "cost": Credits(),
+        "balance_after": Credits(help_text="Available credits of the account paid from, after."),
+    },
+)
+UsageBatchInput = inline_serializer(
+    "UsageBatchInput",
+    {
+        "events": UsageEventInput(many=True, help_text=f"At most {MAX_BATCH}."),
+    },
+)
+UsageBatchResult = inline_serializer(
+    "UsageBatchResult",
+    {
+        "results": serializers.ListField(
+            child=serializers.DictField(),
+            help_text=(
+                "Per event, in order: {id, status (201 recorded, 200 retry, 4xx), cost, "
+                "balance_after} or {id, status, error}."
+            ),
+        ),
+        "accepted": serializers.IntegerField(),
+        "refused": serializers.IntegerField(),
+    },
+)
 
 
 class UsageFilter(django_filters.FilterSet):
@@ -322,8 +379,7 @@ class UsageApi(OrganizationListAPIView):
     filterset_class = UsageFilter
 
     def selector(self, organization):
-        return selectors.usage_list(organization=organization).filter(
-            Q_team_visible(self.key))
+        return selectors.usage_list(organization=organization).filter(Q_team_visible(self.key))
 
     @extend_schema(operation_id="credits_usage_list", responses={200: UsageEventOutput(many=True)})
     def get(self, request):
@@ -331,12 +387,21 @@ class UsageApi(OrganizationListAPIView):
 
     @extend_schema(
         operation_id="credits_usage_record",
-        request={"application/json": {"oneOf": [
-            {"$ref": "#/components/schemas/UsageEventInputRequest"},
-            {"$ref": "#/components/schemas/UsageBatchInputRequest"}]}},
-        responses={201: UsageRecorded, 200: UsageRecorded, 207: UsageBatchResult,
-                   **error_responses(402, 409)},
-        description="Record one usage event, or `{\"events\": [...]}` (at most 1,000). One "
+        request={
+            "application/json": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/UsageEventInputRequest"},
+                    {"$ref": "#/components/schemas/UsageBatchInputRequest"},
+                ]
+            }
+        },
+        responses={
+            201: UsageRecorded,
+            200: UsageRecorded,
+            207: UsageBatchResult,
+            **error_responses(402, 409),
+        },
+        description='Record one usage event, or `{"events": [...]}` (at most 1,000). One '
         "event answers 201 (recorded), 200 (a retry of the same id: the first result), 409 "
         "(same id, other body), 402 (insufficient credits or key limit; nothing recorded). A "
         "batch answers 207 with a result per event.",
@@ -350,8 +415,11 @@ class UsageApi(OrganizationListAPIView):
         serializer.is_valid(raise_exception=True)
         result = services.usage_record(attribution=attribution, event=serializer.to_usage())
         return Response(
-            {"event": UsageEventOutput(result.event).data, "cost": str(result.event.cost),
-             "balance_after": str(result.balance_after)},
+            {
+                "event": UsageEventOutput(result.event).data,
+                "cost": str(result.event.cost),
+                "balance_after": str(result.balance_after),
+            },
             status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
         )
 
@@ -362,10 +430,11 @@ class UsageApi(OrganizationListAPIView):
 
         events = body["events"]
         if set(body) != {"events"} or not isinstance(events, list):
-            raise ValidationFailed({"events": ["Send {\"events\": [...]} and nothing else."]})
+            raise ValidationFailed({"events": ['Send {"events": [...]} and nothing else.']})
         if len(events) > MAX_BATCH:
-            raise PayloadTooLarge(f"At most {MAX_BATCH} events per batch; got {len(events)}.",
-                                  limit=MAX_BATCH)
+            raise PayloadTooLarge(
+                f"At most {MAX_BATCH} events per batch; got {len(events)}.", limit=MAX_BATCH
+            )
         results, accepted = [], 0
         with transaction.atomic():
             for raw in events:
@@ -379,18 +448,27 @@ class UsageApi(OrganizationListAPIView):
                     continue
                 try:
                     with transaction.atomic():
-                        result = services.usage_record(attribution=attribution,
-                                                       event=serializer.to_usage())
+                        result = services.usage_record(
+                            attribution=attribution, event=serializer.to_usage()
+                        )
                 except ApplicationError as exc:
-                    results.append({"id": event_id, "status": exc.status_code,
-                                    "error": _error_of(exc)})
+                    results.append(
+                        {"id": event_id, "status": exc.status_code, "error": _error_of(exc)}
+                    )
                     continue
                 accepted += 1
-                results.append({"id": event_id, "status": 201 if result.created else 200,
-                                "cost": str(result.event.cost),
-                                "balance_after": str(result.balance_after)})
-        return Response({"results": results, "accepted": accepted,
-                         "refused": len(results) - accepted}, status=207)
+                results.append(
+                    {
+                        "id": event_id,
+                        "status": 201 if result.created else 200,
+                        "cost": str(result.event.cost),
+                        "balance_after": str(result.balance_after),
+                    }
+                )
+        return Response(
+            {"results": results, "accepted": accepted, "refused": len(results) - accepted},
+            status=207,
+        )
 
 
 def Q_team_visible(key):  # noqa: N802
@@ -408,8 +486,9 @@ def Q_team_visible(key):  # noqa: N802
 
 class AuthorizationInput(StrictSerializer):
     id = serializers.CharField(max_length=255, help_text="Idempotency key of the hold.")
-    amount = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0,
-                                      required=False, help_text="Credits to hold.")
+    amount = serializers.DecimalField(
+        max_digits=28, decimal_places=12, min_value=0, required=False, help_text="Credits to hold."
+    )
     model = serializers.CharField(max_length=200, required=False, default="")
     prompt_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
     max_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
@@ -430,35 +509,47 @@ class AuthorizationOutput(serializers.Serializer):
 class AuthorizationCreateApi(OrganizationAPIView):
     scope_map = {"POST": "usage:write"}
 
-    @extend_schema(operation_id="credits_authorizations_create", request=AuthorizationInput,
-                   responses={201: AuthorizationOutput, 200: AuthorizationOutput,
-                              **error_responses(402, 409)},
-                   description="Hold the worst case of a request: an `amount`, or a `model` "
-                   "with `prompt_tokens` and `max_tokens`. 402 when it cannot be covered.")
+    @extend_schema(
+        operation_id="credits_authorizations_create",
+        request=AuthorizationInput,
+        responses={201: AuthorizationOutput, 200: AuthorizationOutput, **error_responses(402, 409)},
+        description="Hold the worst case of a request: an `amount`, or a `model` "
+        "with `prompt_tokens` and `max_tokens`. 402 when it cannot be covered.",
+    )
     def post(self, request):
         data = self.parse(AuthorizationInput)
         hold, created = services.authorization_create(
-            attribution=Attribution.of_key(self.key), id=data["id"], amount=data.get("amount"),
-            model=data["model"], prompt_tokens=data["prompt_tokens"],
-            max_tokens=data["max_tokens"], timeout=timedelta(seconds=data["timeout_seconds"]),
+            attribution=Attribution.of_key(self.key),
+            id=data["id"],
+            amount=data.get("amount"),
+            model=data["model"],
+            prompt_tokens=data["prompt_tokens"],
+            max_tokens=data["max_tokens"],
+            timeout=timedelta(seconds=data["timeout_seconds"]),
         )
-        return Response(AuthorizationOutput(hold).data,
-                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(
+            AuthorizationOutput(hold).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
 
 
 class CaptureInput(UsageEventInput):
-    id = serializers.CharField(max_length=255, required=False,
-                               help_text="Usage event id; default `authorization-<id>`.")
+    id = serializers.CharField(
+        max_length=255, required=False, help_text="Usage event id; default `authorization-<id>`."
+    )
     model = serializers.CharField(max_length=200, required=False)
 
 
 class AuthorizationCaptureApi(OrganizationAPIView):
     scope_map = {"POST": "usage:write"}
 
-    @extend_schema(operation_id="credits_authorizations_capture", request=CaptureInput,
-                   responses={201: UsageRecorded, 200: UsageRecorded, **error_responses(402, 409)},
-                   description="Capture with the actual usage: records the usage event, posts "
-                   "its cost and releases the rest of the hold.")
+    @extend_schema(
+        operation_id="credits_authorizations_capture",
+        request=CaptureInput,
+        responses={201: UsageRecorded, 200: UsageRecorded, **error_responses(402, 409)},
+        description="Capture with the actual usage: records the usage event, posts "
+        "its cost and releases the rest of the hold.",
+    )
     def post(self, request, pk: int):
         hold = selectors.hold_get(organization=self.organization, pk=pk)
         serializer = CaptureInput(data=request.data)
@@ -470,8 +561,11 @@ class AuthorizationCaptureApi(OrganizationAPIView):
             raise ValidationFailed({"model": ["Required (the authorization named none)."]})
         result = services.authorization_capture(hold=hold, event=UsageInput(**data))
         return Response(
-            {"event": UsageEventOutput(result.event).data, "cost": str(result.event.cost),
-             "balance_after": str(result.balance_after)},
+            {
+                "event": UsageEventOutput(result.event).data,
+                "cost": str(result.event.cost),
+                "balance_after": str(result.balance_after),
+            },
             status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
         )
 
@@ -479,8 +573,11 @@ class AuthorizationCaptureApi(OrganizationAPIView):
 class AuthorizationVoidApi(OrganizationAPIView):
     scope_map = {"POST": "usage:write"}
 
-    @extend_schema(operation_id="credits_authorizations_void", request=None,
-                   responses={200: AuthorizationOutput, **error_responses(409)})
+    @extend_schema(
+        operation_id="credits_authorizations_void",
+        request=None,
+        responses={200: AuthorizationOutput, **error_responses(409)},
+    )
     def post(self, request, pk: int):
         hold = selectors.hold_get(organization=self.organization, pk=pk)
         return Response(AuthorizationOutput(services.hold_void(hold=hold)).data)
@@ -507,12 +604,22 @@ class ReportApi(OrganizationAPIView):
             OpenApiParameter("start", str, description="ISO 8601; default: the period's start"),
             OpenApiParameter("end", str, description="ISO 8601, exclusive; default: its end"),
         ],
-        responses={200: OpenApiResponse(inline_serializer("UsageReport", {
-            "period": serializers.CharField(), "start": serializers.DateTimeField(),
-            "end": serializers.DateTimeField(), "totals": serializers.DictField(),
-            "series": serializers.ListField(child=serializers.DictField()),
-            "breakdowns": serializers.DictField()}),
-            description="JSON, or CSV (one row per breakdown entry) with format=csv")},
+        responses={
+            200: OpenApiResponse(
+                inline_serializer(
+                    "UsageReport",
+                    {
+                        "period": serializers.CharField(),
+                        "start": serializers.DateTimeField(),
+                        "end": serializers.DateTimeField(),
+                        "totals": serializers.DictField(),
+                        "series": serializers.ListField(child=serializers.DictField()),
+                        "breakdowns": serializers.DictField(),
+                    },
+                ),
+                description="JSON, or CSV (one row per breakdown entry) with format=csv",
+            )
+        },
     )
     def get(self, request):
         params = self.parse(ReportParams, data=request.query_params)
@@ -521,19 +628,28 @@ class ReportApi(OrganizationAPIView):
         end = params.get("end") or window_end(params["period"], now)
         if end <= start:
             raise ValidationFailed({"end": ["Must be after start."]})
-        report = selectors.usage_report(organization=self.organization, period=params["period"],
-                                        start=start, end=end,
-                                        teams=teams_visible_to_key(self.key)
-                                        if self.key.team_id or self.key.user_id else None)
+        report = selectors.usage_report(
+            organization=self.organization,
+            period=params["period"],
+            start=start,
+            end=end,
+            teams=teams_visible_to_key(self.key) if self.key.team_id or self.key.user_id else None,
+        )
         if params["format"] == "csv":
             return _report_csv(report)
-        return Response(report)
+        return Response(decimals_as_strings(report))
 
 
 def _report_csv(report: dict) -> HttpResponse:
     out = io.StringIO()
-    columns = ["events", "cost", "prompt_tokens", "completion_tokens", "cached_tokens",
-               "reasoning_tokens"]
+    columns = [
+        "events",
+        "cost",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+    ]
     writer = csv.writer(out)
     writer.writerow(["dimension", "key", *columns])
     writer.writerow(["total", "", *[report["totals"][c] for c in columns]])

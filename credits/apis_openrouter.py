@@ -24,26 +24,41 @@ from . import selectors
 
 
 def Number(**kwargs):  # noqa: N802 - a field factory
-    return serializers.DecimalField(max_digits=28, decimal_places=12, coerce_to_string=False,
-                                    **kwargs)
+    return serializers.DecimalField(
+        max_digits=28, decimal_places=12, coerce_to_string=False, **kwargs
+    )
 
 
-CreditsOutput = inline_serializer("OpenRouterCredits", {"data": inline_serializer(
-    "OpenRouterCreditsData", {"total_credits": Number(), "total_usage": Number()})})
+CreditsOutput = inline_serializer(
+    "OpenRouterCredits",
+    {
+        "data": inline_serializer(
+            "OpenRouterCreditsData", {"total_credits": Number(), "total_usage": Number()}
+        )
+    },
+)
 
 
 class CreditsApi(OrganizationAPIView):
     scope_map = {"GET": "credits:read"}
 
-    @extend_schema(operation_id="openrouter_credits", responses={200: CreditsOutput},
-                   description="Total credits and usage of the organization (management keys).")
+    @extend_schema(
+        operation_id="openrouter_credits",
+        responses={200: CreditsOutput},
+        description="Total credits and usage of the organization (management keys).",
+    )
     def get(self, request):
         if self.key.kind != KeyKind.MANAGEMENT:
             raise PermissionDenied("Only management keys can read the credits.")
         summary = selectors.balance_summary(organization=self.organization, teams=None)
-        return Response({"data": {  # JSON numbers, as OpenRouter sends them
-            "total_credits": summary.total_credited, "total_usage": summary.total_used,
-        }})
+        return Response(
+            {
+                "data": {  # JSON numbers, as OpenRouter sends them
+                    "total_credits": summary.total_credited,
+                    "total_usage": summary.total_used,
+                }
+            }
+        )
 
 
 class CurrentKeyOutput(KeyOutput):
@@ -66,20 +81,28 @@ class CurrentKeyApi(OrganizationAPIView):
     def get_permissions(self):  # any valid key may read itself, whatever its scopes
         return [_KeyAuthenticated()]
 
-    @extend_schema(operation_id="openrouter_key", responses={200: CurrentKeyEnvelope},
-                   description="The calling key: label, limit, limit_remaining, limit_reset, "
-                   "usage (total, daily, weekly, monthly), is_management_key, expires_at.")
+    @extend_schema(
+        operation_id="openrouter_key",
+        responses={200: CurrentKeyEnvelope},
+        description="The calling key: label, limit, limit_remaining, limit_reset, "
+        "usage (total, daily, weekly, monthly), is_management_key, expires_at.",
+    )
     def get(self, request):
         key = self.key
         usage = selectors.key_usage_totals([key])[key.pk]
         document = key_document(key, usage)
-        document.update({
-            "is_provisioning_key": document["is_management_key"], "is_free_tier": False,
-            "allowed_data_regions": ["global"], "budgets": [], "effective_budget": None,
-            "free_model_daily_requests": {"limit": 0, "remaining": 0, "used": 0},
-            "rate_limit": {"interval": "10s", "note": "not enforced per key", "requests": -1},
-            "organization_id": self.organization.slug,
-        })
+        document.update(
+            {
+                "is_provisioning_key": document["is_management_key"],
+                "is_free_tier": False,
+                "allowed_data_regions": ["global"],
+                "budgets": [],
+                "effective_budget": None,
+                "free_model_daily_requests": {"limit": 0, "remaining": 0, "used": 0},
+                "rate_limit": {"interval": "10s", "note": "not enforced per key", "requests": -1},
+                "organization_id": self.organization.slug,
+            }
+        )
         return Response({"data": CurrentKeyOutput(document).data})
 
 
@@ -93,38 +116,69 @@ class _KeyAuthenticated:
         return True
 
 
-GenerationOutput = inline_serializer("Generation", {"data": inline_serializer("GenerationData", {
-    "id": serializers.CharField(),
-    "model": serializers.CharField(),
-    "total_cost": Number(),
-    "usage": Number(),
-    "upstream_inference_cost": Number(allow_null=True),
-    "cache_discount": Number(allow_null=True),
-    "tokens_prompt": serializers.IntegerField(),
-    "tokens_completion": serializers.IntegerField(),
-    "native_tokens_prompt": serializers.IntegerField(),
-    "native_tokens_completion": serializers.IntegerField(),
-    "native_tokens_cached": serializers.IntegerField(),
-    "native_tokens_reasoning": serializers.IntegerField(),
-    "native_tokens_completion_images": serializers.IntegerField(allow_null=True),
-    "num_media_completion": serializers.IntegerField(),
-    "created_at": serializers.DateTimeField(),
-    "api_type": serializers.CharField(),
-    "origin": serializers.CharField(),
-    "data_region": serializers.CharField(),
-    "is_byok": serializers.BooleanField(),
-    "session_id": serializers.CharField(allow_null=True),
-})})
+GenerationOutput = inline_serializer(
+    "Generation",
+    {
+        "data": inline_serializer(
+            "GenerationData",
+            {
+                "id": serializers.CharField(),
+                "model": serializers.CharField(),
+                "total_cost": Number(),
+                "usage": Number(),
+                "upstream_inference_cost": Number(allow_null=True),
+                "cache_discount": Number(allow_null=True),
+                "tokens_prompt": serializers.IntegerField(),
+                "tokens_completion": serializers.IntegerField(),
+                "native_tokens_prompt": serializers.IntegerField(),
+                "native_tokens_completion": serializers.IntegerField(),
+                "native_tokens_cached": serializers.IntegerField(),
+                "native_tokens_reasoning": serializers.IntegerField(),
+                "native_tokens_completion_images": serializers.IntegerField(allow_null=True),
+                "num_media_completion": serializers.IntegerField(),
+                "created_at": serializers.DateTimeField(),
+                "api_type": serializers.CharField(),
+                "origin": serializers.CharField(),
+                "data_region": serializers.CharField(),
+                "is_byok": serializers.BooleanField(),
+                "session_id": serializers.CharField(allow_null=True),
+            },
+        )
+    },
+)
 
 _NULL_FIELDS = (
-    "app_id", "cancelled", "external_user", "finish_reason", "generation_time", "http_referer",
-    "latency", "moderation_latency", "native_finish_reason", "num_fetches",
-    "num_input_audio_prompt", "num_media_prompt", "num_search_results", "preset_id",
-    "provider_name", "provider_responses", "router", "service_tier", "streamed", "upstream_id",
-    "user_agent", "web_search_engine", "workspace_id",
+    "app_id",
+    "cancelled",
+    "external_user",
+    "finish_reason",
+    "generation_time",
+    "http_referer",
+    "latency",
+    "moderation_latency",
+    "native_finish_reason",
+    "num_fetches",
+    "num_input_audio_prompt",
+    "num_media_prompt",
+    "num_search_results",
+    "preset_id",
+    "provider_name",
+    "provider_responses",
+    "router",
+    "service_tier",
+    "streamed",
+    "upstream_id",
+    "user_agent",
+    "web_search_engine",
+    "workspace_id",
 )
-_API_TYPES = {"chat": "completions", "completion": "completions", "embedding": "embeddings",
-              "image": "image", "audio": "tts"}
+_API_TYPES = {
+    "chat": "completions",
+    "completion": "completions",
+    "embedding": "embeddings",
+    "image": "image",
+    "audio": "tts",
+}
 
 
 class GenerationParams(serializers.Serializer):
@@ -134,40 +188,52 @@ class GenerationParams(serializers.Serializer):
 class GenerationApi(OrganizationAPIView):
     scope_map = {"GET": "usage:read"}
 
-    @extend_schema(operation_id="openrouter_generation",
-                   parameters=[OpenApiParameter("id", str, required=True,
-                                                description="The usage event's id.")],
-                   responses={200: GenerationOutput})
+    @extend_schema(
+        operation_id="openrouter_generation",
+        parameters=[
+            OpenApiParameter("id", str, required=True, description="The usage event's id.")
+        ],
+        responses={200: GenerationOutput},
+    )
     def get(self, request):
         event_id = self.parse(GenerationParams, data=request.query_params)["id"]
         event = selectors.usage_event_get(organization=self.organization, event_id=event_id)
         if (self.key.team_id or self.key.user_id) and not (
             event.api_key_id == self.key.pk
             or selectors.usage_list(organization=self.organization)
-            .filter(pk=event.pk, team__in=_visible(self.key)).exists()
+            .filter(pk=event.pk, team__in=_visible(self.key))
+            .exists()
         ):
             from portal.errors import NotFound
 
-            raise NotFound(f"No usage event '{event_id}' in this organization.",
-                           resource="generation")
+            raise NotFound(
+                f"No usage event '{event_id}' in this organization.", resource="generation"
+            )
         data = {f: None for f in _NULL_FIELDS}
-        data.update({
-            "id": event.event_id, "model": event.model, "total_cost": event.cost,
-            "usage": event.cost,
-            "upstream_inference_cost": event.cost if event.cost_source == "reported" else None,
-            "cache_discount": None,
-            "tokens_prompt": event.prompt_tokens + event.cached_tokens,
-            "tokens_completion": event.completion_tokens + event.reasoning_tokens,
-            "native_tokens_prompt": event.prompt_tokens + event.cached_tokens,
-            "native_tokens_completion": event.completion_tokens + event.reasoning_tokens,
-            "native_tokens_cached": event.cached_tokens,
-            "native_tokens_reasoning": event.reasoning_tokens,
-            "native_tokens_completion_images": event.images or None,
-            "num_media_completion": event.images,
-            "created_at": event.occurred_at, "api_type": _API_TYPES.get(event.operation, "other"),
-            "origin": "", "data_region": "global", "is_byok": False,
-            "session_id": event.conversation_id or None,
-        })
+        data.update(
+            {
+                "id": event.event_id,
+                "model": event.model,
+                "total_cost": event.cost,
+                "usage": event.cost,
+                "upstream_inference_cost": event.cost if event.cost_source == "reported" else None,
+                "cache_discount": None,
+                "tokens_prompt": event.prompt_tokens + event.cached_tokens,
+                "tokens_completion": event.completion_tokens + event.reasoning_tokens,
+                "native_tokens_prompt": event.prompt_tokens + event.cached_tokens,
+                "native_tokens_completion": event.completion_tokens + event.reasoning_tokens,
+                "native_tokens_cached": event.cached_tokens,
+                "native_tokens_reasoning": event.reasoning_tokens,
+                "native_tokens_completion_images": event.images or None,
+                "num_media_completion": event.images,
+                "created_at": event.occurred_at,
+                "api_type": _API_TYPES.get(event.operation, "other"),
+                "origin": "",
+                "data_region": "global",
+                "is_byok": False,
+                "session_id": event.conversation_id or None,
+            }
+        )
         return Response({"data": data})
 
 

@@ -61,7 +61,8 @@ class LedgerAccount(models.Model):
             ),
             models.CheckConstraint(condition=Q(held__gte=0), name="account_held_not_negative"),
             models.CheckConstraint(
-                condition=Q(kind="team", team__isnull=False) | Q(~Q(kind="team"), team__isnull=True),
+                condition=Q(kind="team", team__isnull=False)
+                | Q(~Q(kind="team"), team__isnull=True),
                 name="account_team_iff_team_kind",
             ),
             models.UniqueConstraint(
@@ -134,7 +135,11 @@ class CreditLot(models.Model):
     account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="lots")
     source = models.CharField(max_length=16, choices=Source.choices)
     origin = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="portions",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="portions",
         help_text="The lot this portion was allocated from.",
     )
     original_amount = CreditField()
@@ -148,7 +153,9 @@ class CreditLot(models.Model):
     class Meta:
         ordering = ["priority", F("expires_at").asc(nulls_last=True), "created_at", "id"]
         constraints = [
-            models.CheckConstraint(condition=Q(remaining__gte=0), name="lot_remaining_not_negative"),
+            models.CheckConstraint(
+                condition=Q(remaining__gte=0), name="lot_remaining_not_negative"
+            ),
             models.CheckConstraint(condition=Q(original_amount__gt=0), name="lot_amount_positive"),
         ]
         indexes = [
@@ -180,10 +187,11 @@ class LedgerEntry(models.Model):
 
     class Meta:
         ordering = ["id"]
-        constraints = [
-            models.CheckConstraint(condition=~Q(amount=0), name="entry_amount_not_zero")
-        ]
+        constraints = [models.CheckConstraint(condition=~Q(amount=0), name="entry_amount_not_zero")]
         indexes = [models.Index(fields=["account", "id"], name="entry_account_history")]
+
+    def __str__(self) -> str:
+        return f"{self.amount:+} on account {self.account_id} (transaction {self.transaction_id})"
 
 
 class Hold(models.Model):
@@ -229,6 +237,9 @@ class Hold(models.Model):
         indexes = [
             models.Index(fields=["expires_at"], condition=Q(status="pending"), name="hold_pending")
         ]
+
+    def __str__(self) -> str:
+        return f"hold #{self.pk} {self.amount} ({self.status})"
 
 
 class ModelPrice(models.Model):

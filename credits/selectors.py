@@ -69,8 +69,11 @@ def usage_event_get(*, organization: Organization, event_id: str) -> UsageEvent:
 
 
 def hold_get(*, organization: Organization, pk: int) -> Hold:
-    hold = Hold.objects.filter(organization=organization, pk=pk).select_related(
-        "account", "organization", "api_key", "team", "member").first()
+    hold = (
+        Hold.objects.filter(organization=organization, pk=pk)
+        .select_related("account", "organization", "api_key", "team", "member")
+        .first()
+    )
     if hold is None:
         raise NotFound("No such authorization in this organization.", resource="authorization")
     return hold
@@ -88,12 +91,15 @@ class KeyUsage:
 def _spend_sums(qs: QuerySet, field: str, now: datetime) -> dict:
     return {
         "total": Coalesce(Sum("cost"), ZERO),
-        "daily": Coalesce(Sum("cost", filter=Q(**{f"{field}__gte": window_start("daily", now)})),
-                          ZERO),
+        "daily": Coalesce(
+            Sum("cost", filter=Q(**{f"{field}__gte": window_start("daily", now)})), ZERO
+        ),
         "weekly": Coalesce(
-            Sum("cost", filter=Q(**{f"{field}__gte": window_start("weekly", now)})), ZERO),
+            Sum("cost", filter=Q(**{f"{field}__gte": window_start("weekly", now)})), ZERO
+        ),
         "monthly": Coalesce(
-            Sum("cost", filter=Q(**{f"{field}__gte": window_start("monthly", now)})), ZERO),
+            Sum("cost", filter=Q(**{f"{field}__gte": window_start("monthly", now)})), ZERO
+        ),
     }
 
 
@@ -113,7 +119,8 @@ def key_usage_totals(keys: Iterable[ApiKey], now: datetime | None = None) -> dic
         r = by_key.get(key.pk, {})
         totals = {p: r.get(p, ZERO) for p in ("total", "daily", "weekly", "monthly")}
         window = {"daily": "daily", "weekly": "weekly", "monthly": "monthly"}.get(
-            key.limit_reset, "total")
+            key.limit_reset, "total"
+        )
         result[key.pk] = KeyUsage(**totals, in_limit_window=totals[window])
     return result
 
@@ -148,8 +155,9 @@ class BalanceSummary:
     teams: list[TeamBalance]
 
 
-def balance_summary(*, organization: Organization, teams: QuerySet[Team] | None = None,
-                    now: datetime | None = None) -> BalanceSummary:
+def balance_summary(
+    *, organization: Organization, teams: QuerySet[Team] | None = None, now: datetime | None = None
+) -> BalanceSummary:
     """The organization's balance summary, per team for `teams` (default: all). O(accounts +
     one aggregate over the usage index)."""
     now = now or timezone.now()
@@ -161,37 +169,53 @@ def balance_summary(*, organization: Organization, teams: QuerySet[Team] | None 
     totals = usage.aggregate(**_spend_sums(usage, "occurred_at", now))
     by_team = {
         r["team"]: r
-        for r in usage.filter(team__isnull=False).values("team").annotate(
-            **_spend_sums(usage, "occurred_at", now))
+        for r in usage.filter(team__isnull=False)
+        .values("team")
+        .annotate(**_spend_sums(usage, "occurred_at", now))
     }
-    expiring = CreditLot.objects.filter(
-        organization=organization, remaining__gt=0, account__kind__in=LedgerAccount.HOLDS_LOTS,
-        expires_at__gt=now, expires_at__lte=now + timedelta(days=30),
-    ).aggregate(s=Sum("remaining"))["s"] or ZERO
+    expiring = (
+        CreditLot.objects.filter(
+            organization=organization,
+            remaining__gt=0,
+            account__kind__in=LedgerAccount.HOLDS_LOTS,
+            expires_at__gt=now,
+            expires_at__lte=now + timedelta(days=30),
+        ).aggregate(s=Sum("remaining"))["s"]
+        or ZERO
+    )
     pool = next((a for a in accounts if a.kind == Kind.POOL), None)
     team_accounts = {a.team_id: a for a in accounts if a.kind == Kind.TEAM}
     team_rows = []
     for team in teams if teams is not None else Team.objects.filter(organization=organization):
         account = team_accounts.get(team.pk) if team.funding == Team.Funding.ALLOCATION else pool
         used = by_team.get(team.pk, {})
-        team_rows.append(TeamBalance(
-            team=team, funding=team.funding,
-            balance=account.balance if account else ZERO,
-            held=account.held if account else ZERO,
-            available=account.available if account else ZERO,
-            used=used.get("total", ZERO), used_today=used.get("daily", ZERO),
-            used_this_month=used.get("monthly", ZERO),
-        ))
+        team_rows.append(
+            TeamBalance(
+                team=team,
+                funding=team.funding,
+                balance=account.balance if account else ZERO,
+                held=account.held if account else ZERO,
+                available=account.available if account else ZERO,
+                used=used.get("total", ZERO),
+                used_today=used.get("daily", ZERO),
+                used_this_month=used.get("monthly", ZERO),
+            )
+        )
     balance = sum((a.balance for a in spendable), ZERO)
     held = sum((a.held for a in spendable), ZERO)
     return BalanceSummary(
-        total_credited=credited, total_used=totals["total"],
+        total_credited=credited,
+        total_used=totals["total"],
         total_expired=account_balance(expired_acc) if expired_acc else ZERO,
-        balance=balance, held=held, available=balance - held,
-        used_today=totals["daily"], used_this_month=totals["monthly"],
+        balance=balance,
+        held=held,
+        available=balance - held,
+        used_today=totals["daily"],
+        used_this_month=totals["monthly"],
         expiring_30_days=expiring,
         pool_balance=pool.balance if pool else ZERO,
-        pool_available=pool.available if pool else ZERO, teams=team_rows,
+        pool_available=pool.available if pool else ZERO,
+        teams=team_rows,
     )
 
 
@@ -205,8 +229,15 @@ REPORT_DIMENSIONS = {
 }
 
 
-def usage_report(*, organization: Organization, period: str, start: datetime, end: datetime,
-                 teams: QuerySet[Team] | None = None, top: int = 50) -> dict:
+def usage_report(
+    *,
+    organization: Organization,
+    period: str,
+    start: datetime,
+    end: datetime,
+    teams: QuerySet[Team] | None = None,
+    top: int = 50,
+) -> dict:
     """Usage between `start` and `end` (UTC, by occurred_at): totals, a series per `period`
     bucket (daily, weekly from Monday, monthly) and breakdowns by operation, team, member,
     model, conversation and key (the `top` largest by cost)."""
@@ -226,7 +257,9 @@ def usage_report(*, organization: Organization, period: str, start: datetime, en
     trunc = {"daily": TruncDay, "weekly": TruncWeek, "monthly": TruncMonth}[period]
     series = [
         {"start": r["bucket"], **{k: r[k] for k in sums}}
-        for r in qs.annotate(bucket=trunc("occurred_at")).values("bucket").annotate(**sums)
+        for r in qs.annotate(bucket=trunc("occurred_at"))
+        .values("bucket")
+        .annotate(**sums)
         .order_by("bucket")
     ]
     breakdowns = {}
@@ -234,6 +267,10 @@ def usage_report(*, organization: Organization, period: str, start: datetime, en
         rows = qs.values(field).annotate(**sums).order_by("-cost", field)[:top]
         breakdowns[name] = [{"key": r[field], **{k: r[k] for k in sums}} for r in rows]
     return {
-        "period": period, "start": start, "end": end, "totals": qs.aggregate(**sums),
-        "series": series, "breakdowns": breakdowns,
+        "period": period,
+        "start": start,
+        "end": end,
+        "totals": qs.aggregate(**sums),
+        "series": series,
+        "breakdowns": breakdowns,
     }

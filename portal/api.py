@@ -23,9 +23,7 @@ class StrictSerializer(serializers.Serializer):
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
-            raise serializers.ValidationError(
-                {"non_field_errors": ["Expected a JSON object."]}
-            )
+            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
         unknown = set(data) - set(self.fields) - set(self.ignored_fields)
         if unknown:
             raise serializers.ValidationError({f: ["Unknown field."] for f in sorted(unknown)})
@@ -142,3 +140,16 @@ def add_error_responses(result, generator, request, public):
                     },
                 )
     return result
+
+
+def decimals_as_strings(value: Any) -> Any:
+    """Credits in our own JSON are exact decimal strings (DRF's encoder would make floats)."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: decimals_as_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [decimals_as_strings(v) for v in value]
+    return value

@@ -152,8 +152,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         headers["Retry-After"] = str(int(exc.wait))
     type_ = next((t for cls, t in _DRF_TYPES.items() if isinstance(exc, cls)), "error")
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return Response(error_body(status_code, str(message), type_), status=status_code,
-                    headers=headers)
+    return Response(
+        error_body(status_code, str(message), type_), status=status_code, headers=headers
+    )
 
 
 def json_error_response(code: int, message: str, type_: str, **metadata: Any) -> JsonResponse:

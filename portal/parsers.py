@@ -21,6 +21,5 @@ class LimitedJSONParser(JSONParser):
             if len(data) > limit:
                 raise PayloadTooLarge(f"Request body over {limit} bytes.", limit_bytes=limit)
 
-
             stream = io.BytesIO(data)
         return super().parse(stream, media_type, parser_context)

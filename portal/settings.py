@@ -77,9 +77,7 @@ TEMPLATES = [
 
 # The demo database: SQLite with WAL and IMMEDIATE transactions (writers queue instead of failing).
 DATABASES = {
-    "default": env.db_url(
-        "DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'demo.sqlite3'}"
-    )
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'demo.sqlite3'}")
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -143,8 +141,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Prepaid AI credits for organizations: ledger, usage metering, budgets and billing. "
         "1 credit = 1 USD of model usage. Authenticate with `Authorization: Bearer <API key>`. "
-        "Every error has the shape `{\"error\": {\"code\": <HTTP status>, \"message\": str, "
-        "\"metadata\": {\"type\": str, ...}}}`."
+        'Every error has the shape `{"error": {"code": <HTTP status>, "message": str, '
+        '"metadata": {"type": str, ...}}}`.'
     ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,

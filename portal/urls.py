@@ -1,5 +1,6 @@
 """URLs: the pages (`/`, `/o/<org-slug>/...`), Django admin (`/admin/`), and the REST API under
-`/api/v1/` with its OpenAPI schema. API paths have no trailing slash (OpenRouter's SDKs send none)."""
+`/api/v1/` with its OpenAPI schema. API paths have no trailing slash (OpenRouter's SDKs send
+none)."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -31,12 +32,21 @@ api_v1 = [
     path("credits/lots", credits_apis.LotListApi.as_view(), name="credits-lots"),
     path("credits/allocations", credits_apis.AllocationApi.as_view(), name="credits-allocations"),
     path("credits/usage", credits_apis.UsageApi.as_view(), name="credits-usage"),
-    path("credits/authorizations", credits_apis.AuthorizationCreateApi.as_view(),
-         name="credits-authorizations"),
-    path("credits/authorizations/<int:pk>/capture", credits_apis.AuthorizationCaptureApi.as_view(),
-         name="credits-authorization-capture"),
-    path("credits/authorizations/<int:pk>/void", credits_apis.AuthorizationVoidApi.as_view(),
-         name="credits-authorization-void"),
+    path(
+        "credits/authorizations",
+        credits_apis.AuthorizationCreateApi.as_view(),
+        name="credits-authorizations",
+    ),
+    path(
+        "credits/authorizations/<int:pk>/capture",
+        credits_apis.AuthorizationCaptureApi.as_view(),
+        name="credits-authorization-capture",
+    ),
+    path(
+        "credits/authorizations/<int:pk>/void",
+        credits_apis.AuthorizationVoidApi.as_view(),
+        name="credits-authorization-void",
+    ),
     path("credits/report", credits_apis.ReportApi.as_view(), name="credits-report"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
@@ -47,12 +57,21 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
-    path("password-reset/done/", auth_views.PasswordResetDoneView.as_view(),
-         name="password_reset_done"),
-    path("reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(),
-         name="password_reset_confirm"),
-    path("reset/done/", auth_views.PasswordResetCompleteView.as_view(),
-         name="password_reset_complete"),
+    path(
+        "password-reset/done/",
+        auth_views.PasswordResetDoneView.as_view(),
+        name="password_reset_done",
+    ),
+    path(
+        "reset/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path(
+        "reset/done/",
+        auth_views.PasswordResetCompleteView.as_view(),
+        name="password_reset_complete",
+    ),
     path("invitations/<str:token>/", views.invitation_accept, name="invitation-accept"),
     path("o/<slug:org>/", views.dashboard, name="dashboard"),
     path("admin/", admin.site.urls),

@@ -23,7 +23,9 @@ from portal.money import quantize_credits
 
 from ..models import ModelPrice
 
-DEFAULT_PRICE_FILE = Path(__file__).resolve().parent.parent / "data" / "model_prices_and_context_window.json"
+DEFAULT_PRICE_FILE = (
+    Path(__file__).resolve().parent.parent / "data" / "model_prices_and_context_window.json"
+)
 NON_MODEL_KEYS = frozenset({"sample_spec", "fallback_generalizations", "last_updated"})
 
 # ModelPrice field <- price-table key.
@@ -53,7 +55,9 @@ def _price(value) -> Decimal | None:
 
 
 @transaction.atomic
-def prices_load(*, path: Path = DEFAULT_PRICE_FILE, effective_from: datetime | None = None) -> LoadResult:
+def prices_load(
+    *, path: Path = DEFAULT_PRICE_FILE, effective_from: datetime | None = None
+) -> LoadResult:
     """Load the price table at `path`. A model whose prices differ from its latest stored
     version gets a new `ModelPrice` from `effective_from` (default: the table's `last_updated`);
     an unchanged one gets nothing, so loading the same file twice writes nothing.
@@ -67,7 +71,9 @@ def prices_load(*, path: Path = DEFAULT_PRICE_FILE, effective_from: datetime | N
         raise ValidationFailed({"path": ["Expected a JSON object keyed by model name."]})
     if effective_from is None:
         stamp = table.get("last_updated")
-        effective_from = (parse_datetime(stamp) if isinstance(stamp, str) else None) or timezone.now()
+        effective_from = (
+            parse_datetime(stamp) if isinstance(stamp, str) else None
+        ) or timezone.now()
     latest: dict[str, ModelPrice] = {}
     for row in ModelPrice.objects.order_by("model", "effective_from"):
         latest[row.model] = row  # the last version of each model wins
@@ -79,19 +85,22 @@ def prices_load(*, path: Path = DEFAULT_PRICE_FILE, effective_from: datetime | N
         if all(v is None for v in values.values()):
             continue
         current = latest.get(model)
-        if current is not None and all(
-            getattr(current, f) == v for f, v in values.items()
-        ):
+        if current is not None and all(getattr(current, f) == v for f, v in values.items()):
             unchanged += 1
             continue
         if current is not None and current.effective_from >= effective_from:
             unchanged += 1  # an older table than what is loaded: keep the newer prices
             continue
-        new_rows.append(ModelPrice(
-            model=model, provider=str(spec.get("litellm_provider", ""))[:64],
-            mode=str(spec.get("mode", ""))[:32], effective_from=effective_from,
-            source=Path(path).name, **values,
-        ))
+        new_rows.append(
+            ModelPrice(
+                model=model,
+                provider=str(spec.get("litellm_provider", ""))[:64],
+                mode=str(spec.get("mode", ""))[:32],
+                effective_from=effective_from,
+                source=Path(path).name,
+                **values,
+            )
+        )
     ModelPrice.objects.bulk_create(new_rows, batch_size=500)
     _cache.clear()
     return LoadResult(created=len(new_rows), unchanged=unchanged, effective_from=effective_from)
@@ -147,13 +156,11 @@ def cost_compute(price: ModelPrice, tokens: Tokens, *, operation: str = "chat") 
     total = (
         tokens.prompt * input_price
         + tokens.completion * output_price
-        + tokens.cached * (price.cache_read_per_token if price.cache_read_per_token is not None
-                           else input_price)
-        + tokens.reasoning * (price.reasoning_per_token if price.reasoning_per_token is not None
-                              else output_price)
+        + tokens.cached
+        * (price.cache_read_per_token if price.cache_read_per_token is not None else input_price)
+        + tokens.reasoning
+        * (price.reasoning_per_token if price.reasoning_per_token is not None else output_price)
         + tokens.images * image_price
         + (price.per_request or zero)
     )
     return quantize_credits(total)
-
-

@@ -51,17 +51,28 @@ class UsageInput:
 
     def digest(self) -> str:
         return request_hash(
-            model=self.model, operation=self.operation, prompt=self.prompt_tokens,
-            completion=self.completion_tokens, cached=self.cached_tokens,
-            reasoning=self.reasoning_tokens, images=self.images, cost=self.cost,
-            occurred_at=self.occurred_at, conversation=self.conversation_id,
+            model=self.model,
+            operation=self.operation,
+            prompt=self.prompt_tokens,
+            completion=self.completion_tokens,
+            cached=self.cached_tokens,
+            reasoning=self.reasoning_tokens,
+            images=self.images,
+            cost=self.cost,
+            occurred_at=self.occurred_at,
+            conversation=self.conversation_id,
             metadata=self.metadata or {},
         )
 
     @property
     def tokens(self) -> Tokens:
-        return Tokens(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
-                      self.reasoning_tokens, self.images)
+        return Tokens(
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cached_tokens,
+            self.reasoning_tokens,
+            self.images,
+        )
 
 
 @dataclass(frozen=True)
@@ -97,8 +108,12 @@ def usage_price(event: UsageInput, occurred_at: datetime) -> tuple[Decimal, obje
     price = price_for(event.model, occurred_at)
     if price is None:
         raise ValidationFailed(
-            {"model": [f"Unknown model '{event.model}': it is not in the price table; report "
-                       "the request's cost in `cost`."]},
+            {
+                "model": [
+                    f"Unknown model '{event.model}': it is not in the price table; report "
+                    "the request's cost in `cost`."
+                ]
+            },
             message=f"Unknown model '{event.model}' and no cost reported",
         )
     return cost_compute(price, event.tokens, operation=event.operation), price, "price_table"
@@ -125,17 +140,23 @@ def key_limit_check(key: ApiKey | None, amount: Decimal, now: datetime) -> None:
     if start is not None:
         used = used.filter(recorded_at__gte=start)
     spent = used.aggregate(s=Sum("cost"))["s"] or Decimal(0)
-    held = Hold.objects.filter(api_key=key, status=Hold.Status.PENDING).aggregate(
-        s=Sum("amount"))["s"] or Decimal(0)
+    held = Hold.objects.filter(api_key=key, status=Hold.Status.PENDING).aggregate(s=Sum("amount"))[
+        "s"
+    ] or Decimal(0)
     if spent + held + amount > key.limit:
         remaining = max(key.limit - spent - held, Decimal(0))
         raise BudgetExceeded(
             f"Key limit exceeded: {format_credits(amount)} needed, "
             f"{format_credits(remaining)} left of the key's {format_credits(key.limit)} "
             f"{key.limit_reset or 'total'} limit",
-            budget={"scope": "api_key", "limit": str(key.limit),
-                    "period": key.limit_reset or "lifetime", "spent": str(spent),
-                    "held": str(held), "remaining": str(remaining)},
+            budget={
+                "scope": "api_key",
+                "limit": str(key.limit),
+                "period": key.limit_reset or "lifetime",
+                "spent": str(spent),
+                "held": str(held),
+                "remaining": str(remaining),
+            },
         )
 
 
@@ -166,23 +187,40 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
     cost, price, source = usage_price(event, occurred_at)
     txn = None
     if cost > 0:
-        txn, created = ledger_debit(account=account, amount=cost, digest=digest,
-                                    idempotency_key=f"usage:{event.id}",
-                                    metadata={"event_id": event.id})
+        txn, created = ledger_debit(
+            account=account,
+            amount=cost,
+            digest=digest,
+            idempotency_key=f"usage:{event.id}",
+            metadata={"event_id": event.id},
+        )
         if not created:  # a concurrent duplicate committed first
             return UsageResult(_existing(organization, event, digest), False, account)
     key_limit_check(attribution.api_key, cost, now)
     try:
         with transaction.atomic():
             usage = UsageEvent.objects.create(
-                organization=organization, event_id=event.id, request_hash=digest,
-                api_key=attribution.api_key, team=attribution.team, member=attribution.member,
-                operation=event.operation, model=event.model, price=price,
-                prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-                cached_tokens=event.cached_tokens, reasoning_tokens=event.reasoning_tokens,
-                images=event.images, cost=cost, cost_source=source,
-                conversation_id=event.conversation_id, metadata=event.metadata or {},
-                transaction=txn, occurred_at=occurred_at, recorded_at=now,
+                organization=organization,
+                event_id=event.id,
+                request_hash=digest,
+                api_key=attribution.api_key,
+                team=attribution.team,
+                member=attribution.member,
+                operation=event.operation,
+                model=event.model,
+                price=price,
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                cached_tokens=event.cached_tokens,
+                reasoning_tokens=event.reasoning_tokens,
+                images=event.images,
+                cost=cost,
+                cost_source=source,
+                conversation_id=event.conversation_id,
+                metadata=event.metadata or {},
+                transaction=txn,
+                occurred_at=occurred_at,
+                recorded_at=now,
             )
     except IntegrityError:
         return UsageResult(_existing(organization, event, digest), False, account)
@@ -194,19 +232,27 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
 # Credit-aware requests: authorize, capture, void -------------------------------------------------
 
 
-def authorization_estimate(*, model: str, prompt_tokens: int, max_tokens: int,
-                           at: datetime) -> Decimal:
+def authorization_estimate(
+    *, model: str, prompt_tokens: int, max_tokens: int, at: datetime
+) -> Decimal:
     """The worst case of a request: its prompt and `max_tokens` of output at the model's price.
     Raises ValidationFailed for a model not in the price table."""
-    estimate = UsageInput(id="estimate", model=model, prompt_tokens=prompt_tokens,
-                          completion_tokens=max_tokens)
+    estimate = UsageInput(
+        id="estimate", model=model, prompt_tokens=prompt_tokens, completion_tokens=max_tokens
+    )
     return usage_price(estimate, at)[0]
 
 
 @transaction.atomic
 def authorization_create(
-    *, attribution: Attribution, id: str, amount: Decimal | None = None, model: str = "",
-    prompt_tokens: int = 0, max_tokens: int = 0, timeout: timedelta | None = None,
+    *,
+    attribution: Attribution,
+    id: str,
+    amount: Decimal | None = None,
+    model: str = "",
+    prompt_tokens: int = 0,
+    max_tokens: int = 0,
+    timeout: timedelta | None = None,
 ) -> tuple[Hold, bool]:
     """Hold the worst-case cost of a request (an `amount`, or `model` with `prompt_tokens` and
     `max_tokens`) on the spending account, checked against the balance and the key's limit in
@@ -217,19 +263,26 @@ def authorization_create(
     if amount is None:
         if not model:
             raise ValidationFailed({"amount": ["Give an amount, or a model and max_tokens."]})
-        amount = authorization_estimate(model=model, prompt_tokens=prompt_tokens,
-                                        max_tokens=max_tokens, at=now)
+        amount = authorization_estimate(
+            model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens, at=now
+        )
     amount = parse_credits(amount)
     account = spending_account(attribution.organization, attribution.team)
-    existing = Hold.objects.filter(organization=attribution.organization,
-                                   idempotency_key=id).first()
+    existing = Hold.objects.filter(
+        organization=attribution.organization, idempotency_key=id
+    ).first()
     if existing is None:
         _lock([account])  # accounts first, then the key row: the order usage_record takes
         key_limit_check(attribution.api_key, amount, now)
     return hold_authorize(
-        account=account, amount=amount, idempotency_key=id, timeout=timeout,
+        account=account,
+        amount=amount,
+        idempotency_key=id,
+        timeout=timeout,
         extra_digest=request_hash(model=model, prompt=prompt_tokens, max_tokens=max_tokens),
-        api_key=attribution.api_key, team=attribution.team, member=attribution.member,
+        api_key=attribution.api_key,
+        team=attribution.team,
+        member=attribution.member,
         model=model,
     )
 
@@ -252,13 +305,26 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
     cost, price, source = usage_price(event, occurred_at)
     txn = hold_capture(hold=hold, amount=cost, metadata={"event_id": event.id})
     usage = UsageEvent.objects.create(
-        organization=organization, event_id=event.id, request_hash=digest, api_key=hold.api_key,
-        team=hold.team, member=hold.member, operation=event.operation, model=event.model,
-        price=price, prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-        cached_tokens=event.cached_tokens, reasoning_tokens=event.reasoning_tokens,
-        images=event.images, cost=cost, cost_source=source,
-        conversation_id=event.conversation_id, metadata={**(event.metadata or {}),
-                                                         "authorization": hold.idempotency_key},
-        transaction=txn, occurred_at=occurred_at, recorded_at=now,
+        organization=organization,
+        event_id=event.id,
+        request_hash=digest,
+        api_key=hold.api_key,
+        team=hold.team,
+        member=hold.member,
+        operation=event.operation,
+        model=event.model,
+        price=price,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        cached_tokens=event.cached_tokens,
+        reasoning_tokens=event.reasoning_tokens,
+        images=event.images,
+        cost=cost,
+        cost_source=source,
+        conversation_id=event.conversation_id,
+        metadata={**(event.metadata or {}), "authorization": hold.idempotency_key},
+        transaction=txn,
+        occurred_at=occurred_at,
+        recorded_at=now,
     )
     return UsageResult(usage, True, LedgerAccount.objects.get(pk=hold.account_id))

@@ -30,8 +30,13 @@ class Command(BaseCommand):
                 if user is None:
                     raise CommandError(f"No user '{member}'.")
             key, secret = apikey_create(
-                organization=organization, name=name or f"{kind} key", kind=kind, team=team_obj,
-                user=user, limit=limit, limit_reset=limit_reset,
+                organization=organization,
+                name=name or f"{kind} key",
+                kind=kind,
+                team=team_obj,
+                user=user,
+                limit=limit,
+                limit_reset=limit_reset,
                 actor=Actor(system="manage.py apikey_create"),
             )
         self.stdout.write(f"Created {kind} key '{key.name}' ({key.label}) for {organization.slug}.")

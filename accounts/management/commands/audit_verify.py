@@ -21,7 +21,9 @@ class Command(BaseCommand):
                 self.stdout.write(f"{org.slug}: intact")
             else:
                 broken += 1
-                self.stdout.write(f"{org.slug}: broken at event #{event.sequence} "
-                                  f"(id {event.pk}, {event.action}, {event.created_at:%Y-%m-%d %H:%M:%S})")
+                self.stdout.write(
+                    f"{org.slug}: broken at event #{event.sequence} "
+                    f"(id {event.pk}, {event.action}, {event.created_at:%Y-%m-%d %H:%M:%S})"
+                )
         if broken:
             raise CommandError(f"{broken} broken audit chain(s)")

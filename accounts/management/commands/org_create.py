@@ -16,7 +16,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, slug, name, owner, password, **options):
         with command_errors():
-            org = organization_create(slug=slug, name=name, owner_email=owner,
-                                      owner_password=password,
-                                      actor=Actor(system="manage.py org_create"))
+            org = organization_create(
+                slug=slug,
+                name=name,
+                owner_email=owner,
+                owner_password=password,
+                actor=Actor(system="manage.py org_create"),
+            )
         self.stdout.write(f"Created organization {org.slug} ({org.name}), owner {owner}.")

@@ -13,12 +13,18 @@ class Command(BaseCommand):
         parser.add_argument("org_slug")
         parser.add_argument("team_slug")
         parser.add_argument("--name", required=True)
-        parser.add_argument("--funding", choices=Team.Funding.values,
-                            default=Team.Funding.ALLOCATION)
+        parser.add_argument(
+            "--funding", choices=Team.Funding.values, default=Team.Funding.ALLOCATION
+        )
 
     def handle(self, *args, org_slug, team_slug, name, funding, **options):
         organization = organization_arg(org_slug)
         with command_errors():
-            team = team_create(organization=organization, slug=team_slug, name=name,
-                               funding=funding, actor=Actor(system="manage.py team_create"))
+            team = team_create(
+                organization=organization,
+                slug=team_slug,
+                name=name,
+                funding=funding,
+                actor=Actor(system="manage.py team_create"),
+            )
         self.stdout.write(f"Created team {team}.")

@@ -18,19 +18,39 @@ class Command(BaseCommand):
         parser.add_argument("--source", choices=["grant", "purchase", "promotion"], default="grant")
         parser.add_argument("--memo", default="")
 
-    def handle(self, *args, org_slug, amount, expires_at, priority, idempotency_key, source, memo,
-               **options):
+    def handle(
+        self,
+        *args,
+        org_slug,
+        amount,
+        expires_at,
+        priority,
+        idempotency_key,
+        source,
+        memo,
+        **options,
+    ):
         organization = organization_arg(org_slug)
         when = None
         if expires_at:
             when = parse_datetime(expires_at)
             if when is None or when.tzinfo is None:
-                raise CommandError("--expires-at: an ISO 8601 time with a zone, e.g. 2027-01-01T00:00:00Z")
+                raise CommandError(
+                    "--expires-at: an ISO 8601 time with a zone, e.g. 2027-01-01T00:00:00Z"
+                )
         with command_errors():
-            txn = credits_grant(organization=organization, amount=amount, source=source,
-                                priority=priority, expires_at=when, memo=memo,
-                                idempotency_key=idempotency_key,
-                                actor=Actor(system="manage.py credits_grant"))
+            txn = credits_grant(
+                organization=organization,
+                amount=amount,
+                source=source,
+                priority=priority,
+                expires_at=when,
+                memo=memo,
+                idempotency_key=idempotency_key,
+                actor=Actor(system="manage.py credits_grant"),
+            )
         pool = txn.entries.filter(lot__isnull=False).select_related("account").first()
-        self.stdout.write(f"Granted {amount} credits to {organization.slug} (transaction {txn.pk}); "
-                          f"pool balance {pool.account.balance if pool else '?'}.")
+        self.stdout.write(
+            f"Granted {amount} credits to {organization.slug} (transaction {txn.pk}); "
+            f"pool balance {pool.account.balance if pool else '?'}."
+        )

@@ -15,5 +15,7 @@ class Command(BaseCommand):
     def handle(self, *args, path, **options):
         with command_errors():
             result = prices_load(path=Path(path))
-        self.stdout.write(f"Prices effective {result.effective_from:%Y-%m-%d %H:%M} UTC: "
-                          f"{result.created} new, {result.unchanged} unchanged.")
+        self.stdout.write(
+            f"Prices effective {result.effective_from:%Y-%m-%d %H:%M} UTC: "
+            f"{result.created} new, {result.unchanged} unchanged."
+        )

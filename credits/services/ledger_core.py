@@ -1,0 +1,260 @@
+"""The ledger's posting primitives, shared by `credits.services.ledger` (the public services):
+accounts, row locks in ascending id order, idempotency keys, burning and expiring credit lots,
+and balanced entries that move the cached balances. Callers hold the locks and the transaction.
+
+Sign convention: an entry's `amount` is what it adds to its account's balance (see the models).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from accounts.models import Organization, Team
+from portal.errors import IdempotencyConflict, InsufficientCredits, NotFound, ValidationFailed
+from portal.money import format_credits
+
+from ..models import CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
+
+Kind = LedgerAccount.Kind
+LOT_FETCH = 50
+MAX_KEY_LENGTH = 255  # the idempotency_key columns
+
+
+def request_hash(**request) -> str:
+    """sha256 of a canonical JSON form of a request, to tell a retry from a different request."""
+    payload = json.dumps(request, sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def new_idempotency_key() -> str:
+    return f"auto:{uuid.uuid4()}"
+
+
+def _check_key(key, *, derived: bool = False) -> str:
+    """A non-blank idempotency key that fits the column (ValidationFailed). A `derived` key
+    (`usage:<event id>`, `capture:<hold key>`) too long for it becomes its sha256 (the same for
+    every retry)."""
+    if not isinstance(key, str) or not key.strip() or (len(key) > MAX_KEY_LENGTH and not derived):
+        raise ValidationFailed(
+            {"idempotency_key": [f"A non-blank string of at most {MAX_KEY_LENGTH} characters."]}
+        )
+    if len(key) > MAX_KEY_LENGTH:
+        return f"sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return key
+
+
+def _check_organization(organization: Organization | None, organization_id, what: str) -> None:
+    """NotFound (never a leak) when a caller scoped to `organization` names another's object."""
+    if organization is not None and organization.pk != organization_id:
+        raise NotFound(f"No such {what}.")
+
+
+def _check_spendable(account: LedgerAccount) -> None:
+    if account.kind not in LedgerAccount.HOLDS_LOTS:
+        raise ValidationFailed({"account": ["Only a pool or team account can be spent or held."]})
+
+
+# Accounts ---------------------------------------------------------------------------------------
+
+
+def system_account(organization: Organization, kind: str) -> LedgerAccount:
+    """The organization's pool or system account of `kind`, created on first use.
+    Raises ValidationFailed for an unknown kind (or `team`: see `team_account`)."""
+    if kind not in Kind.values or kind == Kind.TEAM:
+        raise ValidationFailed({"kind": [f"Unknown system account kind '{kind}'."]})
+    account = LedgerAccount.objects.filter(organization=organization, kind=kind).first()
+    if account is not None:
+        return account
+    try:
+        with transaction.atomic():
+            return LedgerAccount.objects.create(
+                organization=organization, kind=kind,
+                may_overdraw=kind in LedgerAccount.SOURCES | LedgerAccount.SINKS,
+            )
+    except IntegrityError:
+        return LedgerAccount.objects.get(organization=organization, kind=kind)
+
+
+def team_account(team: Team) -> LedgerAccount:
+    """The team's own allocation account, created on first use."""
+    account = LedgerAccount.objects.filter(team=team).first()
+    if account is not None:
+        return account
+    try:
+        with transaction.atomic():
+            return LedgerAccount.objects.create(
+                organization_id=team.organization_id, kind=Kind.TEAM, team=team
+            )
+    except IntegrityError:
+        return LedgerAccount.objects.get(team=team)
+
+
+def spending_account(organization: Organization, team: Team | None) -> LedgerAccount:
+    """Where a request of `team` is paid from: the team's allocation, or the pool for a team that
+    draws on it (`Team.funding == pool`) and for requests without a team. Raises NotFound for a
+    team of another organization."""
+    if team is not None and team.organization_id != organization.pk:
+        raise NotFound("No such team.")
+    if team is None or team.funding == Team.Funding.POOL:
+        return system_account(organization, Kind.POOL)
+    return team_account(team)
+
+
+def _lock(accounts: Iterable[LedgerAccount]) -> dict[int, LedgerAccount]:
+    """Lock the non-sink accounts among `accounts`, in ascending id order; fresh rows by id.
+    Raises NotFound for an account that is not in the database."""
+    accounts = [a for a in accounts if a.kind not in LedgerAccount.SINKS]
+    if any(a.pk is None for a in accounts):
+        raise NotFound("No such account.")
+    ids = sorted({a.pk for a in accounts})
+    rows = LedgerAccount.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+    locked = {a.pk: a for a in rows}
+    if len(locked) != len(ids):
+        raise NotFound("No such account.")
+    return locked
+
+
+def _first_result(model, organization_id: int | None, key: str, digest: str):
+    """The earlier result of an idempotency key, or None; IdempotencyConflict on another request."""
+    existing = model.objects.filter(organization_id=organization_id, idempotency_key=key).first()
+    if existing is not None and existing.request_hash != digest:
+        raise IdempotencyConflict(
+            f"The idempotency key '{key}' was used for a different request.",
+            idempotency_key=key,
+        )
+    return existing
+
+
+def _create_once(model, organization_id: int, key: str, digest: str, **fields):
+    """Insert the row that claims `key` (in a savepoint). Returns (row, created). A concurrent
+    first use of the key has committed by the time the unique index lets us go on (READ
+    COMMITTED: the lookup after the IntegrityError sees it); IdempotencyConflict if it was
+    another request."""
+    try:
+        with transaction.atomic():
+            return model.objects.create(
+                organization_id=organization_id, idempotency_key=key, request_hash=digest,
+                **fields,
+            ), True
+    except IntegrityError:
+        existing = _first_result(model, organization_id, key, digest)
+        if existing is None:
+            raise
+        return existing, False
+
+
+# Lots -------------------------------------------------------------------------------------------
+
+
+def _burn_order(qs):
+    return qs.order_by("priority", F("expires_at").asc(nulls_last=True), "created_at", "id")
+
+
+def _burn(
+    account: LedgerAccount, amount: Decimal, *, live_at: datetime | None = None
+) -> list[tuple[CreditLot, Decimal]]:
+    """Take `amount` from the account's lots in burn order; the account is locked by the caller,
+    which guards its lots. With `live_at`, lots expired by then (kept only because pending holds
+    need them) are left alone. Returns the (lot, portion) pairs taken."""
+    taken: list[tuple[CreditLot, Decimal]] = []
+    left = amount
+    lots_qs = CreditLot.objects.filter(account=account, remaining__gt=0)
+    if live_at is not None:
+        lots_qs = lots_qs.exclude(expires_at__lte=live_at)
+    while left > 0:
+        lots = list(_burn_order(lots_qs).exclude(pk__in=[lot.pk for lot, _ in taken])[:LOT_FETCH])
+        if not lots:
+            raise AssertionError(f"lots of account {account.pk} do not cover its balance")
+        for lot in lots:
+            portion = min(lot.remaining, left)
+            lot.remaining -= portion
+            lot.save(update_fields=["remaining"])
+            taken.append((lot, portion))
+            left -= portion
+            if left == 0:
+                break
+    return taken
+
+
+def _expire_due(account: LedgerAccount, now: datetime) -> LedgerTransaction | None:
+    """Post one expiry transaction for the account's lots past `expires_at` (the account is
+    locked). Only what no pending hold needs expires now (the balance never drops below `held`);
+    the rest goes once the holds are resolved. Returns the transaction, or None."""
+    due = CreditLot.objects.filter(account=account, remaining__gt=0, expires_at__lte=now)
+    free = account.balance - account.held
+    legs: list[tuple[LedgerAccount, Decimal, CreditLot | None]] = []
+    for lot in due.order_by("expires_at", "id"):
+        portion = min(lot.remaining, free)
+        if portion <= 0:
+            break
+        lot.remaining -= portion
+        free -= portion
+        if lot.remaining == 0:
+            lot.expired_at = now
+        lot.save(update_fields=["remaining", "expired_at"])
+        legs.append((account, -portion, lot))
+    if not legs:
+        return None
+    total = -sum(amount for _, amount, _ in legs)
+    lots = [lot.pk for _, _, lot in legs]
+    # A fresh key each time: a lot refilled by a reversal can expire again with the same amount.
+    txn = LedgerTransaction.objects.create(
+        organization_id=account.organization_id, kind=LedgerTransaction.Kind.EXPIRY,
+        idempotency_key=f"expiry:{account.pk}:{uuid.uuid4()}",
+        request_hash=request_hash(op="expiry", account=account.pk, lots=lots, total=total),
+        memo=f"Expiry of lot(s) {', '.join(f'#{pk}' for pk in lots)}"[:500],
+        metadata={"lots": lots, "as_of": now.isoformat()},
+    )
+    sink = system_account(account.organization, Kind.EXPIRY)
+    _post_entries(txn, [*legs, (sink, total, None)])
+    return txn
+
+
+def _post_entries(
+    txn: LedgerTransaction, legs: list[tuple[LedgerAccount, Decimal, CreditLot | None]]
+) -> None:
+    """Write the entries of `txn` and move the cached balances of non-sink accounts (locked by
+    the caller). The entries must sum to zero (the database checks it again at commit)."""
+    if len(legs) < 2 or sum(amount for _, amount, _ in legs) != 0:
+        raise AssertionError(f"unbalanced transaction: {legs}")
+    LedgerEntry.objects.bulk_create(
+        [LedgerEntry(transaction=txn, account=a, amount=amt, lot=lot) for a, amt, lot in legs]
+    )
+    deltas: dict[int, Decimal] = defaultdict(Decimal)
+    accounts = {}
+    for account, amount, _ in legs:
+        if account.kind not in LedgerAccount.SINKS:
+            deltas[account.pk] += amount
+            accounts[account.pk] = account
+    for pk, delta in deltas.items():
+        if delta:
+            accounts[pk].balance += delta
+            LedgerAccount.objects.filter(pk=pk).update(balance=F("balance") + delta)
+
+
+def _ensure_available(account: LedgerAccount, amount: Decimal, **context) -> None:
+    if account.available < amount:
+        raise InsufficientCredits(
+            f"Insufficient credits: {format_credits(amount)} needed, "
+            f"{format_credits(account.available)} available",
+            needed=str(amount),
+            available=str(account.available),
+            account=account.kind,
+            **context,
+        )
+
+
+def _spend(account: LedgerAccount, amount: Decimal, txn: LedgerTransaction) -> None:
+    sink = system_account(account.organization, Kind.USAGE)
+    legs = [(account, -portion, lot) for lot, portion in _burn(account, amount)]
+    _post_entries(txn, [*legs, (sink, amount, None)])

@@ -1,0 +1,95 @@
+"""Task paths on a real Celery worker over Redis, against the test database."""
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+from django.db import connection
+from django.utils import timezone
+
+from credits.models import CreditLot, Hold, LedgerAccount
+from credits.services import hold_authorize, spending_account
+from credits.verify import ledger_verify
+from portal.celery import app
+
+BROKER = os.environ.get("TEST_CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def worker():
+    """A real `celery worker` process on its own queue, using the test database."""
+    try:
+        redis.Redis.from_url(BROKER).ping()
+    except redis.ConnectionError:
+        pytest.fail(f"Redis is not reachable at {BROKER}: start redis-server (see .ci/run)")
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "CELERY_BROKER_URL": BROKER,
+        "CELERY_RESULT_BACKEND": BROKER,
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "portal",
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "-Q",
+            queue,
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    saved = {k: app.conf[k] for k in ("broker_url", "result_backend", "task_always_eager")}
+    app.conf.update(broker_url=BROKER, result_backend=BROKER, task_always_eager=False)
+    try:
+        yield queue
+    finally:
+        app.conf.update(saved)
+        process.terminate()
+        output = process.communicate(timeout=20)[0].decode()
+        if process.returncode not in (0, -15):
+            print(output)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_beat_tasks_release_expired_holds_and_expire_lots_on_a_real_worker(tenant, worker):
+    pool = spending_account(tenant.org, None)
+    tenant.grant("5", expires_at=timezone.now() + timedelta(days=1))
+    tenant.grant("3")
+    hold, _ = hold_authorize(account=pool, amount="2", idempotency_key="h1")
+    Hold.objects.filter(pk=hold.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    released = app.send_task("credits.tasks.holds_expire", queue=worker).get(timeout=60)
+    assert released == 1
+    hold.refresh_from_db()
+    pool.refresh_from_db()
+    assert hold.status == Hold.Status.EXPIRED and pool.held == 0
+
+    CreditLot.objects.filter(expires_at__isnull=False).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert app.send_task("credits.tasks.lots_expire", queue=worker).get(timeout=60) == 1
+    pool.refresh_from_db()
+    assert pool.balance == Decimal("3")
+    expiry = LedgerAccount.objects.get(organization=tenant.org, kind="expiry")
+    assert sum(e.amount for e in expiry.entries.all()) == Decimal("5")
+    assert app.send_task("credits.tasks.ledger_verify", queue=worker).get(timeout=60) == 0
+    assert ledger_verify() == []

@@ -1,0 +1,538 @@
+"""Tenant isolation over every route, now and as routes are added.
+
+Routes come from the URL configuration (walked through every include) and from the OpenAPI
+schema. Each must appear in ROUTES (how to probe it with organization A's objects, as
+organization B) or in EXEMPT (with the reason it holds no tenant data); a new route that is in
+neither fails `test_every_route_is_in_the_table`, naming it.
+
+Organization A ("acme") has one of everything; organization B ("globex") calls with its own
+management key (API) or its owner's session (pages). Every probe must: not answer 5xx, answer
+the expected status (404 for A's objects), show none of A's identifiers, and leave every row of
+A unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.apps import apps
+from django.db import models
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+from drf_spectacular.generators import SchemaGenerator
+
+from accounts.models import AuditEvent, Membership, Organization
+from accounts.roles import Role, TeamRole
+from accounts.services import invitation_create, team_create, team_member_set
+from credits.models import CreditLot, Hold, LedgerAccount, UsageEvent
+
+from .conftest import SYSTEM, Tenant
+
+PROJECT_APPS = ("accounts", "credits", "billing")
+API_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+# Route discovery -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UrlRoute:
+    route: str  # as written in the URL conf, e.g. "api/v1/teams/<slug:slug>"
+    callback: Callable
+
+    @property
+    def view_class(self):
+        return getattr(self.callback, "view_class", None) or getattr(self.callback, "cls", None)
+
+    @property
+    def api_methods(self) -> set[str]:
+        """The HTTP methods an API view implements (empty for function views)."""
+        cls = self.view_class
+        if cls is None or not hasattr(cls, "scope_map"):
+            return set()
+        return {m.upper() for m in API_METHODS if hasattr(cls, m)}
+
+
+def _walk(patterns, prefix: str = "") -> Iterator[UrlRoute]:
+    for entry in patterns:
+        if isinstance(entry, URLResolver):
+            yield from _walk(entry.url_patterns, prefix + str(entry.pattern))
+        elif isinstance(entry, URLPattern):
+            yield UrlRoute(prefix + str(entry.pattern), entry.callback)
+
+
+def url_routes() -> list[UrlRoute]:
+    """Every route of the URL configuration, includes resolved."""
+    return list(_walk(get_resolver().url_patterns))
+
+
+def shape(route: str) -> str:
+    """A route with its parameters blanked, so that URL conf and schema paths compare:
+    'api/v1/members/<int:pk>' and '/api/v1/members/{id}' are both 'api/v1/members/{}'."""
+    return re.sub(r"<[^>]+>|\{[^}]+\}", "{}", route.lstrip("/"))
+
+
+def schema_operations() -> dict[str, set[str]]:
+    """{schema path: {HTTP methods}} of the OpenAPI schema."""
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    return {path: {m.upper() for m in ops if m in API_METHODS} for path, ops in
+            schema["paths"].items()}
+
+
+# The world: organization A with one of everything, organization B with its own key -------------
+
+
+@dataclass
+class World:
+    a: Tenant
+    b: Tenant
+    a_team: Any
+    a_member: Any
+    a_invitation: Any
+    a_invitation_token: str
+    a_key: Any
+    a_usage_key: Any
+    a_event: UsageEvent
+    a_hold: Hold
+    b_key: Any
+    b_secret: str
+    b_api: Any = None
+    b_page: Client = None
+
+    @property
+    def a_pool(self) -> LedgerAccount:
+        return LedgerAccount.objects.get(organization=self.a.org, kind=LedgerAccount.Kind.POOL)
+
+    def markers(self) -> set[str]:
+        """Strings that identify A's data and must never reach B."""
+        found = {"acme", self.a_team.slug, self.a_event.event_id, self.a_hold.idempotency_key}
+        for key in self.a.org.keys.all():
+            found |= {key.hash, key.label}
+        found |= set(AuditEvent.objects.filter(organization=self.a.org).values_list("hash",
+                                                                                   flat=True))
+        return found
+
+    def a_ids(self, model: type[models.Model]) -> set[int]:
+        return set(model.objects.filter(**{_org_lookup(model): self.a.org.pk}).values_list("pk",
+                                                                                      flat=True))
+
+
+def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
+    """A: a second team (slug unknown to B), a member who manages it, an invitation, management
+    and usage keys, a grant, an allocation, a usage event and a hold (both through the API), and
+    the audit events all of these wrote. B: a grant of 7 credits and a management key."""
+    a = tenant
+    a_team = team_create(organization=a.org, slug="acme-secret-team", name="Acme Secret",
+                         actor=SYSTEM)
+    a_member = a.member(Role.MEMBER, email="a-member@acme.test")
+    team_member_set(team=a_team, user=a_member, role=TeamRole.MANAGER, actor=SYSTEM)
+    invitation, token = invitation_create(organization=a.org, email="a-invitee@acme.test",
+                                          team=a_team, actor=SYSTEM)
+    a_key, _ = a.key("management")
+    a_usage_key, usage_secret = a.key("usage", team=a_team)
+    a.grant("100")
+    a.allocate("20", team=a_team)
+    client = a.client(usage_secret)
+    response = client.post("/api/v1/credits/usage", {
+        "id": "acme-usage-event-1", "model": "gpt-4o", "prompt_tokens": 1000,
+        "completion_tokens": 100}, format="json")
+    assert response.status_code == 201, response.content
+    response = client.post("/api/v1/credits/authorizations",
+                           {"id": "acme-hold-1", "amount": "1.5"}, format="json")
+    assert response.status_code == 201, response.content
+
+    b = other_tenant
+    b.grant("7")
+    b_key, b_secret = b.key("management")
+    page = Client()
+    page.force_login(b.owner)
+    return World(
+        a=a, b=b, a_team=a_team, a_member=a_member, a_invitation=invitation,
+        a_invitation_token=token, a_key=a_key, a_usage_key=a_usage_key,
+        a_event=UsageEvent.objects.get(organization=a.org, event_id="acme-usage-event-1"),
+        a_hold=Hold.objects.get(organization=a.org, idempotency_key="acme-hold-1"),
+        b_key=b_key, b_secret=b_secret, b_api=b.client(b_secret), b_page=page,
+    )
+
+
+def _org_lookup(model: type[models.Model]) -> str | None:
+    """The lookup from `model` to its organization (direct, or through one parent)."""
+    if model is Organization:
+        return "pk"
+    names = {f.name for f in model._meta.get_fields()}
+    if "organization" in names:
+        return "organization"
+    for f in model._meta.get_fields():
+        if f.many_to_one and f.related_model is not None and (
+            f.related_model is Organization
+            or "organization" in {g.name for g in f.related_model._meta.get_fields()}
+        ):
+            return f.name if f.related_model is Organization else f"{f.name}__organization"
+    return None
+
+
+def snapshot(org: Organization) -> dict[str, list]:
+    """Every row the organization owns, in every model of the project's apps (new models
+    included): {model label: sorted rows}."""
+    out = {}
+    for model in apps.get_models():
+        if model._meta.app_label not in PROJECT_APPS or _org_lookup(model) is None:
+            continue
+        rows = model.objects.filter(**{_org_lookup(model): org.pk}).values()
+        out[model._meta.label] = sorted(json.dumps(r, sort_keys=True, default=str) for r in rows)
+    return out
+
+
+# The table ---------------------------------------------------------------------------------------
+
+Fill = Callable[[World], Any]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One request of B. `path`: the route's parameters (A's objects); `body`, `query`: what to
+    send; `status`: what B must get; `check(world, response)`: more assertions."""
+
+    status: int
+    path: Fill | None = None
+    body: Fill | None = None
+    query: Fill | None = None
+    check: Callable[[World, Any], None] | None = None
+    markers: bool = True  # the response must contain none of A's identifiers
+
+
+def _rows(response) -> list[dict]:
+    data = response.json()
+    return data["results"] if "results" in data else data["data"]
+
+
+def no_ids_of(model, field: str = "id") -> Callable[[World, Any], None]:
+    def check(world: World, response) -> None:
+        listed = {row[field] for row in _rows(response)}
+        assert not listed & world.a_ids(model), f"lists {model.__name__} rows of A"
+        assert listed, "B's own rows are missing: the check would be vacuous"
+    return check
+
+
+def empty(world: World, response) -> None:
+    assert _rows(response) == [], response.content
+
+
+def own_org(world: World, response) -> None:
+    assert response.json()["slug"] == world.b.org.slug
+
+
+def _b_used(world: World) -> Decimal:
+    return sum(UsageEvent.objects.filter(organization=world.b.org).values_list("cost", flat=True),
+               Decimal(0))
+
+
+def b_totals(world: World, response) -> None:
+    """B's own figures: its grant of 7 and its own usage, nothing of A's 100 and usage."""
+    body = response.json()
+    data = body.get("data", body)
+    credited = data.get("total_credited", data.get("total_credits"))
+    used = data.get("total_used", data.get("total_usage"))
+    assert Decimal(str(credited)) == 7, body
+    assert Decimal(str(used)) == _b_used(world), body
+
+
+def b_report(world: World, response) -> None:
+    totals = response.json()["totals"]
+    assert totals["events"] == UsageEvent.objects.filter(organization=world.b.org).count()
+    assert Decimal(totals["cost"]) == _b_used(world)
+
+
+def expect(predicate: Callable[[World, Any], bool]) -> Callable[[World, Any], None]:
+    def check(world: World, response) -> None:
+        assert predicate(world, response)
+    return check
+
+
+to_b_dashboard = expect(lambda w, r: r.url == f"/o/{w.b.org.slug}/")
+
+
+def fresh_in_b(model, field: str) -> Callable[[World, Any], None]:
+    """B reusing A's idempotency key gets a new row of its own, not A's first result."""
+    def check(world: World, response) -> None:
+        value = getattr(world.a_event if model is UsageEvent else world.a_hold, field)
+        assert model.objects.filter(organization=world.b.org, **{field: value}).count() == 1
+    return check
+
+
+A_TEAM = {"slug": lambda w: w.a_team.slug}
+A_MEMBER = {"pk": lambda w: w.a.org.memberships.get(user=w.a_member).pk}
+A_INVITATION = {"pk": lambda w: w.a_invitation.pk}
+A_KEY = {"hash": lambda w: w.a_key.hash}
+A_HOLD = {"pk": lambda w: w.a_hold.pk}
+
+
+def _params(spec: dict[str, Fill]) -> Fill:
+    return lambda w: {name: fill(w) for name, fill in spec.items()}
+
+
+# route (as in the URL conf) -> {method: [probes]}. Every API method the view implements, every
+# schema operation, and GET and POST on every page must be here.
+ROUTES: dict[str, dict[str, list[Probe]]] = {
+    "api/v1/organization": {
+        "GET": [Probe(200, check=own_org)],
+        "PATCH": [Probe(200, body=lambda w: {"name": "Globex renamed"}, check=own_org)],
+    },
+    "api/v1/teams": {
+        "GET": [Probe(200)],
+        "POST": [Probe(201, body=lambda w: {"slug": "globex-new", "name": "New"})],
+    },
+    "api/v1/teams/<slug:slug>": {
+        "GET": [Probe(404, path=_params(A_TEAM))],
+        "PATCH": [Probe(404, path=_params(A_TEAM), body=lambda w: {"name": "Taken"})],
+    },
+    "api/v1/teams/<slug:slug>/members": {
+        "POST": [
+            Probe(404, path=_params(A_TEAM), body=lambda w: {"email": w.b.owner.email}),
+            # B's own team, A's member: not a member of B
+            Probe(404, path=lambda w: {"slug": w.b.team.slug},
+                  body=lambda w: {"email": w.a_member.email}),
+        ],
+    },
+    "api/v1/members": {
+        "GET": [Probe(200, check=no_ids_of(Membership)),
+                Probe(200, query=lambda w: {"role": "member"})],
+    },
+    "api/v1/members/<int:pk>": {
+        "GET": [Probe(404, path=_params(A_MEMBER))],
+        "PATCH": [Probe(404, path=_params(A_MEMBER), body=lambda w: {"role": "owner"})],
+        "DELETE": [Probe(404, path=_params(A_MEMBER))],
+    },
+    "api/v1/invitations": {
+        "GET": [Probe(200)],
+        "POST": [Probe(404, body=lambda w: {"email": "new@globex.test",
+                                            "team": w.a_team.slug})],
+    },
+    "api/v1/invitations/<int:pk>": {
+        "GET": [Probe(404, path=_params(A_INVITATION))],
+        "DELETE": [Probe(404, path=_params(A_INVITATION))],
+    },
+    "api/v1/keys": {
+        "GET": [Probe(200, query=lambda w: {"include_disabled": "true",
+                                            "include_expired": "true"})],
+        "POST": [
+            Probe(404, body=lambda w: {"name": "x", "team": w.a_team.slug}),
+            Probe(404, body=lambda w: {"name": "x", "member": w.a_member.email}),
+        ],
+    },
+    "api/v1/keys/<str:hash>": {
+        "GET": [Probe(404, path=_params(A_KEY))],
+        "PATCH": [Probe(404, path=_params(A_KEY), body=lambda w: {"disabled": True})],
+        "DELETE": [Probe(404, path=_params(A_KEY))],
+    },
+    "api/v1/key": {
+        "GET": [Probe(200, check=expect(lambda w, r: r.json()["data"]["hash"] == w.b_key.hash))],
+    },
+    "api/v1/credits": {"GET": [Probe(200, check=b_totals)]},
+    "api/v1/generation": {
+        "GET": [Probe(404, query=lambda w: {"id": w.a_event.event_id}, markers=False)],
+    },
+    "api/v1/audit-events": {
+        "GET": [Probe(200, check=no_ids_of(AuditEvent)),
+                Probe(200, query=lambda w: {"action": "credits.granted"},
+                      check=no_ids_of(AuditEvent))],
+    },
+    "api/v1/credits/balance": {"GET": [Probe(200, check=b_totals)]},
+    "api/v1/credits/accounts": {"GET": [Probe(200, check=no_ids_of(LedgerAccount))]},
+    "api/v1/credits/lots": {
+        "GET": [Probe(200, check=no_ids_of(CreditLot)),
+                Probe(200, query=lambda w: {"account": w.a_pool.pk}, check=empty)],
+    },
+    "api/v1/credits/allocations": {
+        "POST": [Probe(404, body=lambda w: {"team": w.a_team.slug, "amount": "1"})],
+    },
+    "api/v1/credits/usage": {
+        "GET": [Probe(200),
+                Probe(200, query=lambda w: {"key": w.a_usage_key.hash}, check=empty),
+                Probe(200, query=lambda w: {"team": w.a_team.slug}, check=empty)],
+        # A's event id, same body: B records its own event (ids are per organization), and is
+        # never answered with A's first result
+        "POST": [Probe(201, markers=False, check=fresh_in_b(UsageEvent, "event_id"),
+                       body=lambda w: {"id": w.a_event.event_id, "model": "gpt-4o",
+                                       "prompt_tokens": 1000, "completion_tokens": 100})],
+    },
+    "api/v1/credits/authorizations": {
+        "POST": [Probe(201, markers=False, check=fresh_in_b(Hold, "idempotency_key"),
+                       body=lambda w: {"id": w.a_hold.idempotency_key, "amount": "1.5"})],
+    },
+    "api/v1/credits/authorizations/<int:pk>/capture": {
+        "POST": [Probe(404, path=_params(A_HOLD),
+                       body=lambda w: {"model": "gpt-4o", "prompt_tokens": 10})],
+    },
+    "api/v1/credits/authorizations/<int:pk>/void": {"POST": [Probe(404, path=_params(A_HOLD))]},
+    "api/v1/credits/report": {
+        "GET": [Probe(200, check=b_report),
+                Probe(200, query=lambda w: {"format": "csv", "period": "monthly"})],
+    },
+    # Pages, as B's owner (logged in)
+    "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
+    "o/<slug:org>/": {
+        "GET": [Probe(404, path=lambda w: {"org": w.a.org.slug}, markers=False)],
+        "POST": [Probe(404, path=lambda w: {"org": w.a.org.slug}, markers=False)],
+    },
+    # The signed token is the credential; a tampered one is 404, and B's owner cannot accept
+    # an invitation addressed to someone else (no membership in A: checked by the snapshot).
+    "invitations/<str:token>/": {
+        "GET": [Probe(404, path=lambda w: {"token": w.a_invitation_token[:-3] + "xyz"},
+                      markers=False)],
+        "POST": [Probe(200, path=lambda w: {"token": w.a_invitation_token}, markers=False,
+                       body=lambda w: {"name": "B owner"})],
+    },
+}
+EXEMPT: dict[str, str] = {
+    "login/": "authentication form, no tenant data",
+    "logout/": "ends the session, no tenant data",
+    "password-reset/": "e-mails a link to an address; answers the same for every address",
+    "password-reset/done/": "static confirmation page",
+    "reset/<uidb64>/<token>/": "the signed token is the credential; no tenant data",
+    "reset/done/": "static confirmation page",
+    "api/v1/schema/": "the OpenAPI document, the same for everyone",
+    "api/v1/schema/swagger/": "the Swagger UI page, the same for everyone",
+}
+EXEMPT_PREFIXES: dict[str, str] = {
+    "admin/": "Django admin: operators of the installation (staff) only, not tenants",
+}
+
+
+def _exempt(route: str) -> bool:
+    return route in EXEMPT or any(route.startswith(p) for p in EXEMPT_PREFIXES)
+
+
+# Tests -------------------------------------------------------------------------------------------
+
+
+def test_every_route_is_in_the_table():
+    """A route or operation missing from ROUTES/EXEMPT fails here, by name."""
+    missing = []
+    by_shape = {shape(r): r for r in ROUTES}
+    routes = url_routes()
+    for url in routes:
+        if _exempt(url.route):
+            continue
+        if url.route not in ROUTES:
+            missing.append(f"URL conf route {url.route!r} ({url.callback.__module__}."
+                           f"{url.callback.__name__}) is in neither ROUTES nor EXEMPT")
+            continue
+        for method in url.api_methods - set(ROUTES[url.route]):
+            missing.append(f"{method} {url.route!r}: no probe in ROUTES")
+        if not url.api_methods:  # a page: GET and POST
+            missing += [f"{m} page {url.route!r}: no probe" for m in ("GET", "POST")
+                        if m not in ROUTES[url.route]]
+    for path, methods in schema_operations().items():
+        route = by_shape.get(shape(path))
+        if route is None:
+            if not _exempt(path.lstrip("/")):
+                missing.append(f"schema path {path!r} is in neither ROUTES nor EXEMPT")
+            continue
+        missing += [f"{m} {path} (schema): no probe in ROUTES[{route!r}]"
+                    for m in methods - set(ROUTES[route])]
+    stale = set(ROUTES) - {u.route for u in routes}
+    missing += [f"ROUTES names {r!r}, which is no longer in the URL conf" for r in sorted(stale)]
+    assert not missing, "Add these routes to ROUTES (or EXEMPT, with a reason):\n" + "\n".join(
+        missing)
+    assert all(p.path or "<" not in r for r, ms in ROUTES.items() for ps in ms.values()
+               for p in ps), "a probe of a route with parameters must fill them"
+
+
+def _url(route: str, params: dict[str, Any]) -> str:
+    def fill(match: re.Match) -> str:
+        return str(params[match.group(1).split(":")[-1]])
+    return "/" + re.sub(r"<([^>]+)>", fill, route)
+
+
+def _send(world: World, route: str, method: str, probe: Probe) -> tuple[Any, list[str]]:
+    """B's request; returns the response and the strings B sent."""
+    url = _url(route, probe.path(world) if probe.path else {})
+    query = probe.query(world) if probe.query else {}
+    body = probe.body(world) if probe.body else None
+    sent = [url, *map(str, query.values()), *map(str, (body or {}).values())]
+    if route.startswith("api/"):
+        client = world.b_api
+        if method == "GET":
+            return client.get(url, query), sent
+        return client.generic(method, url, json.dumps(body) if body is not None else "",
+                              content_type="application/json"), sent
+    if method == "GET":
+        return world.b_page.get(url, query), sent
+    return world.b_page.post(url, body or {}), sent
+
+
+def _without_echo(text: str, sent: list[str]) -> str:
+    """The response without what B itself sent (an error may quote B's own input, e.g. "No
+    team 'x'"): what is left must hold none of A's identifiers."""
+    sent = sent + [part for s in sent for part in s.split("/") if part]
+    for value in sorted(set(sent), key=len, reverse=True):
+        text = text.replace(value, "")
+    return text
+
+
+def test_organization_b_sees_and_changes_nothing_of_a(tenant, other_tenant, prices):
+    world = build_world(tenant, other_tenant)
+    before = snapshot(world.a.org)
+    assert all(before[m] for m in ("accounts.Team", "accounts.Membership", "accounts.Invitation",
+                                   "accounts.ApiKey", "accounts.AuditEvent", "credits.CreditLot",
+                                   "credits.UsageEvent", "credits.Hold"))
+    markers = world.markers()
+    failures = []
+    for route, methods in ROUTES.items():
+        for method, probes in methods.items():
+            for i, probe in enumerate(probes):
+                where = f"{method} /{route} [probe {i}]"
+                response, sent = _send(world, route, method, probe)
+                text = response.content.decode(errors="replace")
+                shown = _without_echo(text, sent)
+                if response.status_code != probe.status:
+                    failures.append(f"{where}: {response.status_code}, expected {probe.status}: "
+                                    f"{text[:300]}")
+                    continue
+                if probe.markers and (leaked := [m for m in markers if m.lower() in
+                                                 shown.lower()]):
+                    failures.append(f"{where}: shows A's {sorted(leaked)}")
+                if probe.status == 404 and route.startswith("api/"):
+                    error = response.json().get("error", {})
+                    if error.get("code") != 404 or "type" not in error.get("metadata", {}):
+                        failures.append(f"{where}: 404 not in the error format: {text[:200]}")
+                try:
+                    if probe.check:
+                        probe.check(world, response)
+                except (AssertionError, KeyError) as exc:
+                    failures.append(f"{where}: {type(exc).__name__} {exc}: {text[:300]}")
+                after = snapshot(world.a.org)
+                if after != before:
+                    changed = [m for m in after if after[m] != before.get(m)]
+                    failures.append(f"{where}: changed A's {changed}")
+                    before = after
+    assert not failures, "\n".join(failures)
+
+
+def test_api_404_does_not_tell_foreign_from_missing(tenant, other_tenant, prices):
+    """A's object and an id that exists nowhere answer the same body: no existence leak."""
+    world = build_world(tenant, other_tenant)
+    pairs = [
+        (f"/api/v1/teams/{world.a_team.slug}", "/api/v1/teams/no-such-team-x"),
+        (f"/api/v1/keys/{world.a_key.hash}", "/api/v1/keys/" + "0" * 64),
+        (f"/api/v1/credits/authorizations/{world.a_hold.pk}/void",
+         "/api/v1/credits/authorizations/987654321/void"),
+    ]
+    member = world.a.org.memberships.get(user=world.a_member).pk
+    pairs += [(f"/api/v1/members/{member}", "/api/v1/members/987654321"),
+              (f"/api/v1/invitations/{world.a_invitation.pk}", "/api/v1/invitations/987654321")]
+    for foreign, missing in pairs:
+        method = "post" if foreign.endswith("/void") else "get"
+        a = getattr(world.b_api, method)(foreign)
+        b = getattr(world.b_api, method)(missing)
+        assert a.status_code == b.status_code == 404
+        strip = re.compile(r"'[^']*'")
+        assert strip.sub("", a.json()["error"]["message"]) == \
+            strip.sub("", b.json()["error"]["message"])
+        assert a.json()["error"]["metadata"] == b.json()["error"]["metadata"]
