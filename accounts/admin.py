@@ -9,7 +9,9 @@ from .models import (
     Membership,
     Organization,
     Team,
+    TeamGroupObjectPermission,
     TeamMembership,
+    TeamUserObjectPermission,
     User,
 )
 
@@ -121,3 +123,18 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(TeamUserObjectPermission)
+class TeamUserObjectPermissionAdmin(admin.ModelAdmin):
+    """Team managers' object permissions (django-guardian); set them through team roles."""
+
+    list_display = ["user", "permission", "content_object"]
+    list_filter = ["permission"]
+    search_fields = ["user__email", "content_object__slug"]
+
+
+@admin.register(TeamGroupObjectPermission)
+class TeamGroupObjectPermissionAdmin(admin.ModelAdmin):
+    list_display = ["group", "permission", "content_object"]
+    list_filter = ["permission"]

@@ -31,7 +31,7 @@ from portal.api import (
 from portal.errors import PermissionDenied, ValidationFailed
 
 from . import selectors, services
-from .models import CreditLot, LedgerAccount, UsageEvent
+from .models import CreditLot, LedgerAccount, LedgerEntry, UsageEvent
 from .periods import window_end, window_start
 from .services.usage import Attribution, UsageInput
 
@@ -127,6 +127,33 @@ class AccountListApi(OrganizationListAPIView):
         for account in page:
             account.balance = selectors.account_balance(account)
         return self.get_paginated_response(serializer_class(page, many=True).data)
+
+
+class EntryOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    transaction = serializers.IntegerField(source="transaction_id")
+    kind = serializers.CharField(source="transaction.kind")
+    memo = serializers.CharField(source="transaction.memo")
+    amount = Credits(help_text="Signed: what the entry added to the balance.")
+    running_balance = Credits(help_text="The account's balance right after this entry.")
+    lot = serializers.IntegerField(source="lot_id", allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+class AccountEntriesApi(OrganizationListAPIView):
+    scope_map = {"GET": "credits:read"}
+    model = LedgerEntry
+
+    def selector(self, organization):
+        return selectors.account_history(organization=organization,
+                                         account_id=self.kwargs["pk"])
+
+    @extend_schema(operation_id="credits_account_entries", responses={200: EntryOutput(many=True)},
+                   description="An account's history, newest first, with the running balance.")
+    def get(self, request, pk: int):
+        page = self.paginate_queryset(self.get_queryset())
+        selectors.with_running_balance(page)
+        return self.get_paginated_response(EntryOutput(page, many=True).data)
 
 
 class LotOutput(serializers.Serializer):

@@ -41,6 +41,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from portal.errors import ApplicationError, ValidationFailed
 from portal.money import quantize_credits
 
+from .models import UsageEvent
 from .services.usage import Attribution, UsageInput, usage_price, usage_record
 
 AZURE = "azure"
@@ -263,9 +264,17 @@ class ServiceSink:
         self.batch_size = batch_size
 
     def send(self, events: Sequence[UsageInput]) -> list[Outcome]:
+        # One read per batch answers the retries of an earlier replay (same id, same body); any
+        # other event, a conflicting retry included, goes through `usage_record`.
+        recorded = dict(UsageEvent.objects.filter(
+            organization=self.attribution.organization, event_id__in=[e.id for e in events],
+        ).values_list("event_id", "request_hash"))
         outcomes = []
         with transaction.atomic():
             for event in events:
+                if event.id in recorded and recorded[event.id] == event.digest():
+                    outcomes.append(Outcome("already"))
+                    continue
                 try:
                     result = usage_record(attribution=self.attribution, event=event)
                 except ApplicationError as exc:

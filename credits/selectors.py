@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Q, QuerySet, Sum, Window
+from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -41,14 +41,29 @@ def account_balance(account: LedgerAccount) -> Decimal:
     return account.balance
 
 
-def account_history(*, account: LedgerAccount) -> QuerySet[LedgerEntry]:
-    """The account's entries, newest first, each with `running_balance` after it."""
-    return (
-        LedgerEntry.objects.filter(account=account)
-        .select_related("transaction")
-        .annotate(running_balance=Window(Sum("amount"), order_by="id"))
-        .order_by("-id")
+def account_history(*, organization: Organization, account_id: int) -> QuerySet[LedgerEntry]:
+    """The entries of one of `organization`'s accounts, newest first. Raises NotFound."""
+    account = account_get(organization=organization, pk=account_id)
+    return LedgerEntry.objects.filter(account=account).select_related("transaction", "lot")
+
+
+def with_running_balance(entries: list[LedgerEntry]) -> list[LedgerEntry]:
+    """Set `running_balance` (the account's balance right after each entry) on a page of one
+    account's entries ordered newest first: one aggregate for the page's newest entry, then
+    back down the page."""
+    if not entries:
+        return entries
+    top = entries[0]
+    running = (
+        LedgerEntry.objects.filter(account_id=top.account_id, id__lte=top.pk).aggregate(
+            s=Sum("amount")
+        )["s"]
+        or ZERO
     )
+    for entry in entries:
+        entry.running_balance = running
+        running -= entry.amount
+    return entries
 
 
 def lot_list(*, organization: Organization) -> QuerySet[CreditLot]:

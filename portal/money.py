@@ -68,10 +68,10 @@ def parse_credits(value, *, field: str = "amount", allow_zero: bool = False) -> 
         raise ValidationFailed({field: ["A finite number is required."]})
     if amount < 0 or (amount == 0 and not allow_zero):
         raise ValidationFailed({field: ["Must be greater than zero."]})
+    if amount >= Decimal(10) ** (CREDIT_MAX_DIGITS - CREDIT_DECIMAL_PLACES):  # before quantize
+        raise ValidationFailed({field: ["Too large."]})
     if amount != amount.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN):
         raise ValidationFailed({field: [f"At most {CREDIT_DECIMAL_PLACES} decimal places."]})
-    if amount >= Decimal(10) ** (CREDIT_MAX_DIGITS - CREDIT_DECIMAL_PLACES):
-        raise ValidationFailed({field: ["Too large."]})
     return amount.quantize(CREDIT_QUANTUM)
 
 

@@ -29,6 +29,11 @@ api_v1 = [
     path("audit-events", accounts_apis.AuditEventListApi.as_view(), name="audit-events"),
     path("credits/balance", credits_apis.BalanceApi.as_view(), name="credits-balance"),
     path("credits/accounts", credits_apis.AccountListApi.as_view(), name="credits-accounts"),
+    path(
+        "credits/accounts/<int:pk>/entries",
+        credits_apis.AccountEntriesApi.as_view(),
+        name="credits-account-entries",
+    ),
     path("credits/lots", credits_apis.LotListApi.as_view(), name="credits-lots"),
     path("credits/allocations", credits_apis.AllocationApi.as_view(), name="credits-allocations"),
     path("credits/usage", credits_apis.UsageApi.as_view(), name="credits-usage"),

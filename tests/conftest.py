@@ -34,6 +34,12 @@ PRICED_MODELS = (
 )
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Hashing strength is Django's concern, not ours: a fast hasher keeps the suite quick."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def prices(db, tmp_path) -> Path:
     """Load the real prices of PRICED_MODELS through `prices_load` (a verbatim subset of the

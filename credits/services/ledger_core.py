@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 
 from accounts.models import Organization, Team
 from portal.errors import IdempotencyConflict, InsufficientCredits, NotFound, ValidationFailed
@@ -78,7 +78,8 @@ def system_account(organization: Organization, kind: str) -> LedgerAccount:
     try:
         with transaction.atomic():
             return LedgerAccount.objects.create(
-                organization=organization, kind=kind,
+                organization=organization,
+                kind=kind,
                 may_overdraw=kind in LedgerAccount.SOURCES | LedgerAccount.SINKS,
             )
     except IntegrityError:
@@ -135,19 +136,21 @@ def _first_result(model, organization_id: int | None, key: str, digest: str):
     return existing
 
 
-def _create_once(model, organization_id: int, key: str, digest: str, **fields):
+def _create_once(row_model, organization_id: int, key: str, digest: str, /, **fields):
     """Insert the row that claims `key` (in a savepoint). Returns (row, created). A concurrent
     first use of the key has committed by the time the unique index lets us go on (READ
     COMMITTED: the lookup after the IntegrityError sees it); IdempotencyConflict if it was
-    another request."""
+    another request. (`row_model` is positional: a Hold has a `model` field.)"""
     try:
         with transaction.atomic():
-            return model.objects.create(
-                organization_id=organization_id, idempotency_key=key, request_hash=digest,
+            return row_model.objects.create(
+                organization_id=organization_id,
+                idempotency_key=key,
+                request_hash=digest,
                 **fields,
             ), True
     except IntegrityError:
-        existing = _first_result(model, organization_id, key, digest)
+        existing = _first_result(row_model, organization_id, key, digest)
         if existing is None:
             raise
         return existing, False
@@ -156,23 +159,30 @@ def _create_once(model, organization_id: int, key: str, digest: str, **fields):
 # Lots -------------------------------------------------------------------------------------------
 
 
-def _burn_order(qs):
-    return qs.order_by("priority", F("expires_at").asc(nulls_last=True), "created_at", "id")
+def _burn_order(qs, expired_first_at: datetime | None = None):
+    """Priority (lower first), then earliest expiry (none last), then age. With
+    `expired_first_at`, lots expired by then come first: a capture spends the credits its hold
+    kept from expiring before live ones."""
+    order = ["priority", F("expires_at").asc(nulls_last=True), "created_at", "id"]
+    if expired_first_at is not None:
+        order.insert(0, Case(When(expires_at__lte=expired_first_at, then=Value(0)), default=1))
+    return qs.order_by(*order)
 
 
 def _burn(
-    account: LedgerAccount, amount: Decimal, *, live_at: datetime | None = None
+    account: LedgerAccount, amount: Decimal, *, expired_first_at: datetime | None = None
 ) -> list[tuple[CreditLot, Decimal]]:
     """Take `amount` from the account's lots in burn order; the account is locked by the caller,
-    which guards its lots. With `live_at`, lots expired by then (kept only because pending holds
-    need them) are left alone. Returns the (lot, portion) pairs taken."""
+    which guards its lots. Returns the (lot, portion) pairs taken. (After `_expire_due`, lots
+    past expiry are left only while pending holds need them, and then nothing is available: only
+    a capture ever meets them.)"""
     taken: list[tuple[CreditLot, Decimal]] = []
     left = amount
-    lots_qs = CreditLot.objects.filter(account=account, remaining__gt=0)
-    if live_at is not None:
-        lots_qs = lots_qs.exclude(expires_at__lte=live_at)
+    lots_qs = _burn_order(
+        CreditLot.objects.filter(account=account, remaining__gt=0), expired_first_at
+    )
     while left > 0:
-        lots = list(_burn_order(lots_qs).exclude(pk__in=[lot.pk for lot, _ in taken])[:LOT_FETCH])
+        lots = list(lots_qs.exclude(pk__in=[lot.pk for lot, _ in taken])[:LOT_FETCH])
         if not lots:
             raise AssertionError(f"lots of account {account.pk} do not cover its balance")
         for lot in lots:
@@ -209,7 +219,8 @@ def _expire_due(account: LedgerAccount, now: datetime) -> LedgerTransaction | No
     lots = [lot.pk for _, _, lot in legs]
     # A fresh key each time: a lot refilled by a reversal can expire again with the same amount.
     txn = LedgerTransaction.objects.create(
-        organization_id=account.organization_id, kind=LedgerTransaction.Kind.EXPIRY,
+        organization_id=account.organization_id,
+        kind=LedgerTransaction.Kind.EXPIRY,
         idempotency_key=f"expiry:{account.pk}:{uuid.uuid4()}",
         request_hash=request_hash(op="expiry", account=account.pk, lots=lots, total=total),
         memo=f"Expiry of lot(s) {', '.join(f'#{pk}' for pk in lots)}"[:500],
@@ -254,7 +265,15 @@ def _ensure_available(account: LedgerAccount, amount: Decimal, **context) -> Non
         )
 
 
-def _spend(account: LedgerAccount, amount: Decimal, txn: LedgerTransaction) -> None:
+def _spend(
+    account: LedgerAccount,
+    amount: Decimal,
+    txn: LedgerTransaction,
+    *,
+    expired_first_at: datetime | None = None,
+) -> None:
+    """Burn `amount` of the (locked) account's lots into the usage sink, as `txn`."""
     sink = system_account(account.organization, Kind.USAGE)
-    legs = [(account, -portion, lot) for lot, portion in _burn(account, amount)]
+    burned = _burn(account, amount, expired_first_at=expired_first_at)
+    legs = [(account, -portion, lot) for lot, portion in burned]
     _post_entries(txn, [*legs, (sink, amount, None)])

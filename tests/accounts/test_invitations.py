@@ -38,8 +38,13 @@ def invite(tenant, email="new@example.test", **kwargs):
 
 
 def test_accept_gives_the_invited_role_and_team_role(tenant):
-    invitation, token = invite(tenant, email="Ada@Example.test", role=Role.ADMIN, team=tenant.team,
-                               team_role=TeamRole.MANAGER)
+    invitation, token = invite(
+        tenant,
+        email="Ada@Example.test",
+        role=Role.ADMIN,
+        team=tenant.team,
+        team_role=TeamRole.MANAGER,
+    )
     assert invitation.email == "ada@example.test"  # e-mails are compared lower-case
     user = UserFactory(email="ada@example.test")
 
@@ -75,7 +80,8 @@ def test_a_token_is_single_use(tenant):
 def test_an_expired_invitation_is_refused(tenant):
     invitation, token = invite(tenant)
     Invitation.objects.filter(pk=invitation.pk).update(
-        expires_at=timezone.now() - timedelta(seconds=1))
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
     user = UserFactory(email="new@example.test")
     with pytest.raises(ValidationFailed, match="expired"):
         invitation_accept(token=token, user=user, actor=SYSTEM)
@@ -96,12 +102,15 @@ def test_a_revoked_invitation_is_refused(tenant):
         invitation_accept(token=token, user=UserFactory(email="new@example.test"), actor=SYSTEM)
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # the signature
-    lambda t: "x" + t[1:],  # the payload
-    lambda t: "",
-    lambda t: "not-a-token",
-])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # the signature
+        lambda t: "x" + t[1:],  # the payload
+        lambda t: "",
+        lambda t: "not-a-token",
+    ],
+)
 def test_a_tampered_token_is_refused(tenant, tamper):
     _, token = invite(tenant)
     user = UserFactory(email="new@example.test")

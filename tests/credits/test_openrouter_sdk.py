@@ -41,20 +41,35 @@ def _no_sdk_environment(monkeypatch):
 
 
 def sdk(live_server, secret: str) -> OpenRouter:
-    return OpenRouter(api_key=secret, server_url=live_server.url + "/api/v1",
-                      retry_config=NO_RETRY, timeout_ms=20_000)
+    return OpenRouter(
+        api_key=secret,
+        server_url=live_server.url + "/api/v1",
+        retry_config=NO_RETRY,
+        timeout_ms=20_000,
+    )
 
 
 def record_usage(live_server, secret: str, event_id: str, cost: str, **extra) -> httpx.Response:
     """POST /api/v1/credits/usage with an upstream-reported cost (as OpenRouter's usage.cost)."""
-    body = {"id": event_id, "model": "openai/gpt-4o", "prompt_tokens": 1200,
-            "completion_tokens": 300, "cost": cost, **extra}
-    return httpx.post(f"{live_server.url}/api/v1/credits/usage", json=body,
-                      headers={"Authorization": f"Bearer {secret}"}, timeout=20)
+    body = {
+        "id": event_id,
+        "model": "openai/gpt-4o",
+        "prompt_tokens": 1200,
+        "completion_tokens": 300,
+        "cost": cost,
+        **extra,
+    }
+    return httpx.post(
+        f"{live_server.url}/api/v1/credits/usage",
+        json=body,
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
 
 
-def test_credits_match_grants_and_usage_and_need_a_management_key(live_server, tenant,
-                                                                  other_tenant):
+def test_credits_match_grants_and_usage_and_need_a_management_key(
+    live_server, tenant, other_tenant
+):
     tenant.grant("100")
     tenant.grant("25.5")
     other_tenant.grant("999")  # another tenant's credits never show
@@ -109,7 +124,8 @@ def test_key_api_lifecycle(live_server, tenant, other_tenant):
 
     # The new key authenticates (and sees itself).
     assert sdk(live_server, created.key).api_keys.get_current_key_metadata().data.label == (
-        created.data.label)
+        created.data.label
+    )
 
     listed = {k.hash for k in client.api_keys.list().data}
     assert created.data.hash in listed and other_key.hash not in listed
@@ -117,8 +133,9 @@ def test_key_api_lifecycle(live_server, tenant, other_tenant):
     with pytest.raises(errors.NotFoundResponseError):
         client.api_keys.get(hash=other_key.hash)  # another tenant's key: 404, not 403
 
-    updated = client.api_keys.update(hash=created.data.hash, name="ci", limit=7.5,
-                                     disabled=True).data
+    updated = client.api_keys.update(
+        hash=created.data.hash, name="ci", limit=7.5, disabled=True
+    ).data
     assert (updated.name, updated.limit, updated.disabled) == ("ci", 7.5, True)
     row.refresh_from_db()
     assert (row.name, row.limit, row.disabled) == ("ci", Decimal("7.5"), True)
@@ -143,7 +160,8 @@ def test_key_limit_is_enforced_on_usage(live_server, tenant):
     tenant.grant("100")
     _, management_secret = tenant.key("management")
     created = sdk(live_server, management_secret).api_keys.create(
-        name="capped", limit=1.0, limit_reset="monthly")
+        name="capped", limit=1.0, limit_reset="monthly"
+    )
 
     assert record_usage(live_server, created.key, "c1", "0.75").status_code == 201
     key_client = sdk(live_server, created.key)

@@ -223,3 +223,20 @@ def test_balance_and_report(funded):
     assert ["model", "gpt-4o"] in [r[:2] for r in rows]
     bad = client.get("/api/v1/credits/report", {"period": "hourly"})
     assert bad.status_code == 400
+
+
+def test_an_accounts_history_has_a_running_balance_across_pages(funded):
+    tenant, _, client = funded
+    for i in range(3):
+        client.post(USAGE, event(f"h{i}", cost="0.5"), format="json")
+    account = LedgerAccount.objects.get(team=tenant.team)
+    page = client.get(f"/api/v1/credits/accounts/{account.pk}/entries", {"limit": 2}).json()
+    assert [r["running_balance"] for r in page["results"]] == [
+        "0.500000000000", "1.000000000000"]
+    rest = client.get(page["next"]).json()["results"]
+    assert [(r["kind"], r["amount"], r["running_balance"]) for r in rest] == [
+        ("usage", "-0.500000000000", "1.500000000000"),
+        ("allocation", "2.000000000000", "2.000000000000"),
+    ]
+    other = tenant.client(tenant.key("management")[1])
+    assert other.get("/api/v1/credits/accounts/999999/entries").status_code == 404

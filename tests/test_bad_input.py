@@ -1,0 +1,312 @@
+"""Bad input answers 400/401/403/404/405/413 in the one error format, never 500, and writes
+nothing (row counts of every project model are compared before and after).
+
+Error format: {"error": {"code": <HTTP status>, "message": str, "metadata": {"type": str, ...}}}
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.apps import apps
+from django.conf import settings
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKey
+from accounts.services import apikey_delete, apikey_update
+
+from .conftest import SYSTEM
+
+USAGE = "/api/v1/credits/usage"
+
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings):
+    """Owners get a password in `make_tenant`; PBKDF2 would cost 0.25 s per tenant."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+PROJECT_APPS = ("accounts", "credits", "billing")
+
+
+def counts() -> dict[str, int]:
+    return {m._meta.label: m.objects.count() for m in apps.get_models()
+            if m._meta.app_label in PROJECT_APPS}
+
+
+def assert_error(response, status: int, type_: str | None = None) -> dict:
+    assert response.status_code == status, (response.status_code, response.content[:500])
+    assert response["Content-Type"].startswith("application/json"), response["Content-Type"]
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert error["code"] == status and isinstance(error["code"], int)
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["metadata"], dict) and isinstance(error["metadata"]["type"], str)
+    if type_ is not None:
+        assert error["metadata"]["type"] == type_, error
+    return error
+
+
+@pytest.fixture
+def api(tenant, prices):
+    """An owner-less management key (every scope) of a funded organization."""
+    tenant.grant("10")
+    tenant.allocate("5")
+    _, secret = tenant.key("management")
+    return tenant.client(secret)
+
+
+def event(**changes) -> dict:
+    return {"id": "e1", "model": "gpt-4o", "prompt_tokens": 100, "completion_tokens": 10,
+            **changes}
+
+
+FUTURE = (timezone.now() + timedelta(days=365)).isoformat()
+LIMIT = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+# (method, path, raw body (str) or JSON value, status, metadata.type)
+BAD_BODIES = [
+    # malformed JSON, wrong top-level type
+    ("POST", "/api/v1/teams", "{not json", 400, "parse_error"),
+    ("POST", USAGE, '{"id": "e1",', 400, "parse_error"),
+    ("PATCH", "/api/v1/organization", "[1, 2", 400, "parse_error"),
+    ("POST", "/api/v1/teams", [], 400, "validation_error"),
+    ("POST", "/api/v1/teams", [{"slug": "x", "name": "X"}], 400, "validation_error"),
+    ("PATCH", "/api/v1/organization", ["name"], 400, "validation_error"),
+    ("POST", USAGE, [event()], 400, "validation_error"),
+    ("POST", USAGE, "null", 400, "validation_error"),
+    ("POST", USAGE, '"a string"', 400, "validation_error"),
+    ("POST", "/api/v1/keys", 42, 400, "validation_error"),
+    ("POST", "/api/v1/credits/allocations", [], 400, "validation_error"),
+    ("POST", "/api/v1/credits/authorizations", [], 400, "validation_error"),
+    # unknown fields
+    ("POST", "/api/v1/teams", {"slug": "x", "name": "X", "owner": "me"}, 400, "validation_error"),
+    ("PATCH", "/api/v1/organization", {"currency": "EUR"}, 400, "validation_error"),
+    ("POST", USAGE, event(price="0"), 400, "validation_error"),
+    ("POST", USAGE, {"events": [event()], "extra": 1}, 400, "validation_error"),
+    ("POST", USAGE, {"events": {"id": "e1"}}, 400, "validation_error"),
+    ("POST", "/api/v1/credits/allocations", {"team": "research", "amount": "1", "to": "x"}, 400,
+     "validation_error"),
+    # wrong types
+    ("POST", USAGE, event(prompt_tokens="100"), 400, "validation_error"),
+    ("POST", USAGE, event(prompt_tokens=100.0), 400, "validation_error"),
+    ("POST", USAGE, event(completion_tokens=1.5), 400, "validation_error"),
+    ("POST", USAGE, event(prompt_tokens=True), 400, "validation_error"),
+    ("POST", USAGE, event(images=False), 400, "validation_error"),
+    ("POST", USAGE, event(prompt_tokens=None), 400, "validation_error"),
+    ("POST", USAGE, event(cost="lots"), 400, "validation_error"),
+    ("POST", USAGE, event(metadata=[1]), 400, "validation_error"),
+    ("POST", USAGE, event(id={"a": 1}), 400, "validation_error"),
+    ("POST", "/api/v1/teams", {"slug": ["x"], "name": "X"}, 400, "validation_error"),
+    ("POST", "/api/v1/teams", {"slug": "x", "name": {"a": 1}}, 400, "validation_error"),
+    ("PATCH", "/api/v1/organization", {"name": True}, 400, "validation_error"),
+    ("POST", "/api/v1/keys", {"name": "k", "limit": "lots"}, 400, "validation_error"),
+    ("POST", "/api/v1/keys", {"name": "k", "scopes": "org:read"}, 400, "validation_error"),
+    ("POST", "/api/v1/keys", {"name": "k", "scopes": ["root"]}, 400, "validation_error"),
+    ("POST", "/api/v1/keys", {"name": "k", "expires_at": "tomorrow"}, 400, "validation_error"),
+    ("POST", "/api/v1/credits/allocations", {"team": "research", "amount": "abc"}, 400,
+     "validation_error"),
+    ("POST", "/api/v1/credits/allocations", {"team": "research", "amount": "-5"}, 400,
+     "validation_error"),
+    ("POST", "/api/v1/credits/allocations", {"team": "research", "amount": "NaN"}, 400,
+     "validation_error"),
+    ("POST", "/api/v1/credits/allocations", {"team": "research", "amount": "1e400"}, 400,
+     "validation_error"),
+    ("POST", "/api/v1/credits/authorizations", {"id": "h", "amount": "x"}, 400,
+     "validation_error"),
+    ("POST", "/api/v1/credits/authorizations", {"id": "h", "amount": "1", "timeout_seconds": "x"},
+     400, "validation_error"),
+    # bad values
+    ("POST", "/api/v1/teams", {"slug": "Bad Slug!", "name": "X"}, 400, "validation_error"),
+    ("POST", "/api/v1/teams", {"slug": "-x-", "name": "X"}, 400, "validation_error"),
+    ("POST", "/api/v1/teams", {"slug": "x", "name": ""}, 400, "validation_error"),
+    ("POST", "/api/v1/teams", {"slug": "x", "name": "X", "funding": "magic"}, 400,
+     "validation_error"),
+    ("POST", "/api/v1/invitations", {"email": "not-an-email"}, 400, "validation_error"),
+    ("POST", "/api/v1/invitations", {"email": "a@b.test", "role": "god"}, 400,
+     "validation_error"),
+    ("POST", USAGE, event(model="no-such-model-xyz"), 400, "validation_error"),
+    ("POST", USAGE, event(prompt_tokens=-1), 400, "validation_error"),
+    ("POST", USAGE, event(reasoning_tokens=2**63), 400, "validation_error"),
+    ("POST", USAGE, event(cost="-0.01"), 400, "validation_error"),
+    ("POST", USAGE, event(occurred_at=FUTURE), 400, "validation_error"),
+    ("POST", USAGE, event(occurred_at="yesterday"), 400, "validation_error"),
+    ("POST", USAGE, event(operation="mining"), 400, "validation_error"),
+    ("POST", USAGE, event(id=""), 400, "validation_error"),
+    ("POST", USAGE, {"model": "gpt-4o"}, 400, "validation_error"),
+    ("POST", "/api/v1/credits/authorizations", {"id": "h"}, 400, "validation_error"),
+    ("POST", "/api/v1/credits/authorizations", {"id": "h", "model": "no-such-model-xyz",
+                                                "max_tokens": 10}, 400, "validation_error"),
+    # too large
+    ("POST", USAGE, {"events": [event(id=f"e{i}") for i in range(1001)]}, 413,
+     "payload_too_large"),
+    ("POST", USAGE, event(metadata={"pad": "x" * (LIMIT + 1)}), 413, "payload_too_large"),
+    ("POST", "/api/v1/teams", {"slug": "x", "name": "x" * (LIMIT + 1)}, 413, "payload_too_large"),
+    ("PATCH", "/api/v1/organization", {"name": "x" * (LIMIT + 1)}, 413, "payload_too_large"),
+]
+
+
+def _id(case) -> str:
+    method, path, body, status, _ = case
+    text = body if isinstance(body, str) else json.dumps(body)
+    return f"{status}-{method}-{path.rsplit('/', 1)[-1]}-{text[:40]}"
+
+
+@pytest.mark.parametrize("case", BAD_BODIES, ids=[_id(c) for c in BAD_BODIES])
+def test_bad_body_is_refused_in_the_error_format_and_writes_nothing(api, case):
+    method, path, body, status, type_ = case
+    raw = body if isinstance(body, str) else json.dumps(body)
+    before = counts()
+    response = api.generic(method, path, raw, content_type="application/json")
+    assert_error(response, status, type_)
+    assert counts() == before
+
+
+def test_a_batch_of_exactly_the_limit_is_not_too_large(api):
+    """The 413 above is the limit, not a broken batch endpoint: 1,000 events are taken (here
+    each refused on its own, which keeps the test fast, and nothing is written)."""
+    before = counts()
+    body = {"events": [event(id=f"b{i}", prompt_tokens=-1) for i in range(1000)]}
+    response = api.post(USAGE, body, format="json")
+    assert response.status_code == 207, response.content[:300]
+    assert response.json()["refused"] == 1000
+    assert counts() == before
+
+
+def test_a_bad_event_in_a_batch_is_refused_alone(api):
+    body = {"events": [event(id="ok"), event(id="bad", prompt_tokens=-1), "not an object"]}
+    response = api.post(USAGE, body, format="json")
+    assert response.status_code == 207
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [201, 400, 400]
+    for result in results[1:]:
+        assert result["error"]["code"] == 400
+        assert result["error"]["metadata"]["type"] == "validation_error"
+
+
+# Credentials -------------------------------------------------------------------------------------
+
+
+def _expired(tenant):
+    key, secret = tenant.key("management", expires_at=timezone.now() + timedelta(hours=1))
+    ApiKey.objects.filter(pk=key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    return secret
+
+
+def _disabled(tenant):
+    key, secret = tenant.key("management")
+    apikey_update(key=key, disabled=True, actor=SYSTEM)
+    return secret
+
+
+def _deleted(tenant):
+    key, secret = tenant.key("management")
+    apikey_delete(key=key, actor=SYSTEM)
+    return secret
+
+
+def _member_left(tenant):
+    from accounts.models import Membership
+    from accounts.services import membership_remove
+
+    user = tenant.member()
+    _, secret = tenant.key("management", user=user)
+    membership_remove(membership=Membership.objects.get(user=user), actor=SYSTEM)
+    return secret
+
+
+CREDENTIALS = {
+    "missing": lambda t: None,
+    "invalid": lambda t: "sk-cp-v1-" + "0" * 64,
+    "expired": _expired,
+    "disabled": _disabled,
+    "deleted": _deleted,
+    "member-left": _member_left,
+}
+HEADERS = {"no-scheme": "sk-cp-v1-abc", "basic": "Basic dXNlcjpwYXNz", "three-parts": "Bearer a b",
+           "empty-bearer": "Bearer "}
+
+
+@pytest.mark.parametrize("kind", sorted(CREDENTIALS))
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/api/v1/organization", None),
+    ("GET", "/api/v1/credits/balance", None),
+    ("POST", USAGE, event()),
+    ("GET", "/api/v1/key", None),
+])
+def test_bad_key_is_401(tenant, prices, kind, method, path, body):
+    tenant.grant("1")
+    secret = CREDENTIALS[kind](tenant)
+    client = tenant.client(secret) if secret else APIClient()
+    before = counts()
+    response = client.generic(method, path, json.dumps(body) if body else "",
+                              content_type="application/json")
+    assert_error(response, 401, "unauthorized")
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert counts() == before
+
+
+@pytest.mark.parametrize("header", sorted(HEADERS))
+def test_malformed_authorization_header_is_401(db, header):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=HEADERS[header])
+    assert_error(client.get("/api/v1/organization"), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/api/v1/members", None),
+    ("POST", "/api/v1/teams", {"slug": "x", "name": "X"}),
+    ("POST", "/api/v1/keys", {"name": "k"}),
+    ("DELETE", "/api/v1/members/1", None),
+    ("GET", "/api/v1/audit-events", None),
+])
+def test_wrong_scope_is_403(tenant, method, path, body):
+    _, secret = tenant.key("usage", team=tenant.team)
+    before = counts()
+    response = tenant.client(secret).generic(method, path, json.dumps(body) if body else "",
+                                             content_type="application/json")
+    assert_error(response, 403, "forbidden")
+    assert counts() == before
+
+
+# Unknown URLs, wrong methods ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nope", "/api/nope", "/api/v1/teams/a/b/c",
+                                  "/api/v1/members/abc", "/api/v2/organization",
+                                  "/api/v1/organization/"])
+@pytest.mark.parametrize("authenticated", [True, False])
+def test_unknown_api_url_is_404_json(api, path, authenticated):
+    client = api if authenticated else APIClient()
+    assert_error(client.get(path), 404, "not_found")
+    assert_error(client.post(path, {"a": 1}, format="json"), 404, "not_found")
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("DELETE", "/api/v1/organization"),
+    ("PUT", "/api/v1/organization"),
+    ("POST", "/api/v1/members"),
+    ("PUT", "/api/v1/teams/research"),
+    ("DELETE", "/api/v1/teams/research"),
+    ("GET", "/api/v1/credits/allocations"),
+    ("GET", "/api/v1/credits/authorizations"),
+    ("DELETE", USAGE),
+    ("POST", "/api/v1/credits/balance"),
+    ("PATCH", "/api/v1/key"),
+])
+def test_wrong_method_is_405(api, method, path):
+    before = counts()
+    response = api.generic(method, path, "{}", content_type="application/json")
+    assert_error(response, 405, "method_not_allowed")
+    assert counts() == before
+
+
+def test_unsupported_media_type_is_415(api):
+    response = api.generic("POST", "/api/v1/teams", "slug=x&name=X",
+                           content_type="application/x-www-form-urlencoded")
+    assert_error(response, 415, "unsupported_media_type")
+    response = api.generic("POST", "/api/v1/teams", b"\xff\xfe\x00",
+                           content_type="application/json")
+    assert response.status_code == 400
