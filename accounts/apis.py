@@ -12,6 +12,7 @@ from portal.api import (
     OrganizationAPIView,
     OrganizationListAPIView,
     StrictSerializer,
+    UTCDateTimeFilter,
     error_responses,
 )
 from portal.errors import NotFound
@@ -318,8 +319,8 @@ class AuditEventOutput(serializers.Serializer):
 class AuditEventFilter(django_filters.FilterSet):
     action = django_filters.CharFilter()
     target_type = django_filters.CharFilter()
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UTCDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent

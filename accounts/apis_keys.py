@@ -220,7 +220,7 @@ class KeyListApi(OrganizationAPIView):
 
 
 class _KeyListParams(serializers.Serializer):
-    offset = serializers.IntegerField(min_value=0, required=False, default=0)
+    offset = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False, default=0)
     include_disabled = serializers.BooleanField(required=False, default=False)
     include_expired = serializers.BooleanField(required=False, default=False)
 

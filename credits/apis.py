@@ -25,6 +25,7 @@ from portal.api import (
     OrganizationAPIView,
     OrganizationListAPIView,
     StrictSerializer,
+    UTCDateTimeFilter,
     decimals_as_strings,
     error_responses,
 )
@@ -380,8 +381,8 @@ UsageBatchResult = inline_serializer(
 
 
 class UsageFilter(django_filters.FilterSet):
-    since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    since = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    until = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
     team = django_filters.CharFilter(field_name="team__slug")
     member = django_filters.CharFilter(field_name="member__email")
     key = django_filters.CharFilter(field_name="api_key__hash", label="key hash")
@@ -632,7 +633,8 @@ class ReportApi(OrganizationAPIView):
             OpenApiParameter("end", str, description="ISO 8601, exclusive; default: its end"),
         ],
         responses={
-            200: OpenApiResponse(
+            (200, "text/csv"): OpenApiResponse(str, description="with format=csv"),
+            (200, "application/json"): OpenApiResponse(
                 inline_serializer(
                     "UsageReport",
                     {

@@ -35,6 +35,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
 
+import httpx
 from django.db import transaction
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -50,10 +51,24 @@ BURSTGPT_3 = "burstgpt_3"
 
 # The columns each format needs, most specific first (BurstGPT_3 is a superset of BurstGPT_1).
 FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
-    BURSTGPT_3: ("Timestamp", "Session ID", "Elapsed time", "Model", "Request tokens",
-                 "Response tokens", "Total tokens", "Log Type"),
-    BURSTGPT_1: ("Timestamp", "Model", "Request tokens", "Response tokens", "Total tokens",
-                 "Log Type"),
+    BURSTGPT_3: (
+        "Timestamp",
+        "Session ID",
+        "Elapsed time",
+        "Model",
+        "Request tokens",
+        "Response tokens",
+        "Total tokens",
+        "Log Type",
+    ),
+    BURSTGPT_1: (
+        "Timestamp",
+        "Model",
+        "Request tokens",
+        "Response tokens",
+        "Total tokens",
+        "Log Type",
+    ),
     AZURE: ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
 }
 BURSTGPT_MODELS = {"ChatGPT": "gpt-3.5-turbo", "GPT-4": "gpt-4"}
@@ -108,8 +123,9 @@ def parse_start(value: str) -> datetime:
     if when is None:
         day = parse_date(value)
         if day is None:
-            raise ValidationFailed({"start": ["An ISO 8601 date or time, e.g. 2023-11-16 or "
-                                              "2023-11-16T18:00:00Z."]})
+            raise ValidationFailed(
+                {"start": ["An ISO 8601 date or time, e.g. 2023-11-16 or 2023-11-16T18:00:00Z."]}
+            )
         return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
@@ -120,8 +136,10 @@ def _format_of(header: Sequence[str], path: Path) -> str:
         if columns >= set(needed):
             return name
     expected = "; ".join(f"{name}: {','.join(cols)}" for name, cols in FORMAT_COLUMNS.items())
-    message = (f"{path.name}: unknown trace format (header {','.join(header) or 'empty'}). "
-               f"Expected the columns of one of: {expected}.")
+    message = (
+        f"{path.name}: unknown trace format (header {','.join(header) or 'empty'}). "
+        f"Expected the columns of one of: {expected}."
+    )
     raise ValidationFailed({"header": [message]}, message=message)
 
 
@@ -129,7 +147,9 @@ def _int(value: str, column: str, number: int) -> int:
     try:
         parsed = int(value)
     except (TypeError, ValueError):
-        raise ValidationFailed({column: [f"Row {number}: a whole number, not {value!r}."]}) from None
+        raise ValidationFailed(
+            {column: [f"Row {number}: a whole number, not {value!r}."]}
+        ) from None
     if parsed < 0:
         raise ValidationFailed({column: [f"Row {number}: must not be negative."]})
     return parsed
@@ -152,10 +172,16 @@ def _azure_row(raw: dict, number: int) -> TraceRow:
     head, dot, fraction = stamp.partition(".")
     at = parse_datetime(f"{head}.{fraction[:6]}" if dot else head)
     if at is None:
-        raise ValidationFailed({"TIMESTAMP": [f"Row {number}: a time like "
-                                              f"2023-11-16 18:15:46.6805900, not {stamp!r}."]})
+        raise ValidationFailed(
+            {
+                "TIMESTAMP": [
+                    f"Row {number}: a time like 2023-11-16 18:15:46.6805900, not {stamp!r}."
+                ]
+            }
+        )
     return TraceRow(
-        number=number, at=at.replace(tzinfo=UTC) if at.tzinfo is None else at,
+        number=number,
+        at=at.replace(tzinfo=UTC) if at.tzinfo is None else at,
         prompt_tokens=_int(raw["ContextTokens"], "ContextTokens", number),
         completion_tokens=_int(raw["GeneratedTokens"], "GeneratedTokens", number),
     )
@@ -170,16 +196,20 @@ def _burstgpt_row(raw: dict, number: int, origin: datetime) -> TraceRow:
         metadata["failed"] = True
     name = (raw["Model"] or "").strip()
     return TraceRow(
-        number=number, at=origin + _offset(raw["Timestamp"], number),
+        number=number,
+        at=origin + _offset(raw["Timestamp"], number),
         prompt_tokens=_int(raw["Request tokens"], "Request tokens", number),
-        completion_tokens=completion, model=BURSTGPT_MODELS.get(name, ""),
-        conversation_id=(raw.get("Session ID") or "").strip(), failed=completion == 0,
+        completion_tokens=completion,
+        model=BURSTGPT_MODELS.get(name, ""),
+        conversation_id=(raw.get("Session ID") or "").strip(),
+        failed=completion == 0,
         metadata={"trace_model": name, **metadata} if name not in BURSTGPT_MODELS else metadata,
     )
 
 
-def trace_read(path: Path | str, *, start: datetime | None = None,
-               rows: int | None = None) -> Trace:
+def trace_read(
+    path: Path | str, *, start: datetime | None = None, rows: int | None = None
+) -> Trace:
     """Read a trace file (at most `rows` data rows). `start` shifts an Azure trace so that its
     first row lands there; for BurstGPT it is the day offsets count from (default
     `DEFAULT_ORIGIN`). Raises ValidationFailed for an unknown header or a bad row."""
@@ -197,8 +227,9 @@ def trace_read(path: Path | str, *, start: datetime | None = None,
             if rows is not None and number > rows:
                 break
             raw = {(k or "").strip(): v for k, v in raw.items()}
-            out.append(_azure_row(raw, number) if fmt == AZURE
-                       else _burstgpt_row(raw, number, origin))
+            out.append(
+                _azure_row(raw, number) if fmt == AZURE else _burstgpt_row(raw, number, origin)
+            )
     if fmt == AZURE and start is not None and out:
         shift = start - out[0].at
         out = [replace(row, at=row.at + shift) for row in out]
@@ -209,8 +240,9 @@ def event_id(team_slug: str, stem: str, number: int) -> str:
     return f"replay:{team_slug}:{stem}:{number}"
 
 
-def trace_events(trace: Trace, *, team_slug: str, model: str = "",
-                 operation: str = "chat") -> list[UsageInput]:
+def trace_events(
+    trace: Trace, *, team_slug: str, model: str = "", operation: str = "chat"
+) -> list[UsageInput]:
     """The usage events of a trace's rows. `model` names the price-table model of rows whose
     trace names none (required for Azure traces). Failed rows get cost 0 and `failed: true`.
     Raises ValidationFailed when a row has no model."""
@@ -218,16 +250,25 @@ def trace_events(trace: Trace, *, team_slug: str, model: str = "",
     for row in trace.rows:
         name = row.model or model
         if not name:
-            message = (f"{trace.path.name} names no model for row {row.number}: give --model "
-                       "(a model of the price table, e.g. gpt-4o).")
+            message = (
+                f"{trace.path.name} names no model for row {row.number}: give --model "
+                "(a model of the price table, e.g. gpt-4o)."
+            )
             raise ValidationFailed({"model": [message]}, message=message)
         metadata = {"trace": trace.stem, **row.metadata}
-        events.append(UsageInput(
-            id=event_id(team_slug, trace.stem, row.number), model=name, operation=operation,
-            prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
-            cost=ZERO_COST if row.failed else None, occurred_at=row.at,
-            conversation_id=row.conversation_id, metadata=metadata,
-        ))
+        events.append(
+            UsageInput(
+                id=event_id(team_slug, trace.stem, row.number),
+                model=name,
+                operation=operation,
+                prompt_tokens=row.prompt_tokens,
+                completion_tokens=row.completion_tokens,
+                cost=ZERO_COST if row.failed else None,
+                occurred_at=row.at,
+                conversation_id=row.conversation_id,
+                metadata=metadata,
+            )
+        )
     return events
 
 
@@ -266,9 +307,12 @@ class ServiceSink:
     def send(self, events: Sequence[UsageInput]) -> list[Outcome]:
         # One read per batch answers the retries of an earlier replay (same id, same body); any
         # other event, a conflicting retry included, goes through `usage_record`.
-        recorded = dict(UsageEvent.objects.filter(
-            organization=self.attribution.organization, event_id__in=[e.id for e in events],
-        ).values_list("event_id", "request_hash"))
+        recorded = dict(
+            UsageEvent.objects.filter(
+                organization=self.attribution.organization,
+                event_id__in=[e.id for e in events],
+            ).values_list("event_id", "request_hash")
+        )
         outcomes = []
         with transaction.atomic():
             for event in events:
@@ -280,8 +324,9 @@ class ServiceSink:
                 except ApplicationError as exc:
                     outcomes.append(Outcome("refused", reason=exc.type))
                     continue
-                outcomes.append(Outcome("accepted", result.event.cost) if result.created
-                                else Outcome("already"))
+                outcomes.append(
+                    Outcome("accepted", result.event.cost) if result.created else Outcome("already")
+                )
         return outcomes
 
     def close(self) -> None:
@@ -291,10 +336,15 @@ class ServiceSink:
 def event_json(event: UsageInput) -> dict:
     """The body of one event for `POST /api/v1/credits/usage` (costs as decimal strings)."""
     body: dict = {
-        "id": event.id, "model": event.model, "operation": event.operation,
-        "prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
-        "conversation_id": event.conversation_id, "metadata": event.metadata or {},
+        "id": event.id,
+        "model": event.model,
+        "operation": event.operation,
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "metadata": event.metadata or {},
     }
+    if event.conversation_id:  # the API refuses a blank one (and defaults to it)
+        body["conversation_id"] = event.conversation_id
     if event.occurred_at is not None:
         body["occurred_at"] = event.occurred_at.isoformat()
     if event.cost is not None:
@@ -306,28 +356,29 @@ class ApiSink:
     """Posts batches of up to 1,000 events to `{url}/api/v1/credits/usage` with a usage key and
     reads the 207's per-event results (201 recorded, 200 retry, 4xx refused)."""
 
-    def __init__(self, url: str, secret: str, batch_size: int = API_BATCH,
-                 timeout: float = 120.0) -> None:
-        import httpx
-
+    def __init__(
+        self, url: str, secret: str, batch_size: int = API_BATCH, timeout: float = 120.0
+    ) -> None:
         self.batch_size = min(batch_size, API_BATCH)
         self.endpoint = url.rstrip("/") + "/api/v1/credits/usage"
         self.client = httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=timeout)
-        self._errors = (httpx.HTTPError,)
 
     def send(self, events: Sequence[UsageInput]) -> list[Outcome]:
         try:
-            response = self.client.post(self.endpoint,
-                                        json={"events": [event_json(e) for e in events]})
-        except self._errors as exc:
+            response = self.client.post(
+                self.endpoint, json={"events": [event_json(e) for e in events]}
+            )
+        except httpx.HTTPError as exc:
             raise ReplayApiError(f"Cannot reach {self.endpoint}: {exc}") from None
         if response.status_code != 207:
             try:
                 message = response.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = response.text[:200]
-            raise ReplayApiError(f"{self.endpoint} answered {response.status_code}: {message}",
-                                 status=response.status_code)
+            raise ReplayApiError(
+                f"{self.endpoint} answered {response.status_code}: {message}",
+                status=response.status_code,
+            )
         outcomes = []
         for result in response.json()["results"]:
             if result["status"] == 201:
@@ -374,15 +425,22 @@ class ReplaySummary:
 
     def line(self) -> str:
         reasons = ", ".join(f"{n} {reason}" for reason, n in self.refusals.most_common())
-        return (f"{self.events} events: {self.accepted} accepted (new), {self.already} already "
-                f"recorded, {self.refused} refused{f' ({reasons})' if reasons else ''}; "
-                f"{self.spent.normalize():f} credits spent; {self.seconds:.1f} s, "
-                f"{self.rate:.0f} events/s")
+        return (
+            f"{self.events} events: {self.accepted} accepted (new), {self.already} already "
+            f"recorded, {self.refused} refused{f' ({reasons})' if reasons else ''}; "
+            f"{self.spent.normalize():f} credits spent; {self.seconds:.1f} s, "
+            f"{self.rate:.0f} events/s"
+        )
 
 
-def replay(events: Sequence[UsageInput], sink: ServiceSink | ApiSink, *,
-           speed: float | None = None, progress: Callable[[int], object] | None = None,
-           sleep: Callable[[float], None] = time.sleep) -> ReplaySummary:
+def replay(
+    events: Sequence[UsageInput],
+    sink: ServiceSink | ApiSink,
+    *,
+    speed: float | None = None,
+    progress: Callable[[int], object] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ReplaySummary:
     """Send `events` (in trace order) to `sink` in batches of `sink.batch_size`. With `speed`,
     in the trace's own rhythm divided by `speed` (the gaps between `occurred_at`s, in seconds,
     / speed; a batch is sent before each wait); without, as fast as the sink takes them.
@@ -415,8 +473,9 @@ def replay(events: Sequence[UsageInput], sink: ServiceSink | ApiSink, *,
     return summary
 
 
-def recent_start(now: datetime, span: timedelta,
-                 margin: timedelta = timedelta(minutes=30)) -> datetime:
+def recent_start(
+    now: datetime, span: timedelta, margin: timedelta = timedelta(minutes=30)
+) -> datetime:
     """A start for a trace lasting `span` so that it ends `margin` before `now`: `now - span -
     margin`, on the minute (about two hours ago for the one-hour Azure traces), so it shows under
     "today" unless the UTC day is younger than that."""

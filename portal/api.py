@@ -3,12 +3,16 @@ schema's error responses."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
+import django_filters
+from django import forms
 from django.db import models
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import generics, serializers
+from rest_framework.metadata import SimpleMetadata
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -30,11 +34,41 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class UTCIsoDateTimeField(django_filters.fields.IsoDateTimeField):
+    """ISO 8601, converted to UTC: Python accepts offsets up to 24 h, PostgreSQL only up to
+    15:59 (an offset like +19:02 answered 500); out-of-range times are a 400."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is None:
+            return value
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise forms.ValidationError("Out of range.", code="invalid") from None
+
+
+class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """`IsoDateTimeFilter` for every time filter of the API (see `UTCIsoDateTimeField`)."""
+
+    field_class = UTCIsoDateTimeField
+
+
+class OptionsMetadata(SimpleMetadata):
+    """OPTIONS without DRF's `actions` (which it derives from a generic view's
+    `serializer_class`, which these views do not set: it answered 500). The OpenAPI schema
+    documents the inputs."""
+
+    def determine_actions(self, request, view) -> dict:
+        return {}
+
+
 class OrganizationAPIView(APIView):
     """Base of every tenant API view: `self.organization` is the calling key's organization, and
     every read goes through a selector given it. `scope_map` names the scope per HTTP method."""
 
     scope_map: dict[str, str] = {}
+    metadata_class = OptionsMetadata
 
     @property
     def key(self) -> ApiKey:

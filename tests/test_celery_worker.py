@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.backends.redis import RedisBackend
+from celery.result import AsyncResult
 from django.db import connection
 from django.utils import timezone
 
@@ -60,8 +62,16 @@ def worker():
     )
     saved = {k: app.conf[k] for k in ("broker_url", "result_backend", "task_always_eager")}
     app.conf.update(broker_url=BROKER, result_backend=BROKER, task_always_eager=False)
+    backend = RedisBackend(app=app, url=BROKER)  # the app's own may be cached from eager mode
+
+    def run(task: str):
+        # An explicit connection: the app may have cached another broker while tasks ran eagerly.
+        with app.connection_for_write(BROKER) as connection:
+            sent = app.send_task(task, queue=queue, connection=connection)
+        return AsyncResult(sent.id, app=app, backend=backend).get(timeout=60)
+
     try:
-        yield queue
+        yield run
     finally:
         app.conf.update(saved)
         process.terminate()
@@ -77,7 +87,7 @@ def test_beat_tasks_release_expired_holds_and_expire_lots_on_a_real_worker(tenan
     tenant.grant("3")
     hold, _ = hold_authorize(account=pool, amount="2", idempotency_key="h1")
     Hold.objects.filter(pk=hold.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    released = app.send_task("credits.tasks.holds_expire", queue=worker).get(timeout=60)
+    released = worker("credits.tasks.holds_expire")
     assert released == 1
     hold.refresh_from_db()
     pool.refresh_from_db()
@@ -86,10 +96,10 @@ def test_beat_tasks_release_expired_holds_and_expire_lots_on_a_real_worker(tenan
     CreditLot.objects.filter(expires_at__isnull=False).update(
         expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert app.send_task("credits.tasks.lots_expire", queue=worker).get(timeout=60) == 1
+    assert worker("credits.tasks.lots_expire") == 1
     pool.refresh_from_db()
     assert pool.balance == Decimal("3")
     expiry = LedgerAccount.objects.get(organization=tenant.org, kind="expiry")
     assert sum(e.amount for e in expiry.entries.all()) == Decimal("5")
-    assert app.send_task("credits.tasks.ledger_verify", queue=worker).get(timeout=60) == 0
+    assert worker("credits.tasks.ledger_verify") == 0
     assert ledger_verify() == []

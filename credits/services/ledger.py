@@ -50,6 +50,7 @@ from .ledger_core import (  # noqa: F401  (request_hash, _lock, accounts: used b
     request_hash,
     spending_account,
     system_account,
+    system_account_of,
     team_account,
 )
 
@@ -291,6 +292,7 @@ def ledger_debit(
     _check_organization(organization, account.organization_id, "account")
     _check_spendable(account)
     key = _check_key(idempotency_key, derived=True)
+    sink = system_account_of(account.organization_id, Kind.USAGE)  # before the lock
     locked = _lock([account])[account.pk]
     txn, created = _create_once(
         LedgerTransaction,
@@ -305,7 +307,7 @@ def ledger_debit(
         return txn, False
     _expire_due(locked, timezone.now())
     _ensure_available(locked, amount)
-    _spend(locked, amount, txn)
+    _spend(locked, amount, txn, sink=sink)
     account.balance, account.held = locked.balance, locked.held
     return txn, True
 

@@ -70,20 +70,25 @@ def _check_spendable(account: LedgerAccount) -> None:
 def system_account(organization: Organization, kind: str) -> LedgerAccount:
     """The organization's pool or system account of `kind`, created on first use.
     Raises ValidationFailed for an unknown kind (or `team`: see `team_account`)."""
+    return system_account_of(organization.pk, kind)
+
+
+def system_account_of(organization_id: int, kind: str) -> LedgerAccount:
+    """`system_account` by organization id."""
     if kind not in Kind.values or kind == Kind.TEAM:
         raise ValidationFailed({"kind": [f"Unknown system account kind '{kind}'."]})
-    account = LedgerAccount.objects.filter(organization=organization, kind=kind).first()
+    account = LedgerAccount.objects.filter(organization_id=organization_id, kind=kind).first()
     if account is not None:
         return account
     try:
         with transaction.atomic():
             return LedgerAccount.objects.create(
-                organization=organization,
+                organization_id=organization_id,
                 kind=kind,
                 may_overdraw=kind in LedgerAccount.SOURCES | LedgerAccount.SINKS,
             )
     except IntegrityError:
-        return LedgerAccount.objects.get(organization=organization, kind=kind)
+        return LedgerAccount.objects.get(organization_id=organization_id, kind=kind)
 
 
 def team_account(team: Team) -> LedgerAccount:
@@ -226,7 +231,7 @@ def _expire_due(account: LedgerAccount, now: datetime) -> LedgerTransaction | No
         memo=f"Expiry of lot(s) {', '.join(f'#{pk}' for pk in lots)}"[:500],
         metadata={"lots": lots, "as_of": now.isoformat()},
     )
-    sink = system_account(account.organization, Kind.EXPIRY)
+    sink = system_account_of(account.organization_id, Kind.EXPIRY)
     _post_entries(txn, [*legs, (sink, total, None)])
     return txn
 
@@ -271,9 +276,10 @@ def _spend(
     txn: LedgerTransaction,
     *,
     expired_first_at: datetime | None = None,
+    sink: LedgerAccount | None = None,
 ) -> None:
-    """Burn `amount` of the (locked) account's lots into the usage sink, as `txn`."""
-    sink = system_account(account.organization, Kind.USAGE)
+    """Burn `amount` of the (locked) account's lots into the usage `sink`, as `txn`."""
+    sink = sink or system_account_of(account.organization_id, Kind.USAGE)
     burned = _burn(account, amount, expired_first_at=expired_first_at)
     legs = [(account, -portion, lot) for lot, portion in burned]
     _post_entries(txn, [*legs, (sink, amount, None)])

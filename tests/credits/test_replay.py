@@ -63,8 +63,9 @@ def test_azure_trace_is_shifted_priced_and_debited_and_a_second_replay_adds_noth
     funded, tmp_path
 ):
     path, rows = trace_slice(tmp_path, "AzureLLMInferenceTrace_conv.csv", 50)
-    out = replay_cmd(path, org="acme", team="research", model="gpt-4o",
-                     start="2025-01-02T03:04:05Z")
+    out = replay_cmd(
+        path, org="acme", team="research", model="gpt-4o", start="2025-01-02T03:04:05Z"
+    )
     events = events_of(funded.team)
     assert len(events) == 50
     assert events[1].event_id == "replay:research:AzureLLMInferenceTrace_conv:1"
@@ -85,8 +86,9 @@ def test_azure_trace_is_shifted_priced_and_debited_and_a_second_replay_adds_noth
     assert "50 events: 50 accepted (new), 0 already recorded, 0 refused" in out
     assert f"{total.normalize():f} credits spent" in out
 
-    again = replay_cmd(path, org="acme", team="research", model="gpt-4o",
-                       start="2025-01-02T03:04:05Z")
+    again = replay_cmd(
+        path, org="acme", team="research", model="gpt-4o", start="2025-01-02T03:04:05Z"
+    )
     assert "50 events: 0 accepted (new), 50 already recorded, 0 refused; 0 credits" in again
     assert UsageEvent.objects.count() == 50
     account.refresh_from_db()
@@ -107,8 +109,10 @@ def test_azure_trace_without_start_keeps_its_times_and_refuses_what_credits_cann
     spent = sum(e.cost for e in events.values())
     assert LedgerAccount.objects.get(team=tenant.team).balance == Decimal("0.05") - spent
     refused = 40 - len(events)
-    assert f"{len(events)} accepted (new), 0 already recorded, {refused} refused " \
-           f"({refused} insufficient_credits)" in out
+    assert (
+        f"{len(events)} accepted (new), 0 already recorded, {refused} refused "
+        f"({refused} insufficient_credits)" in out
+    )
 
 
 def test_burstgpt_1_maps_models_and_failed_requests_cost_nothing(funded, tmp_path):
@@ -121,7 +125,8 @@ def test_burstgpt_1_maps_models_and_failed_requests_cost_nothing(funded, tmp_pat
         event = events[number]
         assert event.model == BURSTGPT_MODELS[row["Model"]]
         assert event.occurred_at == datetime(2023, 11, 16, tzinfo=UTC) + timedelta(
-            seconds=int(row["Timestamp"]))
+            seconds=int(row["Timestamp"])
+        )
         assert event.metadata["log_type"] == row["Log Type"]
         if row["Response tokens"] == "0":
             failed += 1
@@ -144,7 +149,8 @@ def test_burstgpt_3_sessions_become_conversations_from_the_chosen_day(funded, tm
         assert event.conversation_id == row["Session ID"]
         assert event.metadata["elapsed_s"] == int(row["Elapsed time"])
         assert event.occurred_at == datetime(2024, 1, 1, tzinfo=UTC) + timedelta(
-            seconds=int(Decimal(row["Timestamp"])))
+            seconds=int(Decimal(row["Timestamp"]))
+        )
         if row["Response tokens"] == "0":
             assert event.cost == 0 and event.metadata["failed"] is True
         else:
@@ -163,7 +169,10 @@ def test_a_file_of_another_format_is_refused_naming_the_expected_columns(tenant,
     message = str(error.value)
     assert "other.csv: unknown trace format" in message
     assert "azure: TIMESTAMP,ContextTokens,GeneratedTokens" in message
-    assert "burstgpt_1: Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type" in message
+    assert (
+        "burstgpt_1: Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type"
+        in message
+    )
     assert "burstgpt_3: Timestamp,Session ID,Elapsed time,Model" in message
     assert UsageEvent.objects.count() == 0
 
@@ -197,13 +206,13 @@ def test_replay_over_the_api_records_through_the_key_and_is_idempotent(
     tenant.allocate("20")
     key, secret = tenant.key("usage", team=tenant.team)
     path, rows = trace_slice(tmp_path, "BurstGPT_3_first400rows.csv", 120)
-    out = replay_cmd(path, via="api", url=live_server.url, key=secret, team="research",
-                     batch=50)
+    out = replay_cmd(path, via="api", url=live_server.url, key=secret, team="research", batch=50)
     events = events_of(tenant.team)
     assert len(events) == 120 and {e.api_key for e in events.values()} == {key}
     assert "120 events: 120 accepted (new), 0 already recorded, 0 refused" in out
-    expected = sum(cost(BURSTGPT_MODELS[r["Model"]], r["Request tokens"], r["Response tokens"])
-                   for r in rows)
+    expected = sum(
+        cost(BURSTGPT_MODELS[r["Model"]], r["Request tokens"], r["Response tokens"]) for r in rows
+    )
     assert sum(e.cost for e in events.values()) == expected
     assert events[116].cost == 0 and events[116].metadata["failed"] is True
     assert events[2].conversation_id == "d5983bf9-4b48-497b-892b-a58995247443"

@@ -97,8 +97,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--rows",
             type=int,
-            help="Replay only the first N rows of each "
-            "trace (tests; default: all of them, about 28,000 events).",
+            help="Replay only the first N rows of each trace (default: all, about 28,000 events).",
         )
 
     def handle(self, *args, rows=None, **options):
