@@ -193,7 +193,7 @@ def _move(
             organization=organization,
             account=target,
             source=lot.source,
-            origin=lot.origin or lot,
+            origin_id=lot.origin_id or lot.pk,
             original_amount=portion,
             remaining=portion,
             priority=lot.priority,
@@ -423,8 +423,9 @@ def hold_capture(
 
 @transaction.atomic
 def hold_void(*, hold: Hold, organization: Organization | None = None) -> Hold:
-    """Release a pending hold entirely. Voiding a voided hold returns it; others raise
-    HoldNotPending."""
+    """Release a pending hold entirely (then expire what it kept of lots past their expiry).
+    Voiding a voided hold returns it; others raise HoldNotPending; NotFound for another
+    organization's hold."""
     _check_organization(organization, hold.organization_id, "hold")
     hold, account = _lock_hold(hold)
     if hold.status == Hold.Status.VOIDED:
