@@ -380,8 +380,13 @@ def invitation_accept(*, token: str, user: User, actor: Actor) -> Membership:
     invitation.accepted_at = timezone.now()
     invitation.accepted_by = user
     invitation.save(update_fields=["accepted_at", "accepted_by"])
-    audit_record(organization=invitation.organization, actor=actor, action="invitation.accepted",
-                 target=invitation, after={"email": invitation.email, "role": invitation.role})
+    audit_record(
+        organization=invitation.organization,
+        actor=actor,
+        action="invitation.accepted",
+        target=invitation,
+        after={"email": invitation.email, "role": invitation.role},
+    )
     return membership
 
 

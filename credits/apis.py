@@ -146,11 +146,13 @@ class AccountEntriesApi(OrganizationListAPIView):
     model = LedgerEntry
 
     def selector(self, organization):
-        return selectors.account_history(organization=organization,
-                                         account_id=self.kwargs["pk"])
+        return selectors.account_history(organization=organization, account_id=self.kwargs["pk"])
 
-    @extend_schema(operation_id="credits_account_entries", responses={200: EntryOutput(many=True)},
-                   description="An account's history, newest first, with the running balance.")
+    @extend_schema(
+        operation_id="credits_account_entries",
+        responses={200: EntryOutput(many=True)},
+        description="An account's history, newest first, with the running balance.",
+    )
     def get(self, request, pk: int):
         page = self.paginate_queryset(self.get_queryset())
         selectors.with_running_balance(page)
@@ -380,6 +382,18 @@ UsageBatchResult = inline_serializer(
 )
 
 
+def recorded_response(result) -> Response:
+    """201 for a newly recorded event, 200 with the first result for a retry."""
+    return Response(
+        {
+            "event": UsageEventOutput(result.event).data,
+            "cost": str(result.event.cost),
+            "balance_after": str(result.balance_after),
+        },
+        status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+    )
+
+
 class UsageFilter(django_filters.FilterSet):
     since = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
     until = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
@@ -442,14 +456,7 @@ class UsageApi(OrganizationListAPIView):
         serializer = UsageEventInput(data=body)
         serializer.is_valid(raise_exception=True)
         result = services.usage_record(attribution=attribution, event=serializer.to_usage())
-        return Response(
-            {
-                "event": UsageEventOutput(result.event).data,
-                "cost": str(result.event.cost),
-                "balance_after": str(result.balance_after),
-            },
-            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
-        )
+        return recorded_response(result)
 
     def _batch(self, body: dict, attribution: Attribution) -> Response:
         from django.db import transaction
@@ -588,14 +595,7 @@ class AuthorizationCaptureApi(OrganizationAPIView):
         if not data["model"]:
             raise ValidationFailed({"model": ["Required (the authorization named none)."]})
         result = services.authorization_capture(hold=hold, event=UsageInput(**data))
-        return Response(
-            {
-                "event": UsageEventOutput(result.event).data,
-                "cost": str(result.event.cost),
-                "balance_after": str(result.balance_after),
-            },
-            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
-        )
+        return recorded_response(result)
 
 
 class AuthorizationVoidApi(OrganizationAPIView):
@@ -647,7 +647,7 @@ class ReportApi(OrganizationAPIView):
                     },
                 ),
                 description="JSON, or CSV (one row per breakdown entry) with format=csv",
-            )
+            ),
         },
     )
     def get(self, request):

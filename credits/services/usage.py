@@ -169,6 +169,45 @@ def _existing(organization: Organization, event: UsageInput, digest: str) -> Usa
     return existing
 
 
+def _usage_event(
+    attribution: Attribution,
+    event: UsageInput,
+    digest: str,
+    *,
+    price,
+    cost: Decimal,
+    source: str,
+    txn,
+    occurred_at: datetime,
+    now: datetime,
+    extra_metadata: dict | None = None,
+) -> UsageEvent:
+    """The (unsaved) row of a priced usage event."""
+    return UsageEvent(
+        organization=attribution.organization,
+        event_id=event.id,
+        request_hash=digest,
+        api_key=attribution.api_key,
+        team=attribution.team,
+        member=attribution.member,
+        operation=event.operation,
+        model=event.model,
+        price=price,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        cached_tokens=event.cached_tokens,
+        reasoning_tokens=event.reasoning_tokens,
+        images=event.images,
+        cost=cost,
+        cost_source=source,
+        conversation_id=event.conversation_id,
+        metadata={**(event.metadata or {}), **(extra_metadata or {})},
+        transaction=txn,
+        occurred_at=occurred_at,
+        recorded_at=now,
+    )
+
+
 @transaction.atomic
 def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
     """Price, check and record one usage event, debiting its cost from the team's allocation or
@@ -197,31 +236,20 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
         if not created:  # a concurrent duplicate committed first
             return UsageResult(_existing(organization, event, digest), False, account)
     key_limit_check(attribution.api_key, cost, now)
+    usage = _usage_event(
+        attribution,
+        event,
+        digest,
+        price=price,
+        cost=cost,
+        source=source,
+        txn=txn,
+        occurred_at=occurred_at,
+        now=now,
+    )
     try:
         with transaction.atomic():
-            usage = UsageEvent.objects.create(
-                organization=organization,
-                event_id=event.id,
-                request_hash=digest,
-                api_key=attribution.api_key,
-                team=attribution.team,
-                member=attribution.member,
-                operation=event.operation,
-                model=event.model,
-                price=price,
-                prompt_tokens=event.prompt_tokens,
-                completion_tokens=event.completion_tokens,
-                cached_tokens=event.cached_tokens,
-                reasoning_tokens=event.reasoning_tokens,
-                images=event.images,
-                cost=cost,
-                cost_source=source,
-                conversation_id=event.conversation_id,
-                metadata=event.metadata or {},
-                transaction=txn,
-                occurred_at=occurred_at,
-                recorded_at=now,
-            )
+            usage.save(force_insert=True)
     except IntegrityError:
         return UsageResult(_existing(organization, event, digest), False, account)
     if txn is None:
@@ -304,27 +332,26 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
     occurred_at = _occurred_at(event, now)
     cost, price, source = usage_price(event, occurred_at)
     txn = hold_capture(hold=hold, amount=cost, metadata={"event_id": event.id})
-    usage = UsageEvent.objects.create(
-        organization=organization,
-        event_id=event.id,
-        request_hash=digest,
-        api_key=hold.api_key,
-        team=hold.team,
-        member=hold.member,
-        operation=event.operation,
-        model=event.model,
-        price=price,
-        prompt_tokens=event.prompt_tokens,
-        completion_tokens=event.completion_tokens,
-        cached_tokens=event.cached_tokens,
-        reasoning_tokens=event.reasoning_tokens,
-        images=event.images,
-        cost=cost,
-        cost_source=source,
-        conversation_id=event.conversation_id,
-        metadata={**(event.metadata or {}), "authorization": hold.idempotency_key},
-        transaction=txn,
-        occurred_at=occurred_at,
-        recorded_at=now,
+    attribution = Attribution(
+        organization=organization, api_key=hold.api_key, team=hold.team, member=hold.member
     )
+    usage = _usage_event(
+        attribution,
+        event,
+        digest,
+        price=price,
+        cost=cost,
+        source=source,
+        txn=txn,
+        occurred_at=occurred_at,
+        now=now,
+        extra_metadata={"authorization": hold.idempotency_key},
+    )
+    try:
+        with transaction.atomic():
+            usage.save(force_insert=True)
+    except IntegrityError:  # the id was taken by a concurrent event: refuse, nothing posted
+        raise IdempotencyConflict(
+            f"Usage event '{event.id}' was recorded by another request.", event_id=event.id
+        ) from None
     return UsageResult(usage, True, LedgerAccount.objects.get(pk=hold.account_id))

@@ -231,8 +231,7 @@ def test_an_accounts_history_has_a_running_balance_across_pages(funded):
         client.post(USAGE, event(f"h{i}", cost="0.5"), format="json")
     account = LedgerAccount.objects.get(team=tenant.team)
     page = client.get(f"/api/v1/credits/accounts/{account.pk}/entries", {"limit": 2}).json()
-    assert [r["running_balance"] for r in page["results"]] == [
-        "0.500000000000", "1.000000000000"]
+    assert [r["running_balance"] for r in page["results"]] == ["0.500000000000", "1.000000000000"]
     rest = client.get(page["next"]).json()["results"]
     assert [(r["kind"], r["amount"], r["running_balance"]) for r in rest] == [
         ("usage", "-0.500000000000", "1.500000000000"),
