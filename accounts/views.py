@@ -6,9 +6,8 @@ membership; a non-member gets 404, never 403."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
-from decimal import ROUND_FLOOR, Decimal
+from datetime import datetime, time, timedelta
+from decimal import Decimal
 from functools import wraps
 
 from django import forms
@@ -22,6 +21,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 
+from credits.analytics import daily_spend, runway_days
 from credits.selectors import balance_summary, usage_list, usage_report
 from portal.errors import ApplicationError, ValidationFailed
 
@@ -61,32 +61,6 @@ def home(request):
     if chosen is None:
         return render(request, "accounts/no_organization.html")
     return redirect("dashboard", org=chosen.slug)
-
-
-@dataclass(frozen=True)
-class DailySpend:
-    day: date
-    events: int
-    cost: Decimal
-
-
-def daily_spend(series: list[dict], first: date, days: int) -> list[DailySpend]:
-    """`usage_report`'s daily series with a zero row for each UTC day without usage."""
-    by_day = {row["start"].date(): row for row in series}
-    out = []
-    for offset in range(days):
-        day = first + timedelta(days=offset)
-        row = by_day.get(day, {})
-        out.append(DailySpend(day, row.get("events", 0), row.get("cost", ZERO)))
-    return out
-
-
-def runway_days(available: Decimal, spent: Decimal, days: int) -> int | None:
-    """Whole days `available` lasts at the average daily spend of the last `days`; None when
-    nothing was spent."""
-    if spent <= 0:
-        return None
-    return int((max(available, ZERO) * days / spent).to_integral_value(rounding=ROUND_FLOOR))
 
 
 def _with_share(rows: list[dict], total: Decimal) -> list[dict]:

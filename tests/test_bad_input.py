@@ -23,12 +23,6 @@ from .conftest import SYSTEM
 USAGE = "/api/v1/credits/usage"
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    """Owners get a password in `make_tenant`; PBKDF2 would cost 0.25 s per tenant."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 PROJECT_APPS = ("accounts", "credits", "billing")
 
 

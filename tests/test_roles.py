@@ -23,13 +23,6 @@ from credits.models import LedgerTransaction, UsageEvent
 
 from .test_tenant_isolation import url_routes
 
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    """Owners get a password in `make_tenant`; PBKDF2 would cost 0.25 s per tenant."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 ROLES = [Role.OWNER, Role.ADMIN, Role.BILLING, Role.MEMBER, Role.VIEWER]
 
 

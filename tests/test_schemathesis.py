@@ -56,11 +56,6 @@ CHECKS = [
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def _fresh_throttles():
     """Generated requests may use up the invitation throttle (60/hour per client, in the cache);
     leave none of it to the tests that run next."""

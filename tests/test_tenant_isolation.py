@@ -20,7 +20,6 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-import pytest
 from django.apps import apps
 from django.db import models
 from django.test import Client
@@ -34,13 +33,6 @@ from accounts.services import invitation_create, team_create, team_member_set
 from credits.models import CreditLot, Hold, LedgerAccount, UsageEvent
 
 from .conftest import SYSTEM, Tenant
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hasher(settings):
-    """Owners get a password in `make_tenant`; PBKDF2 would cost 0.25 s per tenant."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 
 PROJECT_APPS = ("accounts", "credits", "billing")
 API_METHODS = ("get", "post", "put", "patch", "delete")

@@ -27,12 +27,6 @@ from ..factories import UserFactory
 LINK_RE = re.compile(r"https?://\S+/invitations/(?P<token>[^/\s]+)/")
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """Passwords play no part here; the default hasher takes a quarter second per user."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def invite(tenant, email="new@example.test", **kwargs):
     return invitation_create(organization=tenant.org, email=email, actor=SYSTEM, **kwargs)
 

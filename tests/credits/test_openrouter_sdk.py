@@ -27,12 +27,6 @@ NO_RETRY = utils.RetryConfig("none", utils.BackoffStrategy(1, 1, 1, 1), False)
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """Passwords play no part here; the default hasher takes a quarter second per user."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def _no_sdk_environment(monkeypatch):
     """The SDK reads OPENROUTER_* variables; a developer's own key must not leak into a test."""
     for name in list(os.environ):

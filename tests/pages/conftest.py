@@ -75,13 +75,6 @@ def page(browser, live_server):
     assert real == [], f"JavaScript errors in the pages: {real}"
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """The default hasher takes a quarter second per password; the flows, not the hash, are
-    under test here."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def screenshot(page):
     """Save a full-page screenshot as SCREENSHOTS/<name>.png; returns the path."""
