@@ -292,7 +292,7 @@ def main() -> None:
             # Other processes share the cores: the 1-minute load average before and after.
             "load_average_1m": [load_before, round(os.getloadavg()[0], 2)],
         },
-        "server": f"gunicorn portal.wsgi -w {args.workers}"
+        "server": f"gunicorn portal.wsgi -w {args.workers} --timeout 300"
         + (f" --threads {args.threads}" if args.threads > 1 else ""),
         "trace": "AzureLLMInferenceTrace_conv.csv at gpt-4o, one team drawing on the pool",
         "scenarios": results,

@@ -20,11 +20,6 @@ from credits.verify import ledger_verify
 ROWS = 30
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def demo_load() -> str:
     out = io.StringIO()
     call_command("demo_load", rows=ROWS, stdout=out, verbosity=0)
