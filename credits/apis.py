@@ -29,7 +29,13 @@ from portal.api import (
     decimals_as_strings,
     error_responses,
 )
-from portal.errors import PermissionDenied, ValidationFailed
+from portal.errors import (
+    ApplicationError,
+    PayloadTooLarge,
+    PermissionDenied,
+    ValidationFailed,
+    _drf_field_errors,
+)
 
 from . import selectors, services
 from .models import CreditLot, LedgerAccount, LedgerEntry, UsageEvent
@@ -459,10 +465,6 @@ class UsageApi(OrganizationListAPIView):
         return recorded_response(result)
 
     def _batch(self, body: dict, attribution: Attribution) -> Response:
-        from django.db import transaction
-
-        from portal.errors import ApplicationError, PayloadTooLarge
-
         events = body["events"]
         if set(body) != {"events"} or not isinstance(events, list):
             raise ValidationFailed({"events": ['Send {"events": [...]} and nothing else.']})
@@ -470,36 +472,36 @@ class UsageApi(OrganizationListAPIView):
             raise PayloadTooLarge(
                 f"At most {MAX_BATCH} events per batch; got {len(events)}.", limit=MAX_BATCH
             )
-        results, accepted = [], 0
-        with transaction.atomic():
-            for raw in events:
-                serializer = UsageEventInput(data=raw)
-                event_id = raw.get("id") if isinstance(raw, dict) else None
-                if not serializer.is_valid():
-                    from portal.errors import _drf_field_errors
-
-                    failed = ValidationFailed(_drf_field_errors(serializer.errors))
-                    results.append({"id": event_id, "status": 400, "error": _error_of(failed)})
-                    continue
-                try:
-                    with transaction.atomic():
-                        result = services.usage_record(
-                            attribution=attribution, event=serializer.to_usage()
-                        )
-                except ApplicationError as exc:
-                    results.append(
-                        {"id": event_id, "status": exc.status_code, "error": _error_of(exc)}
-                    )
-                    continue
-                accepted += 1
+        outcomes: list = [None] * len(events)
+        valid: list[tuple[int, UsageInput]] = []
+        for index, raw in enumerate(events):
+            serializer = UsageEventInput(data=raw)
+            if serializer.is_valid():
+                valid.append((index, serializer.to_usage()))
+            else:
+                outcomes[index] = ValidationFailed(_drf_field_errors(serializer.errors))
+        recorded = services.usage_record_many(
+            attribution=attribution, events=[event for _, event in valid]
+        )
+        for (index, _), outcome in zip(valid, recorded, strict=True):
+            outcomes[index] = outcome
+        results = []
+        for raw, outcome in zip(events, outcomes, strict=True):
+            event_id = raw.get("id") if isinstance(raw, dict) else None
+            if isinstance(outcome, ApplicationError):
+                results.append(
+                    {"id": event_id, "status": outcome.status_code, "error": _error_of(outcome)}
+                )
+            else:
                 results.append(
                     {
                         "id": event_id,
-                        "status": 201 if result.created else 200,
-                        "cost": str(result.event.cost),
-                        "balance_after": str(result.balance_after),
+                        "status": 201 if outcome.created else 200,
+                        "cost": str(outcome.event.cost),
+                        "balance_after": str(outcome.balance_after),
                     }
                 )
+        accepted = sum(1 for r in results if r["status"] in (200, 201))
         return Response(
             {"results": results, "accepted": accepted, "refused": len(results) - accepted},
             status=207,

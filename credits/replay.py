@@ -36,14 +36,13 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
-from django.db import transaction
 from django.utils.dateparse import parse_date, parse_datetime
 
 from portal.errors import ApplicationError, ValidationFailed
 from portal.money import quantize_credits
 
-from .models import UsageEvent
-from .services.usage import Attribution, UsageInput, usage_price, usage_record
+from .services.usage import Attribution, UsageInput, usage_price
+from .services.usage_batch import usage_record_many
 
 AZURE = "azure"
 BURSTGPT_1 = "burstgpt_1"
@@ -297,36 +296,22 @@ class Outcome:
 
 
 class ServiceSink:
-    """Records events in-process through `usage_record`, `batch_size` per transaction. A refused
-    event rolls back only its own savepoint (`usage_record` is atomic), not its batch."""
+    """Records events in-process through `usage_record_many`, `batch_size` per transaction (the
+    same outcome as recording them one by one, in a few statements per batch)."""
 
     def __init__(self, attribution: Attribution, batch_size: int = SERVICE_BATCH) -> None:
         self.attribution = attribution
         self.batch_size = batch_size
 
     def send(self, events: Sequence[UsageInput]) -> list[Outcome]:
-        # One read per batch answers the retries of an earlier replay (same id, same body); any
-        # other event, a conflicting retry included, goes through `usage_record`.
-        recorded = dict(
-            UsageEvent.objects.filter(
-                organization=self.attribution.organization,
-                event_id__in=[e.id for e in events],
-            ).values_list("event_id", "request_hash")
-        )
         outcomes = []
-        with transaction.atomic():
-            for event in events:
-                if event.id in recorded and recorded[event.id] == event.digest():
-                    outcomes.append(Outcome("already"))
-                    continue
-                try:
-                    result = usage_record(attribution=self.attribution, event=event)
-                except ApplicationError as exc:
-                    outcomes.append(Outcome("refused", reason=exc.type))
-                    continue
-                outcomes.append(
-                    Outcome("accepted", result.event.cost) if result.created else Outcome("already")
-                )
+        for result in usage_record_many(attribution=self.attribution, events=events):
+            if isinstance(result, ApplicationError):
+                outcomes.append(Outcome("refused", reason=result.type))
+            elif result.created:
+                outcomes.append(Outcome("accepted", result.event.cost))
+            else:
+                outcomes.append(Outcome("already"))
         return outcomes
 
     def close(self) -> None:

@@ -24,3 +24,4 @@ from .usage import (  # noqa: F401
     authorization_create,
     usage_record,
 )
+from .usage_batch import usage_record_many  # noqa: F401, E402

@@ -91,13 +91,20 @@ class Attribution:
 
 @dataclass(frozen=True)
 class UsageResult:
+    """A recorded event (`created`), or the first result of a retry; `balance_after` is the
+    available credits (balance - held) of the account it was paid from, right after."""
+
     event: UsageEvent
     created: bool
-    account: LedgerAccount
+    balance_after: Decimal
 
-    @property
-    def balance_after(self) -> Decimal:
-        return self.account.balance - self.account.held
+
+def _available(account: LedgerAccount) -> Decimal:
+    return account.balance - account.held
+
+
+def _available_now(account_id: int) -> Decimal:
+    return _available(LedgerAccount.objects.get(pk=account_id))
 
 
 def usage_price(event: UsageInput, occurred_at: datetime) -> tuple[Decimal, object, str]:
@@ -128,12 +135,41 @@ def _occurred_at(event: UsageInput, now: datetime) -> datetime:
     return occurred_at
 
 
-def key_limit_check(key: ApiKey | None, amount: Decimal, now: datetime) -> None:
-    """Refuse (BudgetExceeded) when `amount` more would take a key past its credit `limit` in the
-    current `limit_reset` window, counting its recorded usage and its pending holds. Locks the key
-    row so that parallel requests of one key are checked one at a time."""
+@dataclass
+class KeySpend:
+    """What a key with a credit limit has used in its current window, and holds pending."""
+
+    key: ApiKey
+    spent: Decimal
+    held: Decimal
+
+    def ensure_room(self, amount: Decimal) -> None:
+        """BudgetExceeded when `amount` more would take the key past its limit."""
+        key = self.key
+        if self.spent + self.held + amount <= key.limit:
+            return
+        remaining = max(key.limit - self.spent - self.held, Decimal(0))
+        raise BudgetExceeded(
+            f"Key limit exceeded: {format_credits(amount)} needed, "
+            f"{format_credits(remaining)} left of the key's {format_credits(key.limit)} "
+            f"{key.limit_reset or 'total'} limit",
+            budget={
+                "scope": "api_key",
+                "limit": str(key.limit),
+                "period": key.limit_reset or "lifetime",
+                "spent": str(self.spent),
+                "held": str(self.held),
+                "remaining": str(remaining),
+            },
+        )
+
+
+def key_spend(key: ApiKey | None, now: datetime) -> KeySpend | None:
+    """Lock a limited key's row (parallel requests of one key are checked one at a time) and sum
+    its usage in the current `limit_reset` window (UTC; by `recorded_at`) and its pending holds.
+    None for a key without a limit."""
     if key is None or key.limit is None:
-        return
+        return None
     ApiKey.objects.select_for_update().filter(pk=key.pk).exists()
     used = UsageEvent.objects.filter(api_key=key)
     start = window_start(key.limit_reset or None, now)
@@ -143,21 +179,15 @@ def key_limit_check(key: ApiKey | None, amount: Decimal, now: datetime) -> None:
     held = Hold.objects.filter(api_key=key, status=Hold.Status.PENDING).aggregate(s=Sum("amount"))[
         "s"
     ] or Decimal(0)
-    if spent + held + amount > key.limit:
-        remaining = max(key.limit - spent - held, Decimal(0))
-        raise BudgetExceeded(
-            f"Key limit exceeded: {format_credits(amount)} needed, "
-            f"{format_credits(remaining)} left of the key's {format_credits(key.limit)} "
-            f"{key.limit_reset or 'total'} limit",
-            budget={
-                "scope": "api_key",
-                "limit": str(key.limit),
-                "period": key.limit_reset or "lifetime",
-                "spent": str(spent),
-                "held": str(held),
-                "remaining": str(remaining),
-            },
-        )
+    return KeySpend(key=key, spent=spent, held=held)
+
+
+def key_limit_check(key: ApiKey | None, amount: Decimal, now: datetime) -> None:
+    """Refuse (BudgetExceeded) when `amount` more would take a key past its credit `limit` in the
+    current `limit_reset` window, counting its recorded usage and its pending holds."""
+    spend = key_spend(key, now)
+    if spend is not None:
+        spend.ensure_room(amount)
 
 
 def _existing(organization: Organization, event: UsageInput, digest: str) -> UsageEvent | None:
@@ -220,7 +250,7 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
     digest = event.digest()
     existing = _existing(organization, event, digest)
     if existing is not None:
-        return UsageResult(existing, False, LedgerAccount.objects.get(pk=account.pk))
+        return UsageResult(existing, False, _available_now(account.pk))
     now = timezone.now()
     occurred_at = _occurred_at(event, now)
     cost, price, source = usage_price(event, occurred_at)
@@ -234,7 +264,7 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
             metadata={"event_id": event.id},
         )
         if not created:  # a concurrent duplicate committed first
-            return UsageResult(_existing(organization, event, digest), False, account)
+            return UsageResult(_existing(organization, event, digest), False, _available(account))
     key_limit_check(attribution.api_key, cost, now)
     usage = _usage_event(
         attribution,
@@ -251,10 +281,10 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
         with transaction.atomic():
             usage.save(force_insert=True)
     except IntegrityError:
-        return UsageResult(_existing(organization, event, digest), False, account)
+        return UsageResult(_existing(organization, event, digest), False, _available(account))
     if txn is None:
         account.refresh_from_db(fields=["balance", "held"])
-    return UsageResult(usage, True, account)
+    return UsageResult(usage, True, _available(account))
 
 
 # Credit-aware requests: authorize, capture, void -------------------------------------------------
@@ -327,7 +357,7 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
     digest = event.digest()
     existing = _existing(organization, event, digest)
     if existing is not None:
-        return UsageResult(existing, False, LedgerAccount.objects.get(pk=hold.account_id))
+        return UsageResult(existing, False, _available_now(hold.account_id))
     now = timezone.now()
     occurred_at = _occurred_at(event, now)
     cost, price, source = usage_price(event, occurred_at)
@@ -354,4 +384,4 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
         raise IdempotencyConflict(
             f"Usage event '{event.id}' was recorded by another request.", event_id=event.id
         ) from None
-    return UsageResult(usage, True, LedgerAccount.objects.get(pk=hold.account_id))
+    return UsageResult(usage, True, _available_now(hold.account_id))
