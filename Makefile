@@ -7,6 +7,7 @@ export DJANGO_SETTINGS_MODULE ?= portal.settings
 # Tests run on PostgreSQL (row locks and CHECK constraints are part of what is tested).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal
 DEMO_DATABASE_URL ?= sqlite:///$(CURDIR)/demo.sqlite3
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_bench
 
 .PHONY: install lock demo demo-data serve worker test lint schema pg-check bench clean
 
@@ -27,6 +28,8 @@ demo-data demo serve: export DEBUG = 1
 demo-data: install  ## the demo organization on SQLite, without serving
 	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py migrate --noinput
 	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py demo_load
+	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py ledger_verify
+	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py audit_verify
 
 demo: demo-data
 	@echo
@@ -57,8 +60,8 @@ test: lint pg-check schema
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) $(VENV)/bin/pytest
 
-bench: install
-	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) bench/ingest.py
+bench: install  ## figures in bench/results/, described in docs/performance.md
+	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/ingest.py
 
 clean:
 	rm -rf $(VENV) demo.sqlite3*

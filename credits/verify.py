@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.db import connection
 from django.db.models import Count, DecimalField, F, Func, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
@@ -13,6 +14,7 @@ from portal.money import CREDIT_DECIMAL_PLACES, CREDIT_MAX_DIGITS
 from .models import CreditLot, Hold, LedgerAccount, LedgerEntry, LedgerTransaction
 
 LIMIT = 100  # lots and transactions reported at most
+SQLITE_TOLERANCE = Decimal("1e-9")
 CREDITS = DecimalField(max_digits=CREDIT_MAX_DIGITS, decimal_places=CREDIT_DECIMAL_PLACES)
 
 
@@ -45,6 +47,14 @@ def _sum(queryset, field: str):
     return Coalesce(Subquery(total), Value(Decimal(0)), output_field=CREDITS)
 
 
+def _same(cached: Decimal, computed: Decimal) -> bool:
+    """Exact on PostgreSQL (numeric). SQLite, the demo's database, sums decimals in binary
+    floating point, so there a sum may be off by rounding: equal within 1e-9 credits."""
+    if connection.vendor == "sqlite":
+        return abs(cached - computed) < SQLITE_TOLERANCE
+    return cached == computed
+
+
 def ledger_verify(organization_id: int | None = None) -> list[Mismatch]:
     """Check, for every (or one organization's) account: balance == sum(entries) (sinks keep no
     cached balance), held == sum(pending holds), and on spendable accounts sum(lot remaining) ==
@@ -70,11 +80,13 @@ def ledger_verify(organization_id: int | None = None) -> list[Mismatch]:
     )
     for account in accounts.order_by("pk"):
         label = _label(account)
-        if account.kind not in LedgerAccount.SINKS and account.balance != account.in_entries:
+        if account.kind not in LedgerAccount.SINKS and not _same(
+            account.balance, account.in_entries
+        ):
             out.append(Mismatch("balance", account.pk, account.balance, account.in_entries, label))
-        if account.held != account.in_holds:
+        if not _same(account.held, account.in_holds):
             out.append(Mismatch("held", account.pk, account.held, account.in_holds, label))
-        if account.kind in LedgerAccount.HOLDS_LOTS and account.balance != account.in_lots:
+        if account.kind in LedgerAccount.HOLDS_LOTS and not _same(account.balance, account.in_lots):
             out.append(Mismatch("lots", account.pk, account.balance, account.in_lots, label))
     lots = lots.annotate(
         in_entries=Coalesce(Sum("entries__amount"), Value(zero), output_field=CREDITS),
@@ -83,7 +95,7 @@ def ledger_verify(organization_id: int | None = None) -> list[Mismatch]:
         ~Q(in_entries=F("remaining")) | Q(remaining__gt=F("original_amount")) | Q(misplaced__gt=0)
     )
     for lot in lots.order_by("pk")[:LIMIT]:
-        if lot.in_entries != lot.remaining:
+        if not _same(lot.remaining, lot.in_entries):
             out.append(
                 Mismatch(f"lot {lot.pk} remaining", lot.account_id, lot.remaining, lot.in_entries)
             )
@@ -112,7 +124,7 @@ def ledger_verify(organization_id: int | None = None) -> list[Mismatch]:
     ).filter(~Q(total=0) | Q(total__isnull=True) | Q(n__lt=2) | Q(foreign__gt=0))
     for txn in txns.order_by("pk")[:LIMIT]:
         total = txn.total if txn.total is not None else zero
-        if total != 0 or txn.n < 2:
+        if not _same(total, zero) or txn.n < 2:
             out.append(Mismatch(f"transaction {txn.pk} ({txn.n} entries) sum", None, zero, total))
         if txn.foreign:
             what = f"transaction {txn.pk}: entries on another organization's accounts"

@@ -239,3 +239,10 @@ def test_an_accounts_history_has_a_running_balance_across_pages(funded):
     ]
     other = tenant.client(tenant.key("management")[1])
     assert other.get("/api/v1/credits/accounts/999999/entries").status_code == 404
+
+
+def test_a_blank_conversation_id_is_no_conversation(funded):
+    _, _, client = funded
+    response = client.post(USAGE, event(conversation_id=""), format="json")
+    assert response.status_code == 201, response.json()
+    assert UsageEvent.objects.get(event_id="e1").conversation_id == ""
