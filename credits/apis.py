@@ -299,7 +299,9 @@ class UsageEventInput(StrictSerializer):
         help_text="Upstream-reported cost in credits (OpenRouter's usage.cost), stored as given.",
     )
     occurred_at = serializers.DateTimeField(required=False, help_text="ISO 8601; default now.")
-    conversation_id = serializers.CharField(max_length=255, required=False, default="", allow_blank=True)
+    conversation_id = serializers.CharField(
+        max_length=255, required=False, default="", allow_blank=True
+    )
     metadata = serializers.DictField(required=False, default=dict)
 
     def validate_prompt_tokens(self, value):  # reject JSON floats like 1.5 and booleans
