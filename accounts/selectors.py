@@ -32,6 +32,20 @@ def key_scopes(key: ApiKey) -> frozenset[str]:
     return own
 
 
+def key_may_allocate(key: ApiKey, team: Team) -> bool:
+    """May `key` allocate to and reclaim from `team`? With org-wide `credits:write` (a key bound
+    to no team, acting for no member or for an org-wide role), or as a team manager (the
+    `allocate_team_credits` object permission on `team`, django-guardian)."""
+    scopes = key_scopes(key)
+    org_wide = "credits:write" in scopes and key.team_id is None
+    if key.user_id is None:
+        return org_wide
+    membership = membership_get(organization=key.organization, user=key.user)
+    if org_wide and membership is not None and membership.role in ORG_WIDE_ROLES:
+        return True
+    return key.user.has_perm("accounts.allocate_team_credits", team)
+
+
 def organizations_for_user(*, user: User) -> QuerySet[Organization]:
     return Organization.objects.filter(memberships__user=user).order_by("name")
 

@@ -20,7 +20,7 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from accounts.selectors import team_get, teams_visible_to_key
+from accounts.selectors import key_may_allocate, team_get, teams_visible_to_key
 from portal.api import (
     OrganizationAPIView,
     OrganizationListAPIView,
@@ -48,22 +48,6 @@ MAX_BATCH = 1000
 def Credits(**kwargs):  # noqa: N802 - a field factory, named like the field it makes
     """Credits (USD) in responses: a decimal string, exact."""
     return serializers.DecimalField(max_digits=28, decimal_places=12, **kwargs)
-
-
-def _may_allocate(view: OrganizationAPIView, team) -> bool:
-    """Org-wide `credits:write` (a key not bound to a team, of an org-wide role or of no member),
-    or a team manager's `allocate_team_credits` object permission on `team` (django-guardian)."""
-    from accounts.roles import ORG_WIDE_ROLES
-    from accounts.selectors import key_scopes, membership_get
-
-    key = view.key
-    scopes = key_scopes(key)
-    if key.user_id is None:
-        return "credits:write" in scopes and key.team_id is None
-    membership = membership_get(organization=view.organization, user=key.user)
-    if "credits:write" in scopes and key.team_id is None and membership.role in ORG_WIDE_ROLES:
-        return True
-    return key.user.has_perm("accounts.allocate_team_credits", team)
 
 
 # Balance -----------------------------------------------------------------------------------------
@@ -242,7 +226,7 @@ class AllocationApi(OrganizationAPIView):
     def post(self, request):
         data = self.parse(AllocationInput)
         team = team_get(organization=self.organization, slug=data["team"])
-        if not _may_allocate(self, team):
+        if not key_may_allocate(self.key, team):
             raise PermissionDenied("Allocating needs credits:write, or the team manager's right.")
         key = data.get("idempotency_key") or request.headers.get("Idempotency-Key")
         service = (
@@ -429,7 +413,7 @@ class UsageApi(OrganizationListAPIView):
     filterset_class = UsageFilter
 
     def selector(self, organization):
-        return selectors.usage_list(organization=organization).filter(Q_team_visible(self.key))
+        return selectors.usage_for_key(self.key)
 
     @extend_schema(operation_id="credits_usage_list", responses={200: UsageEventOutput(many=True)})
     def get(self, request):
@@ -508,16 +492,6 @@ class UsageApi(OrganizationListAPIView):
             {"results": results, "accepted": accepted, "refused": len(results) - accepted},
             status=207,
         )
-
-
-def Q_team_visible(key):  # noqa: N802
-    from django.db.models import Q
-
-    from accounts.selectors import teams_visible_to_key
-
-    if key.team_id is None and key.user_id is None:
-        return Q()
-    return Q(team__in=teams_visible_to_key(key)) | Q(api_key=key)
 
 
 # Authorizations ----------------------------------------------------------------------------------

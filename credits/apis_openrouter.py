@@ -197,18 +197,7 @@ class GenerationApi(OrganizationAPIView):
     )
     def get(self, request):
         event_id = self.parse(GenerationParams, data=request.query_params)["id"]
-        event = selectors.usage_event_get(organization=self.organization, event_id=event_id)
-        if (self.key.team_id or self.key.user_id) and not (
-            event.api_key_id == self.key.pk
-            or selectors.usage_list(organization=self.organization)
-            .filter(pk=event.pk, team__in=_visible(self.key))
-            .exists()
-        ):
-            from portal.errors import NotFound
-
-            raise NotFound(
-                f"No usage event '{event_id}' in this organization.", resource="generation"
-            )
+        event = selectors.usage_event_get(key=self.key, event_id=event_id)
         data = {f: None for f in _NULL_FIELDS}
         data.update(
             {
@@ -235,9 +224,3 @@ class GenerationApi(OrganizationAPIView):
             }
         )
         return Response({"data": data})
-
-
-def _visible(key):
-    from accounts.selectors import teams_visible_to_key
-
-    return teams_visible_to_key(key)

@@ -76,8 +76,20 @@ def usage_list(*, organization: Organization) -> QuerySet[UsageEvent]:
     )
 
 
-def usage_event_get(*, organization: Organization, event_id: str) -> UsageEvent:
-    event = usage_list(organization=organization).filter(event_id=event_id).first()
+def usage_for_key(key: ApiKey) -> QuerySet[UsageEvent]:
+    """The usage a key may see: all of its organization's for a key of no member and no team;
+    otherwise its own events and those of the teams it may see."""
+    from accounts.selectors import teams_visible_to_key
+
+    usage = usage_list(organization=key.organization)
+    if key.team_id is None and key.user_id is None:
+        return usage
+    return usage.filter(Q(team__in=teams_visible_to_key(key)) | Q(api_key=key))
+
+
+def usage_event_get(*, key: ApiKey, event_id: str) -> UsageEvent:
+    """One usage event the key may see, by its client id. Raises NotFound (404)."""
+    event = usage_for_key(key).filter(event_id=event_id).first()
     if event is None:
         raise NotFound(f"No usage event '{event_id}' in this organization.", resource="generation")
     return event
