@@ -244,3 +244,22 @@ def test_invitation_opened_by_another_signed_in_user(page, tenant, other_tenant)
     page.goto("/invitations/not-a-token/")
     expect(page.get_by_role("heading", name="This invitation cannot be used")).to_be_visible()
     assert not Membership.objects.filter(organization=tenant.org, user=other_tenant.owner).exists()
+
+
+def test_swagger_ui_is_served_by_the_portal_itself(page):
+    """Self-hosted: the API docs load without a CDN (drf-spectacular-sidecar)."""
+    external = []
+    page.on(
+        "request",
+        lambda r: (
+            external.append(r.url)
+            if "127.0.0.1" not in r.url
+            and "localhost" not in r.url
+            and not r.url.startswith("data:")
+            else None
+        ),
+    )
+    page.goto("/api/v1/schema/swagger/")
+    expect(page.get_by_role("heading", name=re.compile("Credit portal API"))).to_be_visible()
+    expect(page.get_by_text("/api/v1/credits/usage").first).to_be_visible()
+    assert external == []
