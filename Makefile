@@ -58,7 +58,7 @@ test pg-check schema: export SECRET_KEY ?= test-only-secret-key-not-for-producti
 test pg-check schema: export SECURE_SSL_REDIRECT = 0
 test: lint pg-check schema
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(TEST_DATABASE_URL) $(VENV)/bin/pytest
+	DATABASE_URL=$(TEST_DATABASE_URL) $(VENV)/bin/pytest --create-db
 
 bench: install  ## figures in bench/results/, described in docs/performance.md
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/ingest.py
