@@ -1,5 +1,6 @@
 """`python -m portal.dbcheck`: stop early, with a message saying what to start, when the database
-in DATABASE_URL cannot be reached (used by `make test`)."""
+server in DATABASE_URL cannot be reached; create the database when the server has none of that
+name (used by `make test`)."""
 
 import os
 import sys
@@ -13,16 +14,18 @@ def main() -> int:
     if "postgresql" not in config.get("ENGINE", ""):
         return 0
     import psycopg
+    from psycopg import sql
 
     try:
-        psycopg.connect(
+        connection = psycopg.connect(
             host=config.get("HOST") or "127.0.0.1",
             port=config.get("PORT") or 5432,
             user=config.get("USER") or "postgres",
             password=config.get("PASSWORD") or None,
             dbname="postgres",
             connect_timeout=5,
-        ).close()
+            autocommit=True,
+        )
     except psycopg.OperationalError as exc:
         print(
             f"PostgreSQL is not reachable at {config.get('HOST')}:{config.get('PORT')} ({exc}).\n"
@@ -32,6 +35,11 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
+    with connection:
+        name = config.get("NAME")
+        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        if name and exists.fetchone() is None:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return 0
 
 
