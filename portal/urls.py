@@ -10,7 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts import apis as accounts_apis
 from accounts import apis_keys, views
 from credits import apis as credits_apis
-from credits import apis_openrouter
+from credits import apis_openrouter, apis_usage
 
 api_v1 = [
     path("organization", accounts_apis.OrganizationApi.as_view(), name="organization"),
@@ -36,23 +36,23 @@ api_v1 = [
     ),
     path("credits/lots", credits_apis.LotListApi.as_view(), name="credits-lots"),
     path("credits/allocations", credits_apis.AllocationApi.as_view(), name="credits-allocations"),
-    path("credits/usage", credits_apis.UsageApi.as_view(), name="credits-usage"),
+    path("credits/usage", apis_usage.UsageApi.as_view(), name="credits-usage"),
     path(
         "credits/authorizations",
-        credits_apis.AuthorizationCreateApi.as_view(),
+        apis_usage.AuthorizationCreateApi.as_view(),
         name="credits-authorizations",
     ),
     path(
         "credits/authorizations/<int:pk>/capture",
-        credits_apis.AuthorizationCaptureApi.as_view(),
+        apis_usage.AuthorizationCaptureApi.as_view(),
         name="credits-authorization-capture",
     ),
     path(
         "credits/authorizations/<int:pk>/void",
-        credits_apis.AuthorizationVoidApi.as_view(),
+        apis_usage.AuthorizationVoidApi.as_view(),
         name="credits-authorization-void",
     ),
-    path("credits/report", credits_apis.ReportApi.as_view(), name="credits-report"),
+    path("credits/report", apis_usage.ReportApi.as_view(), name="credits-report"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]

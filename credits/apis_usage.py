@@ -1,0 +1,459 @@
+"""REST endpoints of metering: usage events (record, list), authorizations (hold, capture,
+void) and the usage report. Keep these names: integrations rely on them."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+
+import django_filters
+from django.http import HttpResponse
+from django.utils import timezone
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from accounts.selectors import teams_visible_to_key
+from portal.api import (
+    OrganizationAPIView,
+    OrganizationListAPIView,
+    StrictSerializer,
+    UTCDateTimeFilter,
+    decimals_as_strings,
+    error_responses,
+)
+from portal.errors import (
+    ApplicationError,
+    PayloadTooLarge,
+    ValidationFailed,
+    _drf_field_errors,
+)
+
+from . import selectors, services
+from .apis import Credits
+from .models import UsageEvent
+from .periods import window_end, window_start
+from .services.usage import Attribution, UsageInput
+
+MAX_BATCH = 1000
+
+
+# Usage -------------------------------------------------------------------------------------------
+
+
+class UsageEventInput(StrictSerializer):
+    """One usage event. Token counts do not overlap: `prompt_tokens` are uncached input,
+    `cached_tokens` input read from cache, `completion_tokens` output without `reasoning_tokens`."""
+
+    id = serializers.CharField(
+        max_length=255, help_text="Unique per organization; retries reuse it."
+    )
+    model = serializers.CharField(max_length=200)
+    operation = serializers.ChoiceField(choices=UsageEvent.Operation.choices, default="chat")
+    prompt_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
+    completion_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
+    cached_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
+    reasoning_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
+    images = serializers.IntegerField(min_value=0, max_value=100_000, default=0)
+    cost = serializers.DecimalField(
+        max_digits=28,
+        decimal_places=12,
+        min_value=0,
+        required=False,
+        allow_null=True,
+        help_text="Upstream-reported cost in credits (OpenRouter's usage.cost), stored as given.",
+    )
+    occurred_at = serializers.DateTimeField(required=False, help_text="ISO 8601; default now.")
+    conversation_id = serializers.CharField(
+        max_length=255, required=False, default="", allow_blank=True
+    )
+    metadata = serializers.DictField(required=False, default=dict)
+
+    def validate_prompt_tokens(self, value):  # reject JSON floats like 1.5 and booleans
+        return _strict_int(self.initial_data, "prompt_tokens", value)
+
+    def validate_completion_tokens(self, value):
+        return _strict_int(self.initial_data, "completion_tokens", value)
+
+    def validate_cached_tokens(self, value):
+        return _strict_int(self.initial_data, "cached_tokens", value)
+
+    def validate_reasoning_tokens(self, value):
+        return _strict_int(self.initial_data, "reasoning_tokens", value)
+
+    def validate_images(self, value):
+        return _strict_int(self.initial_data, "images", value)
+
+    def validate_occurred_at(self, value):
+        if value > timezone.now() + timedelta(minutes=5):
+            raise serializers.ValidationError("Must not be in the future.")
+        return value
+
+    def validate_metadata(self, value):
+        if len(str(value)) > 8000:
+            raise serializers.ValidationError("At most 8,000 characters.")
+        return value
+
+    def to_usage(self) -> UsageInput:
+        return UsageInput(**self.validated_data)
+
+
+def _strict_int(data, field: str, value: int) -> int:
+    raw = data.get(field) if isinstance(data, dict) else None
+    if isinstance(raw, bool) or (raw is not None and not isinstance(raw, int)):
+        raise serializers.ValidationError("A whole number is required.")
+    return value
+
+
+class UsageEventOutput(serializers.Serializer):
+    id = serializers.CharField(source="event_id")
+    model = serializers.CharField()
+    operation = serializers.CharField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField()
+    reasoning_tokens = serializers.IntegerField()
+    images = serializers.IntegerField()
+    cost = Credits()
+    cost_source = serializers.CharField()
+    team = serializers.CharField(source="team.slug", allow_null=True, default=None)
+    member = serializers.CharField(source="member.email", allow_null=True, default=None)
+    key = serializers.CharField(source="api_key.label", allow_null=True, default=None)
+    conversation_id = serializers.CharField()
+    metadata = serializers.DictField()
+    occurred_at = serializers.DateTimeField()
+    recorded_at = serializers.DateTimeField()
+
+
+UsageRecorded = inline_serializer(
+    "UsageRecorded",
+    {
+        "event": UsageEventOutput(),
+        "cost": Credits(),
+        "balance_after": Credits(help_text="Available credits of the account paid from, after."),
+    },
+)
+UsageBatchInput = inline_serializer(
+    "UsageBatchInput",
+    {
+        "events": UsageEventInput(many=True, help_text=f"At most {MAX_BATCH}."),
+    },
+)
+UsageBatchResult = inline_serializer(
+    "UsageBatchResult",
+    {
+        "results": serializers.ListField(
+            child=serializers.DictField(),
+            help_text=(
+                "Per event, in order: {id, status (201 recorded, 200 retry, 4xx), cost, "
+                "balance_after} or {id, status, error}."
+            ),
+        ),
+        "accepted": serializers.IntegerField(),
+        "refused": serializers.IntegerField(),
+    },
+)
+
+
+def recorded_response(result) -> Response:
+    """201 for a newly recorded event, 200 with the first result for a retry."""
+    return Response(
+        {
+            "event": UsageEventOutput(result.event).data,
+            "cost": str(result.event.cost),
+            "balance_after": str(result.balance_after),
+        },
+        status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+    )
+
+
+class UsageFilter(django_filters.FilterSet):
+    since = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    until = UTCDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    team = django_filters.CharFilter(field_name="team__slug")
+    member = django_filters.CharFilter(field_name="member__email")
+    key = django_filters.CharFilter(field_name="api_key__hash", label="key hash")
+    model = django_filters.CharFilter()
+    operation = django_filters.ChoiceFilter(choices=UsageEvent.Operation.choices)
+    conversation = django_filters.CharFilter(field_name="conversation_id")
+
+    class Meta:
+        model = UsageEvent
+        fields = ["model", "operation"]
+
+
+def _error_of(exc) -> dict:
+    from portal.errors import error_body
+
+    return error_body(exc.status_code, exc.message, exc.type, **exc.metadata)["error"]
+
+
+class UsageApi(OrganizationListAPIView):
+    scope_map = {"GET": "usage:read", "POST": "usage:write"}
+    model = UsageEvent
+    filterset_class = UsageFilter
+
+    def selector(self, organization):
+        return selectors.usage_for_key(self.key)
+
+    @extend_schema(operation_id="credits_usage_list", responses={200: UsageEventOutput(many=True)})
+    def get(self, request):
+        return self.list_response(UsageEventOutput)
+
+    @extend_schema(
+        operation_id="credits_usage_record",
+        request={
+            "application/json": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/UsageEventInputRequest"},
+                    {"$ref": "#/components/schemas/UsageBatchInputRequest"},
+                ]
+            }
+        },
+        responses={
+            201: UsageRecorded,
+            200: UsageRecorded,
+            207: UsageBatchResult,
+            **error_responses(402, 409),
+        },
+        description='Record one usage event, or `{"events": [...]}` (at most 1,000). One '
+        "event answers 201 (recorded), 200 (a retry of the same id: the first result), 409 "
+        "(same id, other body), 402 (insufficient credits or key limit; nothing recorded). A "
+        "batch answers 207 with a result per event.",
+    )
+    def post(self, request):
+        body = request.data
+        attribution = Attribution.of_key(self.key)
+        if isinstance(body, dict) and "events" in body:
+            return self._batch(body, attribution)
+        serializer = UsageEventInput(data=body)
+        serializer.is_valid(raise_exception=True)
+        result = services.usage_record(attribution=attribution, event=serializer.to_usage())
+        return recorded_response(result)
+
+    def _batch(self, body: dict, attribution: Attribution) -> Response:
+        events = body["events"]
+        if set(body) != {"events"} or not isinstance(events, list):
+            raise ValidationFailed({"events": ['Send {"events": [...]} and nothing else.']})
+        if len(events) > MAX_BATCH:
+            raise PayloadTooLarge(
+                f"At most {MAX_BATCH} events per batch; got {len(events)}.", limit=MAX_BATCH
+            )
+        outcomes: list = [None] * len(events)
+        valid: list[tuple[int, UsageInput]] = []
+        for index, raw in enumerate(events):
+            serializer = UsageEventInput(data=raw)
+            if serializer.is_valid():
+                valid.append((index, serializer.to_usage()))
+            else:
+                outcomes[index] = ValidationFailed(_drf_field_errors(serializer.errors))
+        recorded = services.usage_record_many(
+            attribution=attribution, events=[event for _, event in valid]
+        )
+        for (index, _), outcome in zip(valid, recorded, strict=True):
+            outcomes[index] = outcome
+        results = []
+        for raw, outcome in zip(events, outcomes, strict=True):
+            event_id = raw.get("id") if isinstance(raw, dict) else None
+            if isinstance(outcome, ApplicationError):
+                results.append(
+                    {"id": event_id, "status": outcome.status_code, "error": _error_of(outcome)}
+                )
+            else:
+                results.append(
+                    {
+                        "id": event_id,
+                        "status": 201 if outcome.created else 200,
+                        "cost": str(outcome.event.cost),
+                        "balance_after": str(outcome.balance_after),
+                    }
+                )
+        accepted = sum(1 for r in results if r["status"] in (200, 201))
+        return Response(
+            {"results": results, "accepted": accepted, "refused": len(results) - accepted},
+            status=207,
+        )
+
+
+# Authorizations ----------------------------------------------------------------------------------
+
+
+class AuthorizationInput(StrictSerializer):
+    id = serializers.CharField(max_length=255, help_text="Idempotency key of the hold.")
+    amount = serializers.DecimalField(
+        max_digits=28, decimal_places=12, min_value=0, required=False, help_text="Credits to hold."
+    )
+    model = serializers.CharField(max_length=200, required=False, default="")
+    prompt_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
+    max_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
+    timeout_seconds = serializers.IntegerField(min_value=1, max_value=86400, default=600)
+
+
+class AuthorizationOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    idempotency_key = serializers.CharField()
+    status = serializers.CharField()
+    amount = Credits()
+    captured_amount = Credits(allow_null=True)
+    model = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+    created_at = serializers.DateTimeField()
+
+
+class AuthorizationCreateApi(OrganizationAPIView):
+    scope_map = {"POST": "usage:write"}
+
+    @extend_schema(
+        operation_id="credits_authorizations_create",
+        request=AuthorizationInput,
+        responses={201: AuthorizationOutput, 200: AuthorizationOutput, **error_responses(402, 409)},
+        description="Hold the worst case of a request: an `amount`, or a `model` "
+        "with `prompt_tokens` and `max_tokens`. 402 when it cannot be covered.",
+    )
+    def post(self, request):
+        data = self.parse(AuthorizationInput)
+        hold, created = services.authorization_create(
+            attribution=Attribution.of_key(self.key),
+            id=data["id"],
+            amount=data.get("amount"),
+            model=data["model"],
+            prompt_tokens=data["prompt_tokens"],
+            max_tokens=data["max_tokens"],
+            timeout=timedelta(seconds=data["timeout_seconds"]),
+        )
+        return Response(
+            AuthorizationOutput(hold).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class CaptureInput(UsageEventInput):
+    id = serializers.CharField(
+        max_length=255, required=False, help_text="Usage event id; default `authorization-<id>`."
+    )
+    model = serializers.CharField(max_length=200, required=False)
+
+
+class AuthorizationCaptureApi(OrganizationAPIView):
+    scope_map = {"POST": "usage:write"}
+
+    @extend_schema(
+        operation_id="credits_authorizations_capture",
+        request=CaptureInput,
+        responses={201: UsageRecorded, 200: UsageRecorded, **error_responses(402, 409)},
+        description="Capture with the actual usage: records the usage event, posts "
+        "its cost and releases the rest of the hold.",
+    )
+    def post(self, request, pk: int):
+        hold = selectors.hold_get(organization=self.organization, pk=pk)
+        serializer = CaptureInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        data.setdefault("id", f"authorization-{hold.pk}")
+        data.setdefault("model", hold.model)
+        if not data["model"]:
+            raise ValidationFailed({"model": ["Required (the authorization named none)."]})
+        result = services.authorization_capture(hold=hold, event=UsageInput(**data))
+        return recorded_response(result)
+
+
+class AuthorizationVoidApi(OrganizationAPIView):
+    scope_map = {"POST": "usage:write"}
+
+    @extend_schema(
+        operation_id="credits_authorizations_void",
+        request=None,
+        responses={200: AuthorizationOutput, **error_responses(409)},
+    )
+    def post(self, request, pk: int):
+        hold = selectors.hold_get(organization=self.organization, pk=pk)
+        return Response(AuthorizationOutput(services.hold_void(hold=hold)).data)
+
+
+# Report ------------------------------------------------------------------------------------------
+
+
+class ReportParams(serializers.Serializer):
+    period = serializers.ChoiceField(choices=["daily", "weekly", "monthly"], default="daily")
+    format = serializers.ChoiceField(choices=["json", "csv"], default="json")
+    start = serializers.DateTimeField(required=False)
+    end = serializers.DateTimeField(required=False)
+
+
+class ReportApi(OrganizationAPIView):
+    scope_map = {"GET": "usage:read"}
+
+    @extend_schema(
+        operation_id="credits_report",
+        parameters=[
+            OpenApiParameter("period", str, enum=["daily", "weekly", "monthly"]),
+            OpenApiParameter("format", str, enum=["json", "csv"]),
+            OpenApiParameter("start", str, description="ISO 8601; default: the period's start"),
+            OpenApiParameter("end", str, description="ISO 8601, exclusive; default: its end"),
+        ],
+        responses={
+            (200, "text/csv"): OpenApiResponse(str, description="with format=csv"),
+            (200, "application/json"): OpenApiResponse(
+                inline_serializer(
+                    "UsageReport",
+                    {
+                        "period": serializers.CharField(),
+                        "start": serializers.DateTimeField(),
+                        "end": serializers.DateTimeField(),
+                        "totals": serializers.DictField(),
+                        "series": serializers.ListField(child=serializers.DictField()),
+                        "breakdowns": serializers.DictField(),
+                    },
+                ),
+                description="JSON, or CSV (one row per breakdown entry) with format=csv",
+            ),
+        },
+    )
+    def get(self, request):
+        params = self.parse(ReportParams, data=request.query_params)
+        now = timezone.now()
+        start = params.get("start") or window_start(params["period"], now)
+        end = params.get("end") or window_end(params["period"], now)
+        if end <= start:
+            raise ValidationFailed({"end": ["Must be after start."]})
+        report = selectors.usage_report(
+            organization=self.organization,
+            period=params["period"],
+            start=start,
+            end=end,
+            teams=teams_visible_to_key(self.key) if self.key.team_id or self.key.user_id else None,
+        )
+        if params["format"] == "csv":
+            return _report_csv(report)
+        return Response(decimals_as_strings(report))
+
+
+def _report_csv(report: dict) -> HttpResponse:
+    out = io.StringIO()
+    columns = [
+        "events",
+        "cost",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+    ]
+    writer = csv.writer(out)
+    writer.writerow(["dimension", "key", *columns])
+    writer.writerow(["total", "", *[report["totals"][c] for c in columns]])
+    for row in report["series"]:
+        writer.writerow([report["period"], row["start"].isoformat(), *[row[c] for c in columns]])
+    for dimension, rows in report["breakdowns"].items():
+        for row in rows:
+            writer.writerow([dimension, row["key"] or "", *[row[c] for c in columns]])
+    response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="usage-{report["period"]}-{report["start"]:%Y%m%d}.csv"'
+    )
+    return response
