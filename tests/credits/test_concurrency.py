@@ -28,6 +28,7 @@ from credits.services import (
     system_account,
     team_account,
     usage_record,
+    usage_record_many,
 )
 from credits.verify import ledger_verify
 from portal.errors import InsufficientCredits
@@ -204,4 +205,51 @@ def test_concurrent_retries_with_one_key_post_exactly_once(tenant):
     assert LedgerTransaction.objects.filter(kind="reversal").count() == 1
     assert LedgerTransaction.objects.filter(organization=tenant.org).count() == 3
     assert (balance_of(pool), LedgerAccount.objects.get(pk=pool.pk).held) == (D(5), D("4.5"))
+    assert ledger_verify() == []
+
+
+def test_50_threads_of_batches_spend_exactly_what_the_pool_covers(tenant):
+    """`usage_record_many` under the same contention: 50 threads x 4 batches of 10 events, a pool
+    that covers 1,000 of the 2,000."""
+    credits_grant(organization=tenant.org, amount="0.6", priority=10, actor=SYSTEM)
+    credits_grant(organization=tenant.org, amount="0.4", actor=SYSTEM)
+    pool = system_account(tenant.org, Kind.POOL)
+    attribution = Attribution(organization=tenant.org)
+
+    def work(thread: int) -> list:
+        outcomes = []
+        for batch in range(4):
+            events = [
+                UsageInput(id=f"b{thread}-{batch}-{n}", model="m", cost=D("0.001"))
+                for n in range(10)
+            ]
+            for result in usage_record_many(attribution=attribution, events=events):
+                outcomes.append(getattr(result, "created", type(result).__name__))
+        return outcomes
+
+    outcomes = Counter(in_threads(50, work))
+    assert outcomes == {True: 1000, "InsufficientCredits": 1000}, outcomes
+    assert balance_of(pool) == 0
+    assert UsageEvent.objects.filter(organization=tenant.org).count() == 1000
+    assert ledger_verify() == []
+
+
+def test_one_event_id_sent_at_once_to_two_accounts_is_recorded_once(tenant):
+    """Two keys paying from different accounts (a team's, the pool) do not wait for one lock: the
+    unique index settles the race, and the batch falls back to one-by-one for the loser."""
+    credits_grant(organization=tenant.org, amount="10", actor=SYSTEM)
+    credits_allocate(team=tenant.team, amount="5", actor=SYSTEM)
+    payers = [Attribution(organization=tenant.org, team=tenant.team),
+              Attribution(organization=tenant.org)]  # fmt: skip
+
+    def work(thread: int) -> list:
+        event = UsageInput(id="shared", model="m", cost=D("0.25"))
+        result = usage_record_many(attribution=payers[thread % 2], events=[event])[0]
+        return [getattr(result, "created", type(result).__name__)]
+
+    outcomes = Counter(in_threads(20, work))
+    assert outcomes == {True: 1, False: 19}, outcomes
+    assert UsageEvent.objects.filter(organization=tenant.org).count() == 1
+    pool, team = system_account(tenant.org, Kind.POOL), team_account(tenant.team)
+    assert balance_of(pool) + balance_of(team) == D("9.75")
     assert ledger_verify() == []
