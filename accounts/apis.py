@@ -145,6 +145,21 @@ class TeamMembersApi(OrganizationAPIView):
         return Response(TeamMemberOutput(tm).data)
 
 
+class TeamMemberDetailApi(OrganizationAPIView):
+    scope_map = {"DELETE": "members:write"}
+
+    @extend_schema(operation_id="teams_members_remove", responses={204: None})
+    def delete(self, request, slug: str, pk: int):
+        """Take a member (by membership id, as in /members/{id}) off the team; a manager loses
+        the team's object permissions with it."""
+        team = selectors.team_get(organization=self.organization, slug=slug)
+        membership = selectors.membership_list(organization=self.organization).filter(pk=pk).first()
+        if membership is None:
+            raise NotFound("No such member in this organization.", resource="member")
+        services.team_member_remove(team=team, user=membership.user, actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 def _member_user(organization, email: str) -> User:
     membership = (
         selectors.membership_list(organization=organization)

@@ -17,6 +17,11 @@ api_v1 = [
     path("teams", accounts_apis.TeamListApi.as_view(), name="teams"),
     path("teams/<slug:slug>", accounts_apis.TeamDetailApi.as_view(), name="team"),
     path("teams/<slug:slug>/members", accounts_apis.TeamMembersApi.as_view(), name="team-members"),
+    path(
+        "teams/<slug:slug>/members/<int:pk>",
+        accounts_apis.TeamMemberDetailApi.as_view(),
+        name="team-member",
+    ),
     path("members", accounts_apis.MemberListApi.as_view(), name="members"),
     path("members/<int:pk>", accounts_apis.MemberDetailApi.as_view(), name="member"),
     path("invitations", accounts_apis.InvitationListApi.as_view(), name="invitations"),

@@ -305,6 +305,13 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
                   body=lambda w: {"email": w.a_member.email}),
         ],
     },
+    "api/v1/teams/<slug:slug>/members/<int:pk>": {
+        "DELETE": [
+            Probe(404, path=_params({**A_TEAM, **A_MEMBER})),
+            # B's own team, A's member
+            Probe(404, path=lambda w: {"slug": w.b.team.slug, "pk": A_MEMBER["pk"](w)}),
+        ],
+    },
     "api/v1/members": {
         "GET": [Probe(200, check=no_ids_of(Membership)),
                 Probe(200, query=lambda w: {"role": "member"})],

@@ -121,3 +121,22 @@ def test_the_audit_log_is_append_only_and_its_chain_names_the_first_broken_link(
     with pytest.raises(CommandError):
         call_command("audit_verify")
     assert f"broken at event #{events[1].sequence}" in capsys.readouterr().out
+
+
+def test_a_team_member_is_added_and_removed_through_the_api(tenant):
+    user = tenant.member(Role.MEMBER)
+    client = tenant.client(tenant.key("management")[1])
+    added = client.post(
+        f"/api/v1/teams/{tenant.team.slug}/members",
+        {"email": user.email, "role": "manager"},
+        format="json",
+    )
+    assert added.status_code == 200 and added.json()["role"] == "manager"
+    assert user.has_perm("accounts.allocate_team_credits", tenant.team)
+    membership = Membership.objects.get(organization=tenant.org, user=user)
+    url = f"/api/v1/teams/{tenant.team.slug}/members/{membership.pk}"
+    assert client.delete(url).status_code == 204
+    user = type(user).objects.get(pk=user.pk)
+    assert not user.has_perm("accounts.allocate_team_credits", tenant.team)
+    assert client.delete(url).status_code == 404  # not on the team any more
+    assert AuditEvent.objects.filter(action="team.member_removed").count() == 1
