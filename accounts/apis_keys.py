@@ -8,6 +8,8 @@ Python SDK 1.3: create answers 201 with `{"data": key, "key": secret}`, delete a
 
 from __future__ import annotations
 
+from django.db.models import Q
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -17,6 +19,7 @@ from portal.api import OrganizationAPIView, StrictSerializer
 from portal.errors import PermissionDenied
 
 from . import selectors, services
+from .apis import _member_user
 from .models import ApiKey
 from .roles import KIND_SCOPES, SCOPES, KeyKind
 
@@ -172,9 +175,6 @@ class KeyListApi(OrganizationAPIView):
         if not params.get("include_disabled"):
             keys = keys.filter(disabled=False)
         if not params.get("include_expired"):
-            from django.db.models import Q
-            from django.utils import timezone
-
             keys = keys.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
         offset = params.get("offset", 0)
         return Response({"data": keys_data(list(keys[offset : offset + LIST_PAGE_SIZE]))})
@@ -188,8 +188,6 @@ class KeyListApi(OrganizationAPIView):
         team = selectors.team_get(organization=self.organization, slug=team) if team else None
         member = data.get("member")
         if member:
-            from .apis import _member_user
-
             user = _member_user(self.organization, member)
         else:
             user = self.key.user

@@ -16,6 +16,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts.apis_keys import KeyOutput, key_document
+from accounts.models import ApiKey
 from accounts.roles import KeyKind
 from portal.api import OrganizationAPIView
 from portal.errors import PermissionDenied
@@ -108,8 +109,6 @@ class CurrentKeyApi(OrganizationAPIView):
 
 class _KeyAuthenticated:
     def has_permission(self, request, view) -> bool:
-        from accounts.models import ApiKey
-
         return isinstance(request.auth, ApiKey)
 
     def has_object_permission(self, request, view, obj) -> bool:

@@ -33,6 +33,7 @@ from portal.errors import (
     PayloadTooLarge,
     ValidationFailed,
     _drf_field_errors,
+    error_body,
 )
 
 from . import selectors, services
@@ -189,8 +190,6 @@ class UsageFilter(django_filters.FilterSet):
 
 
 def _error_of(exc) -> dict:
-    from portal.errors import error_body
-
     return error_body(exc.status_code, exc.message, exc.type, **exc.metadata)["error"]
 
 
