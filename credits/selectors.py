@@ -115,7 +115,7 @@ class KeyUsage:
     in_limit_window: Decimal = ZERO
 
 
-def _spend_sums(qs: QuerySet, field: str, now: datetime) -> dict:
+def _spend_sums(field: str, now: datetime) -> dict:
     return {
         "total": Coalesce(Sum("cost"), ZERO),
         "daily": Coalesce(
@@ -138,7 +138,7 @@ def key_usage_totals(keys: Iterable[ApiKey], now: datetime | None = None) -> dic
     rows = (
         UsageEvent.objects.filter(api_key__in=keys)
         .values("api_key")
-        .annotate(**_spend_sums(UsageEvent.objects.none(), "recorded_at", now))
+        .annotate(**_spend_sums("recorded_at", now))
     )
     by_key = {r["api_key"]: r for r in rows}
     result = {}
@@ -193,12 +193,12 @@ def balance_summary(
     credited = -sum((a.balance for a in accounts if a.kind in (Kind.GRANTS, Kind.PURCHASES)), ZERO)
     expired_acc = next((a for a in accounts if a.kind == Kind.EXPIRY), None)
     usage = usage_list(organization=organization)
-    totals = usage.aggregate(**_spend_sums(usage, "occurred_at", now))
+    totals = usage.aggregate(**_spend_sums("occurred_at", now))
     by_team = {
         r["team"]: r
         for r in usage.filter(team__isnull=False)
         .values("team")
-        .annotate(**_spend_sums(usage, "occurred_at", now))
+        .annotate(**_spend_sums("occurred_at", now))
     }
     expiring = (
         CreditLot.objects.filter(
