@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal
 DEMO_DATABASE_URL ?= sqlite:///$(CURDIR)/demo.sqlite3
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_bench
 
-.PHONY: install lock demo demo-data serve worker test lint schema pg-check bench clean
+.PHONY: install static lock demo demo-data serve worker test lint schema pg-check bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,23 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+# Front-end libraries come from npm (package-lock.json) and are copied into the static files.
+VENDOR := portal/static/portal/vendor
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(VENDOR)/.copied: node_modules/.installed
+	mkdir -p $(VENDOR)
+	sed '/sourceMappingURL/d' node_modules/chart.js/dist/chart.umd.min.js > $(VENDOR)/chart.umd.min.js
+	cp node_modules/chart.js/LICENSE.md $(VENDOR)/chart.js.LICENSE.md
+	cp node_modules/htmx.org/dist/htmx.min.js $(VENDOR)/htmx.min.js
+	cp node_modules/htmx.org/LICENSE $(VENDOR)/htmx.LICENSE
+	touch $@
+
+static: $(VENDOR)/.copied
+
+install: $(VENV)/.installed static
 
 lock:  ## re-resolve the pins after changing pyproject.toml
 	rm -rf /tmp/portal-lock && $(PYTHON) -m venv /tmp/portal-lock
@@ -64,4 +80,4 @@ bench: install  ## figures in bench/results/, described in docs/performance.md
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/ingest.py
 
 clean:
-	rm -rf $(VENV) demo.sqlite3*
+	rm -rf $(VENV) demo.sqlite3* node_modules $(VENDOR)
