@@ -58,6 +58,11 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=50, unique=True)
     name = models.CharField(max_length=200)
     currency = models.CharField(max_length=3, default="USD")
+    time_zone = models.CharField(
+        max_length=64,
+        default="UTC",
+        help_text="IANA time zone: budget windows, statements and pages count days in it.",
+    )
     billing_email = models.EmailField(blank=True)
     billing_address = models.TextField(blank=True)
     tax_id = models.CharField("tax ID", max_length=64, blank=True)

@@ -11,6 +11,8 @@ usage sink (+).
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
@@ -206,6 +208,9 @@ class Hold(models.Model):
         EXPIRED = "expired", "Expired"
 
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="holds")
+    public_id = models.UUIDField(
+        default=uuid.uuid4, unique=True, editable=False, help_text="The id clients see."
+    )
     account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="holds")
     amount = CreditField()
     captured_amount = CreditField(null=True, blank=True)
