@@ -16,12 +16,12 @@ from rest_framework.response import Response
 
 from credits.selectors import key_usage_totals
 from portal.api import OrganizationAPIView, StrictSerializer
-from portal.errors import PermissionDenied
 
-from . import selectors, services
+from . import services
+from .access import key_scopes
 from .apis import _member_user
 from .models import ApiKey
-from .roles import KIND_SCOPES, SCOPES, KeyKind
+from .roles import SCOPES, KeyKind
 
 LIST_PAGE_SIZE = 100
 _OPENROUTER_IGNORED = frozenset(
@@ -108,7 +108,7 @@ def key_document(key: ApiKey, usage) -> dict:
         "kind": key.kind,
         "team": key.team.slug if key.team_id else None,
         "member": key.user.email if key.user_id else None,
-        "scopes": sorted(selectors.key_scopes(key)),
+        "scopes": sorted(key_scopes(key)),
     }
 
 
@@ -171,7 +171,7 @@ class KeyListApi(OrganizationAPIView):
     )
     def get(self, request):
         params = self.parse(_KeyListParams, data=request.query_params)
-        keys = selectors.apikey_list(organization=self.organization).order_by("id")
+        keys = self.principal.keys().order_by("id")
         if not params.get("include_disabled"):
             keys = keys.filter(disabled=False)
         if not params.get("include_expired"):
@@ -185,27 +185,18 @@ class KeyListApi(OrganizationAPIView):
     def post(self, request):
         data = self.parse(KeyCreateInput)
         team = data.get("team")
-        team = selectors.team_get(organization=self.organization, slug=team) if team else None
+        team = self.principal.team(team) if team else None
         member = data.get("member")
-        if member:
-            user = _member_user(self.organization, member)
-        else:
-            user = self.key.user
-        creator_scopes = selectors.key_scopes(self.key)
-        scopes = data.get("scopes")
-        if scopes is None:
-            scopes = sorted(KIND_SCOPES[data["kind"]] & creator_scopes)
-        elif not set(scopes) <= creator_scopes:
-            raise PermissionDenied(
-                "A key cannot grant scopes its creator lacks.",
-                scopes=sorted(set(scopes) - creator_scopes),
-            )
+        member = _member_user(self.organization, member) if member else None
+        team, member, scopes = self.principal.key_terms(
+            kind=data["kind"], team=team, member=member, scopes=data.get("scopes")
+        )
         key, secret = services.apikey_create(
             organization=self.organization,
             name=data["name"],
             kind=data["kind"],
             team=team,
-            user=user,
+            user=member,
             scopes=scopes,
             limit=data.get("limit"),
             limit_reset=data.get("limit_reset"),
@@ -228,15 +219,15 @@ class KeyDetailApi(OrganizationAPIView):
 
     @extend_schema(operation_id="keys_get", responses={200: KeyEnvelope})
     def get(self, request, hash: str):
-        key = selectors.apikey_get(organization=self.organization, hash=hash)
-        return Response({"data": keys_data([key])[0]})
+        return Response({"data": keys_data([self.principal.key_get(hash)])[0]})
 
     @extend_schema(operation_id="keys_update", request=KeyUpdateInput, responses={200: KeyEnvelope})
     def patch(self, request, hash: str):
-        key = selectors.apikey_get(organization=self.organization, hash=hash)
+        key = self.principal.key_get(hash)
         data = self.parse(KeyUpdateInput)
-        if "scopes" in data and not set(data["scopes"]) <= selectors.key_scopes(self.key):
-            raise PermissionDenied("A key cannot grant scopes its creator lacks.")
+        self.principal.check_key_manage(key)
+        if "scopes" in data:
+            data["scopes"] = self.principal.scopes_within(data["scopes"], key.kind)
         key = services.apikey_update(key=key, actor=self.actor, **data)
         return Response({"data": keys_data([key])[0]})
 
@@ -245,6 +236,7 @@ class KeyDetailApi(OrganizationAPIView):
         responses={200: inline_serializer("KeyDeleted", {"deleted": serializers.BooleanField()})},
     )
     def delete(self, request, hash: str):
-        key = selectors.apikey_get(organization=self.organization, hash=hash)
+        key = self.principal.key_get(hash)
+        self.principal.check_key_manage(key)
         services.apikey_delete(key=key, actor=self.actor)
         return Response({"deleted": True})

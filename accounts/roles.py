@@ -51,10 +51,13 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     Role.OWNER: ALL,
     Role.ADMIN: ALL - {"billing:write"},
     Role.BILLING: _READ | {"billing:write", "audit:read"},
+    # A member sees and manages their own usage and keys (`accounts.access` binds them), and of
+    # other members only totals: no `members:read`.
     Role.MEMBER: frozenset(
-        {"org:read", "members:read", "credits:read", "usage:read", "usage:write"}
+        {"org:read", "credits:read", "usage:read", "usage:write", "keys:read", "keys:write"}
     ),
-    Role.VIEWER: _READ - {"keys:read", "billing:read"},
+    # A viewer sees the organization's figures, without members' identities or key names.
+    Role.VIEWER: frozenset({"org:read", "credits:read", "usage:read"}),
 }
 
 # What each kind of key may ever hold, whatever its owner's role.

@@ -12,15 +12,11 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from accounts.selectors import key_may_allocate, team_get, teams_visible_to_key
 from portal.api import (
     OrganizationAPIView,
     OrganizationListAPIView,
     StrictSerializer,
     error_responses,
-)
-from portal.errors import (
-    PermissionDenied,
 )
 
 from . import selectors, services
@@ -47,17 +43,21 @@ class TeamBalanceOutput(serializers.Serializer):
 
 
 class BalanceOutput(serializers.Serializer):
-    total_credited = Credits(help_text="Every credit that entered (grants, purchases).")
-    total_used = Credits()
-    total_expired = Credits()
+    total_credited = Credits(
+        allow_null=True,
+        help_text="Every credit that entered (grants, purchases). Null for a key or member "
+        "bound to a team or member (as the other organization-only figures).",
+    )
+    total_used = Credits(help_text="Usage the caller may see.")
+    total_expired = Credits(allow_null=True)
     balance = Credits(help_text="Pool and team accounts together.")
     held = Credits(help_text="Reserved by pending authorizations.")
     available = Credits(help_text="balance - held")
     used_today = Credits(help_text="UTC day, by occurred_at.")
     used_this_month = Credits()
-    expiring_30_days = Credits()
-    pool_balance = Credits()
-    pool_available = Credits()
+    expiring_30_days = Credits(allow_null=True)
+    pool_balance = Credits(allow_null=True)
+    pool_available = Credits(allow_null=True)
     teams = TeamBalanceOutput(many=True)
 
 
@@ -66,9 +66,7 @@ class BalanceApi(OrganizationAPIView):
 
     @extend_schema(operation_id="credits_balance", responses={200: BalanceOutput})
     def get(self, request):
-        summary = selectors.balance_summary(
-            organization=self.organization, teams=teams_visible_to_key(self.key)
-        )
+        summary = selectors.balance_for(self.principal)
         return Response(BalanceOutput(summary).data)
 
 
@@ -89,7 +87,7 @@ class AccountListApi(OrganizationListAPIView):
     model = LedgerAccount
 
     def selector(self, organization):
-        return selectors.account_list(organization=organization)
+        return selectors.accounts_visible(self.principal)
 
     @extend_schema(operation_id="credits_accounts_list", responses={200: AccountOutput(many=True)})
     def get(self, request):
@@ -118,7 +116,7 @@ class AccountEntriesApi(OrganizationListAPIView):
     model = LedgerEntry
 
     def selector(self, organization):
-        return selectors.account_history(organization=organization, account_id=self.kwargs["pk"])
+        return selectors.account_history(principal=self.principal, account_id=self.kwargs["pk"])
 
     @extend_schema(
         operation_id="credits_account_entries",
@@ -162,7 +160,7 @@ class LotListApi(OrganizationListAPIView):
     filterset_class = LotFilter
 
     def selector(self, organization):
-        return selectors.lot_list(organization=organization)
+        return selectors.lots_visible(self.principal)
 
     @extend_schema(operation_id="credits_lots_list", responses={200: LotOutput(many=True)})
     def get(self, request):
@@ -177,7 +175,7 @@ class AllocationInput(StrictSerializer):
     amount = serializers.CharField(max_length=40, help_text="Credits, a decimal string.")
     direction = serializers.ChoiceField(choices=["allocate", "reclaim"], default="allocate")
     idempotency_key = serializers.CharField(max_length=200, required=False)
-    memo = serializers.CharField(max_length=500, required=False, default="")
+    memo = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
 
 
 class AllocationApi(OrganizationAPIView):
@@ -202,14 +200,17 @@ class AllocationApi(OrganizationAPIView):
             **error_responses(402, 409),
         },
         description="Allocate credits from the pool to a team, or reclaim them (`direction`). "
-        "Needs `credits:write`, or a team manager's `allocate_team_credits` right on the team. "
+        "Allocating needs `credits:write` for the whole organization; reclaiming needs it or a "
+        "team manager's `allocate_team_credits` right on the team. "
         "Idempotent by `idempotency_key` (or the `Idempotency-Key` header).",
     )
     def post(self, request):
         data = self.parse(AllocationInput)
-        team = team_get(organization=self.organization, slug=data["team"])
-        if not key_may_allocate(self.key, team):
-            raise PermissionDenied("Allocating needs credits:write, or the team manager's right.")
+        if data["direction"] == "allocate":
+            self.principal.check_allocate()
+        team = self.principal.team(data["team"])
+        if data["direction"] == "reclaim":
+            self.principal.check_reclaim(team)
         key = data.get("idempotency_key") or request.headers.get("Idempotency-Key")
         service = (
             services.credits_allocate

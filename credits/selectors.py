@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,6 +13,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from accounts.access import Principal
 from accounts.models import ApiKey, Organization, Team
 from portal.errors import NotFound
 
@@ -41,9 +44,9 @@ def account_balance(account: LedgerAccount) -> Decimal:
     return account.balance
 
 
-def account_history(*, organization: Organization, account_id: int) -> QuerySet[LedgerEntry]:
-    """The entries of one of `organization`'s accounts, newest first. Raises NotFound."""
-    account = account_get(organization=organization, pk=account_id)
+def account_history(*, principal: Principal, account_id: int) -> QuerySet[LedgerEntry]:
+    """The entries of an account the principal may see, newest first. Raises NotFound."""
+    account = account_visible_get(principal=principal, pk=account_id)
     return LedgerEntry.objects.filter(account=account).select_related("transaction", "lot")
 
 
@@ -70,40 +73,74 @@ def lot_list(*, organization: Organization) -> QuerySet[CreditLot]:
     return CreditLot.objects.filter(organization=organization).select_related("account__team")
 
 
+def lots_visible(principal: Principal) -> QuerySet[CreditLot]:
+    """The lots on the accounts the principal may see."""
+    return lot_list(organization=principal.organization).filter(
+        account__in=accounts_visible(principal)
+    )
+
+
 def usage_list(*, organization: Organization) -> QuerySet[UsageEvent]:
     return UsageEvent.objects.filter(organization=organization).select_related(
         "team", "member", "api_key"
     )
 
 
+# A usage event counts towards spend unless its debit was reversed (the ledger's view).
+COUNTED = Q(transaction__reversed_by__isnull=True)
+
+
+def usage_visible(principal: Principal) -> QuerySet[UsageEvent]:
+    """The usage events `principal` may see (`accounts.access.Principal.row_filter`)."""
+    return usage_list(organization=principal.organization).filter(principal.row_filter())
+
+
 def usage_for_key(key: ApiKey) -> QuerySet[UsageEvent]:
-    """The usage a key may see: all of its organization's for a key of no member and no team;
-    otherwise its own events and those of the teams it may see."""
-    from accounts.selectors import teams_visible_to_key
-
-    usage = usage_list(organization=key.organization)
-    if key.team_id is None and key.user_id is None:
-        return usage
-    return usage.filter(Q(team__in=teams_visible_to_key(key)) | Q(api_key=key))
+    """The usage events an API key may see (`usage_visible` of its principal)."""
+    return usage_visible(Principal.for_key(key))
 
 
-def usage_event_get(*, key: ApiKey, event_id: str) -> UsageEvent:
-    """One usage event the key may see, by its client id. Raises NotFound (404)."""
-    event = usage_for_key(key).filter(event_id=event_id).first()
+def usage_event_get(*, principal: Principal, event_id: str) -> UsageEvent:
+    """One usage event the principal may see, by its client id. Raises NotFound (404)."""
+    event = usage_visible(principal).filter(event_id=event_id).first()
     if event is None:
         raise NotFound(f"No usage event '{event_id}' in this organization.", resource="generation")
     return event
 
 
-def hold_get(*, organization: Organization, pk: int) -> Hold:
+def hold_get(*, principal: Principal, id: str) -> Hold:
+    """A hold the principal may see, by its public id (a UUID) or the client's `id`. A hold of
+    another team, member or organization raises NotFound (404)."""
+    holds = Hold.objects.filter(organization=principal.organization).filter(principal.row_filter())
+    try:
+        by_id = Q(public_id=uuid.UUID(id)) | Q(idempotency_key=id)
+    except ValueError:
+        by_id = Q(idempotency_key=id)
     hold = (
-        Hold.objects.filter(organization=organization, pk=pk)
+        holds.filter(by_id)
         .select_related("account", "organization", "api_key", "team", "member")
         .first()
     )
     if hold is None:
         raise NotFound("No such authorization in this organization.", resource="authorization")
     return hold
+
+
+def accounts_visible(principal: Principal) -> QuerySet[LedgerAccount]:
+    """Every account for a principal of the whole organization; else the accounts of the teams
+    it may see that have their own allocation (a pool-funded team's balance is shown as what it
+    can draw on, not as the pool's history)."""
+    accounts = account_list(organization=principal.organization)
+    if principal.org_wide:
+        return accounts
+    return accounts.filter(kind=Kind.TEAM, team__in=principal.teams())
+
+
+def account_visible_get(*, principal: Principal, pk: int) -> LedgerAccount:
+    account = accounts_visible(principal).filter(pk=pk).first()
+    if account is None:
+        raise NotFound("No such account in this organization.", resource="account")
+    return account
 
 
 @dataclass(frozen=True)
@@ -136,7 +173,7 @@ def key_usage_totals(keys: Iterable[ApiKey], now: datetime | None = None) -> dic
     now = now or timezone.now()
     keys = list(keys)
     rows = (
-        UsageEvent.objects.filter(api_key__in=keys)
+        UsageEvent.objects.filter(COUNTED, api_key__in=keys)
         .values("api_key")
         .annotate(**_spend_sums("recorded_at", now))
     )
@@ -166,19 +203,21 @@ class TeamBalance:
 
 @dataclass(frozen=True)
 class BalanceSummary:
-    """An organization's credits: what came in, what was used, what is left and where."""
+    """An organization's credits: what came in, what was used, what is left and where. For a
+    principal bound to a team or a member (`balance_for`), the figures are those of what it can
+    draw on and the usage it sees, and the organization-only ones are None."""
 
-    total_credited: Decimal
+    total_credited: Decimal | None
     total_used: Decimal
-    total_expired: Decimal
+    total_expired: Decimal | None
     balance: Decimal
     held: Decimal
     available: Decimal
     used_today: Decimal
     used_this_month: Decimal
-    expiring_30_days: Decimal
-    pool_balance: Decimal
-    pool_available: Decimal
+    expiring_30_days: Decimal | None
+    pool_balance: Decimal | None
+    pool_available: Decimal | None
     teams: list[TeamBalance]
 
 
@@ -192,7 +231,7 @@ def balance_summary(
     spendable = [a for a in accounts if a.kind in LedgerAccount.HOLDS_LOTS]
     credited = -sum((a.balance for a in accounts if a.kind in (Kind.GRANTS, Kind.PURCHASES)), ZERO)
     expired_acc = next((a for a in accounts if a.kind == Kind.EXPIRY), None)
-    usage = usage_list(organization=organization)
+    usage = usage_list(organization=organization).filter(COUNTED)
     totals = usage.aggregate(**_spend_sums("occurred_at", now))
     by_team = {
         r["team"]: r
@@ -246,6 +285,51 @@ def balance_summary(
     )
 
 
+def balance_for(principal: Principal, now: datetime | None = None) -> BalanceSummary:
+    """`balance_summary` as `principal` may see it: whole for a principal of the whole
+    organization (usage figures of the member it is bound to, if any); else for the teams it
+    sees, with balance, held and available of the accounts
+    those teams draw on (the pool only as what a pool-funded team can draw on), and the usage it
+    sees."""
+    now = now or timezone.now()
+    if principal.org_wide:
+        summary = balance_summary(organization=principal.organization, now=now)
+        if principal.member_id is None:
+            return summary
+        used = usage_visible(principal).filter(COUNTED).aggregate(**_spend_sums("occurred_at", now))
+        return dataclasses.replace(
+            summary,
+            total_used=used["total"],
+            used_today=used["daily"],
+            used_this_month=used["monthly"],
+        )
+    summary = balance_summary(organization=principal.organization, teams=principal.teams(), now=now)
+    pool = next(
+        (a for a in account_list(organization=principal.organization) if a.kind == Kind.POOL),
+        None,
+    )
+    draws_on_pool = any(t.funding == Team.Funding.POOL for t in summary.teams)
+    own = [t for t in summary.teams if t.funding == Team.Funding.ALLOCATION]
+    sources = [(t.balance, t.held) for t in own]
+    if draws_on_pool and pool is not None:
+        sources.append((pool.balance, pool.held))
+    used = usage_visible(principal).filter(COUNTED).aggregate(**_spend_sums("occurred_at", now))
+    return dataclasses.replace(
+        summary,
+        total_credited=None,
+        total_expired=None,
+        expiring_30_days=None,
+        total_used=used["total"],
+        used_today=used["daily"],
+        used_this_month=used["monthly"],
+        balance=sum((b for b, _ in sources), ZERO),
+        held=sum((h for _, h in sources), ZERO),
+        available=sum((b - h for b, h in sources), ZERO),
+        pool_balance=pool.balance if draws_on_pool and pool else None,
+        pool_available=pool.available if draws_on_pool and pool else None,
+    )
+
+
 REPORT_DIMENSIONS = {
     "operation": "operation",
     "team": "team__slug",
@@ -254,25 +338,27 @@ REPORT_DIMENSIONS = {
     "conversation": "conversation_id",
     "key": "api_key__name",
 }
+# Breakdowns that name people or keys, with the id column that decides who may see a row.
+_IDENTITY_DIMENSIONS = {"member": "member", "key": "api_key"}
+OTHERS = {"member": "(other members)", "key": "(other keys)"}
 
 
 def usage_report(
     *,
-    organization: Organization,
+    principal: Principal,
     period: str,
     start: datetime,
     end: datetime,
-    teams: QuerySet[Team] | None = None,
     top: int = 50,
 ) -> dict:
-    """Usage between `start` and `end` (UTC, by occurred_at): totals, a series per `period`
-    bucket (daily, weekly from Monday, monthly) and breakdowns by operation, team, member,
-    model, conversation and key (the `top` largest by cost)."""
+    """Usage `principal` may see between `start` and `end` (UTC, by occurred_at; reversed
+    usage excluded, as in the ledger): totals, a series per `period` bucket (daily, weekly from
+    Monday, monthly) and breakdowns by operation, team, member, model, conversation and key (the
+    `top` largest by cost). Members and keys it may not identify are summed into one row
+    (`OTHERS`)."""
     from django.db.models.functions import TruncDay, TruncMonth, TruncWeek
 
-    qs = usage_list(organization=organization).filter(occurred_at__gte=start, occurred_at__lt=end)
-    if teams is not None:
-        qs = qs.filter(team__in=teams)
+    qs = usage_visible(principal).filter(COUNTED, occurred_at__gte=start, occurred_at__lt=end)
     sums = {
         "events": Count("id"),
         "cost": Coalesce(Sum("cost"), ZERO),
@@ -291,8 +377,12 @@ def usage_report(
     ]
     breakdowns = {}
     for name, field in REPORT_DIMENSIONS.items():
-        rows = qs.values(field).annotate(**sums).order_by("-cost", field)[:top]
-        breakdowns[name] = [{"key": r[field], **{k: r[k] for k in sums}} for r in rows]
+        id_field = _IDENTITY_DIMENSIONS.get(name)
+        group = [field, id_field] if id_field else [field]
+        rows = qs.values(*group).annotate(**sums).order_by("-cost", *group)
+        if id_field:
+            rows = _identified(principal, name, list(rows), id_field, list(sums))
+        breakdowns[name] = [{"key": r[field], **{k: r[k] for k in sums}} for r in rows[:top]]
     return {
         "period": period,
         "start": start,
@@ -301,3 +391,23 @@ def usage_report(
         "series": series,
         "breakdowns": breakdowns,
     }
+
+
+def _identified(principal: Principal, name: str, rows: list[dict], id_field: str, sums) -> list:
+    """Rows of a member or key breakdown, those `principal` may not identify summed into one."""
+    field = REPORT_DIMENSIONS[name]
+    if name == "member":
+        visible = {r[id_field] for r in rows if principal.sees_member(r[id_field])}
+    else:
+        ids = {r[id_field] for r in rows if r[id_field] is not None}
+        keys = ApiKey.objects.filter(pk__in=ids)
+        visible = {k.pk for k in keys if principal.sees_key(k)} | {None}
+    shown = [r for r in rows if r[id_field] in visible]
+    hidden = [r for r in rows if r[id_field] not in visible]
+    if hidden:
+        other = {field: OTHERS[name], id_field: None}
+        for k in sums:
+            other[k] = sum((r[k] for r in hidden), type(hidden[0][k])(0))
+        shown.append(other)
+        shown.sort(key=lambda r: -r["cost"])
+    return shown

@@ -16,6 +16,7 @@ from rest_framework.metadata import SimpleMetadata
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.access import Principal
 from accounts.audit import Actor
 from accounts.models import ApiKey, Organization
 
@@ -64,19 +65,30 @@ class OptionsMetadata(SimpleMetadata):
 
 
 class OrganizationAPIView(APIView):
-    """Base of every tenant API view: `self.organization` is the calling key's organization, and
-    every read goes through a selector given it. `scope_map` names the scope per HTTP method."""
+    """Base of every tenant API view. `self.principal` (`accounts.access.Principal`) is who acts:
+    the calling API key, or the logged-in member of a browser session (the organization of the
+    `X-Organization` header, else the one last opened in the pages, else the user's only one).
+    `self.organization` is its organization, and every read goes through a selector given it or
+    the principal. `scope_map` names the scope per HTTP method (`portal.permissions.HasScope`)."""
 
     scope_map: dict[str, str] = {}
     metadata_class = OptionsMetadata
 
+    def perform_authentication(self, request):
+        super().perform_authentication(request)
+        request.principal = _principal(request)
+
     @property
-    def key(self) -> ApiKey:
-        return self.request.auth
+    def principal(self) -> Principal:
+        return self.request.principal
+
+    @property
+    def key(self) -> ApiKey | None:
+        return self.principal.key
 
     @property
     def organization(self) -> Organization:
-        return self.request.auth.organization
+        return self.principal.organization
 
     @property
     def actor(self) -> Actor:
@@ -86,6 +98,27 @@ class OrganizationAPIView(APIView):
         serializer = serializer_class(data=self.request.data if data is None else data, **kwargs)
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
+
+
+SESSION_ORGANIZATION = "organization"  # the session key the pages set to the open organization
+
+
+def _principal(request) -> Principal | None:
+    """The API key's principal, or the session member's in the organization the request names."""
+    if isinstance(request.auth, ApiKey):
+        return Principal.for_key(request.auth)
+    user = request.user
+    if user is None or not user.is_authenticated:
+        return None
+    organizations = Organization.objects.filter(memberships__user=user)
+    slug = request.headers.get("X-Organization") or request.session.get(SESSION_ORGANIZATION)
+    organization = organizations.filter(slug=slug).first() if slug else None
+    if organization is None and not slug:
+        only = list(organizations[:2])
+        organization = only[0] if len(only) == 1 else None
+    if organization is None:
+        return None
+    return Principal.for_session(organization=organization, user=user)
 
 
 class OrganizationListAPIView(OrganizationAPIView, generics.GenericAPIView):

@@ -1,25 +1,28 @@
 """API authorization by scope (Sentry's `scope_map`): each view names the scope each HTTP method
-needs; the calling key must hold it (see `accounts.selectors.key_scopes`)."""
+needs; the request's principal (`accounts.access.Principal`: an API key, or a member's session)
+must hold it. Finer decisions (bindings, team managers, the role hierarchy) are the principal's
+`check_*` methods, called by the views."""
 
 from __future__ import annotations
 
 from rest_framework import permissions
 
-from accounts.models import ApiKey
-from accounts.selectors import key_scopes
-
 
 class HasScope(permissions.BasePermission):
-    """Grants a request when its API key holds `view.scope_map[request.method]`.
+    """Grants a request when its principal holds `view.scope_map[request.method]`, or when the
+    view's `delegated(principal, **kwargs)` says a team manager may go on (the view then checks
+    the object itself).
 
     A view without an entry for the method is refused: forgetting a scope never opens a route.
-    401 (not 403) when there is no key at all."""
+    401 (not 403) when there is no principal at all."""
 
     message = "This API key lacks the scope this action needs."
 
     def has_permission(self, request, view) -> bool:
-        key = request.auth
-        if not isinstance(key, ApiKey):
+        principal = getattr(request, "principal", None)
+        if principal is None:
+            if getattr(request.user, "is_authenticated", False):
+                self.message = "Name the organization in the X-Organization header."
             return False
         if not callable(getattr(view, request.method.lower(), None)):
             return True  # the view has no such method: DRF answers 405, not 403
@@ -28,8 +31,11 @@ class HasScope(permissions.BasePermission):
             needed = getattr(view, "scope_map", {}).get("GET", needed)
         if needed is None:
             return False
-        scopes = key_scopes(key)
-        if needed not in scopes:
-            self.message = f"This API key lacks the '{needed}' scope."
-            return False
-        return True
+        if principal.has(needed):
+            return True
+        delegated = getattr(view, "delegated", None)
+        if delegated is not None and delegated(principal, **view.kwargs):
+            return True
+        who = "API key" if principal.key is not None else "role"
+        self.message = f"This {who} lacks the '{needed}' scope."
+        return False

@@ -4,7 +4,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from accounts.models import ApiKey, Organization, Team
-from accounts.selectors import key_scopes
+from accounts.access import key_scopes
 
 
 def run(*args) -> str:

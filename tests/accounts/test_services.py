@@ -10,7 +10,7 @@ from guardian.shortcuts import get_perms
 from accounts.audit import audit_verify
 from accounts.models import ApiKey, AuditEvent, Membership
 from accounts.roles import ROLE_SCOPES, Role, TeamRole
-from accounts.selectors import key_scopes
+from accounts.access import key_scopes
 from accounts.services import (
     apikey_create,
     apikey_delete,

@@ -38,7 +38,7 @@ def test_an_event_is_priced_attributed_and_debited_from_the_team(funded):
         format="json",
     )
     assert response.status_code == 201, response.json()
-    cost = 1000 * GPT4O_IN + 100 * GPT4O_OUT + 400 * GPT4O_CACHED
+    cost = 600 * GPT4O_IN + 100 * GPT4O_OUT + 400 * GPT4O_CACHED  # 400 of the 1000 cached
     body = response.json()
     assert Decimal(body["cost"]) == cost
     assert Decimal(body["balance_after"]) == Decimal("2") - cost
@@ -208,10 +208,14 @@ def test_balance_and_report(funded):
     client.post(USAGE, event("r2", model="gpt-4o-mini", operation="chat"), format="json")
     balance = client.get("/api/v1/credits/balance").json()
     spent = Decimal(balance["total_used"])
-    assert Decimal(balance["total_credited"]) == 10
-    assert Decimal(balance["available"]) == 10 - spent
+    # A key bound to the team sees what the team can draw on (its 2 allocated), not the pool.
+    assert balance["total_credited"] is None and balance["pool_balance"] is None
+    assert Decimal(balance["available"]) == 2 - spent
     assert Decimal(balance["used_today"]) == spent
     assert [t["team"] for t in balance["teams"]] == ["research"]
+    whole = tenant.client(tenant.key("management")[1]).get("/api/v1/credits/balance").json()
+    assert Decimal(whole["total_credited"]) == 10
+    assert Decimal(whole["available"]) == 10 - spent
     report = client.get("/api/v1/credits/report", {"period": "monthly"}).json()
     assert report["totals"]["events"] == 2 and Decimal(report["totals"]["cost"]) == spent
     assert {r["key"] for r in report["breakdowns"]["model"]} == {"gpt-4o", "gpt-4o-mini"}

@@ -1,0 +1,45 @@
+"""What every organization page shares: the tenant and the principal from the URL and the
+session (`organization_page`)."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+
+from portal.api import SESSION_ORGANIZATION
+
+from .access import Principal
+from .models import Organization
+from .selectors import membership_get
+
+
+def organization_page(view=None, *, scope: str | None = None):
+    """A page of one organization: resolve `org` from the URL and the user's membership (404 for
+    non-members), set `request.organization`, `request.membership` and `request.principal`
+    (`accounts.access.Principal`, the same layer the API asks), and remember the organization
+    for the API's session authentication. With `scope`, a member whose role lacks it gets 404:
+    the page does not exist for them, as its API answers nothing they may read."""
+
+    def decorate(view):
+        @login_required
+        @wraps(view)
+        def wrapper(request, org: str, *args, **kwargs):
+            organization = Organization.objects.filter(slug=org).first()
+            membership = organization and membership_get(
+                organization=organization, user=request.user
+            )
+            if not membership:
+                raise Http404("No such organization")
+            principal = Principal.for_membership(membership)
+            if scope is not None and not principal.has(scope):
+                raise Http404("No such page")
+            request.organization, request.membership = organization, membership
+            request.principal = principal
+            request.session[SESSION_ORGANIZATION] = organization.slug
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate(view) if view is not None else decorate

@@ -1,0 +1,3 @@
+"""Pages of the credits app under `/o/<org-slug>/` (included by `portal.urls`)."""
+
+urlpatterns: list = []
