@@ -27,14 +27,17 @@ from .ledger import (
     request_hash,
     spending_account,
 )
-from .prices import Tokens, cost_compute, price_for
+from .prices import Tokens, cost_compute, model_suggestions, price_for
 
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
 class UsageInput:
-    """One usage event as a client reports it (validated by the API's serializer or the replay)."""
+    """One usage event as a client reports it (validated by the API's serializer or the replay).
+
+    Token counts are the provider's (OpenAI's and OpenRouter's `usage`): `prompt_tokens` includes
+    `cached_tokens` and `completion_tokens` includes `reasoning_tokens`."""
 
     id: str
     model: str
@@ -88,6 +91,13 @@ class Attribution:
     def of_key(cls, key: ApiKey) -> Attribution:
         return cls(organization=key.organization, api_key=key, team=key.team, member=key.user)
 
+    @classmethod
+    def of_principal(cls, principal) -> Attribution:
+        """An API key's attribution, or a member's session (charged to the pool, as theirs)."""
+        if principal.key is not None:
+            return cls.of_key(principal.key)
+        return cls(organization=principal.organization, member=principal.user)
+
 
 @dataclass(frozen=True)
 class UsageResult:
@@ -109,19 +119,23 @@ def _available_now(account_id: int) -> Decimal:
 
 def usage_price(event: UsageInput, occurred_at: datetime) -> tuple[Decimal, object, str]:
     """(cost, price row or None, cost source) of an event. Raises ValidationFailed for a model
-    missing from the price table when no upstream cost is reported."""
+    missing from the price table when no upstream cost is reported, or for a detail count above
+    its total (`cached_tokens` > `prompt_tokens`, `reasoning_tokens` > `completion_tokens`)."""
+    event.tokens.check()
     if event.cost is not None:
         return parse_credits(event.cost, field="cost", allow_zero=True), None, "reported"
     price = price_for(event.model, occurred_at)
     if price is None:
+        close = model_suggestions(event.model)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValidationFailed(
             {
                 "model": [
-                    f"Unknown model '{event.model}': it is not in the price table; report "
-                    "the request's cost in `cost`."
+                    f"Unknown model '{event.model}': it is not in the price table.{hint} "
+                    "Or report the request's cost in `cost`."
                 ]
             },
-            message=f"Unknown model '{event.model}' and no cost reported",
+            message=f"Unknown model '{event.model}' and no cost reported.{hint}",
         )
     return cost_compute(price, event.tokens, operation=event.operation), price, "price_table"
 
@@ -171,7 +185,7 @@ def key_spend(key: ApiKey | None, now: datetime) -> KeySpend | None:
     if key is None or key.limit is None:
         return None
     ApiKey.objects.select_for_update().filter(pk=key.pk).exists()
-    used = UsageEvent.objects.filter(api_key=key)
+    used = UsageEvent.objects.filter(api_key=key, transaction__reversed_by__isnull=True)
     start = window_start(key.limit_reset or None, now)
     if start is not None:
         used = used.filter(recorded_at__gte=start)
@@ -352,7 +366,8 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
     same capture returns the first result.
 
     Raises HoldNotPending, InsufficientCredits (cost above the hold and not available),
-    ValidationFailed, IdempotencyConflict."""
+    BudgetExceeded (cost above the hold and past the key's limit), ValidationFailed,
+    IdempotencyConflict."""
     organization = hold.organization
     digest = event.digest()
     existing = _existing(organization, event, digest)
@@ -361,6 +376,11 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
     now = timezone.now()
     occurred_at = _occurred_at(event, now)
     cost, price, source = usage_price(event, occurred_at)
+    if cost > hold.amount and hold.api_key_id is not None:
+        # Beyond the hold, a capture is a new debit: checked against the key's limit like one,
+        # in the lock order usage_record takes (the account, then the key row).
+        _lock([hold.account])
+        key_limit_check(hold.api_key, cost - hold.amount, now)
     txn = hold_capture(hold=hold, amount=cost, metadata={"event_id": event.id})
     attribution = Attribution(
         organization=organization, api_key=hold.api_key, team=hold.team, member=hold.member
