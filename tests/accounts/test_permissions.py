@@ -103,7 +103,8 @@ def test_a_key_cannot_grant_scopes_its_creator_lacks(tenant):
     client = tenant.client(secret)
     before = ApiKey.objects.count()
     for scopes in (["billing:write"], ["org:read", "billing:write"]):
-        response = client.post("/api/v1/keys", {"name": "x", "kind": "management", "scopes": scopes})
+        body = {"name": "x", "kind": "management", "scopes": scopes}
+        response = client.post("/api/v1/keys", body)
         assert response.status_code == 403, response.content
         assert response.json()["error"]["metadata"]["scopes"] == ["billing:write"]
     assert ApiKey.objects.count() == before
@@ -218,9 +219,7 @@ def test_a_members_session_authenticates_the_api_with_csrf(tenant, client):
     read = client.get("/api/v1/organization", HTTP_X_ORGANIZATION="acme")
     assert read.status_code == 200 and read.json()["slug"] == "acme"
     # A write without the CSRF token is refused; the token makes it.
-    write = client.patch(
-        "/api/v1/organization", '{"name": "X"}', content_type="application/json"
-    )
+    write = client.patch("/api/v1/organization", '{"name": "X"}', content_type="application/json")
     assert write.status_code == 403
     page = client.get("/o/acme/")
     token = page.cookies["csrftoken"].value
