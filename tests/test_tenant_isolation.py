@@ -274,7 +274,8 @@ A_TEAM = {"slug": lambda w: w.a_team.slug}
 A_MEMBER = {"pk": lambda w: w.a.org.memberships.get(user=w.a_member).pk}
 A_INVITATION = {"pk": lambda w: w.a_invitation.pk}
 A_KEY = {"hash": lambda w: w.a_key.hash}
-A_HOLD = {"pk": lambda w: w.a_hold.pk}
+# Holds by their public id (B reuses A's client id for a hold of its own: see the POST probe).
+A_HOLD = {"id": lambda w: w.a_hold.public_id}
 
 
 def _params(spec: dict[str, Fill]) -> Fill:
@@ -377,11 +378,13 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "POST": [Probe(201, markers=False, check=fresh_in_b(Hold, "idempotency_key"),
                        body=lambda w: {"id": w.a_hold.idempotency_key, "amount": "1.5"})],
     },
-    "api/v1/credits/authorizations/<int:pk>/capture": {
+    "api/v1/credits/authorizations/<str:id>/capture": {
         "POST": [Probe(404, path=_params(A_HOLD),
                        body=lambda w: {"model": "gpt-4o", "prompt_tokens": 10})],
     },
-    "api/v1/credits/authorizations/<int:pk>/void": {"POST": [Probe(404, path=_params(A_HOLD))]},
+    "api/v1/credits/authorizations/<str:id>/void": {
+        "POST": [Probe(404, path=_params(A_HOLD))],
+    },
     "api/v1/credits/report": {
         "GET": [Probe(200, check=b_report),
                 Probe(200, query=lambda w: {"format": "csv", "period": "monthly"})],
@@ -582,7 +585,7 @@ def test_api_404_does_not_tell_foreign_from_missing(tenant, other_tenant, prices
         ("get", f"/api/v1/keys/{w.a_key.hash}", "/api/v1/keys/" + "0" * 64),
         ("get", f"/api/v1/members/{member}", f"/api/v1/members/{nowhere}"),
         ("get", f"/api/v1/invitations/{w.a_invitation.pk}", f"/api/v1/invitations/{nowhere}"),
-        ("post", f"/api/v1/credits/authorizations/{w.a_hold.pk}/void",
+        ("post", f"/api/v1/credits/authorizations/{w.a_hold.public_id}/void",
          f"/api/v1/credits/authorizations/{nowhere}/void"),
     ]  # fmt: skip
     quoted = re.compile(r"'[^']*'")
