@@ -1,12 +1,90 @@
+"""What the page frame (`templates/base.html`) needs on every page: the organization switcher, the
+navigation by section (each link only for roles that may open it), and the live balance widget."""
+
+from __future__ import annotations
+
+from django.urls import NoReverseMatch, reverse
+
 from .selectors import organizations_for_user
+
+# (label, URL names tried in order, who may open it). A section whose page does not exist (yet)
+# is left out rather than breaking the frame.
+SECTIONS = (
+    ("Dashboard", ("dashboard",), "org:read"),
+    ("Usage", ("usage", "usage-explorer"), "usage:read"),
+    ("Ledger", ("ledger",), "credits:read"),
+    ("My usage", ("me",), "usage:read"),
+    ("Teams", ("teams",), "teams"),
+    ("Members", ("members",), "members:read"),
+    ("Keys", ("keys",), "keys:read"),
+    ("Audit", ("audit",), "audit:read"),
+    ("Settings", ("org-settings",), "org:read"),
+)
+
+# URL names of each section's pages: the current section is marked for screen readers too.
+SECTION_PREFIXES = {
+    "Teams": ("team",),
+    "Members": ("member", "invitation"),
+    "Keys": ("key",),
+}
+
+
+def may_open_teams(principal) -> bool:
+    """The teams pages: members with `members:read`, and team managers (their teams only); a
+    viewer never, whatever else they hold."""
+    if principal.role == "viewer":
+        return False
+    return principal.has("members:read") or bool(principal.managed_team_ids)
+
+
+def _reverse(names: tuple[str, ...], org: str) -> str | None:
+    for name in names:
+        try:
+            return reverse(name, kwargs={"org": org})
+        except NoReverseMatch:
+            continue
+    return None
+
+
+def _allowed(principal, rule: str) -> bool:
+    return may_open_teams(principal) if rule == "teams" else principal.has(rule)
+
+
+def navigation(request) -> list[dict]:
+    principal = getattr(request, "principal", None)
+    organization = getattr(request, "organization", None)
+    if principal is None or organization is None:
+        return []
+    match = getattr(request, "resolver_match", None)
+    current = match.url_name if match else ""
+    items = []
+    for label, names, rule in SECTIONS:
+        if not _allowed(principal, rule):
+            continue
+        url = _reverse(names, organization.slug)
+        if url is None:
+            continue
+        prefixes = names + SECTION_PREFIXES.get(label, ())
+        active = bool(current) and any(
+            current == name or current.startswith(f"{name}-") for name in prefixes
+        )
+        items.append({"label": label, "url": url, "active": active})
+    return items
 
 
 def organizations(request):
-    """The organization switcher: the user's organizations and the current one."""
+    """The organization switcher, the section navigation and the balance widget's URL."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
+    organization = getattr(request, "organization", None)
+    principal = getattr(request, "principal", None)
+    balance_url = None
+    if organization is not None and principal is not None and principal.has("credits:read"):
+        balance_url = _reverse(("balance-widget",), organization.slug)
     return {
         "my_organizations": organizations_for_user(user=user),
-        "current_organization": getattr(request, "organization", None),
+        "current_organization": organization,
+        "nav_sections": navigation(request),
+        "balance_widget_url": balance_url,
     }

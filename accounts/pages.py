@@ -43,3 +43,28 @@ def organization_page(view=None, *, scope: str | None = None):
         return wrapper
 
     return decorate(view) if view is not None else decorate
+
+
+def actor(request):
+    """Who writes: the signed-in member, with the request's address and user agent."""
+    from .audit import Actor
+
+    return Actor.from_request(request)
+
+
+def confirm(request, *, title: str, question: str, action: str, cancel: str, danger=True):
+    """The confirmation step of a destructive action: a page with one button that POSTs back to
+    the same URL, and a way back (no JavaScript `confirm`)."""
+    from django.shortcuts import render
+
+    return render(
+        request,
+        "accounts/confirm.html",
+        {
+            "title": title,
+            "question": question,
+            "action": action,
+            "cancel": cancel,
+            "danger": danger,
+        },
+    )

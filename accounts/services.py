@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import zoneinfo
 from datetime import datetime
 from decimal import Decimal
 
@@ -102,12 +103,35 @@ def organization_create(
     return organization
 
 
-ORGANIZATION_FIELDS = ("name", "billing_email", "billing_address", "tax_id")
+ORGANIZATION_FIELDS = (
+    "name",
+    "billing_email",
+    "billing_address",
+    "tax_id",
+    "currency",
+    "time_zone",
+)
+# Currencies invoices and statements may be shown in (ISO 4217); credits stay USD-denominated.
+CURRENCIES = ("USD", "EUR", "GBP", "CHF", "CAD", "AUD", "JPY", "SEK", "NOK", "DKK", "INR", "BRL")
+
+
+def _time_zone(value: str) -> str:
+    if not isinstance(value, str) or value not in zoneinfo.available_timezones():
+        raise ValidationFailed({"time_zone": ["An IANA time zone, e.g. 'Europe/Berlin' or 'UTC'."]})
+    return value
+
+
+def _currency(value: str) -> str:
+    value = value.strip().upper() if isinstance(value, str) else ""
+    if value not in CURRENCIES:
+        raise ValidationFailed({"currency": [f"One of: {', '.join(CURRENCIES)}."]})
+    return value
 
 
 @transaction.atomic
 def organization_update(*, organization: Organization, actor: Actor, **changes) -> Organization:
-    """Change the name and billing details. Unknown fields raise ValidationFailed."""
+    """Change the name, billing details, currency and time zone (IANA, from
+    `zoneinfo.available_timezones()`). Unknown fields raise ValidationFailed."""
     unknown = set(changes) - set(ORGANIZATION_FIELDS)
     if unknown:
         raise ValidationFailed({f: ["Unknown field."] for f in sorted(unknown)})
@@ -116,6 +140,10 @@ def organization_update(*, organization: Organization, actor: Actor, **changes) 
         changes["name"] = _text(changes["name"], "name")
     if changes.get("billing_email"):
         changes["billing_email"] = _email(changes["billing_email"], "billing_email")
+    if "currency" in changes:
+        changes["currency"] = _currency(changes["currency"])
+    if "time_zone" in changes:
+        changes["time_zone"] = _time_zone(changes["time_zone"])
     before = {f: getattr(organization, f) for f in changes}
     for field, value in changes.items():
         setattr(organization, field, value)
@@ -407,6 +435,26 @@ def invitation_revoke(*, invitation: Invitation, actor: Actor) -> Invitation:
     return invitation
 
 
+@transaction.atomic
+def invitation_resend(*, invitation: Invitation, actor: Actor) -> Invitation:
+    """Send a pending invitation's e-mail again (the same link), after commit. Raises Conflict
+    for an accepted, revoked or expired invitation."""
+    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if invitation.status != "pending":
+        raise Conflict(f"This invitation is {invitation.status}.", reason=invitation.status)
+    audit_record(
+        organization=invitation.organization,
+        actor=actor,
+        action="invitation.resent",
+        target=invitation,
+        after={"email": invitation.email},
+    )
+    from .tasks import invitation_send
+
+    transaction.on_commit(lambda: invitation_send.delay(invitation.pk))
+    return invitation
+
+
 # API keys ---------------------------------------------------------------------------------------
 
 
@@ -433,7 +481,8 @@ def _key_limit(limit, limit_reset) -> tuple[Decimal | None, str]:
 
 
 def _key_scopes(scopes, kind: str) -> list[str]:
-    scopes = list(scopes or [])
+    """An explicit list of scopes, checked against the kind's; None means the kind's all."""
+    scopes = sorted(KIND_SCOPES[kind]) if scopes is None else list(scopes)
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:
         raise ValidationFailed({"scopes": [f"Unknown scope: {', '.join(unknown)}."]})
@@ -458,6 +507,8 @@ def apikey_create(
     actor: Actor,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns it and its secret (shown once; only its sha256 is stored).
+    `scopes` is exactly the key's scopes (an empty list: none; None: all its kind allows); who
+    may create which key is `accounts.access.Principal.key_terms`.
 
     Raises ValidationFailed (bad kind, scopes, limit, expiry in the past; a team or member from
     another organization)."""
