@@ -206,10 +206,12 @@ class GenerationApi(OrganizationAPIView):
                 "usage": event.cost,
                 "upstream_inference_cost": event.cost if event.cost_source == "reported" else None,
                 "cache_discount": None,
-                "tokens_prompt": event.prompt_tokens + event.cached_tokens,
-                "tokens_completion": event.completion_tokens + event.reasoning_tokens,
-                "native_tokens_prompt": event.prompt_tokens + event.cached_tokens,
-                "native_tokens_completion": event.completion_tokens + event.reasoning_tokens,
+                # Counts as the provider reported them: prompt includes cached input, completion
+                # includes reasoning (as OpenRouter's native_tokens_*).
+                "tokens_prompt": event.prompt_tokens,
+                "tokens_completion": event.completion_tokens,
+                "native_tokens_prompt": event.prompt_tokens,
+                "native_tokens_completion": event.completion_tokens,
                 "native_tokens_cached": event.cached_tokens,
                 "native_tokens_reasoning": event.reasoning_tokens,
                 "native_tokens_completion_images": event.images or None,

@@ -13,6 +13,7 @@ from django.utils import timezone
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
+    PolymorphicProxySerializer,
     extend_schema,
     inline_serializer,
 )
@@ -35,6 +36,7 @@ from portal.errors import (
     _drf_field_errors,
     error_body,
 )
+from portal.money import quantize_credits
 
 from . import selectors, services
 from .apis import Credits
@@ -48,20 +50,104 @@ MAX_BATCH = 1000
 # Usage -------------------------------------------------------------------------------------------
 
 
+MAX_TOKENS = 2_000_000_000
+
+
+class TokenCount(serializers.IntegerField):
+    """A token count: a JSON integer (not 1.5, "100", true or null), 0 to 2,000,000,000."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("min_value", 0)
+        kwargs.setdefault("max_value", MAX_TOKENS)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise serializers.ValidationError("A whole number is required.")
+        return super().to_internal_value(data)
+
+
+class ReportedCost(serializers.DecimalField):
+    """`usage.cost` as OpenRouter sends it (a JSON number of USD = credits): more decimals than
+    the credit quantum (1e-12) are rounded to it instead of refused, so a forwarded usage object
+    is never refused for a float's last digits."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_digits=28, decimal_places=12, min_value=0, **kwargs)
+
+    def validate_precision(self, value):
+        if value.adjusted() >= self.max_whole_digits:
+            self.fail("max_whole_digits", max_whole_digits=self.max_whole_digits)
+        return super().validate_precision(quantize_credits(value))
+
+
+class PromptTokensDetails(serializers.Serializer):
+    """`usage.prompt_tokens_details`; its other counts (audio, cache writes, ...) are ignored."""
+
+    cached_tokens = TokenCount(
+        required=False,
+        allow_null=True,
+        help_text="Input tokens read from the prompt cache; part of `prompt_tokens`.",
+    )
+
+
+class CompletionTokensDetails(serializers.Serializer):
+    """`usage.completion_tokens_details`; its other counts (audio, images, ...) are ignored."""
+
+    reasoning_tokens = TokenCount(
+        required=False,
+        allow_null=True,
+        help_text="Reasoning tokens; part of `completion_tokens`.",
+    )
+
+
+class ProviderUsage(serializers.Serializer):
+    """The `usage` object of an OpenAI or OpenRouter response, forwarded unchanged. Keys not
+    listed here (`total_tokens`, `is_byok`, `cost_details`, ...) are accepted and ignored."""
+
+    prompt_tokens = TokenCount(help_text="All input tokens, cached ones included.")
+    completion_tokens = TokenCount(
+        required=False, help_text="All output tokens, reasoning ones included (default 0)."
+    )
+    prompt_tokens_details = PromptTokensDetails(required=False, allow_null=True)
+    completion_tokens_details = CompletionTokensDetails(required=False, allow_null=True)
+    cost = ReportedCost(
+        required=False,
+        allow_null=True,
+        help_text="OpenRouter's cost of the request in credits (USD): charged as reported.",
+    )
+
+
+# The flat field each part of `usage` spells, and where it sits in `usage`.
+_USAGE_PATHS = {
+    "prompt_tokens": ("prompt_tokens",),
+    "completion_tokens": ("completion_tokens",),
+    "cached_tokens": ("prompt_tokens_details", "cached_tokens"),
+    "reasoning_tokens": ("completion_tokens_details", "reasoning_tokens"),
+    "cost": ("cost",),
+}
+
+_DETAIL_OF = {"cached_tokens": "prompt_tokens", "reasoning_tokens": "completion_tokens"}
+
+
 class UsageEventInput(StrictSerializer):
-    """One usage event. Token counts do not overlap: `prompt_tokens` are uncached input,
-    `cached_tokens` input read from cache, `completion_tokens` output without `reasoning_tokens`."""
+    """One usage event. Token counts are the provider's: `prompt_tokens` includes
+    `cached_tokens` and `completion_tokens` includes `reasoning_tokens`. Give them flat, or
+    forward the provider's `usage` object whole (OpenRouter's `usage.cost` is then the cost);
+    a count given both ways must be equal."""
 
     id = serializers.CharField(
         max_length=255, help_text="Unique per organization; retries reuse it."
     )
     model = serializers.CharField(max_length=200)
     operation = serializers.ChoiceField(choices=UsageEvent.Operation.choices, default="chat")
-    prompt_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
-    completion_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
-    cached_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
-    reasoning_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
-    images = serializers.IntegerField(min_value=0, max_value=100_000, default=0)
+    prompt_tokens = TokenCount(default=0, help_text="All input tokens, cached ones included.")
+    completion_tokens = TokenCount(
+        default=0, help_text="All output tokens, reasoning ones included."
+    )
+    cached_tokens = TokenCount(default=0, help_text="Part of `prompt_tokens` read from cache.")
+    reasoning_tokens = TokenCount(default=0, help_text="Part of `completion_tokens`.")
+    images = TokenCount(max_value=100_000, default=0)
     cost = serializers.DecimalField(
         max_digits=28,
         decimal_places=12,
@@ -70,26 +156,16 @@ class UsageEventInput(StrictSerializer):
         allow_null=True,
         help_text="Upstream-reported cost in credits (OpenRouter's usage.cost), stored as given.",
     )
+    usage = ProviderUsage(
+        required=False,
+        help_text="The provider's `usage` object (OpenAI, OpenRouter), instead of the flat "
+        "counts and cost.",
+    )
     occurred_at = serializers.DateTimeField(required=False, help_text="ISO 8601; default now.")
     conversation_id = serializers.CharField(
         max_length=255, required=False, default="", allow_blank=True
     )
     metadata = serializers.DictField(required=False, default=dict)
-
-    def validate_prompt_tokens(self, value):  # reject JSON floats like 1.5 and booleans
-        return _strict_int(self.initial_data, "prompt_tokens", value)
-
-    def validate_completion_tokens(self, value):
-        return _strict_int(self.initial_data, "completion_tokens", value)
-
-    def validate_cached_tokens(self, value):
-        return _strict_int(self.initial_data, "cached_tokens", value)
-
-    def validate_reasoning_tokens(self, value):
-        return _strict_int(self.initial_data, "reasoning_tokens", value)
-
-    def validate_images(self, value):
-        return _strict_int(self.initial_data, "images", value)
 
     def validate_occurred_at(self, value):
         if value > timezone.now() + timedelta(minutes=5):
@@ -101,15 +177,38 @@ class UsageEventInput(StrictSerializer):
             raise serializers.ValidationError("At most 8,000 characters.")
         return value
 
+    def validate(self, attrs):
+        """Fold `usage` into the flat fields (refusing a count given both ways with two
+        values), then check that each detail is within its total."""
+        usage = attrs.pop("usage", None)
+        raw = self.initial_data if isinstance(self.initial_data, dict) else {}
+        source = {field: field for field in _USAGE_PATHS}
+        errors = {}
+        for field, path in _USAGE_PATHS.items() if usage is not None else ():
+            value = usage
+            for part in path:
+                value = (value or {}).get(part)
+            if value is None:
+                continue
+            name = "usage." + ".".join(path)
+            if raw.get(field) is not None and attrs.get(field) != value:
+                errors[name] = [
+                    f"Contradicts `{field}` ({attrs.get(field)}): give it once, or the same."
+                ]
+            attrs[field] = value
+            source[field] = name
+        for part, whole in _DETAIL_OF.items():
+            if attrs.get(part, 0) > attrs.get(whole, 0):
+                errors[source[part]] = [
+                    f"{attrs[part]} exceeds `{source[whole]}` ({attrs.get(whole, 0)}), which "
+                    "includes it."
+                ]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
+
     def to_usage(self) -> UsageInput:
         return UsageInput(**self.validated_data)
-
-
-def _strict_int(data, field: str, value: int) -> int:
-    raw = data.get(field) if isinstance(data, dict) else None
-    if isinstance(raw, bool) or (raw is not None and not isinstance(raw, int)):
-        raise serializers.ValidationError("A whole number is required.")
-    return value
 
 
 class UsageEventOutput(serializers.Serializer):
@@ -207,14 +306,11 @@ class UsageApi(OrganizationListAPIView):
 
     @extend_schema(
         operation_id="credits_usage_record",
-        request={
-            "application/json": {
-                "oneOf": [
-                    {"$ref": "#/components/schemas/UsageEventInputRequest"},
-                    {"$ref": "#/components/schemas/UsageBatchInputRequest"},
-                ]
-            }
-        },
+        request=PolymorphicProxySerializer(
+            component_name="UsageRecordInput",
+            serializers=[UsageEventInput, UsageBatchInput],
+            resource_type_field_name=None,
+        ),
         responses={
             201: UsageRecorded,
             200: UsageRecorded,
@@ -288,7 +384,7 @@ class AuthorizationInput(StrictSerializer):
     amount = serializers.DecimalField(
         max_digits=28, decimal_places=12, min_value=0, required=False, help_text="Credits to hold."
     )
-    model = serializers.CharField(max_length=200, required=False, default="")
+    model = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
     prompt_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
     max_tokens = serializers.IntegerField(min_value=0, max_value=2_000_000_000, default=0)
     timeout_seconds = serializers.IntegerField(min_value=1, max_value=86400, default=600)

@@ -278,8 +278,10 @@ class ModelPrice(models.Model):
 class UsageEvent(models.Model):
     """One metered model request. `event_id` is the client's id, unique per organization (a retry
     returns the first result). `cost` is computed from `price` unless the caller reported an
-    upstream cost (`cost_source=reported`). Windows of key limits count by `recorded_at` (server
-    time, which a client cannot backdate); reports count by `occurred_at`."""
+    upstream cost (`cost_source=reported`). Token counts are the provider's: `prompt_tokens`
+    includes `cached_tokens`, `completion_tokens` includes `reasoning_tokens`. Windows of key
+    limits count by `recorded_at` (server time, which a client cannot backdate); reports count by
+    `occurred_at`."""
 
     class Operation(models.TextChoices):
         CHAT = "chat", "Chat"
@@ -327,6 +329,14 @@ class UsageEvent(models.Model):
                 fields=["organization", "event_id"], name="usage_event_id_unique"
             ),
             models.CheckConstraint(condition=Q(cost__gte=0), name="usage_cost_not_negative"),
+            models.CheckConstraint(
+                condition=Q(cached_tokens__lte=F("prompt_tokens")),
+                name="usage_cached_within_prompt",
+            ),
+            models.CheckConstraint(
+                condition=Q(reasoning_tokens__lte=F("completion_tokens")),
+                name="usage_reasoning_within_completion",
+            ),
         ]
         indexes = [
             models.Index(fields=["organization", "occurred_at"], name="usage_org_time"),

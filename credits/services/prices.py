@@ -127,24 +127,50 @@ def price_for(model: str, at: datetime) -> ModelPrice | None:
 
 @dataclass(frozen=True)
 class Tokens:
+    """Token counts of one request as providers report them (OpenAI's and OpenRouter's `usage`):
+    `prompt` includes the `cached` input tokens (`prompt_tokens_details.cached_tokens`) and
+    `completion` includes the `reasoning` tokens (`completion_tokens_details.reasoning_tokens`)."""
+
     prompt: int = 0
     completion: int = 0
     cached: int = 0
     reasoning: int = 0
     images: int = 0
 
+    def check(self) -> None:
+        """Raise ValidationFailed, naming the field, when a detail exceeds the total it is part
+        of (more cached tokens than prompt tokens, more reasoning than completion tokens)."""
+        errors = {}
+        if self.cached > self.prompt:
+            errors["cached_tokens"] = [
+                f"{self.cached} cached tokens exceed the {self.prompt} prompt tokens that "
+                "include them."
+            ]
+        if self.reasoning > self.completion:
+            errors["reasoning_tokens"] = [
+                f"{self.reasoning} reasoning tokens exceed the {self.completion} completion "
+                "tokens that include them."
+            ]
+        if errors:
+            raise ValidationFailed(errors)
+
 
 def cost_compute(price: ModelPrice, tokens: Tokens, *, operation: str = "chat") -> Decimal:
     """Cost in credits (USD) of one request at `price`, exact, then rounded to the credit quantum:
 
-        prompt x input + completion x output + cached x cache-read + reasoning x reasoning
+        (prompt - cached) x input + cached x cache-read
+        + (completion - reasoning) x output + reasoning x reasoning
         + images x image price + per-request price
 
-    `prompt_tokens` are the uncached input tokens and `completion_tokens` the non-reasoning output
-    tokens (the counts are added, not overlapping). Where the table has no cache-read price, cached
+    Counts are the provider's (see `Tokens`): `prompt` includes `cached` and `completion` includes
+    `reasoning`, so each token is charged once. Where the table has no cache-read price, cached
     tokens cost the input price; with no reasoning price, reasoning tokens cost the output price
     (providers bill them as output). Images use the output image price for `image` operations,
-    else the input image price."""
+    else the input image price.
+
+    Raises ValidationFailed (naming `cached_tokens` or `reasoning_tokens`) when a detail exceeds
+    its total."""
+    tokens.check()
     zero = Decimal(0)
     input_price = price.input_per_token or zero
     output_price = price.output_per_token or zero
@@ -154,10 +180,10 @@ def cost_compute(price: ModelPrice, tokens: Tokens, *, operation: str = "chat") 
         else (price.input_per_image or price.output_per_image)
     ) or zero
     total = (
-        tokens.prompt * input_price
-        + tokens.completion * output_price
+        (tokens.prompt - tokens.cached) * input_price
         + tokens.cached
         * (price.cache_read_per_token if price.cache_read_per_token is not None else input_price)
+        + (tokens.completion - tokens.reasoning) * output_price
         + tokens.reasoning
         * (price.reasoning_per_token if price.reasoning_per_token is not None else output_price)
         + tokens.images * image_price

@@ -83,7 +83,7 @@ def test_a_file_that_is_not_the_table_is_a_clear_error(db, tmp_path):
     ("model", "operation", "tokens"),
     [
         ("gpt-4o", "chat", Tokens(prompt=1234, completion=567, cached=800)),
-        ("o1", "chat", Tokens(prompt=100, completion=50, reasoning=2000)),
+        ("o1", "chat", Tokens(prompt=100, completion=2050, reasoning=2000)),
         ("gpt-4o-mini", "chat", Tokens(prompt=1, completion=1, cached=1, reasoning=1)),
         ("dall-e-3", "image", Tokens(images=3)),
         ("text-embedding-3-small", "embedding", Tokens(prompt=8191)),
@@ -94,9 +94,9 @@ def test_cost_is_exact_from_the_table(prices, model, operation, tokens):
     zero = Decimal(0)
     input_price = row.get("input_cost_per_token", zero)
     output_price = row.get("output_cost_per_token", zero)
-    expected = (
-        tokens.prompt * input_price
-        + tokens.completion * output_price
+    expected = (  # prompt includes cached, completion includes reasoning
+        (tokens.prompt - tokens.cached) * input_price
+        + (tokens.completion - tokens.reasoning) * output_price
         + tokens.cached * row.get("cache_read_input_token_cost", input_price)
         + tokens.reasoning * row.get("output_cost_per_reasoning_token", output_price)
         + tokens.images * row.get("output_cost_per_image", row.get("input_cost_per_image", zero))
