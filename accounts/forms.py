@@ -97,7 +97,11 @@ class InvitationForm(PageForm):
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
     team = forms.ChoiceField(label="Team (optional)", required=False)
     team_role = forms.ChoiceField(
-        label="Team role", choices=TeamRole.choices, initial=TeamRole.MEMBER
+        label="Team role",
+        choices=TeamRole.choices,
+        initial=TeamRole.MEMBER,
+        required=False,
+        help_text="On the team chosen above.",
     )
 
     def __init__(self, *args, teams=(), **kwargs):

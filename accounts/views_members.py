@@ -20,7 +20,7 @@ from . import selectors, services
 from .forms import InvitationForm, MemberRoleForm, form_errors
 from .models import Invitation, Membership
 from .pages import actor, confirm, organization_page
-from .roles import Role
+from .roles import Role, TeamRole
 
 
 def _roles_for(principal, membership: Membership) -> list[tuple[str, str]]:
@@ -170,7 +170,7 @@ def member_invite(request):
                 email=data["email"],
                 role=data["role"],
                 team=team,
-                team_role=data["team_role"],
+                team_role=data["team_role"] or TeamRole.MEMBER,
                 actor=actor(request),
             )
         except ApplicationError as exc:
