@@ -1,14 +1,10 @@
-"""Pages: home (redirects to the user's first organization, or the one the switcher names), the
-dashboard, invitations.
+"""Pages: home (redirects to the user's first organization, or the one the switcher names),
+invitations (the dashboard is `credits.views.dashboard`).
 
 Tenancy: an organization page resolves the tenant from `/o/<org-slug>/` and the user's
 membership; a non-member gets 404, never 403."""
 
 from __future__ import annotations
-
-from datetime import datetime, time, timedelta
-from decimal import Decimal
-from functools import wraps
 
 from django import forms
 from django.conf import settings
@@ -16,38 +12,15 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 
-from credits.analytics import daily_spend, runway_days
-from credits.selectors import balance_summary, usage_list, usage_report
 from portal.errors import ApplicationError, ValidationFailed
 
 from . import services
 from .audit import Actor
-from .models import Organization, User
-from .selectors import membership_get, organizations_for_user
-
-DASHBOARD_DAYS = 30
-ZERO = Decimal(0)
-
-
-def organization_page(view):
-    """Resolve `org` from the URL and the user's membership (404 for non-members)."""
-
-    @login_required
-    @wraps(view)
-    def wrapper(request, org: str, *args, **kwargs):
-        organization = Organization.objects.filter(slug=org).first()
-        membership = organization and membership_get(organization=organization, user=request.user)
-        if not membership:
-            raise Http404("No such organization")
-        request.organization, request.membership = organization, membership
-        return view(request, *args, **kwargs)
-
-    return wrapper
+from .models import User
+from .selectors import organizations_for_user
 
 
 @login_required
@@ -61,57 +34,6 @@ def home(request):
     if chosen is None:
         return render(request, "accounts/no_organization.html")
     return redirect("dashboard", org=chosen.slug)
-
-
-def _with_share(rows: list[dict], total: Decimal) -> list[dict]:
-    """Each row with `share`, its percentage of `total` (0-100, whole number, for bars)."""
-    for row in rows:
-        row["share"] = int(row["cost"] * 100 / total) if total > 0 else 0
-    return rows
-
-
-@organization_page
-def dashboard(request):
-    """Balances, the daily spend of the last 30 UTC days, teams, and where the credits went."""
-    now = timezone.now()
-    first = now.date() - timedelta(days=DASHBOARD_DAYS - 1)
-    start = datetime.combine(first, time.min, tzinfo=now.tzinfo)
-    organization = request.organization
-    summary = balance_summary(organization=organization, now=now)
-    report = usage_report(
-        organization=organization,
-        period="daily",
-        start=start,
-        end=now + timedelta(seconds=1),
-        top=8,
-    )
-    days = daily_spend(report["series"], first, DASHBOARD_DAYS)
-    spent = report["totals"]["cost"]
-    breakdowns = {name: _with_share(rows, spent) for name, rows in report["breakdowns"].items()}
-    chart = {
-        "labels": [d.day.isoformat() for d in days],
-        "cost": [str(d.cost) for d in days],  # exact decimals; the chart parses them
-        "events": [d.events for d in days],
-    }
-    recent = usage_list(organization=organization).order_by("-occurred_at", "-id")[:10]
-    return render(
-        request,
-        "accounts/dashboard.html",
-        {
-            "summary": summary,
-            "report": report,
-            "breakdowns": breakdowns,
-            "days": days,
-            "chart": chart,
-            "window_start": first,
-            "peak_day": max(days, key=lambda d: d.cost) if spent > 0 else None,
-            "average_daily": spent / DASHBOARD_DAYS,
-            "runway_days": runway_days(summary.available, spent, DASHBOARD_DAYS),
-            "allocated": summary.available - summary.pool_available,
-            "recent": recent,
-            "membership": request.membership,
-        },
-    )
 
 
 class AcceptForm(forms.Form):

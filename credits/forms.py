@@ -1,0 +1,147 @@
+"""Forms of the credits pages: the usage explorer's filters and the team allocation."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from decimal import Decimal
+
+from django import forms
+from django.db.models import F, Q, QuerySet
+
+from .models import UsageEvent
+from .reports import Identities
+
+
+class UsageFilterForm(forms.Form):
+    """Filters of the usage explorer; times are in the organization's time zone (the view
+    activates it). Teams, keys and members offered are only those the principal may name."""
+
+    start = forms.DateTimeField(
+        label="From", required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    end = forms.DateTimeField(
+        label="Until", required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    model = forms.CharField(label="Model", required=False, max_length=200)
+    operation = forms.ChoiceField(
+        label="Operation",
+        required=False,
+        choices=[("", "Any operation"), *UsageEvent.Operation.choices],
+    )
+    team = forms.ChoiceField(label="Team", required=False)
+    key = forms.ChoiceField(label="API key", required=False)
+    member = forms.ChoiceField(label="Member", required=False)
+    conversation = forms.CharField(label="Conversation", required=False, max_length=255)
+    min_tokens = forms.IntegerField(label="Tokens at least", required=False, min_value=0)
+    max_tokens = forms.IntegerField(label="Tokens at most", required=False, min_value=0)
+    min_cost = forms.DecimalField(
+        label="Credits at least", required=False, min_value=0, max_digits=20, decimal_places=12
+    )
+    max_cost = forms.DecimalField(
+        label="Credits at most", required=False, min_value=0, max_digits=20, decimal_places=12
+    )
+    cursor = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args, principal, **kwargs):
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+        identities = Identities(principal)
+        self.fields["team"].choices = [("", "Any team")] + [
+            (t.slug, t.name) for t in principal.teams().order_by("name")
+        ]
+        keys = identities.key_choices()
+        members = identities.member_choices()
+        self.fields["key"].choices = [("", "Any key")] + keys
+        self.fields["member"].choices = [("", "Any member")] + members
+        # Filters on identities the principal may not name are not offered at all.
+        if not keys:
+            del self.fields["key"]
+        if not members:
+            del self.fields["member"]
+
+    def clean_cursor(self):
+        value = self.cleaned_data.get("cursor")
+        if not value:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(value.encode() + b"==").decode()
+            when, pk = raw.rsplit("|", 1)
+            return datetime.fromisoformat(when), int(pk)
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise forms.ValidationError(
+                "This page link is not valid; start from the newest."
+            ) from None
+
+    def clean(self):
+        data = super().clean()
+        for low, high, what in (
+            ("start", "end", "The end must be after the start."),
+            ("min_tokens", "max_tokens", "The maximum must not be below the minimum."),
+            ("min_cost", "max_cost", "The maximum must not be below the minimum."),
+        ):
+            if data.get(low) is not None and data.get(high) is not None:
+                if data[high] < data[low]:
+                    self.add_error(high, what)
+        return data
+
+    def filter(self, qs: QuerySet[UsageEvent]) -> QuerySet[UsageEvent]:
+        """`qs` narrowed by the valid filters (call after `is_valid()`)."""
+        d = self.cleaned_data
+        conditions = {
+            "occurred_at__gte": d.get("start"),
+            "occurred_at__lt": d.get("end"),
+            "operation": d.get("operation") or None,
+            "team__slug": d.get("team") or None,
+            "api_key_id": d.get("key") or None,
+            "member_id": d.get("member") or None,
+            "conversation_id": d.get("conversation") or None,
+            "cost__gte": d.get("min_cost"),
+            "cost__lte": d.get("max_cost"),
+        }
+        qs = qs.filter(**{k: v for k, v in conditions.items() if v is not None})
+        if d.get("model"):
+            qs = qs.filter(model__icontains=d["model"])
+        if d.get("min_tokens") is not None or d.get("max_tokens") is not None:
+            qs = qs.annotate(total_tokens=F("prompt_tokens") + F("completion_tokens"))
+            if d.get("min_tokens") is not None:
+                qs = qs.filter(total_tokens__gte=d["min_tokens"])
+            if d.get("max_tokens") is not None:
+                qs = qs.filter(total_tokens__lte=d["max_tokens"])
+        return qs
+
+    def after_cursor(self, qs: QuerySet[UsageEvent]) -> QuerySet[UsageEvent]:
+        """The rows after the cursor, in the explorer's order (newest first, then id)."""
+        cursor = self.cleaned_data.get("cursor")
+        if cursor:
+            when, pk = cursor
+            qs = qs.filter(Q(occurred_at__lt=when) | Q(occurred_at=when, id__lt=pk))
+        return qs
+
+    @staticmethod
+    def cursor_for(event: UsageEvent) -> str:
+        raw = f"{event.occurred_at.isoformat()}|{event.pk}"
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+class AllocationForm(forms.Form):
+    """Move credits between the pool and a team."""
+
+    amount = forms.DecimalField(
+        label="Credits",
+        min_value=Decimal("0.000001"),
+        max_digits=20,
+        decimal_places=6,
+        widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}),
+    )
+    direction = forms.ChoiceField(
+        label="Direction",
+        choices=[("allocate", "Allocate from the pool"), ("reclaim", "Reclaim to the pool")],
+    )
+    memo = forms.CharField(label="Memo", required=False, max_length=500)
+    idempotency_key = forms.CharField(required=False, max_length=255, widget=forms.HiddenInput)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)

@@ -1,0 +1,229 @@
+"""Reads behind the credits pages: spend grouped by day, hour of day and dimension in the
+organization's time zone, trailing-window sums, top conversations, the usage explorer's rows and
+the CSV export's rows. Every read starts from `usage_visible(principal)`, so a page shows only
+what the same principal may read over the API."""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Iterator
+from datetime import datetime, timedelta, tzinfo
+from decimal import Decimal
+
+from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce, ExtractHour, TruncDay
+from django.utils import timezone
+
+from accounts.access import Principal
+from accounts.models import ApiKey, Membership, Organization
+
+from .models import UsageEvent
+from .selectors import COUNTED, usage_visible
+
+ZERO = Decimal(0)
+
+# The dimensions of the spend-over-time chart and the column each groups by.
+SPEND_DIMENSIONS = {"team": "team__name", "model": "model", "operation": "operation"}
+
+
+def organization_tz(organization: Organization) -> tzinfo:
+    """The organization's IANA time zone (UTC when unknown)."""
+    try:
+        return zoneinfo.ZoneInfo(organization.time_zone or "UTC")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo("UTC")
+
+
+def _counted(principal: Principal, start: datetime, end: datetime) -> QuerySet[UsageEvent]:
+    return usage_visible(principal).filter(COUNTED, occurred_at__gte=start, occurred_at__lt=end)
+
+
+def spend_by_day(
+    *, principal: Principal, start: datetime, end: datetime, tz: tzinfo, dimension: str | None
+) -> list[dict]:
+    """Rows of `day` (a date in `tz`), `key` (the dimension's value; None without one), `events`
+    and `cost`, for counted usage between `start` and `end`."""
+    qs = _counted(principal, start, end).annotate(bucket=TruncDay("occurred_at", tzinfo=tz))
+    group = ["bucket"] + ([SPEND_DIMENSIONS[dimension]] if dimension else [])
+    rows = qs.values(*group).annotate(events=Count("id"), cost=Coalesce(Sum("cost"), ZERO))
+    return [
+        {
+            "day": r["bucket"].astimezone(tz).date(),
+            "key": r[SPEND_DIMENSIONS[dimension]] if dimension else None,
+            "events": r["events"],
+            "cost": r["cost"],
+        }
+        for r in rows.order_by("bucket")
+    ]
+
+
+def spend_by_hour(*, principal: Principal, start: datetime, end: datetime, tz: tzinfo) -> list:
+    """Rows of `hour` (0-23 in `tz`), `events` and `cost`."""
+    return list(
+        _counted(principal, start, end)
+        .annotate(hour=ExtractHour("occurred_at", tzinfo=tz))
+        .values("hour")
+        .annotate(events=Count("id"), cost=Coalesce(Sum("cost"), ZERO))
+        .order_by("hour")
+    )
+
+
+def spend_in_windows(
+    *, principal: Principal, now: datetime
+) -> tuple[dict[str, Decimal], int | None]:
+    """Credits spent in the trailing 24 hours, 7 days and 30 days (keys "24h", "7d", "30d"), and
+    the whole hours since the first usage the principal sees in the last 30 days (None: none)."""
+    since = {"24h": now - timedelta(hours=24), "7d": now - timedelta(days=7)}
+    qs = _counted(principal, now - timedelta(days=30), now + timedelta(seconds=1))
+    sums = qs.aggregate(
+        first=Min("occurred_at"),
+        **{
+            name: Coalesce(Sum("cost", filter=Q(occurred_at__gte=start)), ZERO)
+            for name, start in since.items()
+        },
+        **{"30d": Coalesce(Sum("cost"), ZERO)},
+    )
+    first = sums.pop("first")
+    observed = None if first is None else int((now - first).total_seconds() // 3600) + 1
+    return sums, observed
+
+
+def top_conversations(
+    *, principal: Principal, start: datetime, end: datetime, top: int = 10
+) -> list[dict]:
+    """The conversations that cost most: `conversation_id`, `events`, `cost`, the tokens, the
+    first and last request and how many models they used."""
+    return list(
+        _counted(principal, start, end)
+        .exclude(conversation_id="")
+        .values("conversation_id")
+        .annotate(
+            events=Count("id"),
+            cost=Coalesce(Sum("cost"), ZERO),
+            tokens=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0),
+            models=Count("model", distinct=True),
+            first=Min("occurred_at"),
+            last=Max("occurred_at"),
+        )
+        .order_by("-cost", "conversation_id")[:top]
+    )
+
+
+# Identities ----------------------------------------------------------------------------------
+
+
+class Identities:
+    """Which member e-mails and key names `principal` may see (`sees_member`, `sees_key`),
+    decided once per member and per key of the organization."""
+
+    def __init__(self, principal: Principal):
+        self.principal = principal
+        self._members: dict[int | None, bool] = {}
+        self._keys: dict[int, bool] | None = None
+
+    def member(self, user_id: int | None) -> bool:
+        if user_id not in self._members:
+            self._members[user_id] = self.principal.sees_member(user_id)
+        return self._members[user_id]
+
+    def key(self, key_id: int | None) -> bool:
+        if key_id is None:
+            return True
+        if self._keys is None:
+            keys = ApiKey.objects.filter(organization=self.principal.organization)
+            self._keys = {k.pk: self.principal.sees_key(k) for k in keys}
+        return self._keys.get(key_id, False)
+
+    def member_choices(self) -> list[tuple[str, str]]:
+        """Members the principal may name, as (id, e-mail) for a filter."""
+        memberships = Membership.objects.filter(
+            organization=self.principal.organization
+        ).select_related("user")
+        return [
+            (str(m.user_id), m.user.email)
+            for m in memberships.order_by("user__email")
+            if self.member(m.user_id)
+        ]
+
+    def key_choices(self) -> list[tuple[str, str]]:
+        """Keys the principal may name, as (id, name) for a filter."""
+        keys = ApiKey.objects.filter(organization=self.principal.organization).order_by("name")
+        return [(str(k.pk), k.name) for k in keys if self.key(k.pk)]
+
+
+# The explorer and its export ----------------------------------------------------------------
+
+EXPORT_COLUMNS = (
+    "occurred_at",
+    "event_id",
+    "model",
+    "operation",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost",
+    "team",
+    "key",
+    "member",
+    "conversation_id",
+)
+_EXPORT_FIELDS = (
+    "occurred_at",
+    "event_id",
+    "model",
+    "operation",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost",
+    "team__slug",
+    "api_key_id",
+    "api_key__name",
+    "member_id",
+    "member__email",
+    "conversation_id",
+)
+
+
+def export_rows(
+    qs: QuerySet[UsageEvent], *, principal: Principal, tz: tzinfo, chunk_size: int = 2000
+) -> Iterator[tuple]:
+    """The rows of `qs` for the CSV export, newest first, read through a server-side cursor in
+    chunks (constant memory for any number of rows), with key names and member e-mails the
+    principal may not see left blank. Times are ISO 8601 in `tz`."""
+    identities = Identities(principal)
+    rows = qs.order_by("-occurred_at", "-id").values_list(*_EXPORT_FIELDS)
+    for (
+        occurred_at,
+        event_id,
+        model,
+        operation,
+        prompt,
+        completion,
+        cached,
+        reasoning,
+        cost,
+        team,
+        key_id,
+        key_name,
+        member_id,
+        member_email,
+        conversation,
+    ) in rows.iterator(chunk_size=chunk_size):
+        yield (
+            timezone.localtime(occurred_at, tz).isoformat(),
+            event_id,
+            model,
+            operation,
+            prompt,
+            completion,
+            cached,
+            reasoning,
+            cost,
+            team or "",
+            key_name if key_id is not None and identities.key(key_id) else "",
+            member_email if member_id is not None and identities.member(member_id) else "",
+            conversation,
+        )
