@@ -16,13 +16,16 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
+from portal.net import client_ip
+
 from .models import ApiKey, AuditEvent, Organization, User
 
 
 @dataclass(frozen=True)
 class Actor:
     """Who performs a write: a user (pages, admin), an API key (REST), or the system (commands,
-    tasks), with the request's IP address and user agent when there is a request."""
+    tasks), with the request's IP address (`portal.net.client_ip`: X-Forwarded-For only behind
+    trusted proxies) and user agent when there is a request."""
 
     user: User | None = None
     api_key: ApiKey | None = None
@@ -46,12 +49,10 @@ class Actor:
             user = None
         if api_key is not None:
             user = api_key.user
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        ip = forwarded.split(",")[0].strip() or request.META.get("REMOTE_ADDR") or None
         return cls(
             user=user,
             api_key=api_key,
-            ip_address=ip,
+            ip_address=client_ip(request),
             user_agent=request.META.get("HTTP_USER_AGENT", "")[:512],
         )
 

@@ -7,6 +7,9 @@ Variables (all optional unless said):
 - `CELERY_BROKER_URL` (Redis or RabbitMQ), `CELERY_RESULT_BACKEND`. Unset, tasks run eagerly.
 - `ALLOWED_HOSTS`, `CSRF_TRUSTED_ORIGINS` (comma-separated), `SECURE_SSL_REDIRECT`.
 - `EMAIL_URL` (for example `smtp+tls://user:pass@host:587`), `DEFAULT_FROM_EMAIL`.
+- `TRUSTED_PROXY_COUNT` (default 0): how many proxies in front of the portal append to
+  `X-Forwarded-For`; the client IP is the Nth address from the right (`portal.net.client_ip`).
+  With 0 the header is ignored.
 """
 
 from datetime import timedelta
@@ -49,6 +52,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "portal.middleware.RejectNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -179,6 +183,9 @@ CELERY_BEAT_SCHEDULE = {
     "lots-expire": {"task": "credits.tasks.lots_expire", "schedule": timedelta(minutes=5)},
     "ledger-verify": {"task": "credits.tasks.ledger_verify", "schedule": crontab(minute=7)},
 }
+
+# Client IPs (audit log, throttles, lockouts): X-Forwarded-For only behind this many proxies.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 
 # Security (manage.py check --deploy is clean when DEBUG is off and these come from the env).
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

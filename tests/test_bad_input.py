@@ -406,3 +406,182 @@ def test_unsupported_media_type_is_415(api):
         "POST", "/api/v1/teams", b"\xff\xfe\x00", content_type="application/json"
     )
     assert response.status_code == 400
+
+
+# Crafted input that reached the database or the stack (each was a 500) ---------------------------
+
+
+def _list_endpoints() -> list[str]:
+    """Every cursor-paginated list of the API, read from the URLconf (new lists are covered)."""
+    from django.urls import get_resolver
+
+    from portal.api import OrganizationListAPIView
+
+    api = get_resolver().url_patterns
+    paths = []
+    for root in api:
+        if str(root.pattern) != "api/v1/":
+            continue
+        for pattern in root.url_patterns:
+            view = getattr(pattern.callback, "view_class", None)
+            route = str(pattern.pattern)
+            if view and issubclass(view, OrganizationListAPIView) and "<" not in route:
+                paths.append("/api/v1/" + route)
+    return paths
+
+
+LIST_ENDPOINTS = _list_endpoints()
+BAD_CURSORS = {
+    "position-not-an-id": "cD1hYmM=",  # base64 of "p=abc"
+    "position-nul": "cD0lMDA=",  # "p=%00"
+    "position-float": "cD0xLjU=",  # "p=1.5"
+    "bad-padding": "cA",
+    "not-ascii": "é",
+    "offset-not-a-number": "bz14",  # "o=x"
+}
+
+
+def test_the_cursor_cases_cover_the_lists():
+    assert len(LIST_ENDPOINTS) >= 6, LIST_ENDPOINTS
+
+
+@pytest.mark.parametrize("cursor", sorted(BAD_CURSORS))
+@pytest.mark.parametrize("path", LIST_ENDPOINTS)
+def test_crafted_cursor_is_400(api, path, cursor):
+    before = counts()
+    error = assert_error(api.get(path, {"cursor": BAD_CURSORS[cursor]}), 400, "validation_error")
+    assert "cursor" in error["metadata"]["errors"]
+    assert counts() == before
+
+
+def test_a_real_cursor_still_pages(api):
+    for i in range(3):
+        api.post("/api/v1/teams", {"slug": f"t{i}", "name": f"T{i}"}, format="json")
+    first = api.get("/api/v1/teams", {"limit": 2})
+    assert first.status_code == 200, first.content[:300]
+    following = api.get(first.json()["next"])
+    assert following.status_code == 200
+    slugs = [t["slug"] for t in first.json()["results"] + following.json()["results"]]
+    assert len(slugs) == len(set(slugs)) == 4
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/keys/abc%00def"),
+        ("PATCH", "/api/v1/keys/abc%00def"),
+        ("DELETE", "/api/v1/keys/abc%00def"),
+        ("GET", "/api/v1/teams/research%00"),
+        ("GET", "/api/v1/generation?id=gen%00"),
+        ("GET", "/api/v1/credits/usage?model=gpt%00"),
+        ("GET", "/api/v1/members?role=%00"),
+    ],
+)
+def test_nul_in_path_or_query_is_400(api, method, path):
+    before = counts()
+    response = api.generic(method, path, '{"name": "x"}', content_type="application/json")
+    assert_error(response, 400, "validation_error")
+    assert counts() == before
+
+
+def test_nul_in_a_header_is_400(api):
+    response = api.post(
+        "/api/v1/teams", {"slug": "x", "name": "X"}, format="json", HTTP_USER_AGENT="curl\x00/8"
+    )
+    assert_error(response, 400, "validation_error")
+
+
+def _nested(depth: int, leaf='"x"') -> str:
+    return '{"a":' * depth + leaf + "}" * depth
+
+
+# (name, raw JSON body of POST /api/v1/credits/usage or /api/v1/teams)
+BAD_JSON = [
+    ("deep-array-50000", USAGE, "[" * 50_000 + "]" * 50_000),
+    ("deep-object-50000", USAGE, _nested(50_000)),
+    ("deep-metadata-100", USAGE, json.dumps(event())[:-1] + ', "metadata": ' + _nested(100) + "}"),
+    ("metadata-value-nul", USAGE, json.dumps(event(metadata={"k": "a\x00b"}))),
+    ("metadata-key-nul", USAGE, json.dumps(event(metadata={"k\x00": "v"}))),
+    (
+        "metadata-value-surrogate",
+        USAGE,
+        json.dumps(event())[:-1] + ', "metadata": {"k": "\\ud800"}}',
+    ),
+    ("metadata-key-surrogate", USAGE, json.dumps(event())[:-1] + ', "metadata": {"\\udfff": 1}}'),
+    ("metadata-list-nul", USAGE, json.dumps(event(metadata={"k": ["ok", "\x00"]}))),
+    ("id-nul", USAGE, json.dumps(event(id="e\x001"))),
+    ("conversation-surrogate", USAGE, json.dumps(event())[:-1] + ', "conversation_id": "\\ud83d"}'),
+    ("batch-event-nul", USAGE, json.dumps({"events": [event(), event(id="e2", model="gpt\x00")]})),
+    ("team-name-nul", "/api/v1/teams", json.dumps({"slug": "x", "name": "X\x00"})),
+    ("team-name-surrogate", "/api/v1/teams", '{"slug": "x", "name": "\\udc00"}'),
+    ("unknown-field-surrogate", "/api/v1/teams", '{"slug": "x", "name": "X", "\\ud800": 1}'),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "raw"), BAD_JSON, ids=[c[0] for c in BAD_JSON])
+def test_json_no_column_can_store_is_400_before_the_database(api, name, path, raw):
+    before = counts()
+    response = api.generic("POST", path, raw, content_type="application/json")
+    error = assert_error(response, 400, "validation_error")
+    assert error["metadata"]["errors"], error
+    assert counts() == before
+
+
+def test_paired_surrogates_and_moderate_nesting_are_fine(api):
+    """The refusals above are of NUL, lone surrogates and depth, not of Unicode or structure."""
+    raw = json.dumps(event())[:-1] + ', "metadata": {"emoji": "\\ud83d\\ude00", "n": '
+    raw += _nested(20) + "}}"
+    response = api.generic("POST", USAGE, raw, content_type="application/json")
+    assert response.status_code == 201, response.content[:300]
+
+
+@pytest.mark.parametrize("trusted_proxies", [0, 1])
+@pytest.mark.parametrize("forwarded", ["not-an-ip", "1.2.3.4:80", "<script>", ", ,", "::1%eth0"])
+def test_a_non_ip_x_forwarded_for_does_not_break_an_audited_write(
+    api, settings, trusted_proxies, forwarded
+):
+    """X-Forwarded-For is not the client's to set: it is read only behind trusted proxies, and an
+    unusable value falls back to the peer's address (the audit log keeps an IP address)."""
+    from accounts.models import AuditEvent
+
+    settings.TRUSTED_PROXY_COUNT = trusted_proxies
+    response = api.post(
+        "/api/v1/teams",
+        {"slug": "x", "name": "X"},
+        format="json",
+        HTTP_X_FORWARDED_FOR=forwarded,
+        REMOTE_ADDR="192.0.2.10",
+    )
+    assert response.status_code == 201, response.content[:300]
+    assert AuditEvent.objects.get(action="team.created", target_label__contains="x").ip_address == (
+        "192.0.2.10"
+    )
+
+
+# Pages: the same input answers 400, never 500 ---------------------------------------------------
+
+
+@pytest.fixture
+def browser_client(tenant, client):
+    client.force_login(tenant.owner)
+    return client
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/?org=%00", "/?org=acme%00", "/o/acme/?q=%00", "/o/acme/%00/", "/login/?next=%00"],
+)
+def test_nul_in_a_page_url_is_400(browser_client, path):
+    response = browser_client.get(path)
+    assert response.status_code in (400, 404), response.status_code
+    if "?" in path:
+        assert response.status_code == 400
+
+
+def test_nul_in_a_form_field_is_400_and_counts_no_login_attempt(client, tenant):
+    before = counts()
+    response = client.post("/login/", {"username": "owner@acme.test\x00", "password": "x\x00"})
+    assert response.status_code == 400
+    response = client.post("/login/", {"username\x00": "x", "password": "y"})
+    assert response.status_code == 400
+    assert counts() == before
