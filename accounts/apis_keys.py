@@ -159,6 +159,7 @@ KeyCreatedOutput = inline_serializer(
 
 class KeyListApi(OrganizationAPIView):
     scope_map = {"GET": "keys:read", "POST": "keys:write"}
+    throttle_scope = "keys"  # creation, per organization (portal.throttling)
 
     @extend_schema(
         operation_id="keys_list",

@@ -7,9 +7,17 @@ Variables (all optional unless said):
 - `CELERY_BROKER_URL` (Redis or RabbitMQ), `CELERY_RESULT_BACKEND`. Unset, tasks run eagerly.
 - `ALLOWED_HOSTS`, `CSRF_TRUSTED_ORIGINS` (comma-separated), `SECURE_SSL_REDIRECT`.
 - `EMAIL_URL` (for example `smtp+tls://user:pass@host:587`), `DEFAULT_FROM_EMAIL`.
+- `CACHE_URL` (or `REDIS_URL`): the shared cache that holds throttles and login lockouts, e.g.
+  `redis://127.0.0.1:6379/1` (django-redis). Unset, that address is the default, except for the
+  demo (`DEBUG` on and no `CELERY_BROKER_URL`), which runs without Redis on a per-process LocMem
+  cache: its throttles and lockouts are then counted per process, acceptable for one demo process
+  only.
 - `TRUSTED_PROXY_COUNT` (default 0): how many proxies in front of the portal append to
   `X-Forwarded-For`; the client IP is the Nth address from the right (`portal.net.client_ip`).
   With 0 the header is ignored.
+- `LOGIN_FAILURE_LIMIT` (default 10), `LOGIN_COOLOFF_MINUTES` (default 15): failed logins per
+  account and per client IP before logins pause (django-axes), and for how long.
+- `THROTTLE_INVITATIONS`, `THROTTLE_KEYS` (default `60/hour` each, per organization).
 """
 
 from datetime import timedelta
@@ -44,6 +52,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "guardian",
+    "axes",
     "portal",
     "accounts",
     "credits",
@@ -59,6 +68,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into its 429 page
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -95,6 +105,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
+    "portal.throttling.LoginAttemptsBackend",  # django-axes: refuses locked-out logins first
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -135,8 +146,11 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "portal.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"invitations": env("THROTTLE_INVITATIONS", default="60/hour")},
+    "DEFAULT_THROTTLE_CLASSES": ["portal.throttling.ScopedRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "invitations": env("THROTTLE_INVITATIONS", default="60/hour"),
+        "keys": env("THROTTLE_KEYS", default="60/hour"),
+    },
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "URL_FORMAT_OVERRIDE": None,  # `format` is a report parameter (json|csv)
 }
@@ -184,8 +198,32 @@ CELERY_BEAT_SCHEDULE = {
     "ledger-verify": {"task": "credits.tasks.ledger_verify", "schedule": crontab(minute=7)},
 }
 
+# The shared cache (see the module docstring): throttles and login lockouts, across processes.
+CACHE_URL = env("CACHE_URL", default=env("REDIS_URL", default=""))
+if not CACHE_URL and (CELERY_BROKER_URL or not DEBUG):
+    CACHE_URL = "redis://127.0.0.1:6379/1"
+CACHES = {
+    "default": env.cache_url_config(CACHE_URL)
+    if CACHE_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+SILENCED_SYSTEM_CHECKS = [] if CACHE_URL else ["axes.W001"]  # the demo's LocMem, said above
+
 # Client IPs (audit log, throttles, lockouts): X-Forwarded-For only behind this many proxies.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
+# Browser logins (django-axes): per account and per client IP, counted in the shared cache.
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_COOLOFF_MINUTES", default=15))
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_USERNAME_CALLABLE = "portal.throttling.login_username"
+AXES_CLIENT_IP_CALLABLE = "portal.net.client_ip"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "portal.views.login_locked_out"
+AXES_ENABLE_ADMIN = False  # the cache handler keeps no attempt rows to show
+AXES_VERBOSE = False
 
 # Security (manage.py check --deploy is clean when DEBUG is off and these come from the env).
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+import environ
 import pytest
+from axes.handlers.proxy import AxesProxyHandler
+from django.core.cache import cache
+from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts.audit import Actor
@@ -32,6 +37,41 @@ PRICED_MODELS = (
     "text-embedding-3-small",
     "gpt-4o-mini",
 )
+
+
+# The shared cache of the tests: Redis, a database index of its own (Celery uses 0, the portal 1),
+# and a key prefix of this test process, so that parallel runs do not see each other's counts.
+TEST_CACHE_URL = (
+    os.environ.get("TEST_CACHE_URL", "redis://127.0.0.1:6379/15") + f"?key_prefix=t{os.getpid()}"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_cache_and_static_files(tmp_path_factory):
+    """Throttles and login lockouts count in Redis (TEST_CACHE_URL), as in production; static
+    files are served from where they lie (no `collectstatic` in tests; test_static.py runs it)."""
+    with override_settings(
+        CACHES={"default": environ.Env.cache_url_config(TEST_CACHE_URL)},
+        STATIC_ROOT=tmp_path_factory.mktemp("static"),
+        WHITENOISE_USE_FINDERS=True,
+        STORAGES={
+            "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        },
+    ):
+        AxesProxyHandler.get_implementation(force=True)  # it holds the cache it was made with
+        yield
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """No throttle or lockout count leaks from one test into the next (only this process's keys
+    are deleted)."""
+    yield
+    if hasattr(cache, "delete_pattern"):  # django-redis: this process's prefix only
+        cache.delete_pattern("*")
+    else:  # a test swapped in another cache
+        cache.clear()
 
 
 @pytest.fixture(autouse=True)

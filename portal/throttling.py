@@ -1,0 +1,83 @@
+"""Throttles and login lockouts. Their counters live in the shared cache (Redis through
+django-redis, `CACHES["default"]`), never in process memory, so every web process sees the same
+counts.
+
+- API writes: `ScopedRateThrottle` (DRF) for views that name a `throttle_scope`
+  (`invitations`, `keys`), counted per organization; 429 in the error format with `Retry-After`.
+- Browser logins: django-axes with its cache handler, per account and per client IP; a locked-out
+  login answers 429 with `Retry-After` (`portal.views.login_locked_out`).
+Client IPs come from `portal.net.client_ip` (X-Forwarded-For only behind trusted proxies).
+"""
+
+from __future__ import annotations
+
+from axes.backends import AxesStandaloneBackend
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from rest_framework import throttling
+from rest_framework.settings import api_settings
+
+from .net import client_ip
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ScopedRateThrottle(throttling.ScopedRateThrottle):
+    """DRF's scoped throttle with three changes: it counts writes only (reads of the same view
+    are not throttled), per organization (the tenant the request acts in, whoever calls; per
+    client IP without one), and it reads its rates from the settings at each request."""
+
+    def allow_request(self, request, view):
+        if request.method in SAFE_METHODS:
+            return True
+        return super().allow_request(request, view)
+
+    def get_rate(self):
+        try:
+            return api_settings.DEFAULT_THROTTLE_RATES[self.scope]
+        except KeyError:
+            raise throttling.ImproperlyConfigured(
+                f"No default throttle rate set for '{self.scope}' scope"
+            ) from None
+
+    def get_ident(self, request):
+        return client_ip(request) or "unknown"
+
+    def get_cache_key(self, request, view):
+        # The organization the request acts in: its principal's (API key or member session).
+        organization = getattr(getattr(request, "principal", None), "organization", None)
+        organization_id = getattr(organization, "pk", None) or getattr(
+            getattr(request, "auth", None), "organization_id", None
+        )
+        if organization_id is not None:
+            ident = f"org:{organization_id}"
+        else:
+            ident = f"ip:{self.get_ident(request)}"
+        return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+class LoginAttemptsBackend(AxesStandaloneBackend):
+    """django-axes' lockout check for logins made over HTTP. Authentication without a request
+    (management commands, `Client.login` in tests) is not an attempt from a client: skipped."""
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        if request is None:
+            return None
+        return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+def login_username(request, credentials: dict | None) -> str:
+    """The account a login attempt counts against (`AXES_USERNAME_CALLABLE`): the e-mail address,
+    lower-cased as accounts store it, so that case variants share one counter. Anything that is
+    not an e-mail address counts against one shared bucket: axes hashes the bare value into its
+    cache key, and a "username" spelled like an IP address must not lock out that address."""
+    credentials = credentials or {}
+    value = credentials.get("username", credentials.get("email"))
+    if value is None and request is not None:
+        value = request.POST.get("username")
+    value = value.strip().lower() if isinstance(value, str) else ""
+    try:
+        validate_email(value)
+    except ValidationError:
+        return "not-an-email-address"
+    return value
