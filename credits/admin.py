@@ -1,6 +1,9 @@
-"""Operators' views of the ledger. Ledger rows are written only by services: read-only here."""
+"""Operators' views of the ledger, prices and usage. Ledger rows, holds, lots and usage events
+are written only by services, prices by `prices_load`: read-only here (see `portal.admin`)."""
 
 from django.contrib import admin
+
+from portal.admin import ReadOnlyAdmin, ReadOnlyInline
 
 from .models import (
     CreditLot,
@@ -13,31 +16,15 @@ from .models import (
 )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(LedgerAccount)
 class LedgerAccountAdmin(ReadOnlyAdmin):
     list_display = ["id", "organization", "kind", "team", "balance", "held", "may_overdraw"]
     list_filter = ["kind", "organization"]
 
 
-class EntryInline(admin.TabularInline):
+class EntryInline(ReadOnlyInline):
     model = LedgerEntry
-    extra = 0
-    can_delete = False
-    readonly_fields = ["account", "amount", "lot", "created_at"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
+    fields = ["account", "amount", "lot", "created_at"]
 
 
 @admin.register(LedgerTransaction)
