@@ -81,7 +81,8 @@ BAD_BODIES = [
     ("POST", "/api/v1/credits/authorizations", [], 400, "validation_error"),
     # unknown fields
     ("POST", "/api/v1/teams", {"slug": "x", "name": "X", "owner": "me"}, 400, "validation_error"),
-    ("PATCH", "/api/v1/organization", {"currency": "EUR"}, 400, "validation_error"),
+    ("PATCH", "/api/v1/organization", {"slug": "other"}, 400, "validation_error"),
+    ("PATCH", "/api/v1/organization", {"currency": "XXX"}, 400, "validation_error"),
     ("POST", USAGE, event(price="0"), 400, "validation_error"),
     ("POST", USAGE, {"events": [event()], "extra": 1}, 400, "validation_error"),
     ("POST", USAGE, {"events": {"id": "e1"}}, 400, "validation_error"),
