@@ -133,7 +133,7 @@ class AllocationForm(forms.Form):
         min_value=Decimal("0.000001"),
         max_digits=20,
         decimal_places=6,
-        widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}),
+        widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal"}),
     )
     direction = forms.ChoiceField(
         label="Direction",
