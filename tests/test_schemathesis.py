@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import hypothesis
 import pytest
 import schemathesis
-from django.core.cache import cache
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from hypothesis import HealthCheck
@@ -53,14 +52,6 @@ CHECKS = [
     content_type_conformance,
     status_code_conformance,
 ]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    """Generated requests may use up the invitation throttle (60/hour per client, in the cache);
-    leave none of it to the tests that run next."""
-    yield
-    cache.clear()
 
 
 @contextmanager
