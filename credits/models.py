@@ -249,8 +249,9 @@ class Hold(models.Model):
 
 class ModelPrice(models.Model):
     """List prices of one model from one effective date on (USD = credits per unit), from the
-    LiteLLM price table (`model_prices_and_context_window.json`, MIT). An event is priced with the
-    row in force at its `occurred_at`, so old events keep their old price."""
+    genai-prices package's data (MIT) or a LiteLLM-format table an operator loads
+    (`credits.services.prices`). An event is priced with the row in force at its `occurred_at`,
+    so old events keep their old price."""
 
     model = models.CharField(max_length=200)
     provider = models.CharField(max_length=64, blank=True)

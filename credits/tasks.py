@@ -1,8 +1,10 @@
-"""Periodic ledger work (the beat schedule is in settings): expire holds and lots, verify."""
+"""Periodic work (the beat schedule is in settings): expire holds and lots, verify the ledger,
+refresh model prices."""
 
 from celery import shared_task
 
 from .services import ledger as ledger_services
+from .services.prices import prices_sync as sync
 from .verify import ledger_verify as verify
 
 
@@ -25,3 +27,10 @@ def ledger_verify() -> int:
     for m in mismatches:
         logging.getLogger("credits.verify").error("ledger mismatch: %s", m)
     return len(mismatches)
+
+
+@shared_task
+def prices_sync() -> bool:
+    """Refresh model prices from genai-prices' published data (every 6 hours); without internet
+    the installed prices stay (logged, no error). True when fresh data was fetched."""
+    return sync().fetched

@@ -212,6 +212,11 @@ CELERY_BEAT_SCHEDULE = {
     "holds-expire": {"task": "credits.tasks.holds_expire", "schedule": timedelta(minutes=1)},
     "lots-expire": {"task": "credits.tasks.lots_expire", "schedule": timedelta(minutes=5)},
     "ledger-verify": {"task": "credits.tasks.ledger_verify", "schedule": crontab(minute=7)},
+    # genai-prices' published data; offline, the installed prices stay.
+    "prices-sync": {
+        "task": "credits.tasks.prices_sync",
+        "schedule": crontab(minute=23, hour="*/6"),
+    },
 }
 
 # The shared cache (see the module docstring): throttles and login lockouts, across processes.

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 
 import environ
 import pytest
@@ -20,22 +18,25 @@ from accounts.models import ApiKey, Organization, Team, User
 from accounts.roles import Role
 from accounts.services import apikey_create, organization_create, team_create
 from credits.services import credits_allocate, credits_grant
-from credits.services.prices import DEFAULT_PRICE_FILE, prices_load
+from credits.services.prices import prices_cache_clear, prices_load
 
 from .factories import MembershipFactory, UserFactory
 
 SYSTEM = Actor(system="tests")
 
-# Real rows of the LiteLLM price table used by tests (chat, code, reasoning, image, embedding).
+# Models of the genai-prices data used by tests (chat, code, reasoning, embedding, and OpenRouter
+# ids); `codex-mini-latest` is an alias of `codex-mini`.
 PRICED_MODELS = (
     "gpt-4o",
     "gpt-4",
     "gpt-3.5-turbo",
     "codex-mini-latest",
     "o1",
-    "dall-e-3",
     "text-embedding-3-small",
     "gpt-4o-mini",
+    "openai/gpt-4o",
+    "anthropic/claude-sonnet-4",
+    "google/gemini-2.5-flash",
 )
 
 
@@ -80,16 +81,19 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_price_cache():
+    """Prices cached in the process by one test (rows its transaction rolls back) are not seen
+    by the next."""
+    yield
+    prices_cache_clear()
+
+
 @pytest.fixture
-def prices(db, tmp_path) -> Path:
-    """Load the real prices of PRICED_MODELS through `prices_load` (a verbatim subset of the
-    table, to keep tests fast). Returns the subset file."""
-    table = json.loads(DEFAULT_PRICE_FILE.read_text())
-    subset = {m: table[m] for m in PRICED_MODELS} | {"last_updated": table["last_updated"]}
-    path = tmp_path / "prices.json"
-    path.write_text(json.dumps(subset))
-    prices_load(path=path)
-    return path
+def prices(db):
+    """Load the real prices of PRICED_MODELS from the installed genai-prices data through
+    `prices_load` (a subset, to keep tests fast). Returns the load's result."""
+    return prices_load(models=PRICED_MODELS)
 
 
 @dataclass
