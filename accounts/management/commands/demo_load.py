@@ -3,21 +3,25 @@ idempotent (a second run adds nothing and fails on nothing).
 
 - Owner owner@acme.example and one member per role (admin@, billing@, member@, viewer@acme.example),
   all with the password `demo-password`; two teams, Assistants and Code, each with a team manager.
-- The LiteLLM price table; a grant of 2,000 credits and a promotion of 100 credits expiring in
-  60 days; an allocation per team sized for its trace.
-- The two Azure LLM inference traces replayed in-process: conv -> Assistants at gpt-4o, code ->
-  Code at codex-mini-latest, shifted together so that they end about 30 minutes ago (today's and
-  this month's figures show them). A second run reuses the first run's start, so it records
-  nothing new.
-- A usage key (Assistants, acting for member@) and a management key (owner@); their secrets are
-  printed once, when they are created.
+- The model prices of the installed genai-prices package; a grant of 2,000 credits and a
+  promotion of 100 credits expiring in 60 days; an allocation per team.
+- Usage keys: Assistants acting for member@ and for the team's lead, Code for its lead, and one
+  on the pool for admin@; a management key (owner@). Secrets are printed once, when created.
+- Thirty days of traffic ending now from `credits.traffic` (seeded: the same requests on every
+  machine), about 500 requests a day with a daily and weekly rhythm in the organization's time
+  zone, chat and code workloads, conversations, a standard/premium model mix and a few failed
+  requests, all as measured on public production traces (docs/traffic.md). They are recorded
+  through `usage_record_many`, the metering path of the API's batches. Event ids are
+  `demo:<end of the window>:<source>:<n>`: a second run reads the window back from them and
+  regenerates the same requests, which are all already recorded.
 """
 
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -36,18 +40,10 @@ from accounts.services import (
     user_get_or_create,
 )
 from credits.models import LedgerTransaction, UsageEvent
-from credits.replay import (
-    TRACE_DIR,
-    ServiceSink,
-    event_id,
-    recent_start,
-    replay,
-    trace_cost,
-    trace_events,
-    trace_read,
-)
+from credits.replay import ServiceSink, replay, trace_cost
 from credits.services import credits_allocate, credits_grant, prices_load
 from credits.services.usage import Attribution
+from credits.traffic import CHAT, CODE, Source, traffic_generate
 from portal.commands import command_errors
 from portal.money import format_credits
 
@@ -63,44 +59,63 @@ MEMBERS = {
     "assistants-lead@acme.example": Role.MEMBER,
     "code-lead@acme.example": Role.MEMBER,
 }
-# team slug, name, manager, trace file, model, operation, allocation (credits). At the July 2026
-# list prices the conv trace costs 96.79 credits at gpt-4o and the code trace 28.57 at
-# codex-mini-latest (`demo_load` prints the figures it measures); the allocations leave headroom.
+# team slug, name, manager, allocation (credits). At the genai-prices list prices of November
+# 2026, thirty days of the default traffic (about 14,500 requests) cost about 11 credits in
+# Assistants, 18 in Code and 4 on the pool (`demo_load` prints what it measures); the
+# allocations leave headroom.
 TEAMS = (
-    (
-        "assistants",
-        "Assistants",
-        "assistants-lead@acme.example",
-        "AzureLLMInferenceTrace_conv.csv",
-        "gpt-4o",
-        UsageEvent.Operation.CHAT,
-        Decimal(150),
-    ),
-    (
-        "code",
-        "Code",
-        "code-lead@acme.example",
-        "AzureLLMInferenceTrace_code.csv",
-        "codex-mini-latest",
-        UsageEvent.Operation.COMPLETION,
-        Decimal(50),
-    ),
+    ("assistants", "Assistants", "assistants-lead@acme.example", Decimal(150)),
+    ("code", "Code", "code-lead@acme.example", Decimal(80)),
 )
 TEAM_MEMBERS = {"assistants": ["member@acme.example"], "code": ["viewer@acme.example"]}
 GRANT, PROMOTION = Decimal(2000), Decimal(100)
+# The keys the traffic comes through: name, kind, team slug (None: the pool), member.
+KEYS = (
+    ("Demo usage key", KeyKind.USAGE, "assistants", "member@acme.example"),
+    ("Assistants lead key", KeyKind.USAGE, "assistants", "assistants-lead@acme.example"),
+    ("Code usage key", KeyKind.USAGE, "code", "code-lead@acme.example"),
+    ("Platform key", KeyKind.USAGE, None, "admin@acme.example"),
+    ("Demo management key", KeyKind.MANAGEMENT, None, OWNER),
+)
+# Traffic sources: name (in event ids), key, workload, (standard, premium) models, weight. Chat
+# and code in the ratio of the Azure traces' rates (5.53 : 2.57 requests per second).
+SOURCES = (
+    ("assistants-member", "Demo usage key", CHAT, ("gpt-4o-mini", "gpt-4o"), 0.36),
+    (
+        "assistants-lead",
+        "Assistants lead key",
+        CHAT,
+        ("openai/gpt-4o-mini", "anthropic/claude-sonnet-4"),
+        0.17,
+    ),
+    ("code-lead", "Code usage key", CODE, ("codex-mini-latest", "anthropic/claude-sonnet-4"), 0.32),
+    ("platform", "Platform key", CHAT, ("google/gemini-2.5-flash", "openai/gpt-4o"), 0.15),
+)
+DAYS, PER_DAY, SEED = 30, 500, 2023
+ID_PREFIX = "demo:"
 
 
 class Command(BaseCommand):
-    help = "Build the demo organization Acme AI (slug acme) with replayed usage; idempotent."
+    help = (
+        "Build the demo organization Acme AI (slug acme) with thirty days of generated usage; "
+        "idempotent."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--rows",
+            "--per-day",
             type=int,
-            help="Replay only the first N rows of each trace (default: all, about 28,000 events).",
+            default=PER_DAY,
+            help=f"Requests per day, averaged over a week (default {PER_DAY}; first run only).",
+        )
+        parser.add_argument(
+            "--days",
+            type=int,
+            default=DAYS,
+            help=f"Days of traffic ending now (default {DAYS}; first run only).",
         )
 
-    def handle(self, *args, rows=None, **options):
+    def handle(self, *args, per_day=PER_DAY, days=DAYS, **options):
         started = timezone.now()
         with command_errors():
             organization = self._organization()
@@ -108,8 +123,8 @@ class Command(BaseCommand):
             result = prices_load()
             self.stdout.write(f"Prices: {result.created} new, {result.unchanged} unchanged.")
             self._credits(organization, teams)
-            self._replay(organization, teams, rows, quiet=options["verbosity"] < 1)
-            self._keys(organization, teams)
+            keys = self._keys(organization, teams)
+            self._traffic(organization, keys, per_day, days, quiet=options["verbosity"] < 1)
         seconds = (timezone.now() - started).total_seconds()
         self.stdout.write(
             f"Demo organization {SLUG} ready in {seconds:.0f} s. Log in as {OWNER} "
@@ -139,7 +154,7 @@ class Command(BaseCommand):
 
     def _teams(self, organization: Organization) -> dict[str, Team]:
         teams = {}
-        for slug, name, manager, *_ in TEAMS:
+        for slug, name, manager, _ in TEAMS:
             team = Team.objects.filter(organization=organization, slug=slug).first()
             if team is None:
                 team = team_create(organization=organization, slug=slug, name=name, actor=ACTOR)
@@ -198,56 +213,71 @@ class Command(BaseCommand):
                 )
                 self.stdout.write(f"Allocated {amount} credits to {slug}.")
 
-    def _replay(
-        self, organization: Organization, teams: dict[str, Team], rows: int | None, quiet: bool
-    ) -> None:
-        traces = {slug: trace_read(TRACE_DIR / file) for slug, _, _, file, *_ in TEAMS}
-        first = min(t.first_at for t in traces.values())
-        last = max(t.rows[-1].at for t in traces.values())
-        lead_slug, lead_trace = TEAMS[0][0], traces[TEAMS[0][0]]
-        earlier = (
-            UsageEvent.objects.filter(
-                organization=organization,
-                event_id=event_id(lead_slug, lead_trace.stem, 1),
-            )
-            .values_list("occurred_at", flat=True)
+    def _window(self, organization: Organization, days: int) -> tuple[datetime, datetime]:
+        """The traffic's window: the first run's, read back from its event ids, else `days`
+        ending now (on the minute)."""
+        first = (
+            UsageEvent.objects.filter(organization=organization, event_id__startswith=ID_PREFIX)
+            .values_list("event_id", flat=True)
             .first()
         )
-        # Shift both traces by one delta (they overlap in time); reuse the first run's.
-        shift = (
-            (earlier - lead_trace.first_at)
-            if earlier is not None
-            else recent_start(timezone.now(), last - first) - first
+        if first is not None:
+            stamp, span = first.split(":")[1].split("+")
+            end = datetime.strptime(stamp, "%Y%m%dT%H%MZ").replace(tzinfo=UTC)
+            return end - timedelta(days=int(span)), end
+        end = timezone.now().replace(second=0, microsecond=0)
+        return end - timedelta(days=days), end
+
+    def _traffic(
+        self,
+        organization: Organization,
+        keys: dict[str, ApiKey],
+        per_day: int,
+        days: int,
+        quiet: bool,
+    ) -> None:
+        start, end = self._window(organization, days)
+        span = (end - start).days
+        sources = [
+            Source(name, Attribution.of_key(keys[key]), workload, models, weight)
+            for name, key, workload, models, weight in SOURCES
+        ]
+        generated = traffic_generate(
+            sources=sources,
+            start=start,
+            end=end,
+            per_day=per_day,
+            seed=SEED,
+            tz=ZoneInfo(organization.time_zone),
+            id_prefix=f"{ID_PREFIX}{end:%Y%m%dT%H%MZ}+{span}",
         )
-        for slug, _, _, file, model, operation, amount in TEAMS:
-            trace = trace_read(TRACE_DIR / file, start=traces[slug].first_at + shift, rows=rows)
-            events = trace_events(trace, team_slug=slug, model=model, operation=operation)
-            full = trace_events(traces[slug], team_slug=slug, model=model)
+        self.stdout.write(
+            f"Traffic {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC: "
+            f"{len(generated)} requests."
+        )
+        for source in sources:
+            events = [g.event for g in generated if g.source is source]
+            label = source.attribution.team.slug if source.attribution.team else "pool"
             self.stdout.write(
-                f"{file}: {len(traces[slug].rows)} requests cost "
-                f"{format_credits(trace_cost(full), 2)} credits at {model} "
-                f"(allocated {amount})."
+                f"{source.name} ({label}, {source.attribution.member.email}): {len(events)} "
+                f"requests cost {format_credits(trace_cost(events), 2)} credits."
             )
-            sink = ServiceSink(Attribution(organization=organization, team=teams[slug]))
             with tqdm(
-                total=len(events), unit="event", file=sys.stderr, desc=slug, disable=quiet
+                total=len(events), unit="event", file=sys.stderr, desc=source.name, disable=quiet
             ) as bar:
-                summary = replay(events, sink, progress=bar.update)
-            self.stdout.write(f"Replayed into {slug}: {summary.line()}")
+                summary = replay(events, ServiceSink(source.attribution), progress=bar.update)
+            self.stdout.write(f"Recorded {source.name}: {summary.line()}")
 
     @transaction.atomic
-    def _keys(self, organization: Organization, teams: dict[str, Team]) -> None:
-        names = set(
-            ApiKey.objects.filter(organization=organization, deleted_at__isnull=True).values_list(
-                "name", flat=True
-            )
-        )
-        specs = (
-            ("Demo usage key", KeyKind.USAGE, teams["assistants"], "member@acme.example"),
-            ("Demo management key", KeyKind.MANAGEMENT, None, OWNER),
-        )
-        for name, kind, team, email in specs:
-            if name in names:
+    def _keys(self, organization: Organization, teams: dict[str, Team]) -> dict[str, ApiKey]:
+        existing = {
+            key.name: key
+            for key in ApiKey.objects.filter(organization=organization, deleted_at__isnull=True)
+        }
+        keys = {}
+        for name, kind, team, email in KEYS:
+            if name in existing:
+                keys[name] = existing[name]
                 self.stdout.write(
                     f"{name}: exists (its secret was shown when it was created; "
                     f"create another under API keys in the portal)."
@@ -257,9 +287,11 @@ class Command(BaseCommand):
                 organization=organization,
                 name=name,
                 kind=kind,
-                team=team,
+                team=teams[team] if team else None,
                 user=User.objects.get(email=email),
                 actor=ACTOR,
             )
+            keys[name] = key
             self.stdout.write(f"{name} ({kind}, {key.label}) - the secret is shown once:")
             self.stdout.write(f"  {secret}")
+        return keys
