@@ -1,5 +1,13 @@
-"""Replay of public LLM request traces as usage events (`manage.py replay_trace`, the demo data,
-the ingest benchmark).
+"""Replay of LLM request traces as usage events (`manage.py replay_trace`, `bench/ingest.py
+--trace`). The project ships no trace: point it at a file of yours or at a public one:
+
+- the Azure LLM inference traces 2023, repository Azure/AzurePublicDataset,
+  `data/AzureLLMInferenceTrace_conv.csv` and `data/AzureLLMInferenceTrace_code.csv` (CC-BY 4.0;
+  cite Patel et al., "Splitwise: Efficient generative LLM inference using phase splitting",
+  ISCA 2024);
+- BurstGPT, repository HPMLL/BurstGPT, the CSV files of its GitHub releases
+  (https://github.com/HPMLL/BurstGPT/releases; CC-BY 4.0; cite Wang et al., "BurstGPT: A
+  Real-World Workload Dataset to Optimize LLM Serving Systems", KDD 2025).
 
 Formats, recognised by their header (columns are read by name, so their order does not matter):
 
@@ -74,7 +82,6 @@ BURSTGPT_MODELS = {"ChatGPT": "gpt-3.5-turbo", "GPT-4": "gpt-4"}
 DEFAULT_ORIGIN = datetime(2023, 11, 16, tzinfo=UTC)
 ZERO_COST = quantize_credits(Decimal(0))  # what the API's serializer makes of "0": same digest
 SERVICE_BATCH = 500
-TRACE_DIR = Path(__file__).resolve().parent / "data" / "traces"  # the copies of the traces
 API_BATCH = 1000
 
 
@@ -456,12 +463,3 @@ def replay(
     flush()
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def recent_start(
-    now: datetime, span: timedelta, margin: timedelta = timedelta(minutes=30)
-) -> datetime:
-    """A start for a trace lasting `span` so that it ends `margin` before `now`: `now - span -
-    margin`, on the minute (about two hours ago for the one-hour Azure traces), so it shows under
-    "today" unless the UTC day is younger than that."""
-    return (now - span - margin).replace(second=0, microsecond=0)
