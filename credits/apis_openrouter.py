@@ -4,9 +4,12 @@ with only their server URL changed (`https://<portal>/api/v1`):
 - `GET /credits` (`client.credits.get_credits()`): the organization's credits, management keys.
 - `GET /key` (`client.api_keys.get_current_key_metadata()`): the calling key.
 - `GET /generation?id=` (`client.generations.get_generation(id=)`): one usage event.
+- `GET /activity` (`client.analytics.get_user_activity()`): usage by UTC day and model over the
+  last 30 completed days.
 
-Shapes: OpenRouter's API reference as implemented by `openrouter` 1.3 (every field its response
-models require is present). Amounts are JSON numbers there, as OpenRouter sends them.
+Shapes: OpenRouter's API reference, with every field that the response models of its Python
+(`openrouter`) and TypeScript (`@openrouter/sdk`) SDKs require. Amounts are JSON numbers there, as
+OpenRouter sends them.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from accounts.apis_keys import KeyOutput, key_document
 from accounts.models import ApiKey
 from accounts.roles import KeyKind
 from portal.api import OrganizationAPIView
-from portal.errors import PermissionDenied
+from portal.errors import NotFound, PermissionDenied
 
 from . import selectors
+from .activity import activity_days, activity_for
 
 
 def Number(**kwargs):  # noqa: N802 - a field factory
@@ -224,4 +228,100 @@ class GenerationApi(OrganizationAPIView):
                 "session_id": event.conversation_id or None,
             }
         )
+        return Response({"data": data})
+
+
+ACTIVITY_ITEM_FIELDS = {
+    "date": serializers.CharField(help_text="UTC day, YYYY-MM-DD."),
+    "model": serializers.CharField(),
+    "model_permaslug": serializers.CharField(),
+    "endpoint_id": serializers.CharField(),
+    "provider_name": serializers.CharField(),
+    "usage": Number(help_text="Credits (USD) spent."),
+    "byok_usage_inference": Number(),
+    "requests": serializers.IntegerField(),
+    "prompt_tokens": serializers.IntegerField(help_text="Cached input included."),
+    "completion_tokens": serializers.IntegerField(help_text="Reasoning included."),
+    "reasoning_tokens": serializers.IntegerField(),
+    "cached_tokens": serializers.IntegerField(),
+    "workspace_id": serializers.CharField(
+        required=False, help_text="With group_by=workspace: the organization's slug."
+    ),
+}
+ActivityOutput = inline_serializer(
+    "OpenRouterActivity",
+    {"data": inline_serializer("OpenRouterActivityItem", ACTIVITY_ITEM_FIELDS, many=True)},
+)
+
+
+class ActivityParams(serializers.Serializer):
+    date = serializers.DateField(required=False, input_formats=["%Y-%m-%d"])
+    api_key_hash = serializers.CharField(required=False, max_length=255)
+    user_id = serializers.CharField(required=False, max_length=255)
+    group_by = serializers.ChoiceField(choices=["workspace"], required=False)
+    workspace_id = serializers.CharField(required=False, max_length=255)
+
+    def validate_date(self, value):
+        first, last = activity_days()
+        if not first <= value <= last:
+            raise serializers.ValidationError(
+                f"One of the last 30 completed UTC days: {first} to {last}."
+            )
+        return value
+
+
+class ActivityApi(OrganizationAPIView):
+    scope_map = {"GET": "usage:read"}
+
+    @extend_schema(
+        operation_id="openrouter_activity",
+        parameters=[
+            OpenApiParameter("date", str, description="One UTC day of the window, YYYY-MM-DD."),
+            OpenApiParameter("api_key_hash", str, description="Only this key's usage."),
+            OpenApiParameter("user_id", str, description="Only this member's usage (user id)."),
+            OpenApiParameter("group_by", str, enum=["workspace"]),
+            OpenApiParameter("workspace_id", str, description="The organization's slug."),
+        ],
+        responses={200: ActivityOutput},
+        description="Usage the key may see, by UTC day and model, over the last 30 completed "
+        "UTC days (today excluded), newest first.",
+    )
+    def get(self, request):
+        params = self.parse(ActivityParams, data=request.query_params)
+        workspace = self.organization.slug
+        if params.get("workspace_id", workspace) != workspace:
+            raise NotFound("No such workspace in this organization.", resource="workspace")
+        user_id = params.get("user_id")
+        known_form = user_id is None or (
+            user_id.isascii() and user_id.isdigit() and len(user_id) < 19
+        )
+        rows = (
+            activity_for(
+                self.principal,
+                day=params.get("date"),
+                api_key_hash=params.get("api_key_hash"),
+                member_id=int(user_id) if user_id is not None else None,
+            )
+            if known_form
+            else []  # not one of our user ids: no member has it
+        )
+        data = []
+        for row in rows:
+            item = {
+                "date": row.date.isoformat(),
+                "model": row.model,
+                "model_permaslug": row.model,
+                "endpoint_id": row.endpoint_id,
+                "provider_name": row.provider,
+                "usage": row.usage,
+                "byok_usage_inference": 0,
+                "requests": row.requests,
+                "prompt_tokens": row.prompt_tokens,
+                "completion_tokens": row.completion_tokens,
+                "reasoning_tokens": row.reasoning_tokens,
+                "cached_tokens": row.cached_tokens,
+            }
+            if params.get("group_by") == "workspace":
+                item["workspace_id"] = workspace
+            data.append(item)
         return Response({"data": data})

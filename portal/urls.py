@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import apis as accounts_apis
 from accounts import apis_keys, views
+from accounts import apis_openrouter as accounts_openrouter
 from credits import apis as credits_apis
 from credits import apis_openrouter, apis_usage
 
@@ -31,6 +32,12 @@ api_v1 = [
     path("key", apis_openrouter.CurrentKeyApi.as_view(), name="key-current"),
     path("credits", apis_openrouter.CreditsApi.as_view(), name="credits"),
     path("generation", apis_openrouter.GenerationApi.as_view(), name="generation"),
+    path("activity", apis_openrouter.ActivityApi.as_view(), name="activity"),
+    path(
+        "organization/members",
+        accounts_openrouter.OrganizationMembersApi.as_view(),
+        name="organization-members",
+    ),
     path("audit-events", accounts_apis.AuditEventListApi.as_view(), name="audit-events"),
     path("credits/balance", credits_apis.BalanceApi.as_view(), name="credits-balance"),
     path("credits/accounts", credits_apis.AccountListApi.as_view(), name="credits-accounts"),

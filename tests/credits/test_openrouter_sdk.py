@@ -1,5 +1,6 @@
 """The official `openrouter` SDK against the portal, over HTTP (pytest-django's `live_server`):
-credits, the current key, the key API (list, create, get, update, delete) and generations.
+credits, the current key, the key API (list, create, get, update, delete), generations, activity
+and the organization's members.
 
 The SDK is the client users run; it validates every response against its pydantic models, so a
 missing or mistyped field fails here as `ResponseValidationError`. Its 5XX retries (up to an hour
@@ -8,6 +9,7 @@ by default) are turned off so a server error fails fast."""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -15,6 +17,7 @@ import pytest
 from openrouter import OpenRouter, errors, utils
 
 from accounts.models import ApiKey
+from accounts.roles import Role
 from credits.models import UsageEvent
 
 pytestmark = [
@@ -198,3 +201,119 @@ def test_generation(live_server, tenant, other_tenant):
     assert exc.value.data.error.code == 404
     with pytest.raises(errors.NotFoundResponseError):
         client.generations.get_generation(id="gen-theirs")
+
+
+def post_usage(live_server, secret: str, event_id: str, model: str, at=None, **fields) -> None:
+    body = {"id": event_id, "model": model, **fields}
+    if at is not None:
+        body["occurred_at"] = at.isoformat()
+    response = httpx.post(
+        f"{live_server.url}/api/v1/credits/usage",
+        json=body,
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
+    assert response.status_code == 201, response.text
+
+
+def test_activity_by_day_and_model_of_what_the_key_sees(live_server, tenant, other_tenant):
+    tenant.grant("100")
+    other_tenant.grant("100")
+    member = tenant.member()
+    _, secret = tenant.key("usage")  # a key of no member and no team sees the organization's
+    member_key, member_secret = tenant.key("usage", user=member)
+    _, other_secret = other_tenant.key("usage")
+    now = datetime.now(UTC)
+    yesterday = (now - timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
+    earlier = yesterday - timedelta(days=2)
+    gpt, mini = "openai/gpt-4o", "openai/gpt-4o-mini"
+    openrouter_usage = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 200,
+        "total_tokens": 1200,
+        "prompt_tokens_details": {"cached_tokens": 300},
+        "completion_tokens_details": {"reasoning_tokens": 50},
+        "cost": 0.5,
+    }
+    post_usage(live_server, secret, "a1", gpt, yesterday, usage=openrouter_usage)
+    post_usage(
+        live_server, secret, "a2", gpt, yesterday,
+        prompt_tokens=100, completion_tokens=10, cost="0.25",
+    )  # fmt: skip
+    post_usage(
+        live_server, member_secret, "a3", mini, yesterday,
+        prompt_tokens=10, completion_tokens=5, cost="0.125",
+    )  # fmt: skip
+    post_usage(
+        live_server, secret, "a4", gpt, earlier, prompt_tokens=7, completion_tokens=3, cost="1"
+    )
+    post_usage(live_server, secret, "today", gpt, cost="2")  # today is not completed
+    post_usage(live_server, secret, "old", gpt, yesterday - timedelta(days=30), cost="4")
+    post_usage(live_server, other_secret, "theirs", gpt, yesterday, cost="8")
+
+    def rows(secret, **request):
+        data = sdk(live_server, secret).analytics.get_user_activity(request=request).data
+        return [
+            (r.date_, r.model, r.requests, r.usage, r.prompt_tokens, r.completion_tokens,
+             r.reasoning_tokens, r.cached_tokens)
+            for r in data
+        ]  # fmt: skip
+
+    day, early = yesterday.date().isoformat(), earlier.date().isoformat()
+    assert rows(secret) == [
+        (day, gpt, 2, 0.75, 1100, 210, 50, 300),
+        (day, mini, 1, 0.125, 10, 5, 0, 0),
+        (early, gpt, 1, 1.0, 7, 3, 0, 0),
+    ]
+    item = sdk(live_server, secret).analytics.get_user_activity().data[0]
+    assert item.model_permaslug == gpt and item.byok_usage_inference == 0
+    assert item.endpoint_id and item.workspace_id is None
+    assert rows(secret, date_=early) == [(early, gpt, 1, 1.0, 7, 3, 0, 0)]
+    assert rows(secret, api_key_hash=member_key.hash) == [(day, mini, 1, 0.125, 10, 5, 0, 0)]
+    assert rows(secret, user_id=str(member.pk)) == [(day, mini, 1, 0.125, 10, 5, 0, 0)]
+    assert rows(secret, api_key_hash="0" * 64) == []
+    assert rows(secret, user_id="user_2dHFtVWx2n56w6HkM") == []  # not a user id of ours
+    # A member's key sees the member's usage only; another organization sees none of it.
+    assert rows(member_secret) == [(day, mini, 1, 0.125, 10, 5, 0, 0)]
+    assert [r[1:4] for r in rows(other_secret)] == [(gpt, 1, 8.0)]
+    grouped = sdk(live_server, secret).analytics.get_user_activity(
+        request={"group_by": "workspace"}
+    )
+    assert {r.workspace_id for r in grouped.data} == {tenant.org.slug}
+
+    client = sdk(live_server, secret)
+    with pytest.raises(errors.BadRequestResponseError) as exc:
+        client.analytics.get_user_activity(request={"date_": now.date().isoformat()})
+    assert exc.value.data.error.code == 400
+    with pytest.raises(errors.BadRequestResponseError):
+        client.analytics.get_user_activity(request={"date_": "24/08/2025"})
+    with pytest.raises(errors.NotFoundResponseError):
+        client.analytics.get_user_activity(request={"workspace_id": other_tenant.org.slug})
+
+
+def test_organization_members(live_server, tenant, other_tenant):
+    admin = tenant.member(Role.ADMIN, email="ada@acme.test")
+    admin.first_name, admin.last_name = "Ada", "Lovelace"
+    admin.save()
+    viewer = tenant.member(Role.VIEWER, email="vic@acme.test")
+    other_tenant.member(email="someone@globex.test")
+    _, management_secret = tenant.key("management")
+    client = sdk(live_server, management_secret)
+
+    result = client.organization.list_members().result
+    assert result.total_count == 3
+    members = {m.id: (m.email, m.first_name, m.last_name, m.role) for m in result.data}
+    assert members == {
+        str(tenant.owner.pk): (tenant.owner.email, None, None, "org:admin"),
+        str(admin.pk): ("ada@acme.test", "Ada", "Lovelace", "org:admin"),
+        str(viewer.pk): ("vic@acme.test", None, None, "org:member"),
+    }
+    page = client.organization.list_members(offset=1, limit=1)
+    assert [m.id for m in page.result.data] == [str(admin.pk)]
+    assert page.result.total_count == 3
+    assert [m.id for m in page.next().result.data] == [str(viewer.pk)]
+
+    _, usage_secret = tenant.key("usage")  # a usage key has no members:read
+    with pytest.raises(errors.ForbiddenResponseError) as exc:
+        sdk(live_server, usage_secret).organization.list_members()
+    assert exc.value.status_code == 403 and exc.value.data.error.code == 403
