@@ -266,3 +266,24 @@ def test_generation_reports_the_providers_counts(funded):
     assert (data["tokens_prompt"], data["native_tokens_prompt"]) == (1000, 1000)
     assert (data["tokens_completion"], data["native_tokens_completion"]) == (100, 100)
     assert (data["native_tokens_cached"], data["native_tokens_reasoning"]) == (400, 30)
+
+
+def test_a_capture_takes_the_usage_object_too(funded):
+    _, _, client = funded
+    hold = client.post("/api/v1/credits/authorizations", {"id": "h1", "amount": "1"}, format="json")
+    assert hold.status_code == 201, hold.json()
+    capture = client.post(
+        f"/api/v1/credits/authorizations/{hold.json()['id']}/capture",
+        {"id": "cap", "model": "gpt-4o", "usage": openrouter_usage()},
+        format="json",
+    )
+    assert capture.status_code == 201, capture.json()
+    stored = UsageEvent.objects.get(event_id="cap")
+    assert (stored.prompt_tokens, stored.cached_tokens) == (1000, 400)
+    assert stored.cost == expected_cost(stored, uncached=600, cached=400, output=100)
+    bad = client.post(
+        f"/api/v1/credits/authorizations/{hold.json()['id']}/capture",
+        {"id": "cap2", "model": "gpt-4o", "usage": openrouter_usage(prompt_tokens=1)},
+        format="json",
+    )
+    assert "usage.prompt_tokens_details.cached_tokens" in errors_of(bad)
