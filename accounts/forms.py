@@ -20,10 +20,9 @@ FIELD_ALIASES = {"user": "member", "expires_at": "expires_at", "non_field_errors
 
 
 class PageForm(forms.Form):
-    """No colon after labels; Django (5.2) links each field's errors and help text to it with
+    """Rendered with `{% include "accounts/_form.html" %}` (each field in a `.field` box). No
+    colon after labels; Django (5.2) links each field's errors and help text to it with
     `aria-describedby` and renders checkbox groups as a fieldset with a legend."""
-
-    template_name_div = "accounts/_form.html"
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("label_suffix", "")
