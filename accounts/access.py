@@ -47,10 +47,18 @@ from .roles import KIND_SCOPES, ORG_WIDE_ROLES, ROLE_SCOPES, KeyKind, Role
 ROLE_RANK = {Role.VIEWER: 1, Role.MEMBER: 2, Role.BILLING: 3, Role.ADMIN: 4, Role.OWNER: 5}
 
 
+# Scopes over records of the whole organization only, which a key bound to a team never holds
+# (it acts on its team only): the audit log names every team's keys and members' actions.
+ORGANIZATION_ONLY_SCOPES = frozenset({"audit:read"})
+
+
 def key_scopes(key: ApiKey, *, member_role: str | None = None) -> frozenset[str]:
-    """A key's effective scopes: its own explicit list, narrowed to what its kind may ever hold
-    and, for a key bound to a member, to that member's role (none once they left)."""
+    """A key's effective scopes: its own explicit list, narrowed to what its kind may ever hold,
+    for a key bound to a team to what is not the whole organization's, and for a key bound to a
+    member to that member's role (none once they left)."""
     own = frozenset(key.scopes) & KIND_SCOPES[key.kind]
+    if key.team_id is not None:
+        own -= ORGANIZATION_ONLY_SCOPES
     if key.user_id is not None:
         if member_role is None:
             membership = Membership.objects.filter(
