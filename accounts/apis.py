@@ -28,6 +28,7 @@ class OrganizationOutput(serializers.Serializer):
     slug = serializers.CharField()
     name = serializers.CharField()
     currency = serializers.CharField()
+    time_zone = serializers.CharField(help_text="IANA time zone; days of budgets and statements.")
     billing_email = serializers.EmailField(allow_blank=True)
     billing_address = serializers.CharField(allow_blank=True)
     tax_id = serializers.CharField(allow_blank=True)
@@ -39,6 +40,10 @@ class OrganizationUpdateInput(StrictSerializer):
     billing_email = serializers.EmailField(required=False, allow_blank=True)
     billing_address = serializers.CharField(required=False, allow_blank=True, max_length=2000)
     tax_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    currency = serializers.ChoiceField(choices=services.CURRENCIES, required=False)
+    time_zone = serializers.CharField(
+        required=False, max_length=64, help_text="IANA time zone, e.g. 'Europe/Berlin'."
+    )
 
 
 class OrganizationApi(OrganizationAPIView):
@@ -308,6 +313,24 @@ class InvitationDetailApi(OrganizationAPIView):
     )
     def delete(self, request, pk: int):
         invitation = services.invitation_revoke(invitation=self._get(pk), actor=self.actor)
+        return Response(InvitationOutput(invitation).data)
+
+
+class InvitationResendApi(OrganizationAPIView):
+    scope_map = {"POST": "members:write"}
+    throttle_scope = "invitations"
+
+    @extend_schema(
+        operation_id="invitations_resend",
+        request=None,
+        responses={200: InvitationOutput, **error_responses(409)},
+    )
+    def post(self, request, pk: int):
+        """Send a pending invitation's e-mail again (the same link and expiry)."""
+        invitation = selectors.invitation_list(organization=self.organization).filter(pk=pk).first()
+        if invitation is None:
+            raise NotFound("No such invitation in this organization.", resource="invitation")
+        invitation = services.invitation_resend(invitation=invitation, actor=self.actor)
         return Response(InvitationOutput(invitation).data)
 
 

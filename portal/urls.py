@@ -27,6 +27,11 @@ api_v1 = [
     path("members/<int:pk>", accounts_apis.MemberDetailApi.as_view(), name="member"),
     path("invitations", accounts_apis.InvitationListApi.as_view(), name="invitations"),
     path("invitations/<int:pk>", accounts_apis.InvitationDetailApi.as_view(), name="invitation"),
+    path(
+        "invitations/<int:pk>/resend",
+        accounts_apis.InvitationResendApi.as_view(),
+        name="invitation-resend",
+    ),
     path("keys", apis_keys.KeyListApi.as_view(), name="keys"),
     path("keys/<str:hash>", apis_keys.KeyDetailApi.as_view(), name="key-detail"),
     path("key", apis_openrouter.CurrentKeyApi.as_view(), name="key-current"),
@@ -90,7 +95,8 @@ urlpatterns = [
         name="password_reset_complete",
     ),
     path("invitations/<str:token>/", views.invitation_accept, name="invitation-accept"),
-    path("o/<slug:org>/", views.dashboard, name="dashboard"),
+    path("o/<slug:org>/", include("accounts.urls")),
+    path("o/<slug:org>/", include("credits.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "api"))),
 ]
