@@ -261,13 +261,18 @@ UsageBatchResult = inline_serializer(
 )
 
 
+def _credits(amount) -> str:
+    """Credits as a plain decimal string: `str()` of a zero quantized to 1e-12 is "0E-12"."""
+    return f"{amount:f}"
+
+
 def recorded_response(result) -> Response:
     """201 for a newly recorded event, 200 with the first result for a retry."""
     return Response(
         {
             "event": UsageEventOutput(result.event).data,
-            "cost": str(result.event.cost),
-            "balance_after": str(result.balance_after),
+            "cost": _credits(result.event.cost),
+            "balance_after": _credits(result.balance_after),
         },
         status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
     )
@@ -365,8 +370,8 @@ class UsageApi(OrganizationListAPIView):
                     {
                         "id": event_id,
                         "status": 201 if outcome.created else 200,
-                        "cost": str(outcome.event.cost),
-                        "balance_after": str(outcome.balance_after),
+                        "cost": _credits(outcome.event.cost),
+                        "balance_after": _credits(outcome.balance_after),
                     }
                 )
         accepted = sum(1 for r in results if r["status"] in (200, 201))

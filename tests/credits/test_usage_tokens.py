@@ -287,3 +287,21 @@ def test_a_capture_takes_the_usage_object_too(funded):
         format="json",
     )
     assert "usage.prompt_tokens_details.cached_tokens" in errors_of(bad)
+
+
+@pytest.mark.parametrize("cost", ["0", 0, 1e-20])
+def test_a_zero_cost_is_a_plain_decimal_string(funded, cost):
+    _, _, client = funded
+    flat = client.post(USAGE, {"id": "z", "model": "x", "cost": cost}, format="json")
+    nested = client.post(
+        USAGE, {"id": "z2", "model": "x", "usage": openrouter_usage(cost=cost)}, format="json"
+    )
+    batch = client.post(
+        USAGE, {"events": [{"id": "z3", "model": "x", "usage": openrouter_usage(cost=cost)}]},
+        format="json",
+    )  # fmt: skip
+    if cost != 1e-20:  # the flat field refuses more decimals than the quantum
+        assert flat.status_code == 201 and flat.json()["cost"] == "0.000000000000"
+    assert nested.status_code == 201 and nested.json()["cost"] == "0.000000000000"
+    assert batch.json()["results"][0]["cost"] == "0.000000000000"
+    assert nested.json()["balance_after"] == "10.000000000000"
