@@ -26,6 +26,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.audit import Actor
+from accounts.context_processors import may_open_teams
 from accounts.pages import organization_page
 from portal.errors import ApplicationError, NotFound
 
@@ -385,7 +386,11 @@ def team_allocate(request, slug: str):
         raise Http404("No such team") from None
     back = request.POST.get("next")
     if not (back and back.startswith(f"/o/{request.organization.slug}/")):
-        back = _team_url(request.organization.slug, team.slug)
+        back = (
+            _team_url(request.organization.slug, team.slug)
+            if may_open_teams(principal)
+            else reverse("ledger", kwargs={"org": request.organization.slug})
+        )
     form = AllocationForm(request.POST)
     if not form.is_valid():
         for field, errors in form.errors.items():
