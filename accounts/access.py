@@ -47,9 +47,12 @@ from .roles import KIND_SCOPES, ORG_WIDE_ROLES, ROLE_SCOPES, KeyKind, Role
 ROLE_RANK = {Role.VIEWER: 1, Role.MEMBER: 2, Role.BILLING: 3, Role.ADMIN: 4, Role.OWNER: 5}
 
 
-# Scopes over records of the whole organization only, which a key bound to a team never holds
-# (it acts on its team only): the audit log names every team's keys and members' actions.
-ORGANIZATION_ONLY_SCOPES = frozenset({"audit:read"})
+# Scopes over the whole organization only, which a key bound to a team never holds (it acts on
+# its team only): the organization's settings, its members and invitations (every e-mail), the
+# audit log (every team's keys and members' actions), and billing.
+ORGANIZATION_ONLY_SCOPES = frozenset(
+    {"org:write", "members:read", "members:write", "audit:read", "billing:read", "billing:write"}
+)
 
 
 def key_scopes(key: ApiKey, *, member_role: str | None = None) -> frozenset[str]:

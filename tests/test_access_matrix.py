@@ -409,67 +409,68 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     # The organization
     "api/v1/organization": {
         "GET":   [P("200 200 200 200 200 200  200 403 200 403")],
-        "PATCH": [P("200 200 403 403 403 403  200 403 200 403", body=lambda w: {"name": "R"})],
+        "PATCH": [P("200 200 403 403 403 403  200 403 403 403", body=lambda w: {"name": "R"})],
     },
     "api/v1/teams": {
-        "GET":  [P("200 200 200 403 403 403  200 403 200 403", check=team_rows)],
-        "POST": [P("201 201 403 403 403 403  201 403 201 403",
+        "GET":  [P("200 200 200 403 403 403  200 403 403 403", check=team_rows)],
+        "POST": [P("201 201 403 403 403 403  201 403 403 403",
                    body=lambda w: {"slug": "gamma", "name": "Gamma"})],
     },
     "api/v1/teams/<slug:slug>": {
-        "GET":   [P("200 200 200 403 403 403  200 403 404 403", path=TEAM["beta"]),
-                  P("200 200 200 403 403 403  200 403 200 403", path=TEAM["alpha"])],
-        "PATCH": [P("200 200 403 403 403 403  200 403 404 403", path=TEAM["beta"],
+        "GET":   [P("200 200 200 403 403 403  200 403 403 403", path=TEAM["beta"]),
+                  P("200 200 200 403 403 403  200 403 403 403", path=TEAM["alpha"])],
+        "PATCH": [P("200 200 403 403 403 403  200 403 403 403", path=TEAM["beta"],
                     body=lambda w: {"name": "Renamed"})],
     },
     # A team's manager manages its members without members:write, but makes no managers; a
-    # team-bound key does not manage members (not even of its own team).
+    # team-bound key holds no scope over the whole organization (settings, members,
+    # invitations, audit, billing: accounts.access.ORGANIZATION_ONLY_SCOPES).
     "api/v1/teams/<slug:slug>/members": {
-        "POST": [P("200 200 403 403 403 200  200 403 404 403", path=TEAM["beta"],
+        "POST": [P("200 200 403 403 403 200  200 403 403 403", path=TEAM["beta"],
                    body=email("member")),
-                 P("200 200 403 403 403 403  200 403 404 403", path=TEAM["beta"],
+                 P("200 200 403 403 403 403  200 403 403 403", path=TEAM["beta"],
                    body=email("member", role="manager")),
                  P("200 200 403 403 403 403  200 403 403 403", path=TEAM["alpha"],
                    body=email("viewer"))],
     },
     "api/v1/teams/<slug:slug>/members/<int:pk>": {
-        "DELETE": [P("204 204 403 403 403 204  204 403 404 403",
+        "DELETE": [P("204 204 403 403 403 204  204 403 403 403",
                      path=lambda w: {"slug": "beta", "pk": w.membership("worker")})],
     },
     "api/v1/members": {
-        "GET": [P("200 200 200 403 403 403  200 403 200 403")],
+        "GET": [P("200 200 200 403 403 403  200 403 403 403")],
     },
     # Only an owner touches the owner role; admins manage up to admin; nobody changes their own.
     "api/v1/members/<int:pk>": {
-        "GET":    [P("200 200 200 403 403 403  200 403 200 403", path=member_pk("owner"))],
+        "GET":    [P("200 200 200 403 403 403  200 403 403 403", path=member_pk("owner"))],
         "PATCH":  [P("403 403 403 403 403 403  403 403 403 403", path=member_pk("owner"),
                      body=lambda w: {"role": "admin"}),
-                   P("200 403 403 403 403 403  200 403 200 403", path=member_pk("admin"),
+                   P("200 403 403 403 403 403  200 403 403 403", path=member_pk("admin"),
                      body=lambda w: {"role": "viewer"}),
-                   P("200 200 403 403 403 403  200 403 200 403", path=member_pk("viewer"),
+                   P("200 200 403 403 403 403  200 403 403 403", path=member_pk("viewer"),
                      body=lambda w: {"role": "admin"}, check=role_is("viewer", "admin")),
                    P("200 403 403 403 403 403  403 403 403 403", path=member_pk("viewer"),
                      body=lambda w: {"role": "owner"})],
-        "DELETE": [P("204 204 403 403 403 403  204 403 204 403", path=member_pk("viewer")),
+        "DELETE": [P("204 204 403 403 403 403  204 403 403 403", path=member_pk("viewer")),
                    P("409 403 403 403 403 403  403 403 403 403", path=member_pk("owner"))],
     },
     "api/v1/invitations": {
-        "GET":  [P("200 200 200 403 403 403  200 403 200 403")],
-        "POST": [P("201 201 403 403 403 403  201 403 201 403",
+        "GET":  [P("200 200 200 403 403 403  200 403 403 403")],
+        "POST": [P("201 201 403 403 403 403  201 403 403 403",
                    body=lambda w: {"email": "new@acme.test"}),
                  P("201 403 403 403 403 403  403 403 403 403",
                    body=lambda w: {"email": "new@acme.test", "role": "owner"}),
-                 P("201 201 403 403 403 403  201 403 404 403",
+                 P("201 201 403 403 403 403  201 403 403 403",
                    body=lambda w: {"email": "new@acme.test", "team": "beta"})],
     },
     "api/v1/invitations/<int:pk>": {
-        "GET":    [P("200 200 200 403 403 403  200 403 200 403",
+        "GET":    [P("200 200 200 403 403 403  200 403 403 403",
                      path=lambda w: {"pk": w.invitation.pk})],
-        "DELETE": [P("200 200 403 403 403 403  200 403 200 403",
+        "DELETE": [P("200 200 403 403 403 403  200 403 403 403",
                      path=lambda w: {"pk": w.invitation.pk})],
     },
     "api/v1/invitations/<int:pk>/resend": {
-        "POST": [P("200 200 403 403 403 403  200 403 200 403",
+        "POST": [P("200 200 403 403 403 403  200 403 403 403",
                    path=lambda w: {"pk": w.invitation.pk})],
     },
     # Keys: a member sees and makes their own (usage keys bound to themselves); a team-bound
@@ -518,7 +519,7 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
         "GET": [P("200 200 200 200 200 200  200 200 200 200")],
     },
     "api/v1/organization/members": {
-        "GET": [P("200 200 200 403 403 403  200 403 200 403")],
+        "GET": [P("200 200 200 403 403 403  200 403 403 403")],
     },
     # The audit log is the whole organization's: a key bound to a team never reads it.
     "api/v1/audit-events": {
