@@ -90,7 +90,7 @@ class TeamListApi(OrganizationListAPIView):
     model = Team
 
     def selector(self, organization):
-        return selectors.team_list(organization=organization)
+        return self.principal.teams()
 
     @extend_schema(operation_id="teams_list", responses={200: TeamOutput(many=True)})
     def get(self, request):
@@ -113,15 +113,13 @@ class TeamDetailApi(OrganizationAPIView):
 
     @extend_schema(operation_id="teams_get", responses={200: TeamOutput})
     def get(self, request, slug: str):
-        return Response(
-            TeamOutput(selectors.team_get(organization=self.organization, slug=slug)).data
-        )
+        return Response(TeamOutput(self.principal.team(slug)).data)
 
     @extend_schema(
         operation_id="teams_update", request=TeamUpdateInput, responses={200: TeamOutput}
     )
     def patch(self, request, slug: str):
-        team = selectors.team_get(organization=self.organization, slug=slug)
+        team = self.principal.team(slug)
         data = self.parse(TeamUpdateInput)
         return Response(TeamOutput(services.team_update(team=team, actor=self.actor, **data)).data)
 
@@ -136,15 +134,22 @@ class TeamMemberOutput(serializers.Serializer):
     role = serializers.ChoiceField(choices=TeamRole.choices)
 
 
+def _manages_team(principal, slug: str, **kwargs) -> bool:
+    """Delegation (`HasScope`): a team's manager may manage its members without members:write."""
+    return any(t.slug == slug for t in principal.teams().filter(pk__in=principal.managed_team_ids))
+
+
 class TeamMembersApi(OrganizationAPIView):
     scope_map = {"POST": "members:write"}
+    delegated = staticmethod(_manages_team)
 
     @extend_schema(
         operation_id="teams_members_set", request=TeamMemberInput, responses={200: TeamMemberOutput}
     )
     def post(self, request, slug: str):
-        team = selectors.team_get(organization=self.organization, slug=slug)
+        team = self.principal.team(slug)
         data = self.parse(TeamMemberInput)
+        self.principal.check_team_members(team, role=data["role"])
         user = _member_user(self.organization, data["email"])
         tm = services.team_member_set(team=team, user=user, role=data["role"], actor=self.actor)
         return Response(TeamMemberOutput(tm).data)
@@ -152,12 +157,14 @@ class TeamMembersApi(OrganizationAPIView):
 
 class TeamMemberDetailApi(OrganizationAPIView):
     scope_map = {"DELETE": "members:write"}
+    delegated = staticmethod(_manages_team)
 
     @extend_schema(operation_id="teams_members_remove", responses={204: None})
     def delete(self, request, slug: str, pk: int):
         """Take a member (by membership id, as in /members/{id}) off the team; a manager loses
         the team's object permissions with it."""
-        team = selectors.team_get(organization=self.organization, slug=slug)
+        team = self.principal.team(slug)
+        self.principal.check_team_members(team)
         membership = selectors.membership_list(organization=self.organization).filter(pk=pk).first()
         if membership is None:
             raise NotFound("No such member in this organization.", resource="member")
@@ -233,6 +240,7 @@ class MemberDetailApi(OrganizationAPIView):
     def patch(self, request, pk: int):
         membership = self._get(pk)
         data = self.parse(MemberUpdateInput)
+        self.principal.check_role_change(membership, data["role"])
         membership = services.membership_role_set(
             membership=membership, role=data["role"], actor=self.actor
         )
@@ -240,7 +248,9 @@ class MemberDetailApi(OrganizationAPIView):
 
     @extend_schema(operation_id="members_remove", responses={204: None, **error_responses(409)})
     def delete(self, request, pk: int):
-        services.membership_remove(membership=self._get(pk), actor=self.actor)
+        membership = self._get(pk)
+        self.principal.check_role_change(membership, None)
+        services.membership_remove(membership=membership, actor=self.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -287,8 +297,9 @@ class InvitationListApi(OrganizationListAPIView):
     )
     def post(self, request):
         data = self.parse(InvitationCreateInput)
+        self.principal.check_invite(data["role"])
         if "team" in data:
-            data["team"] = selectors.team_get(organization=self.organization, slug=data["team"])
+            data["team"] = self.principal.team(data["team"])
         invitation, _token = services.invitation_create(
             organization=self.organization, actor=self.actor, **data
         )

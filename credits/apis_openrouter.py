@@ -53,13 +53,16 @@ class CreditsApi(OrganizationAPIView):
         description="Total credits and usage of the organization (management keys).",
     )
     def get(self, request):
-        if self.key.kind != KeyKind.MANAGEMENT:
+        if self.key is not None and self.key.kind != KeyKind.MANAGEMENT:
             raise PermissionDenied("Only management keys can read the credits.")
-        summary = selectors.balance_summary(organization=self.organization, teams=None)
+        summary = selectors.balance_for(self.principal)
+        total_credits = summary.total_credited
+        if total_credits is None:  # bound to a team: what it can draw on, plus what it used
+            total_credits = summary.available + summary.total_used
         return Response(
             {
                 "data": {  # JSON numbers, as OpenRouter sends them
-                    "total_credits": summary.total_credited,
+                    "total_credits": total_credits,
                     "total_usage": summary.total_used,
                 }
             }
@@ -200,7 +203,7 @@ class GenerationApi(OrganizationAPIView):
     )
     def get(self, request):
         event_id = self.parse(GenerationParams, data=request.query_params)["id"]
-        event = selectors.usage_event_get(key=self.key, event_id=event_id)
+        event = selectors.usage_event_get(principal=self.principal, event_id=event_id)
         data = {f: None for f in _NULL_FIELDS}
         data.update(
             {

@@ -20,7 +20,6 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from accounts.selectors import teams_visible_to_key
 from portal.api import (
     OrganizationAPIView,
     OrganizationListAPIView,
@@ -31,6 +30,7 @@ from portal.api import (
 )
 from portal.errors import (
     ApplicationError,
+    IdempotencyConflict,
     PayloadTooLarge,
     ValidationFailed,
     _drf_field_errors,
@@ -230,6 +230,18 @@ class UsageEventOutput(serializers.Serializer):
     occurred_at = serializers.DateTimeField()
     recorded_at = serializers.DateTimeField()
 
+    def to_representation(self, instance):
+        """Members and keys the principal (`context["principal"]`) may not identify show as
+        the report's "(other members)" and "(other keys)"."""
+        data = super().to_representation(instance)
+        principal = self.context.get("principal")
+        if principal is not None:
+            if data["member"] is not None and not principal.sees_member(instance.member_id):
+                data["member"] = selectors.OTHERS["member"]
+            if data["key"] is not None and not principal.sees_key(instance.api_key):
+                data["key"] = selectors.OTHERS["key"]
+        return data
+
 
 UsageRecorded = inline_serializer(
     "UsageRecorded",
@@ -266,11 +278,19 @@ def _credits(amount) -> str:
     return f"{amount:f}"
 
 
-def recorded_response(result) -> Response:
-    """201 for a newly recorded event, 200 with the first result for a retry."""
+def recorded_response(result, principal) -> Response:
+    """201 for a newly recorded event, 200 with the first result for a retry. The first result
+    of another's request it may not see is not shown: the id is taken (409)."""
+    if not result.created and not (
+        selectors.usage_visible(principal).filter(pk=result.event.pk).exists()
+    ):
+        raise IdempotencyConflict(
+            f"Usage event '{result.event.event_id}' was recorded by another request.",
+            event_id=result.event.event_id,
+        )
     return Response(
         {
-            "event": UsageEventOutput(result.event).data,
+            "event": UsageEventOutput(result.event, context={"principal": principal}).data,
             "cost": _credits(result.event.cost),
             "balance_after": _credits(result.balance_after),
         },
@@ -303,11 +323,13 @@ class UsageApi(OrganizationListAPIView):
     filterset_class = UsageFilter
 
     def selector(self, organization):
-        return selectors.usage_for_key(self.key)
+        return selectors.usage_visible(self.principal)
 
     @extend_schema(operation_id="credits_usage_list", responses={200: UsageEventOutput(many=True)})
     def get(self, request):
-        return self.list_response(UsageEventOutput)
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        context = {"principal": self.principal}
+        return self.get_paginated_response(UsageEventOutput(page, many=True, context=context).data)
 
     @extend_schema(
         operation_id="credits_usage_record",
@@ -329,13 +351,13 @@ class UsageApi(OrganizationListAPIView):
     )
     def post(self, request):
         body = request.data
-        attribution = Attribution.of_key(self.key)
+        attribution = Attribution.of_principal(self.principal)
         if isinstance(body, dict) and "events" in body:
             return self._batch(body, attribution)
         serializer = UsageEventInput(data=body)
         serializer.is_valid(raise_exception=True)
         result = services.usage_record(attribution=attribution, event=serializer.to_usage())
-        return recorded_response(result)
+        return recorded_response(result, self.principal)
 
     def _batch(self, body: dict, attribution: Attribution) -> Response:
         events = body["events"]
@@ -396,8 +418,8 @@ class AuthorizationInput(StrictSerializer):
 
 
 class AuthorizationOutput(serializers.Serializer):
-    id = serializers.IntegerField()
-    idempotency_key = serializers.CharField()
+    id = serializers.UUIDField(source="public_id", help_text="The hold's public id.")
+    idempotency_key = serializers.CharField(help_text="The client's `id`; addresses it too.")
     status = serializers.CharField()
     amount = Credits()
     captured_amount = Credits(allow_null=True)
@@ -419,7 +441,7 @@ class AuthorizationCreateApi(OrganizationAPIView):
     def post(self, request):
         data = self.parse(AuthorizationInput)
         hold, created = services.authorization_create(
-            attribution=Attribution.of_key(self.key),
+            attribution=Attribution.of_principal(self.principal),
             id=data["id"],
             amount=data.get("amount"),
             model=data["model"],
@@ -450,17 +472,17 @@ class AuthorizationCaptureApi(OrganizationAPIView):
         description="Capture with the actual usage: records the usage event, posts "
         "its cost and releases the rest of the hold.",
     )
-    def post(self, request, pk: int):
-        hold = selectors.hold_get(organization=self.organization, pk=pk)
+    def post(self, request, id: str):
+        hold = selectors.hold_get(principal=self.principal, id=id)
         serializer = CaptureInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
-        data.setdefault("id", f"authorization-{hold.pk}")
+        data.setdefault("id", f"authorization-{hold.public_id}")
         data.setdefault("model", hold.model)
         if not data["model"]:
             raise ValidationFailed({"model": ["Required (the authorization named none)."]})
         result = services.authorization_capture(hold=hold, event=UsageInput(**data))
-        return recorded_response(result)
+        return recorded_response(result, self.principal)
 
 
 class AuthorizationVoidApi(OrganizationAPIView):
@@ -471,8 +493,8 @@ class AuthorizationVoidApi(OrganizationAPIView):
         request=None,
         responses={200: AuthorizationOutput, **error_responses(409)},
     )
-    def post(self, request, pk: int):
-        hold = selectors.hold_get(organization=self.organization, pk=pk)
+    def post(self, request, id: str):
+        hold = selectors.hold_get(principal=self.principal, id=id)
         return Response(AuthorizationOutput(services.hold_void(hold=hold)).data)
 
 
@@ -523,11 +545,7 @@ class ReportApi(OrganizationAPIView):
         if end <= start:
             raise ValidationFailed({"end": ["Must be after start."]})
         report = selectors.usage_report(
-            organization=self.organization,
-            period=params["period"],
-            start=start,
-            end=end,
-            teams=teams_visible_to_key(self.key) if self.key.team_id or self.key.user_id else None,
+            principal=self.principal, period=params["period"], start=start, end=end
         )
         if params["format"] == "csv":
             return _report_csv(report)

@@ -60,12 +60,12 @@ api_v1 = [
         name="credits-authorizations",
     ),
     path(
-        "credits/authorizations/<int:pk>/capture",
+        "credits/authorizations/<str:id>/capture",
         apis_usage.AuthorizationCaptureApi.as_view(),
         name="credits-authorization-capture",
     ),
     path(
-        "credits/authorizations/<int:pk>/void",
+        "credits/authorizations/<str:id>/void",
         apis_usage.AuthorizationVoidApi.as_view(),
         name="credits-authorization-void",
     ),
