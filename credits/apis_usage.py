@@ -278,16 +278,27 @@ def _credits(amount) -> str:
     return f"{amount:f}"
 
 
+def _taken_by_others(principal, outcomes) -> set[int]:
+    """The events among retried `outcomes` that `principal` may not see: ids that another
+    team's or member's request took (one query)."""
+    retried = {o.event.pk for o in outcomes if not o.created}
+    if not retried:
+        return set()
+    visible = selectors.usage_visible(principal).filter(pk__in=retried).values_list("pk", flat=True)
+    return retried - set(visible)
+
+
+def _taken(event) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"Usage event '{event.event_id}' was recorded by another request.", event_id=event.event_id
+    )
+
+
 def recorded_response(result, principal) -> Response:
     """201 for a newly recorded event, 200 with the first result for a retry. The first result
     of another's request it may not see is not shown: the id is taken (409)."""
-    if not result.created and not (
-        selectors.usage_visible(principal).filter(pk=result.event.pk).exists()
-    ):
-        raise IdempotencyConflict(
-            f"Usage event '{result.event.event_id}' was recorded by another request.",
-            event_id=result.event.event_id,
-        )
+    if _taken_by_others(principal, [result]):
+        raise _taken(result.event)
     return Response(
         {
             "event": UsageEventOutput(result.event, context={"principal": principal}).data,
@@ -378,7 +389,12 @@ class UsageApi(OrganizationListAPIView):
         recorded = services.usage_record_many(
             attribution=attribution, events=[event for _, event in valid]
         )
+        taken = _taken_by_others(
+            self.principal, [o for o in recorded if not isinstance(o, ApplicationError)]
+        )
         for (index, _), outcome in zip(valid, recorded, strict=True):
+            if not isinstance(outcome, ApplicationError) and outcome.event.pk in taken:
+                outcome = _taken(outcome.event)
             outcomes[index] = outcome
         results = []
         for raw, outcome in zip(events, outcomes, strict=True):

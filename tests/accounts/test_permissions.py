@@ -238,3 +238,17 @@ def test_a_members_session_authenticates_the_api_with_csrf(tenant, client):
     assert session.get("/api/v1/credits/balance", **headers).status_code == 200
     assert session.get("/api/v1/members", **headers).status_code == 403
     assert ROLE_SCOPES[Role.VIEWER] == {"org:read", "credits:read", "usage:read"}
+
+
+def test_retrying_another_teams_event_id_shows_nothing_of_it(tenant, alpha):
+    team, alpha_client, org_client = alpha
+    body = {"id": "shared-id", "model": "gpt-4o", "cost": "0.5"}
+    assert org_client.post("/api/v1/credits/usage", body).status_code == 201
+    single = alpha_client.post("/api/v1/credits/usage", body)
+    assert single.status_code == 409 and "balance_after" not in single.content.decode()
+    batch = alpha_client.post("/api/v1/credits/usage", {"events": [body]}, format="json")
+    (result,) = batch.json()["results"]
+    assert result["status"] == 409 and "cost" not in result
+    assert UsageEvent.objects.filter(event_id="shared-id").count() == 1
+    # The key that recorded it gets its first result back.
+    assert org_client.post("/api/v1/credits/usage", body).status_code == 200
