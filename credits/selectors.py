@@ -285,18 +285,50 @@ def balance_summary(
     )
 
 
+def draw_accounts(principal: Principal) -> list[LedgerAccount]:
+    """The spendable accounts whose credits `principal` can draw on: the pool and every team
+    account for a principal of the whole organization; else its teams' own accounts, and the
+    pool when one of its teams is pool-funded (one query)."""
+    accounts = account_list(organization=principal.organization).filter(
+        kind__in=LedgerAccount.HOLDS_LOTS
+    )
+    if principal.org_wide:
+        return list(accounts)
+    funding = dict(principal.teams().values_list("pk", "funding"))
+    own = [pk for pk, f in funding.items() if f == Team.Funding.ALLOCATION]
+    condition = Q(kind=Kind.TEAM, team_id__in=own)
+    if Team.Funding.POOL in funding.values():
+        condition |= Q(kind=Kind.POOL)
+    return list(accounts.filter(condition))
+
+
+@dataclass(frozen=True)
+class Available:
+    balance: Decimal
+    held: Decimal
+    available: Decimal
+
+
+def available_for(principal: Principal) -> Available:
+    """Balance, held and available (credits) of what `principal` can draw on, from the cached
+    account balances only (cheap enough to poll: the page header asks every few seconds)."""
+    accounts = draw_accounts(principal)
+    balance = sum((a.balance for a in accounts), ZERO)
+    held = sum((a.held for a in accounts), ZERO)
+    return Available(balance=balance, held=held, available=balance - held)
+
+
 def balance_for(principal: Principal, now: datetime | None = None) -> BalanceSummary:
     """`balance_summary` as `principal` may see it: whole for a principal of the whole
     organization (usage figures of the member it is bound to, if any); else for the teams it
-    sees, with balance, held and available of the accounts
-    those teams draw on (the pool only as what a pool-funded team can draw on), and the usage it
-    sees."""
+    sees, with balance, held and available of what it can draw on (`draw_accounts`: the pool
+    only as what a pool-funded team can draw on), and the usage it sees."""
     now = now or timezone.now()
+    if principal.org_wide and principal.member_id is None:
+        return balance_summary(organization=principal.organization, now=now)
+    used = usage_visible(principal).filter(COUNTED).aggregate(**_spend_sums("occurred_at", now))
     if principal.org_wide:
         summary = balance_summary(organization=principal.organization, now=now)
-        if principal.member_id is None:
-            return summary
-        used = usage_visible(principal).filter(COUNTED).aggregate(**_spend_sums("occurred_at", now))
         return dataclasses.replace(
             summary,
             total_used=used["total"],
@@ -304,16 +336,8 @@ def balance_for(principal: Principal, now: datetime | None = None) -> BalanceSum
             used_this_month=used["monthly"],
         )
     summary = balance_summary(organization=principal.organization, teams=principal.teams(), now=now)
-    pool = next(
-        (a for a in account_list(organization=principal.organization) if a.kind == Kind.POOL),
-        None,
-    )
-    draws_on_pool = any(t.funding == Team.Funding.POOL for t in summary.teams)
-    own = [t for t in summary.teams if t.funding == Team.Funding.ALLOCATION]
-    sources = [(t.balance, t.held) for t in own]
-    if draws_on_pool and pool is not None:
-        sources.append((pool.balance, pool.held))
-    used = usage_visible(principal).filter(COUNTED).aggregate(**_spend_sums("occurred_at", now))
+    drawn = available_for(principal)
+    pool = next((a for a in draw_accounts(principal) if a.kind == Kind.POOL), None)
     return dataclasses.replace(
         summary,
         total_credited=None,
@@ -322,11 +346,11 @@ def balance_for(principal: Principal, now: datetime | None = None) -> BalanceSum
         total_used=used["total"],
         used_today=used["daily"],
         used_this_month=used["monthly"],
-        balance=sum((b for b, _ in sources), ZERO),
-        held=sum((h for _, h in sources), ZERO),
-        available=sum((b - h for b, h in sources), ZERO),
-        pool_balance=pool.balance if draws_on_pool and pool else None,
-        pool_available=pool.available if draws_on_pool and pool else None,
+        balance=drawn.balance,
+        held=drawn.held,
+        available=drawn.available,
+        pool_balance=pool.balance if pool else None,
+        pool_available=pool.available if pool else None,
     )
 
 

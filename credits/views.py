@@ -57,6 +57,7 @@ from .selectors import (
     account_history,
     account_visible_get,
     accounts_visible,
+    available_for,
     balance_for,
     lots_visible,
     usage_report,
@@ -182,7 +183,7 @@ def dashboard(request):
 @organization_page
 def balance_widget(request):
     """The header's balance: what the principal can draw on now (polled by the page frame)."""
-    summary = balance_for(request.principal)
+    summary = available_for(request.principal)
     response = render(request, "credits/balance_widget.html", {"summary": summary})
     response["Cache-Control"] = "no-store"
     return response

@@ -3,8 +3,8 @@
 import pytest
 from django.core.management import CommandError, call_command
 
-from accounts.models import ApiKey, Organization, Team
 from accounts.access import key_scopes
+from accounts.models import ApiKey, Organization, Team
 
 
 def run(*args) -> str:

@@ -7,10 +7,10 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
 from guardian.shortcuts import get_perms
 
+from accounts.access import key_scopes
 from accounts.audit import audit_verify
 from accounts.models import ApiKey, AuditEvent, Membership
 from accounts.roles import ROLE_SCOPES, Role, TeamRole
-from accounts.access import key_scopes
 from accounts.services import (
     apikey_create,
     apikey_delete,
