@@ -203,7 +203,7 @@ class Probe:
     """One request of B. `path`: the route's parameters (A's objects); `body`, `query`: what to
     send; `status`: what B must get; `check(world, response)`: more assertions."""
 
-    status: int
+    status: int | tuple[int, ...]  # a tuple: any of these
     path: Fill | None = None
     body: Fill | None = None
     query: Fill | None = None
@@ -268,6 +268,54 @@ def fresh_in_b(model, field: str) -> Callable[[World, Any], None]:
         assert model.objects.filter(organization=world.b.org, **{field: value}).count() == 1
 
     return check
+
+
+def b_activity(world: World, response) -> None:
+    """B's activity holds B's usage only (A's event is in a completed day of none of B's)."""
+    rows = response.json()["data"]
+    assert (
+        sum(r["requests"] for r in rows)
+        <= UsageEvent.objects.filter(organization=world.b.org).count()
+    )
+
+
+empty_data = expect(lambda w, r: r.json()["data"] == [])
+
+
+def only_b_members(world: World, response) -> None:
+    emails = {m["email"] for m in response.json()["data"]}
+    assert emails and emails <= {m.user.email for m in world.b.org.memberships.all()}, emails
+
+
+def _page_params(world: World, route: str, org: str) -> dict:
+    """A page route's parameters: `org` and A's objects (a team, a membership or an account or
+    an invitation for `pk`, a key)."""
+    params = {"org": org, "slug": world.a_team.slug, "hash": world.a_key.hash}
+    if "members/<int:pk>" in route:
+        membership = world.a.org.memberships.filter(user=world.a_member).first()
+        params["pk"] = membership.pk if membership else 987654321  # gone in the leak self-test
+    elif "invitations/" in route:
+        params["pk"] = world.a_invitation.pk
+    elif "accounts/" in route:
+        params["pk"] = world.a_pool.pk
+    return params
+
+
+def page_probes(route: str, only: str | None = None) -> dict[str, list[Probe]]:
+    """GET and POST as B's owner: in A's organization, 404; in B's own, a page naming one of
+    A's objects is 404 too (a page of B's without parameters is B's own business). A method the
+    page does not take (`only` names the one it takes) is 405 or 404, whichever the view checks
+    first: neither tells anything of A."""
+
+    def probes(status) -> list[Probe]:
+        out = [Probe(status, path=lambda w: _page_params(w, route, w.a.org.slug), markers=False)]
+        if re.search(r"<(?!slug:org)", route):
+            out.append(
+                Probe(status, path=lambda w: _page_params(w, route, w.b.org.slug), markers=False)
+            )
+        return out
+
+    return {m: probes(404 if only in (None, m) else (404, 405)) for m in ("GET", "POST")}
 
 
 A_TEAM = {"slug": lambda w: w.a_team.slug}
@@ -389,6 +437,12 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "GET": [Probe(200, check=b_report),
                 Probe(200, query=lambda w: {"format": "csv", "period": "monthly"})],
     },
+    "api/v1/invitations/<int:pk>/resend": {"POST": [Probe(404, path=_params(A_INVITATION))]},
+    "api/v1/activity": {
+        "GET": [Probe(200, check=b_activity),
+                Probe(200, query=lambda w: {"api_key_hash": w.a_usage_key.hash}, check=empty_data)],
+    },
+    "api/v1/organization/members": {"GET": [Probe(200, check=only_b_members)]},
     # Pages, as B's owner (logged in)
     "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
     "o/<slug:org>/": {
@@ -403,6 +457,29 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "POST": [Probe(200, path=lambda w: {"token": w.a_invitation_token}, markers=False,
                        body=lambda w: {"name": "B owner"})],
     },
+    # Organization pages: A's organization answers 404 to B's owner, and B's own pages never
+    # reach A's objects (teams, keys, members, invitations, accounts by A's ids).
+    **{route: page_probes(route) for route in (
+        "o/<slug:org>/teams/", "o/<slug:org>/teams/new/", "o/<slug:org>/teams/<slug:slug>/",
+        "o/<slug:org>/teams/<slug:slug>/edit/",
+        "o/<slug:org>/teams/<slug:slug>/members/<int:pk>/remove/",
+        "o/<slug:org>/members/", "o/<slug:org>/members/invite/",
+        "o/<slug:org>/members/<int:pk>/remove/", "o/<slug:org>/invitations/<int:pk>/revoke/",
+        "o/<slug:org>/keys/", "o/<slug:org>/keys/new/", "o/<slug:org>/keys/<str:hash>/",
+        "o/<slug:org>/keys/<str:hash>/created/", "o/<slug:org>/keys/<str:hash>/delete/",
+        "o/<slug:org>/audit/", "o/<slug:org>/settings/",
+    )},
+    **{route: page_probes(route, only="POST") for route in (
+        "o/<slug:org>/teams/<slug:slug>/members/",
+        "o/<slug:org>/teams/<slug:slug>/members/<int:pk>/role/",
+        "o/<slug:org>/teams/<slug:slug>/allocate/", "o/<slug:org>/members/<int:pk>/role/",
+        "o/<slug:org>/invitations/<int:pk>/resend/", "o/<slug:org>/keys/<str:hash>/toggle/",
+    )},
+    **{route: page_probes(route, only="GET") for route in (
+        "o/<slug:org>/team-balances/", "o/<slug:org>/balance/", "o/<slug:org>/usage/",
+        "o/<slug:org>/usage/export.csv", "o/<slug:org>/ledger/",
+        "o/<slug:org>/ledger/accounts/<int:pk>/", "o/<slug:org>/me/",
+    )},
 }
 # fmt: on
 EXEMPT: dict[str, str] = {
@@ -508,8 +585,12 @@ def run_probes(world: World) -> list[str]:
             for i, probe in enumerate(probes):
                 where = f"{method} /{route} [probe {i}]"
                 response, sent = _send(world, route, method, probe)
-                text = response.content.decode(errors="replace")
-                if response.status_code != probe.status:
+                body = (
+                    b"".join(response.streaming_content) if response.streaming else response.content
+                )
+                text = body.decode(errors="replace")
+                expected = probe.status if isinstance(probe.status, tuple) else (probe.status,)
+                if response.status_code not in expected:
                     failures.append(f"{where}: {response.status_code}, expected {probe.status}: "
                                     f"{text[:300]}")  # fmt: skip
                 else:
