@@ -67,16 +67,23 @@ class TeamUpdateForm(PageForm):
 
 
 class TeamMemberForm(PageForm):
-    """Put an organization member on the team, or change their team role."""
+    """Put an organization member on the team, or change their team role. Chosen from a list
+    when the caller may see every member (`members:read`); else (a team manager) typed as an
+    e-mail address, as the API takes it, so that the page names nobody the caller cannot see."""
 
     member = forms.ChoiceField(label="Member")
+    email = forms.EmailField(label="Member's e-mail")
     role = forms.ChoiceField(label="Team role", choices=TeamRole.choices, initial=TeamRole.MEMBER)
 
-    def __init__(self, *args, members=(), roles=TeamRole.choices, **kwargs):
+    def __init__(self, *args, members=None, roles=TeamRole.choices, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["member"].choices = [("", "Choose a member")] + [
-            (str(m.user_id), m.user.email) for m in members
-        ]
+        if members is None:
+            del self.fields["member"]
+        else:
+            del self.fields["email"]
+            self.fields["member"].choices = [("", "Choose a member")] + [
+                (str(m.user_id), m.user.email) for m in members
+            ]
         self.fields["role"].choices = roles
 
 

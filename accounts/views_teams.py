@@ -130,15 +130,9 @@ def team_detail(request, slug: str):
     manage = _may_manage_members(principal, team)
     add_form = None
     if manage:
-        on_team = {p.user_id for p in places}
-        candidates = [
-            m
-            for m in selectors.membership_list(organization=request.organization).order_by(
-                "user__email"
-            )
-            if m.user_id not in on_team
-        ]
-        add_form = TeamMemberForm(members=candidates, roles=_team_roles(principal, team))
+        add_form = TeamMemberForm(
+            members=_candidates(request, team), roles=_team_roles(principal, team)
+        )
     return render(
         request,
         "accounts/team_detail.html",
@@ -151,6 +145,18 @@ def team_detail(request, slug: str):
             "roles": _team_roles(principal, team),
             "allocation": _allocation(request, team),
         },
+    )
+
+
+def _candidates(request, team: Team):
+    """Members who may be put on `team`, for a caller who may see every member
+    (`members:read`); None for a team manager, who types an e-mail address instead."""
+    if not request.principal.has("members:read"):
+        return None
+    return (
+        selectors.membership_list(organization=request.organization)
+        .exclude(user__team_memberships__team=team)
+        .order_by("user__email")
     )
 
 
@@ -193,9 +199,14 @@ def team_member_add(request, slug: str):
     if not _may_manage_members(principal, team):
         raise Http404("No such page")
     members = selectors.membership_list(organization=request.organization)
-    form = TeamMemberForm(request.POST, members=members, roles=_team_roles(principal, team))
+    form = TeamMemberForm(
+        request.POST, members=_candidates(request, team), roles=_team_roles(principal, team)
+    )
     if form.is_valid():
-        membership = members.filter(user_id=form.cleaned_data["member"]).first()
+        if "email" in form.cleaned_data:
+            membership = members.filter(user__email=form.cleaned_data["email"].lower()).first()
+        else:
+            membership = members.filter(user_id=form.cleaned_data["member"]).first()
         role = form.cleaned_data["role"]
         try:
             if membership is None:

@@ -185,10 +185,13 @@ def test_team_manager_manages_own_team_members_but_makes_no_managers(tenant):
     assert client.get("/o/acme/teams/").status_code == 200
     page = client.get("/o/acme/teams/research/").content.decode()
     assert "Add a member" in page and 'value="manager"' not in page.split("Add a member")[1]
-    response = client.post("/o/acme/teams/research/members/", {"member": bob.pk, "role": "manager"})
+    # A manager cannot list the organization's members: the page names none, they type one.
+    assert "bob@acme.test" not in page and 'name="email"' in page
+    add = "/o/acme/teams/research/members/"
+    response = client.post(add, {"email": "bob@acme.test", "role": "manager"})
     assert response.status_code == 400
     assert not TeamMembership.objects.filter(user=bob).exists()
-    client.post("/o/acme/teams/research/members/", {"member": bob.pk, "role": "member"})
+    client.post(add, {"email": "BOB@acme.test", "role": "member"})
     assert TeamMembership.objects.get(user=bob).role == TeamRole.MEMBER
     # Not the teams they do not manage, nor creating teams.
     assert client.get("/o/acme/teams/new/").status_code == 404

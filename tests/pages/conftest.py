@@ -21,7 +21,11 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(os.environ.get("PAGES_SCREENSHOT_DIR", "/tmp/screens"))
+SCREENSHOTS = Path(
+    os.environ.get(
+        "PAGES_SCREENSHOT_DIR", Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
+    )
+)
 
 
 @pytest.fixture(scope="package")

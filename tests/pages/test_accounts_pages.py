@@ -3,7 +3,7 @@ read its secret once, invite a member who accepts in a second browser, and a vie
 no teams, keys or members page and sees no other member's e-mail.
 
 Screenshots of every accounts page at 1280 and 390 px wide go to PAGES_SCREENSHOT_DIR
-(/tmp/screens by default), named accounts-<page>-<width>.png."""
+(test-output/screenshots by default), named accounts-<page>-<width>.png."""
 
 from __future__ import annotations
 
