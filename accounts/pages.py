@@ -1,14 +1,20 @@
 """What every organization page shares: the tenant and the principal from the URL and the
-session (`organization_page`)."""
+session (`organization_page`), who writes (`actor`), the confirmation step of destructive actions
+(`confirm`), and how a page runs a write (`perform`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import wraps
+from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import Http404, HttpResponseRedirect
+from django.shortcuts import redirect
 
 from portal.api import SESSION_ORGANIZATION
+from portal.errors import ApplicationError
 
 from .access import Principal
 from .models import Organization
@@ -68,3 +74,19 @@ def confirm(request, *, title: str, question: str, action: str, cancel: str, dan
             "danger": danger,
         },
     )
+
+
+def perform(
+    request, write: Callable[[], Any], *, done: str | Callable[[Any], str], then: str
+) -> HttpResponseRedirect:
+    """Run one write of a page (the permission layer's checks and a service call, in `write`):
+    say `done` (a message, or a function of what `write` returned) when it went through, the
+    refusal's own message when the layer or the service refused (`ApplicationError`); redirect
+    to `then` either way (redirect after POST)."""
+    try:
+        result = write()
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, done(result) if callable(done) else done)
+    return redirect(then)

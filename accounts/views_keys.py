@@ -17,7 +17,7 @@ from portal.errors import ApplicationError, NotFound, ValidationFailed
 from . import selectors, services
 from .forms import KeyCreateForm, KeyUpdateForm, form_errors
 from .models import ApiKey
-from .pages import actor, confirm, organization_page
+from .pages import actor, confirm, organization_page, perform
 from .roles import KIND_SCOPES, KeyKind
 
 SECRET_SESSION_KEY = "accounts.new_key_secret"  # noqa: S105 ({hash: secret}, popped once)
@@ -185,15 +185,18 @@ def key_edit(request, hash: str):
 def key_toggle(request, hash: str):
     """Disable an active key or enable a disabled one."""
     key = _key(request, hash)
-    try:
+
+    def toggle():
         request.principal.check_key_manage(key)
-        key = services.apikey_update(key=key, actor=actor(request), disabled=not key.disabled)
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
+        return services.apikey_update(key=key, actor=actor(request), disabled=not key.disabled)
+
+    def done(key) -> str:
         state = "disabled: it stops working at once" if key.disabled else "enabled"
-        messages.success(request, f"Key {key.name} {state}.")
-    return redirect("keys", org=request.organization.slug)
+        return f"Key {key.name} {state}."
+
+    return perform(
+        request, toggle, done=done, then=reverse("keys", kwargs={"org": request.organization.slug})
+    )
 
 
 @organization_page(scope="keys:write")
@@ -211,11 +214,9 @@ def key_delete(request, hash: str):
             action="Delete the key",
             cancel=back,
         )
-    try:
+
+    def delete():
         request.principal.check_key_manage(key)
         services.apikey_delete(key=key, actor=actor(request))
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"Key {key.name} deleted.")
-    return redirect(back)
+
+    return perform(request, delete, done=f"Key {key.name} deleted.", then=back)

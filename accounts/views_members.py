@@ -19,7 +19,7 @@ from portal.errors import ApplicationError, PermissionDenied, ValidationFailed
 from . import selectors, services
 from .forms import InvitationForm, MemberRoleForm, form_errors
 from .models import Invitation, Membership
-from .pages import actor, confirm, organization_page
+from .pages import actor, confirm, organization_page, perform
 from .roles import Role, TeamRole
 
 
@@ -106,6 +106,7 @@ def member_list(request):
 @require_POST
 def member_role(request, pk: int):
     membership = _membership(request, pk)
+    back = reverse("members", kwargs={"org": request.organization.slug})
     form = MemberRoleForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose one of the roles.")
@@ -113,14 +114,14 @@ def member_role(request, pk: int):
         messages.info(request, f"{membership.user.email} is {membership.role} already.")
     else:
         role = form.cleaned_data["role"]
-        try:
+
+        def change():
             request.principal.check_role_change(membership, role)
             services.membership_role_set(membership=membership, role=role, actor=actor(request))
-        except ApplicationError as exc:
-            messages.error(request, exc.message)
-        else:
-            messages.success(request, f"{membership.user.email} is now {role}.")
-    return redirect("members", org=request.organization.slug)
+
+        done = f"{membership.user.email} is now {role}."
+        return perform(request, change, done=done, then=back)
+    return redirect(back)
 
 
 @organization_page(scope="members:write")
@@ -139,14 +140,12 @@ def member_remove(request, pk: int):
             action="Remove the member",
             cancel=back,
         )
-    try:
+
+    def remove():
         request.principal.check_role_change(membership, None)
         services.membership_remove(membership=membership, actor=actor(request))
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"{membership.user.email} was removed.")
-    return redirect(back)
+
+    return perform(request, remove, done=f"{membership.user.email} was removed.", then=back)
 
 
 @organization_page(scope="members:write")
@@ -185,13 +184,12 @@ def member_invite(request):
 @require_POST
 def invitation_resend(request, pk: int):
     invitation = _invitation(request, pk)
-    try:
-        services.invitation_resend(invitation=invitation, actor=actor(request))
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"Invitation sent again to {invitation.email}.")
-    return redirect("members", org=request.organization.slug)
+    return perform(
+        request,
+        lambda: services.invitation_resend(invitation=invitation, actor=actor(request)),
+        done=f"Invitation sent again to {invitation.email}.",
+        then=reverse("members", kwargs={"org": request.organization.slug}),
+    )
 
 
 @organization_page(scope="members:write")
@@ -207,10 +205,9 @@ def invitation_revoke(request, pk: int):
             action="Revoke the invitation",
             cancel=back,
         )
-    try:
-        services.invitation_revoke(invitation=invitation, actor=actor(request))
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"The invitation of {invitation.email} was revoked.")
-    return redirect(back)
+    return perform(
+        request,
+        lambda: services.invitation_revoke(invitation=invitation, actor=actor(request)),
+        done=f"The invitation of {invitation.email} was revoked.",
+        then=back,
+    )

@@ -21,7 +21,7 @@ from . import selectors, services
 from .context_processors import may_open_teams
 from .forms import TeamCreateForm, TeamMemberForm, TeamRoleForm, TeamUpdateForm, form_errors
 from .models import Team, TeamMembership
-from .pages import actor, confirm, organization_page
+from .pages import actor, confirm, organization_page, perform
 from .roles import TeamRole
 
 
@@ -253,21 +253,22 @@ def team_member_role(request, slug: str, pk: int):
     if not _may_manage_members(principal, team):
         raise Http404("No such page")
     place = _place(team, pk)
+    back = reverse("team-detail", kwargs={"org": request.organization.slug, "slug": team.slug})
     form = TeamRoleForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose a team role.")
     else:
         role = form.cleaned_data["role"]
-        try:
+
+        def change():
             principal.check_team_members(team, role=role)
             if place.role == TeamRole.MANAGER:
                 principal.check_team_members(team, role=TeamRole.MANAGER)
             services.team_member_set(team=team, user=place.user, role=role, actor=actor(request))
-        except ApplicationError as exc:
-            messages.error(request, exc.message)
-        else:
-            messages.success(request, f"{place.user.email} is now {role} of {team.name}.")
-    return redirect("team-detail", org=request.organization.slug, slug=team.slug)
+
+        done = f"{place.user.email} is now {role} of {team.name}."
+        return perform(request, change, done=done, then=back)
+    return redirect(back)
 
 
 @organization_page
@@ -291,12 +292,10 @@ def team_member_remove(request, slug: str, pk: int):
             action="Take off the team",
             cancel=back,
         )
-    try:
+
+    def remove():
         if place.role == TeamRole.MANAGER:
             principal.check_team_members(team, role=TeamRole.MANAGER)
         services.team_member_remove(team=team, user=place.user, actor=actor(request))
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"{place.user.email} is off {team.name}.")
-    return redirect(back)
+
+    return perform(request, remove, done=f"{place.user.email} is off {team.name}.", then=back)

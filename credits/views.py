@@ -27,7 +27,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.audit import Actor
 from accounts.context_processors import may_open_teams
-from accounts.pages import organization_page
+from accounts.pages import organization_page, perform
 from portal.errors import ApplicationError, NotFound
 
 from . import services
@@ -401,7 +401,8 @@ def team_allocate(request, slug: str):
         return redirect(back)
     data = form.cleaned_data
     allocate = data["direction"] == "allocate"
-    try:
+
+    def move():
         (principal.check_allocate if allocate else principal.check_reclaim)(team)
         service = services.credits_allocate if allocate else services.credits_reclaim
         service(
@@ -412,13 +413,10 @@ def team_allocate(request, slug: str):
             actor=Actor.from_request(request),
             organization=request.organization,
         )
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        amount = f"{data['amount']:,.2f}"
-        done = f"Allocated {amount} credits to" if allocate else f"Reclaimed {amount} credits from"
-        messages.success(request, f"{done} {team.name}.")
-    return redirect(back)
+
+    amount = f"{data['amount']:,.2f}"
+    done = f"Allocated {amount} credits to" if allocate else f"Reclaimed {amount} credits from"
+    return perform(request, move, done=f"{done} {team.name}.", then=back)
 
 
 @require_GET
