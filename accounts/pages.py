@@ -10,11 +10,12 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
 
 from portal.api import SESSION_ORGANIZATION
 from portal.errors import ApplicationError
+from portal.throttling import write_throttled
 
 from .access import Principal
 from .models import Organization
@@ -90,3 +91,16 @@ def perform(
     else:
         messages.success(request, done(result) if callable(done) else done)
     return redirect(then)
+
+
+def throttled(request, scope: str) -> HttpResponse | None:
+    """A 429 page with `Retry-After` when this page write is over the organization's `scope`
+    limit (the API's throttle: `portal.throttling.write_throttled`), else None."""
+    from django.shortcuts import render
+
+    wait = write_throttled(request, scope)
+    if wait is None:
+        return None
+    response = render(request, "throttled.html", {"seconds": wait}, status=429)
+    response["Retry-After"] = str(wait)
+    return response

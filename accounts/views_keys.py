@@ -17,7 +17,7 @@ from portal.errors import ApplicationError, NotFound, ValidationFailed
 from . import selectors, services
 from .forms import KeyCreateForm, KeyUpdateForm, form_errors
 from .models import ApiKey
-from .pages import actor, confirm, organization_page, perform
+from .pages import actor, confirm, organization_page, perform, throttled
 from .roles import KIND_SCOPES, KeyKind
 
 SECRET_SESSION_KEY = "accounts.new_key_secret"  # noqa: S105 ({hash: secret}, popped once)
@@ -91,6 +91,8 @@ def _create_form(request, data=None) -> KeyCreateForm:
 def key_create(request):
     principal = request.principal
     form = _create_form(request, request.POST or None)
+    if request.method == "POST" and (refused := throttled(request, "keys")):
+        return refused
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:

@@ -19,7 +19,7 @@ from portal.errors import ApplicationError, PermissionDenied, ValidationFailed
 from . import selectors, services
 from .forms import InvitationForm, MemberRoleForm, form_errors
 from .models import Invitation, Membership
-from .pages import actor, confirm, organization_page, perform
+from .pages import actor, confirm, organization_page, perform, throttled
 from .roles import Role, TeamRole
 
 
@@ -155,6 +155,8 @@ def member_invite(request):
     teams = principal.teams().order_by("name")
     form = InvitationForm(request.POST or None, teams=teams)
     form.fields["role"].choices = _invite_roles(principal)
+    if request.method == "POST" and (refused := throttled(request, "invitations")):
+        return refused
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:

@@ -4,12 +4,16 @@ counts.
 
 - API writes: `ScopedRateThrottle` (DRF) for views that name a `throttle_scope`
   (`invitations`, `keys`), counted per organization; 429 in the error format with `Retry-After`.
+  The pages' forms for the same writes count in the same buckets (`write_throttled`).
 - Browser logins: django-axes with its cache handler, per account and per client IP; a locked-out
   login answers 429 with `Retry-After` (`portal.views.login_locked_out`).
 Client IPs come from `portal.net.client_ip` (X-Forwarded-For only behind trusted proxies).
 """
 
 from __future__ import annotations
+
+import math
+from types import SimpleNamespace
 
 from axes.backends import AxesStandaloneBackend
 from django.core.exceptions import ValidationError
@@ -54,6 +58,15 @@ class ScopedRateThrottle(throttling.ScopedRateThrottle):
         else:
             ident = f"ip:{self.get_ident(request)}"
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+def write_throttled(request, scope: str) -> int | None:
+    """Count one write of a page against the API's `scope` bucket (the same counter: a form and
+    the API share one limit per organization). Seconds to wait when over the limit, else None."""
+    throttle = ScopedRateThrottle()
+    if throttle.allow_request(request, SimpleNamespace(throttle_scope=scope)):
+        return None
+    return max(1, math.ceil(throttle.wait() or 1))
 
 
 class LoginAttemptsBackend(AxesStandaloneBackend):

@@ -282,3 +282,26 @@ def test_the_throttle_count_is_in_redis_not_in_this_process(tenant, rates):
     assert api.post("/api/v1/keys", {"name": "k2"}, format="json").status_code == 201
     assert api.post("/api/v1/keys", {"name": "k3"}, format="json").status_code == 429
     assert ApiKey.objects.filter(name__in=["k0", "k1", "k2", "k3"]).count() == 3
+
+
+def test_the_pages_count_in_the_apis_buckets(client, tenant, rates):
+    """The invitation and key forms and the API share one limit per organization: a form cannot
+    go around the API's throttle, nor the API around the form's."""
+    rates(invitations="2/hour", keys="2/hour")
+    _, secret = tenant.key("management")
+    api = tenant.client(secret)
+    assert api.post("/api/v1/invitations", {"email": "a@acme.test"}).status_code == 201
+    client.force_login(tenant.owner)
+    invite = "/o/acme/members/invite/"
+    form = {"email": "b@acme.test", "role": "member", "team": "", "team_role": "member"}
+    assert client.post(invite, form).status_code == 302
+    refused = client.post(invite, {**form, "email": "c@acme.test"})
+    assert refused.status_code == 429 and 0 < int(refused["Retry-After"]) <= 3600
+    assert "Too many requests" in refused.content.decode()
+    assert api.post("/api/v1/invitations", {"email": "d@acme.test"}).status_code == 429
+    assert Invitation.objects.count() == 2
+    assert api.post("/api/v1/keys", {"name": "k1"}).status_code == 201
+    assert api.post("/api/v1/keys", {"name": "k2"}).status_code == 201
+    made = ApiKey.objects.count()
+    refused = client.post("/o/acme/keys/new/", {"name": "page key", "kind": "usage"})
+    assert refused.status_code == 429 and ApiKey.objects.count() == made
