@@ -44,7 +44,8 @@ def organization_page(view=None, *, scope: str | None = None):
                 raise Http404("No such page")
             request.organization, request.membership = organization, membership
             request.principal = principal
-            request.session[SESSION_ORGANIZATION] = organization.slug
+            if request.session.get(SESSION_ORGANIZATION) != organization.slug:
+                request.session[SESSION_ORGANIZATION] = organization.slug  # no write per poll
             return view(request, *args, **kwargs)
 
         return wrapper
