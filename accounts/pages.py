@@ -39,6 +39,7 @@ def organization_page(view=None, *, scope: str | None = None):
             )
             if not membership:
                 raise Http404("No such organization")
+            membership.organization, membership.user = organization, request.user  # loaded
             principal = Principal.for_membership(membership)
             if scope is not None and not principal.has(scope):
                 raise Http404("No such page")
