@@ -2,7 +2,8 @@
 the dashboard (balances, daily spend chart, teams, usage), the organization switcher, tenancy
 (404 for non-members), and accepting invitations as a new and as an existing user.
 
-Screenshots of the login page and the dashboard go to /tmp/screens (PAGES_SCREENSHOT_DIR)."""
+Screenshots of the login page and the dashboard go to test-output/screenshots
+(PAGES_SCREENSHOT_DIR)."""
 
 from __future__ import annotations
 
@@ -264,3 +265,20 @@ def test_swagger_ui_is_served_by_the_portal_itself(page):
     expect(page.get_by_role("heading", name=re.compile("Credit portal API"))).to_be_visible()
     expect(page.get_by_text("/api/v1/credits/usage").first).to_be_visible()
     assert external == []
+
+
+def test_swagger_try_it_out_works_for_a_logged_in_admin(page, tenant):
+    """The browser session authenticates the API (CSRF enforced: Swagger UI sends the token),
+    in the organization opened last in the pages: "Try it out" changes the organization."""
+    log_in(page, tenant.owner.email)
+    page.goto("/o/acme/")
+    page.goto("/api/v1/schema/swagger/")
+    operation = page.locator("#operations-organization-organization_update")
+    operation.locator(".opblock-summary").click()
+    operation.get_by_role("button", name="Try it out").click()
+    operation.locator("textarea.body-param__text").fill('{"name": "Acme from Swagger"}')
+    operation.get_by_role("button", name="Execute").click()
+    status = operation.locator(".live-responses-table tbody .response-col_status").first
+    expect(status).to_have_text("200")
+    tenant.org.refresh_from_db()
+    assert tenant.org.name == "Acme from Swagger"
