@@ -148,13 +148,16 @@ def peak_hour(hours: list[HourSpend]) -> HourSpend | None:
 OTHERS = "(others)"
 
 
-def stacked_series(rows: list[dict], days: list[date], top: int = 5) -> list[dict]:
+def stacked_series(
+    rows: list[dict], days: list[date], top: int = 5, empty: str = "(none)"
+) -> list[dict]:
     """Datasets for a stacked chart of spend per day by one dimension: `rows` hold `day`
-    (a date), `key` and `cost`. The `top` keys by total cost get a series each (largest first),
-    the rest are summed into `OTHERS`. Amounts are exact decimal strings, one per day."""
+    (a date), `key` and `cost`; rows without a key are labelled `empty`. The `top` keys by total
+    cost get a series each (largest first), the rest are summed into `OTHERS`. Amounts are exact
+    decimal strings, one per day."""
     totals: dict[str, Decimal] = {}
     for row in rows:
-        key = row["key"] if row["key"] not in (None, "") else "(none)"
+        key = row["key"] if row["key"] not in (None, "") else empty
         totals[key] = totals.get(key, ZERO) + row["cost"]
     ranked = sorted(totals, key=lambda k: (-totals[k], k))
     shown = ranked[:top]
@@ -165,7 +168,7 @@ def stacked_series(rows: list[dict], days: list[date], top: int = 5) -> list[dic
         i = index.get(row["day"])
         if i is None:
             continue
-        key = row["key"] if row["key"] not in (None, "") else "(none)"
+        key = row["key"] if row["key"] not in (None, "") else empty
         name = key if key in shown else OTHERS
         values[name][i] += row["cost"]
     return [{"label": name, "data": [str(v) for v in values[name]]} for name in names]

@@ -140,6 +140,7 @@ def dashboard(request):
             dimension: stacked_series(
                 spend_by_day(principal=principal, start=start, end=end, tz=tz, dimension=dimension),
                 day_list,
+                empty="No team (pool)" if dimension == "team" else "(none)",
             )
             for dimension in ("team", "model", "operation")
         },
