@@ -55,21 +55,35 @@ ORGANIZATION_ONLY_SCOPES = frozenset(
 )
 
 
-def key_scopes(key: ApiKey, *, member_role: str | None = None) -> frozenset[str]:
+_LOOK_UP = object()  # key_scopes: read the bound member's role from the database
+
+
+def key_scopes(key: ApiKey, *, member_role: str | None | object = _LOOK_UP) -> frozenset[str]:
     """A key's effective scopes: its own explicit list, narrowed to what its kind may ever hold,
     for a key bound to a team to what is not the whole organization's, and for a key bound to a
-    member to that member's role (none once they left)."""
+    member to that member's role (`member_role`, read when not given; None: they left, so no
+    scope at all)."""
     own = frozenset(key.scopes) & KIND_SCOPES[key.kind]
     if key.team_id is not None:
         own -= ORGANIZATION_ONLY_SCOPES
     if key.user_id is not None:
-        if member_role is None:
-            membership = Membership.objects.filter(
-                organization_id=key.organization_id, user_id=key.user_id
-            ).first()
-            member_role = membership.role if membership else None
+        if member_role is _LOOK_UP:
+            member_role = member_roles([key]).get(key.user_id)
         own &= ROLE_SCOPES.get(member_role, frozenset())
     return own
+
+
+def member_roles(keys) -> dict[int, str]:
+    """{user id: role} of the members `keys` are bound to, in the keys' organizations (one
+    query for a list of keys)."""
+    users = {(k.organization_id, k.user_id) for k in keys if k.user_id is not None}
+    if not users:
+        return {}
+    organizations = {org for org, _ in users}
+    rows = Membership.objects.filter(
+        organization_id__in=organizations, user_id__in={user for _, user in users}
+    ).values_list("organization_id", "user_id", "role")
+    return {user: role for org, user, role in rows if (org, user) in users}
 
 
 @dataclass
@@ -109,12 +123,7 @@ class Principal:
 
     @classmethod
     def for_key(cls, key: ApiKey) -> Principal:
-        role = None
-        if key.user_id is not None:
-            membership = Membership.objects.filter(
-                organization_id=key.organization_id, user_id=key.user_id
-            ).first()
-            role = membership.role if membership else None
+        role = member_roles([key]).get(key.user_id) if key.user_id is not None else None
         return cls(
             organization=key.organization,
             scopes=key_scopes(key, member_role=role),

@@ -98,7 +98,7 @@ class CurrentKeyApi(OrganizationAPIView):
     def get(self, request):
         key = self.key
         usage = selectors.key_usage_totals([key])[key.pk]
-        document = key_document(key, usage)
+        document = key_document(key, usage, self.principal.role)
         document.update(
             {
                 "is_provisioning_key": document["is_management_key"],

@@ -252,3 +252,23 @@ def test_retrying_another_teams_event_id_shows_nothing_of_it(tenant, alpha):
     assert UsageEvent.objects.filter(event_id="shared-id").count() == 1
     # The key that recorded it gets its first result back.
     assert org_client.post("/api/v1/credits/usage", body).status_code == 200
+
+
+def test_listing_keys_costs_the_same_for_any_number(tenant, django_assert_max_num_queries):
+    _, secret = tenant.key("management", user=tenant.owner)
+    client = tenant.client(secret)
+    for i in range(3):
+        tenant.key("usage", user=tenant.member(Role.MEMBER))
+    with django_assert_max_num_queries(8) as few:
+        assert len(client.get("/api/v1/keys").json()["data"]) == 4
+    for i in range(10):
+        tenant.key("usage", user=tenant.member(Role.VIEWER))
+    with django_assert_max_num_queries(len(few)):
+        data = client.get("/api/v1/keys").json()["data"]
+    assert len(data) == 14
+    # each bound key's scopes follow its member's role
+    usage_keys = [d for d in data if d["kind"] == "usage"]
+    viewer_scopes = {frozenset(d["scopes"]) for d in usage_keys} - {
+        frozenset(KIND_SCOPES["usage"])  # the members' keys
+    }
+    assert viewer_scopes == {frozenset({"credits:read", "usage:read"})}
