@@ -257,11 +257,11 @@ def test_retrying_another_teams_event_id_shows_nothing_of_it(tenant, alpha):
 def test_listing_keys_costs_the_same_for_any_number(tenant, django_assert_max_num_queries):
     _, secret = tenant.key("management", user=tenant.owner)
     client = tenant.client(secret)
-    for i in range(3):
+    for _ in range(3):
         tenant.key("usage", user=tenant.member(Role.MEMBER))
     with django_assert_max_num_queries(8) as few:
         assert len(client.get("/api/v1/keys").json()["data"]) == 4
-    for i in range(10):
+    for _ in range(10):
         tenant.key("usage", user=tenant.member(Role.VIEWER))
     with django_assert_max_num_queries(len(few)):
         data = client.get("/api/v1/keys").json()["data"]
