@@ -3,8 +3,6 @@ void) and the usage report. Keep these names: integrations rely on them."""
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import timedelta
 
 import django_filters
@@ -37,6 +35,7 @@ from portal.errors import (
     error_body,
 )
 from portal.money import quantize_credits
+from portal.spreadsheet import csv_lines
 
 from . import selectors, services
 from .apis import Credits
@@ -569,7 +568,6 @@ class ReportApi(OrganizationAPIView):
 
 
 def _report_csv(report: dict) -> HttpResponse:
-    out = io.StringIO()
     columns = [
         "events",
         "cost",
@@ -578,15 +576,14 @@ def _report_csv(report: dict) -> HttpResponse:
         "cached_tokens",
         "reasoning_tokens",
     ]
-    writer = csv.writer(out)
-    writer.writerow(["dimension", "key", *columns])
-    writer.writerow(["total", "", *[report["totals"][c] for c in columns]])
+    rows = [["total", "", *[report["totals"][c] for c in columns]]]
     for row in report["series"]:
-        writer.writerow([report["period"], row["start"].isoformat(), *[row[c] for c in columns]])
-    for dimension, rows in report["breakdowns"].items():
-        for row in rows:
-            writer.writerow([dimension, row["key"] or "", *[row[c] for c in columns]])
-    response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
+        rows.append([report["period"], row["start"].isoformat(), *[row[c] for c in columns]])
+    for dimension, breakdown in report["breakdowns"].items():
+        for row in breakdown:
+            rows.append([dimension, row["key"] or "", *[row[c] for c in columns]])
+    body = "".join(csv_lines(["dimension", "key", *columns], rows))
+    response = HttpResponse(body, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = (
         f'attachment; filename="usage-{report["period"]}-{report["start"]:%Y%m%d}.csv"'
     )

@@ -9,7 +9,6 @@ organization's time zone."""
 
 from __future__ import annotations
 
-import csv
 import uuid
 from datetime import datetime, time, timedelta
 from decimal import Decimal
@@ -29,6 +28,7 @@ from accounts.audit import Actor
 from accounts.context_processors import may_open_teams
 from accounts.pages import organization_page, perform
 from portal.errors import ApplicationError, NotFound
+from portal.spreadsheet import csv_lines
 
 from . import services
 from .analytics import (
@@ -239,20 +239,6 @@ def usage(request):
     return render(request, template, context, status=status)
 
 
-class _Echo:
-    """A file-like object whose write returns the line, for csv.writer in a generator."""
-
-    def write(self, value):
-        return value
-
-
-def _csv_lines(rows):
-    writer = csv.writer(_Echo())
-    yield writer.writerow(EXPORT_COLUMNS)
-    for row in rows:
-        yield writer.writerow(row)
-
-
 @require_GET
 @organization_page(scope="usage:read")
 @local_time
@@ -263,7 +249,9 @@ def usage_export(request):
         raise BadRequest("Invalid filters")
     qs = _filtered_usage(request, form)
     rows = export_rows(qs, principal=request.principal, tz=timezone.get_current_timezone())
-    response = StreamingHttpResponse(_csv_lines(rows), content_type="text/csv; charset=utf-8")
+    response = StreamingHttpResponse(
+        csv_lines(EXPORT_COLUMNS, rows), content_type="text/csv; charset=utf-8"
+    )
     stamp = timezone.localtime().strftime("%Y%m%d-%H%M")
     filename = f"usage-{request.organization.slug}-{stamp}.csv"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
