@@ -238,3 +238,65 @@ class AllocationApi(OrganizationAPIView):
             },
             status=status.HTTP_201_CREATED,
         )
+
+
+# Forecast ----------------------------------------------------------------------------------------
+
+
+class RateOutput(serializers.Serializer):
+    window = serializers.CharField(source="name", help_text="24h, 7d or 30d")
+    spent = Credits(help_text="Credits spent in the trailing window.")
+    hours = serializers.IntegerField(help_text="Hours of it with usage history (≤ the window).")
+    per_hour = Credits()
+    per_day = Credits()
+    partial = serializers.BooleanField(help_text="The usage history is shorter than the window.")
+
+
+class ProjectionOutput(serializers.Serializer):
+    rate = serializers.CharField(source="rate.name", allow_null=True, default=None)
+    reason = serializers.CharField()
+    days = Credits(allow_null=True, help_text="How long the available credits last.")
+    depletes_on = serializers.DateField(allow_null=True, help_text="In the organization's zone.")
+
+
+class HourOutput(serializers.Serializer):
+    hour = serializers.IntegerField(help_text="0-23 in the organization's time zone.")
+    events = serializers.IntegerField()
+    cost = Credits()
+
+
+class AccountForecastOutput(serializers.Serializer):
+    id = serializers.IntegerField(source="account.pk")
+    kind = serializers.CharField(source="account.kind")
+    team = serializers.CharField(source="account.team.slug", allow_null=True, default=None)
+    available = Credits()
+    rates = RateOutput(many=True)
+    projection = ProjectionOutput()
+
+
+class ForecastOutput(serializers.Serializer):
+    generated_at = serializers.DateTimeField()
+    time_zone = serializers.CharField()
+    available = Credits(help_text="What the caller can draw on.")
+    rates = RateOutput(many=True)
+    projection = ProjectionOutput()
+    hours = HourOutput(many=True)
+    accounts = AccountForecastOutput(many=True)
+
+
+class ForecastApi(OrganizationAPIView):
+    scope_map = {"GET": "credits:read"}
+
+    @extend_schema(
+        operation_id="credits_forecast",
+        responses={200: ForecastOutput},
+        description="Run rates per hour and per day over the last 24 hours, 7 and 30 days, "
+        "spend by hour of day (organization time zone), and the projected depletion date of "
+        "what the caller can draw on and of each of those accounts, with the rate it uses and "
+        "why (the 7-day rate unless the last 24 hours run at twice it or more).",
+    )
+    def get(self, request):
+        from .forecast import forecast_for
+
+        data = ForecastOutput(forecast_for(self.principal)).data
+        return Response(data)

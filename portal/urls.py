@@ -70,6 +70,7 @@ api_v1 = [
         name="credits-authorization-void",
     ),
     path("credits/report", apis_usage.ReportApi.as_view(), name="credits-report"),
+    path("credits/forecast", credits_apis.ForecastApi.as_view(), name="credits-forecast"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]

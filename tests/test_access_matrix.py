@@ -322,6 +322,15 @@ def balance(w: World, p: str, response) -> None:
         assert body["pool_balance"] is None  # alpha and beta draw on their own accounts
 
 
+def forecast_accounts(w: World, p: str, response) -> None:
+    """The accounts it can draw on: every pool and team account org-wide, else its teams'."""
+    listed = {(row["kind"], row["team"]) for row in response.json()["accounts"]}
+    if p in ORG_WIDE:
+        assert ("pool", None) in listed and {("team", "alpha"), ("team", "beta")} <= listed
+    else:
+        assert listed == {("team", team) for team in SEES_TEAMS[p]}, listed
+
+
 def report(w: World, p: str, response) -> None:
     body = response.json()
     seen = _seen(SEES_USAGE, p, USAGE_MAKERS)
@@ -581,6 +590,9 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     "api/v1/credits/authorizations/<str:id>/void": {
         "POST": [P("200 200 403 404 403 200  200 404 404 404", path=hold_id("beta", "uuid")),
                  P("200 200 403 200 403 404  200 404 404 200", path=hold_id("member"))],
+    },
+    "api/v1/credits/forecast": {
+        "GET": [P("200 200 200 200 200 200  200 200 200 200", check=forecast_accounts)],
     },
     "api/v1/credits/report": {
         "GET": [P("200 200 200 200 200 200  200 200 200 200", check=report),

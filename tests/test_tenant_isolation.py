@@ -279,6 +279,15 @@ def b_activity(world: World, response) -> None:
     )
 
 
+def b_forecast(world: World, response) -> None:
+    """B's accounts and B's spend only."""
+    body = response.json()
+    ids = {a["id"] for a in body["accounts"]}
+    assert ids and not ids & world.a_ids(LedgerAccount)
+    spent = {r["window"]: Decimal(r["spent"]) for r in body["rates"]}
+    assert spent["30d"] == _b_used(world)
+
+
 empty_data = expect(lambda w, r: r.json()["data"] == [])
 
 
@@ -437,6 +446,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "GET": [Probe(200, check=b_report),
                 Probe(200, query=lambda w: {"format": "csv", "period": "monthly"})],
     },
+    "api/v1/credits/forecast": {"GET": [Probe(200, check=b_forecast)]},
     "api/v1/invitations/<int:pk>/resend": {"POST": [Probe(404, path=_params(A_INVITATION))]},
     "api/v1/activity": {
         "GET": [Probe(200, check=b_activity),
