@@ -53,15 +53,16 @@ def _claim(message_id: int) -> OutboxMessage | None:
     return message
 
 
-def _endpoint_failed(endpoint: WebhookEndpoint, now) -> None:
-    """Mark the endpoint failing; disable it (and tell the admins) after a day of failures."""
+def _endpoint_failed(endpoint: WebhookEndpoint, now) -> bool:
+    """Mark the endpoint failing; disable it (and tell the admins) after a day of failures.
+    Returns whether it was disabled now."""
     from .services import notify
 
     endpoint = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
     if endpoint.failing_since is None:
         endpoint.failing_since = now
         endpoint.save(update_fields=["failing_since"])
-        return
+        return False
     if endpoint.enabled and now - endpoint.failing_since >= settings.WEBHOOK_DISABLE_AFTER:
         endpoint.enabled = False
         endpoint.disabled_at = now
@@ -74,6 +75,8 @@ def _endpoint_failed(endpoint: WebhookEndpoint, now) -> None:
             type="webhook.endpoint_disabled",
             data={"endpoint": str(endpoint.public_id), "url": endpoint.url},
         )
+        return True
+    return False
 
 
 def _record(message: OutboxMessage, outcome: Outcome, started) -> str:
@@ -110,8 +113,10 @@ def _record(message: OutboxMessage, outcome: Outcome, started) -> str:
                 delay = delays[current.attempts - 1]
                 current.next_attempt_at = now + timedelta(seconds=delay)
                 retry_in = delay
-            if endpoint is not None and not outcome.permanent:
-                _endpoint_failed(endpoint, now)
+            if endpoint is not None and not outcome.permanent and _endpoint_failed(endpoint, now):
+                current.status = OutboxMessage.Status.FAILED
+                current.last_error = f"{outcome.error}; the endpoint was disabled."
+                retry_in = None
         current.save(update_fields=["status", "delivered_at", "last_error", "next_attempt_at"])
         if retry_in is not None and retry_in <= COUNTDOWN_LIMIT:
             if not current_app.conf.task_always_eager:  # eager: the sweep retries
