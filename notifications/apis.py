@@ -322,9 +322,7 @@ class WebhookRotateSecretApi(_WebhookView):
 class WebhookTestApi(_WebhookView):
     scope_map = {"POST": "org:write"}
 
-    @extend_schema(
-        operation_id="webhooks_test", request=None, responses={202: DeliveryOutput}
-    )
+    @extend_schema(operation_id="webhooks_test", request=None, responses={202: DeliveryOutput})
     def post(self, request, id):
         message = services.webhook_endpoint_test(endpoint=self.endpoint(id), actor=self.actor)
         message = selectors.delivery_get(endpoint=message.endpoint, message_id=message.message_id)

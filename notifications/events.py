@@ -27,12 +27,16 @@ _FUNDERS = frozenset({"credits:write", "billing:write"})
 EVENT_TYPES: dict[str, EventType] = {
     e.name: e
     for e in (
-        EventType("budget.threshold_crossed", "Budget threshold crossed", "credits:read", _MANAGERS),
+        EventType(
+            "budget.threshold_crossed", "Budget threshold crossed", "credits:read", _MANAGERS
+        ),
         EventType("budget.exhausted", "Budget exhausted", "credits:read", _MANAGERS, email=True),
         EventType("budget.recovered", "Budget recovered", "credits:read", _MANAGERS),
         EventType("balance.low", "Balance low", "credits:read", _FUNDERS, email=True),
         EventType("credits.expiring", "Credits expiring", "credits:read", _FUNDERS, email=True),
-        EventType("budget.forecast_exceeded", "Budget forecast exceeded", "credits:read", _MANAGERS),
+        EventType(
+            "budget.forecast_exceeded", "Budget forecast exceeded", "credits:read", _MANAGERS
+        ),
         EventType(
             "authorization.refused",
             "Request refused",

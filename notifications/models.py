@@ -49,6 +49,9 @@ class NotificationEvent(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        return self.type
+
 
 class Notification(models.Model):
     """An in-app notification of one member."""
@@ -109,6 +112,9 @@ class NotificationPreference(models.Model):
                 fields=["organization", "user", "event_type"], name="notification_preference_unique"
             )
         ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.event_type}"
 
 
 class WebhookEndpoint(models.Model):
@@ -200,6 +206,9 @@ class OutboxMessage(models.Model):
             models.Index(fields=["endpoint", "-created_at"], name="outbox_endpoint"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.message_id} ({self.channel}, {self.status})"
+
 
 class DeliveryAttempt(models.Model):
     """One try of one outbox message."""
@@ -214,3 +223,6 @@ class DeliveryAttempt(models.Model):
 
     class Meta:
         ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.message.message_id} at {self.started_at:%Y-%m-%d %H:%M:%S}"

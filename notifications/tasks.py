@@ -67,9 +67,9 @@ def _endpoint_failed(endpoint: WebhookEndpoint, now) -> bool:
         endpoint.enabled = False
         endpoint.disabled_at = now
         endpoint.save(update_fields=["enabled", "disabled_at"])
-        OutboxMessage.objects.filter(
-            endpoint=endpoint, status=OutboxMessage.Status.PENDING
-        ).update(status=OutboxMessage.Status.FAILED, last_error="The endpoint was disabled.")
+        OutboxMessage.objects.filter(endpoint=endpoint, status=OutboxMessage.Status.PENDING).update(
+            status=OutboxMessage.Status.FAILED, last_error="The endpoint was disabled."
+        )
         notify(
             organization=endpoint.organization,
             type="webhook.endpoint_disabled",

@@ -148,9 +148,7 @@ def webhook_create(request):
         else:
             request.session[SECRET_SESSION_KEY] = {str(endpoint.public_id): secret}
             messages.success(request, "Webhook endpoint created.")
-            return redirect(
-                "webhook-secret", org=request.organization.slug, id=endpoint.public_id
-            )
+            return redirect("webhook-secret", org=request.organization.slug, id=endpoint.public_id)
     return render(request, "notifications/webhook_form.html", {"form": form, "endpoint": None})
 
 
@@ -179,15 +177,15 @@ def webhook_edit(request, id: str):
     form = WebhookEditForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            services.webhook_endpoint_update(endpoint=endpoint, actor=actor(request), **form.cleaned_data)
+            services.webhook_endpoint_update(
+                endpoint=endpoint, actor=actor(request), **form.cleaned_data
+            )
         except ApplicationError as exc:
             form_errors(form, exc)
         else:
             messages.success(request, "Webhook endpoint saved.")
             return redirect("webhooks", org=request.organization.slug)
-    return render(
-        request, "notifications/webhook_form.html", {"form": form, "endpoint": endpoint}
-    )
+    return render(request, "notifications/webhook_form.html", {"form": form, "endpoint": endpoint})
 
 
 @organization_page(scope="org:write")

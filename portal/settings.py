@@ -300,7 +300,8 @@ WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 # Seconds before each retry (Standard Webhooks / Svix: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h;
 # eight attempts over about 27 hours). The message is dead after the last.
 WEBHOOK_RETRY_DELAYS = [
-    float(s) for s in env.list("WEBHOOK_RETRY_DELAYS", default=[5, 300, 1800, 7200, 18000, 36000, 36000])
+    float(s)
+    for s in env.list("WEBHOOK_RETRY_DELAYS", default=[5, 300, 1800, 7200, 18000, 36000, 36000])
 ]
 WEBHOOK_DISABLE_AFTER = timedelta(hours=env.float("WEBHOOK_DISABLE_AFTER_HOURS", default=24))
 TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID", default="")

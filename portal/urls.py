@@ -94,7 +94,9 @@ api_v1 = [
         notifications_apis.WebhookRotateSecretApi.as_view(),
         name="webhook-rotate-secret",
     ),
-    path("webhooks/<str:id>/test", notifications_apis.WebhookTestApi.as_view(), name="webhook-test"),
+    path(
+        "webhooks/<str:id>/test", notifications_apis.WebhookTestApi.as_view(), name="webhook-test"
+    ),
     path(
         "webhooks/<str:id>/deliveries",
         notifications_apis.WebhookDeliveriesApi.as_view(),

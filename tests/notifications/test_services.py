@@ -152,9 +152,7 @@ def test_the_secret_is_encrypted_at_rest(tenant):
     )  # fmt: skip
     assert secret.startswith("whsec_")
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT * FROM notifications_webhookendpoint WHERE id = %s", [endpoint.pk]
-        )
+        cursor.execute("SELECT * FROM notifications_webhookendpoint WHERE id = %s", [endpoint.pk])
         row = " ".join(str(v) for v in cursor.fetchone())
     assert secret not in row and secret.removeprefix("whsec_") not in row
     assert WebhookEndpoint.objects.get(pk=endpoint.pk).secret == secret
@@ -209,9 +207,7 @@ def test_refused_again_at_delivery_when_dns_changed(
 
     settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = False
     answer = {"ip": "93.184.215.14"}
-    monkeypatch.setattr(
-        socket, "getaddrinfo", lambda *a, **k: [(2, 1, 6, "", (answer["ip"], 443))]
-    )
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(2, 1, 6, "", (answer["ip"], 443))])
     webhook_endpoint_create(
         organization=tenant.org, url="https://rebind.example.com/x", events=["balance.low"],
         actor=SYSTEM,

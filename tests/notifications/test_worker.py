@@ -30,7 +30,9 @@ def _endpoint(tenant, receiver):
 def _notify_through(worker, monkeypatch, tenant) -> OutboxMessage:
     """notify in a transaction; its on-commit queueing goes to the real worker's queue."""
     monkeypatch.setattr(
-        tasks.outbox_deliver, "delay", lambda pk: worker.send("notifications.tasks.outbox_deliver", pk)
+        tasks.outbox_deliver,
+        "delay",
+        lambda pk: worker.send("notifications.tasks.outbox_deliver", pk),
     )
     with transaction.atomic():
         notify(organization=tenant.org, type="budget.threshold_crossed", data=DATA)
