@@ -251,6 +251,10 @@ class DeliveryOutput(serializers.Serializer):
     deliveries = DeliveryAttemptOutput(many=True)
 
 
+WebhookListOutput = inline_serializer("WebhookList", {"data": WebhookOutput(many=True)})
+DeliveryListOutput = inline_serializer("WebhookDeliveryList", {"data": DeliveryOutput(many=True)})
+
+
 class _WebhookView(OrganizationAPIView):
     def endpoint(self, id) -> WebhookEndpoint:
         endpoint = selectors.webhook_endpoint_get(organization=self.organization, id=id)
@@ -262,7 +266,7 @@ class _WebhookView(OrganizationAPIView):
 class WebhookListApi(OrganizationAPIView):
     scope_map = {"GET": "org:write", "POST": "org:write"}
 
-    @extend_schema(operation_id="webhooks_list", responses={200: WebhookOutput(many=True)})
+    @extend_schema(operation_id="webhooks_list", responses={200: WebhookListOutput})
     def get(self, request):
         rows = selectors.webhook_endpoint_list(organization=self.organization)
         return Response({"data": WebhookOutput(rows, many=True).data})
@@ -335,7 +339,7 @@ class WebhookDeliveriesApi(_WebhookView):
     @extend_schema(
         operation_id="webhooks_deliveries",
         parameters=[OpenApiParameter("status", str, enum=OutboxMessage.Status.values)],
-        responses={200: DeliveryOutput(many=True)},
+        responses={200: DeliveryListOutput},
     )
     def get(self, request, id):
         rows = selectors.delivery_list(endpoint=self.endpoint(id))
