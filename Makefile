@@ -58,6 +58,7 @@ serve: install
 	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py runserver 127.0.0.1:8000
 
 worker: install
+	$(PY) manage.py beat_schedule_sync
 	$(VENV)/bin/celery -A portal worker -B --loglevel=info
 
 pg-check: install

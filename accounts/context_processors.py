@@ -1,5 +1,6 @@
 """What the page frame (`templates/base.html`) needs on every page: the organization switcher, the
-navigation by section (each link only for roles that may open it), and the live balance widget."""
+navigation by section (each link only for roles that may open it), and the live balance and
+notification bell widgets."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ SECTIONS = (
     ("Members", ("members",), "members:read"),
     ("Keys", ("keys",), "keys:read"),
     ("Audit", ("audit",), "audit:read"),
+    ("Notifications", ("notifications",), "org:read"),
+    ("Webhooks", ("webhooks",), "org:write"),
     ("Settings", ("org-settings",), "org:read"),
 )
 
@@ -26,6 +29,8 @@ SECTION_PREFIXES = {
     "Teams": ("team",),
     "Members": ("member", "invitation"),
     "Keys": ("key",),
+    "Notifications": ("notification",),
+    "Webhooks": ("webhook",),
 }
 
 
@@ -82,9 +87,15 @@ def organizations(request):
     balance_url = None
     if organization is not None and principal is not None and principal.has("credits:read"):
         balance_url = _reverse(("balance-widget",), organization.slug)
+    bell_url = notifications_url = None
+    if organization is not None and principal is not None and principal.has("org:read"):
+        bell_url = _reverse(("notification-bell",), organization.slug)
+        notifications_url = _reverse(("notifications",), organization.slug)
     return {
         "my_organizations": organizations_for_user(user=user),
         "current_organization": organization,
         "nav_sections": navigation(request),
         "balance_widget_url": balance_url,
+        "notification_bell_url": bell_url,
+        "notifications_url": notifications_url,
     }

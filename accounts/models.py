@@ -43,6 +43,8 @@ class User(AbstractUser):
 
     username = None
     email = models.EmailField("e-mail address", unique=True)
+    # For SMS notifications (E.164, e.g. +14155550123); set on the notification preferences page.
+    phone = models.CharField("mobile phone", max_length=20, blank=True)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []

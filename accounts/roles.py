@@ -31,7 +31,10 @@ class KeyKind(models.TextChoices):
 
 SCOPES: dict[str, str] = {
     "org:read": "See the organization",
-    "org:write": "Change the organization's settings and billing details",
+    # Webhook endpoints are the organization's configuration (their URLs may carry tokens): reading
+    # and changing them both need org:write. Notifications and their preferences are each member's
+    # own and need only org:read (notifications/apis.py).
+    "org:write": "Change the organization's settings, billing details and webhook endpoints",
     "members:read": "See members, teams and invitations",
     "members:write": "Invite, change and remove members; create and change teams",
     "keys:read": "See API keys",

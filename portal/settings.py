@@ -18,6 +18,14 @@ Variables (all optional unless said):
 - `LOGIN_FAILURE_LIMIT` (default 10), `LOGIN_COOLOFF_MINUTES` (default 15): failed logins per
   account and per client IP before logins pause (django-axes), and for how long.
 - `THROTTLE_INVITATIONS`, `THROTTLE_KEYS` (default `60/hour` each, per organization).
+- `FIELD_ENCRYPTION_KEY`: Fernet key(s), comma-separated, newest first, that encrypt secrets at
+  rest (webhook signing secrets). Required with `DEBUG` off (`check --deploy` says so); with
+  `DEBUG` on, derived from `SECRET_KEY`.
+- `WEBHOOK_ALLOW_PRIVATE_NETWORKS` (default off): allow webhook URLs on loopback, private and
+  link-local addresses (tests and local development only).
+- `WEBHOOK_TIMEOUT_SECONDS` (default 10), `WEBHOOK_RETRY_DELAYS` (seconds between attempts,
+  comma-separated; default Standard Webhooks' schedule over about a day).
+- `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`, `TWILIO_FROM`, `TWILIO_API_BASE`: SMS notifications.
 - `STATIC_ROOT`: where `collectstatic` puts the static files (WhiteNoise serves them, compressed
   and with hashed names when `DEBUG` is off).
 """
@@ -58,8 +66,10 @@ INSTALLED_APPS = [
     "axes",
     "django_htmx",
     "template_partials",  # a fragment and its page in one template (pages)
+    "django_celery_beat",  # the beat schedule in the database
     "portal",
     "accounts",
+    "notifications",
     "credits",
     "billing",
 ]
@@ -215,7 +225,11 @@ CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The schedule lives in the database (django-celery-beat); `manage.py beat_schedule_sync` writes
+# CELERY_BEAT_SCHEDULE there (the migration of `notifications` runs it once).
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "holds-expire": {"task": "credits.tasks.holds_expire", "schedule": timedelta(minutes=1)},
     "lots-expire": {"task": "credits.tasks.lots_expire", "schedule": timedelta(minutes=5)},
@@ -225,6 +239,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "credits.tasks.prices_sync",
         "schedule": crontab(minute=23, hour="*/6"),
     },
+    # Outbox messages a lost worker left pending (notifications.tasks.outbox_sweep).
+    "outbox-sweep": {"task": "notifications.tasks.outbox_sweep", "schedule": timedelta(minutes=1)},
 }
 
 # The shared cache (see the module docstring): throttles and login lockouts, across processes.
@@ -269,6 +285,29 @@ X_FRAME_OPTIONS = "DENY"
 # Invitations and API keys.
 INVITATION_MAX_AGE = timedelta(days=env.int("INVITATION_MAX_AGE_DAYS", default=7))
 PORTAL_BASE_URL = env("PORTAL_BASE_URL", default="http://127.0.0.1:8000")
+
+# Notifications (the `notifications` app). Secrets at rest: Fernet keys, newest first.
+FIELD_ENCRYPTION_KEY = env.list("FIELD_ENCRYPTION_KEY", default=[])
+if not FIELD_ENCRYPTION_KEY and DEBUG:
+    import base64
+    import hashlib
+
+    FIELD_ENCRYPTION_KEY = [
+        base64.urlsafe_b64encode(hashlib.sha256(f"fernet:{SECRET_KEY}".encode()).digest()).decode()
+    ]
+WEBHOOK_ALLOW_PRIVATE_NETWORKS = env.bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=False)
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# Seconds before each retry (Standard Webhooks / Svix: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h;
+# eight attempts over about 27 hours). The message is dead after the last.
+WEBHOOK_RETRY_DELAYS = [
+    float(s)
+    for s in env.list("WEBHOOK_RETRY_DELAYS", default=[5, 300, 1800, 7200, 18000, 36000, 36000])
+]
+WEBHOOK_DISABLE_AFTER = timedelta(hours=env.float("WEBHOOK_DISABLE_AFTER_HOURS", default=24))
+TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID", default="")
+TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN", default="")
+TWILIO_FROM = env("TWILIO_FROM", default="")
+TWILIO_API_BASE = env("TWILIO_API_BASE", default="https://api.twilio.com")
 
 LOGGING = {
     "version": 1,

@@ -12,6 +12,7 @@ from accounts import apis_keys, views
 from accounts import apis_openrouter as accounts_openrouter
 from credits import apis as credits_apis
 from credits import apis_openrouter, apis_usage
+from notifications import apis as notifications_apis
 
 api_v1 = [
     path("organization", accounts_apis.OrganizationApi.as_view(), name="organization"),
@@ -71,6 +72,42 @@ api_v1 = [
     ),
     path("credits/report", apis_usage.ReportApi.as_view(), name="credits-report"),
     path("credits/forecast", credits_apis.ForecastApi.as_view(), name="credits-forecast"),
+    path("notifications", notifications_apis.NotificationListApi.as_view(), name="notifications"),
+    path(
+        "notifications/read-all",
+        notifications_apis.NotificationReadAllApi.as_view(),
+        name="notifications-read-all",
+    ),
+    path(
+        "notifications/<str:id>/read",
+        notifications_apis.NotificationReadApi.as_view(),
+        name="notification-read",
+    ),
+    path(
+        "notification-preferences",
+        notifications_apis.NotificationPreferencesApi.as_view(),
+        name="notification-preferences",
+    ),
+    path("webhooks", notifications_apis.WebhookListApi.as_view(), name="webhooks"),
+    path("webhooks/<str:id>", notifications_apis.WebhookDetailApi.as_view(), name="webhook"),
+    path(
+        "webhooks/<str:id>/rotate-secret",
+        notifications_apis.WebhookRotateSecretApi.as_view(),
+        name="webhook-rotate-secret",
+    ),
+    path(
+        "webhooks/<str:id>/test", notifications_apis.WebhookTestApi.as_view(), name="webhook-test"
+    ),
+    path(
+        "webhooks/<str:id>/deliveries",
+        notifications_apis.WebhookDeliveriesApi.as_view(),
+        name="webhook-deliveries",
+    ),
+    path(
+        "webhooks/<str:id>/deliveries/<str:message_id>/resend",
+        notifications_apis.WebhookResendApi.as_view(),
+        name="webhook-resend",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]
@@ -98,6 +135,7 @@ urlpatterns = [
     path("invitations/<str:token>/", views.invitation_accept, name="invitation-accept"),
     path("o/<slug:org>/", include("accounts.urls")),
     path("o/<slug:org>/", include("credits.urls")),
+    path("o/<slug:org>/", include("notifications.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "api"))),
 ]

@@ -81,6 +81,18 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+# A fixed key for secrets at rest in tests (production sets FIELD_ENCRYPTION_KEY).
+TEST_FIELD_ENCRYPTION_KEY = "a2V5LWZvci10ZXN0cy1vbmx5LW5vdC1wcm9kdWN0aSE="
+
+
+@pytest.fixture(autouse=True)
+def notification_settings(settings):
+    """Webhook secrets get a test key; webhooks may go to loopback receivers of the tests
+    (tests of the SSRF rules turn WEBHOOK_ALLOW_PRIVATE_NETWORKS off again)."""
+    settings.FIELD_ENCRYPTION_KEY = [TEST_FIELD_ENCRYPTION_KEY]
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
+
+
 @pytest.fixture(autouse=True)
 def fresh_price_cache():
     """Prices cached in the process by one test (rows its transaction rolls back) are not seen

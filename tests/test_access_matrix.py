@@ -33,6 +33,8 @@ from accounts.models import ApiKey, Invitation, Membership, Team, User
 from accounts.roles import Role, TeamRole
 from accounts.services import apikey_create, invitation_create, team_create, team_member_set
 from credits.models import Hold, LedgerAccount, UsageEvent
+from notifications.models import Notification, OutboxMessage, WebhookEndpoint
+from notifications.services import notify, webhook_endpoint_create
 
 from .conftest import SYSTEM, Tenant
 from .test_tenant_isolation import (
@@ -223,6 +225,13 @@ def build_world(t: Tenant) -> World:
         name: Hold.objects.get(organization=t.org, idempotency_key=f"hold-{name}-1")
         for name in ("alpha", "beta", "member")
     }
+    # Notifications: an endpoint, and an event that reaches owner, admin and billing in-app
+    # (and leaves outbox messages, not sent: no commit in these tests).
+    webhook_endpoint_create(
+        organization=t.org, url="https://hooks.matrix.test/in", events=["balance.low"],
+        actor=SYSTEM,
+    )  # fmt: skip
+    notify(organization=t.org, type="balance.low", data={"available": "2.5"})
     world = World(t, users, teams, keys, events, holds, invitation, clients)
     world.hidden = {p: world.markers(p) for p in PRINCIPALS}
     return world
@@ -404,6 +413,31 @@ def account_pk(team: str | None) -> Fill:
 
 def email(user: str, **extra) -> Fill:
     return lambda w: {"email": w.users[user].email, **extra}
+
+
+def endpoint_id(w: World) -> dict:
+    return {"id": WebhookEndpoint.objects.get(organization=w.org).public_id}
+
+
+def delivery_id(w: World) -> dict:
+    message = OutboxMessage.objects.get(organization=w.org, channel="webhook")
+    return {"id": message.endpoint.public_id, "message_id": message.message_id}
+
+
+def owners_notification(w: World) -> dict:
+    return {
+        "id": Notification.objects.get(organization=w.org, recipient=w.users["owner"]).public_id
+    }
+
+
+def own_notifications(w: World, p: str, response) -> None:
+    """Only the caller's own notifications (a key of no member: none)."""
+    listed = {row["id"] for row in _rows(response)}
+    user = w.users.get(p) if p in SESSIONS else w.keys[p].user
+    mine = Notification.objects.filter(organization=w.org, recipient=user) if user else []
+    assert listed == {str(n.public_id) for n in mine}, (p, listed)
+    if p in ("owner", "admin", "billing"):
+        assert listed and all(row["type"] == "balance.low" for row in _rows(response))
 
 
 USAGE_BODY = {"id": "matrix-new-event", "model": "gpt-4o", "prompt_tokens": 10}
@@ -599,6 +633,47 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
                 P("200 200 200 200 200 200  200 200 200 200",
                   query=lambda w: {"format": "csv", "period": "monthly"})],
     },
+    # Notifications: the caller's own (any member; a key acting for no member has none and sets
+    # no preferences). Webhooks: the organization's, `org:write` (owner, admin, a key of the
+    # whole organization), reads included (URLs may carry tokens).
+    "api/v1/notifications": {
+        "GET": [P("200 200 200 200 200 200  200 403 200 403", check=own_notifications)],
+    },
+    "api/v1/notifications/<str:id>/read": {
+        "POST": [P("200 404 404 404 404 404  404 403 404 403", path=owners_notification)],
+    },
+    "api/v1/notifications/read-all": {
+        "POST": [P("200 200 200 200 200 200  403 403 403 403")],
+    },
+    "api/v1/notification-preferences": {
+        "GET": [P("200 200 200 200 200 200  403 403 403 403")],
+        "PUT": [P("200 200 200 200 200 200  403 403 403 403",
+                  body=lambda w: {"preferences": {"balance.low": {"email": False}}})],
+    },
+    "api/v1/webhooks": {
+        "GET":  [P("200 200 403 403 403 403  200 403 403 403")],
+        "POST": [P("201 201 403 403 403 403  201 403 403 403",
+                   body=lambda w: {"url": "https://hooks.matrix.test/new",
+                                   "events": ["budget.exhausted"]})],
+    },
+    "api/v1/webhooks/<str:id>": {
+        "GET":    [P("200 200 403 403 403 403  200 403 403 403", path=endpoint_id)],
+        "PATCH":  [P("200 200 403 403 403 403  200 403 403 403", path=endpoint_id,
+                     body=lambda w: {"enabled": False})],
+        "DELETE": [P("204 204 403 403 403 403  204 403 403 403", path=endpoint_id)],
+    },
+    "api/v1/webhooks/<str:id>/rotate-secret": {
+        "POST": [P("200 200 403 403 403 403  200 403 403 403", path=endpoint_id)],
+    },
+    "api/v1/webhooks/<str:id>/test": {
+        "POST": [P("202 202 403 403 403 403  202 403 403 403", path=endpoint_id)],
+    },
+    "api/v1/webhooks/<str:id>/deliveries": {
+        "GET": [P("200 200 403 403 403 403  200 403 403 403", path=endpoint_id)],
+    },
+    "api/v1/webhooks/<str:id>/deliveries/<str:message_id>/resend": {
+        "POST": [P("202 202 403 403 403 403  202 403 403 403", path=delivery_id)],
+    },
     # Pages: the same principal (`accounts.pages.organization_page`); a page whose scope the role
     # lacks does not exist for it (404). Keys do not open pages (302 to the login).
     **{f"o/<slug:org>/{page}": {"GET": [P(codes, path=path)]} for page, codes, path in [
@@ -633,6 +708,17 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
         ("settings/",                 "200 200 200 200 200 200  302 302 302 302", None),
         ("teams/<slug:slug>/members/<int:pk>/remove/", "200 200 404 404 404 200  302 302 302 302",
          lambda w: {"slug": "beta", "pk": w.place("beta", "worker")}),
+        ("notifications/",               "200 200 200 200 200 200  302 302 302 302", None),
+        ("notifications/bell/",          "200 200 200 200 200 200  302 302 302 302", None),
+        ("notifications/preferences/",   "200 200 200 200 200 200  302 302 302 302", None),
+        ("webhooks/",                    "200 200 404 404 404 404  302 302 302 302", None),
+        ("webhooks/new/",                "200 200 404 404 404 404  302 302 302 302", None),
+        ("webhooks/<str:id>/",           "200 200 404 404 404 404  302 302 302 302", endpoint_id),
+        ("webhooks/<str:id>/secret/",    "200 200 404 404 404 404  302 302 302 302", endpoint_id),
+        ("webhooks/<str:id>/rotate/",    "200 200 404 404 404 404  302 302 302 302", endpoint_id),
+        ("webhooks/<str:id>/delete/",    "200 200 404 404 404 404  302 302 302 302", endpoint_id),
+        ("webhooks/<str:id>/deliveries/", "200 200 404 404 404 404  302 302 302 302",
+         endpoint_id),
     ]},
 }
 # Forms of the pages: the writes they make, and who may make them.
@@ -681,6 +767,34 @@ PAGE_POSTS: dict[str, list[Probe]] = {
     "keys/<str:hash>/delete/": [
         P("302 302 404 404 404 404  302 302 302 302", path=key_hash("owner_key"),
           writers=("owner",))],
+    "notifications/read-all/": [
+        P("302 302 302 302 302 302  302 302 302 302", writers=SESSIONS)],
+    "notifications/<str:id>/read/": [
+        P("302 404 404 404 404 404  302 302 302 302", path=owners_notification,
+          writers=("owner",))],
+    "notifications/preferences/": [
+        P("302 302 302 302 302 302  302 302 302 302",
+          body=lambda w: {"phone": "", "balance.low__in_app": "on"}, writers=SESSIONS)],
+    "webhooks/new/": [
+        P("302 302 404 404 404 404  302 302 302 302",
+          body=lambda w: {"url": "https://hooks.matrix.test/page", "events": "balance.low"},
+          writers=("owner", "admin"))],
+    "webhooks/<str:id>/": [
+        P("302 302 404 404 404 404  302 302 302 302", path=endpoint_id,
+          body=lambda w: {"url": "https://hooks.matrix.test/edited", "events": "balance.low"},
+          writers=("owner", "admin"))],
+    "webhooks/<str:id>/rotate/": [
+        P("302 302 404 404 404 404  302 302 302 302", path=endpoint_id,
+          writers=("owner", "admin"))],
+    "webhooks/<str:id>/delete/": [
+        P("302 302 404 404 404 404  302 302 302 302", path=endpoint_id,
+          writers=("owner", "admin"))],
+    "webhooks/<str:id>/test/": [
+        P("302 302 404 404 404 404  302 302 302 302", path=endpoint_id,
+          writers=("owner", "admin"))],
+    "webhooks/<str:id>/deliveries/<str:message_id>/resend/": [
+        P("302 302 404 404 404 404  302 302 302 302", path=delivery_id,
+          writers=("owner", "admin"))],
     "settings/": [
         P("302 302 403 403 403 403  302 302 302 302",
           body=lambda w: {"name": "Renamed", "currency": "USD", "time_zone": "UTC"},
@@ -697,6 +811,11 @@ for _page, _codes in [
     ("members/<int:pk>/role/",                    "405 405 404 404 404 404  302 302 302 302"),
     ("invitations/<int:pk>/resend/",              "405 405 404 404 404 404  302 302 302 302"),
     ("keys/<str:hash>/toggle/",                   "405 405 404 405 404 405  302 302 302 302"),
+    ("notifications/read-all/",                   "405 405 405 405 405 405  302 302 302 302"),
+    ("notifications/<str:id>/read/",              "405 405 405 405 405 405  302 302 302 302"),
+    ("webhooks/<str:id>/test/",                   "405 405 404 404 404 404  302 302 302 302"),
+    ("webhooks/<str:id>/deliveries/<str:message_id>/resend/",
+     "405 405 404 404 404 404  302 302 302 302"),
 ]:
     _post = MATRIX[f"o/<slug:org>/{_page}"]["POST"][0]
     MATRIX[f"o/<slug:org>/{_page}"]["GET"] = [replace(_post, codes=_codes, writers=None)]

@@ -175,6 +175,8 @@ ALLOWED_STATUS = {
     ("api/v1/organization", "PATCH"): 200,  # every field is optional: an empty change
     # the input is checked before credits:write (allocating) or the manager's right (reclaiming)
     ("api/v1/credits/allocations", "POST"): 400,
+    ("api/v1/notifications/read-all", "POST"): 200,  # takes no body
+    ("api/v1/notification-preferences", "PUT"): 200,  # every field is optional: no change
 }
 
 

@@ -28,6 +28,7 @@ def test_check_deploy_is_clean_with_production_settings():
         "--fail-level",
         "WARNING",
         SECRET_KEY=secrets.token_urlsafe(60),
+        FIELD_ENCRYPTION_KEY="a2V5LWZvci10ZXN0cy1vbmx5LW5vdC1wcm9kdWN0aSE=",
         ALLOWED_HOSTS="portal.example.com",
         SECURE_SSL_REDIRECT="1",
         DATABASE_URL=os.environ["DATABASE_URL"],

@@ -31,10 +31,12 @@ from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
 from credits.models import CreditLot, Hold, LedgerAccount, UsageEvent
+from notifications.models import Notification, OutboxMessage, WebhookEndpoint
+from notifications.services import notify, webhook_endpoint_create
 
 from .conftest import SYSTEM, Tenant
 
-PROJECT_APPS = ("accounts", "credits", "billing")
+PROJECT_APPS = ("accounts", "notifications", "credits", "billing")
 API_METHODS = ("get", "post", "put", "patch", "delete")
 
 
@@ -112,6 +114,19 @@ class World:
     def markers(self) -> set[str]:
         """Strings that identify A's data and must never reach B."""
         found = {"acme", self.a_team.slug, self.a_event.event_id, self.a_hold.idempotency_key}
+        for endpoint in WebhookEndpoint.objects.filter(organization=self.a.org):
+            found |= {str(endpoint.public_id), endpoint.url}
+        found |= {
+            str(n)
+            for n in Notification.objects.filter(organization=self.a.org).values_list(
+                "public_id", flat=True
+            )
+        }
+        found |= set(
+            OutboxMessage.objects.filter(organization=self.a.org).values_list(
+                "message_id", flat=True
+            )
+        )
         for key in self.a.org.keys.all():
             found |= {key.hash, key.label}
         found |= set(
@@ -151,6 +166,13 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
         "/api/v1/credits/authorizations", {"id": "acme-hold-1", "amount": "1.5"}, format="json"
     )
     assert response.status_code == 201, response.content
+
+    # A's webhook endpoint, and an event: the owner's notification, outbox messages (not sent)
+    webhook_endpoint_create(
+        organization=a.org, url="https://hooks.acme-secret.test/in", events=["balance.low"],
+        actor=SYSTEM,
+    )  # fmt: skip
+    notify(organization=a.org, type="balance.low", data={"available": "1.5"})
 
     b = other_tenant
     b.grant("7")
@@ -296,10 +318,29 @@ def only_b_members(world: World, response) -> None:
     assert emails and emails <= {m.user.email for m in world.b.org.memberships.all()}, emails
 
 
+def a_endpoint(world: World) -> WebhookEndpoint:
+    """A's endpoint (a stand-in id once deleted, as in the leak self-test)."""
+    found = WebhookEndpoint.objects.filter(url="https://hooks.acme-secret.test/in").first()
+    return found or WebhookEndpoint(public_id="00000000-0000-4000-8000-000000000000")
+
+
+def a_notification(world: World) -> Notification:
+    return Notification.objects.filter(organization=world.a.org).first()
+
+
+def a_message(world: World) -> OutboxMessage:
+    return OutboxMessage.objects.filter(organization=world.a.org, channel="webhook").first()
+
+
 def _page_params(world: World, route: str, org: str) -> dict:
     """A page route's parameters: `org` and A's objects (a team, a membership or an account or
-    an invitation for `pk`, a key)."""
+    an invitation for `pk`, a key, a webhook endpoint or a notification for `id`, a message)."""
     params = {"org": org, "slug": world.a_team.slug, "hash": world.a_key.hash}
+    if "webhooks/<str:id>" in route:
+        params["id"] = a_endpoint(world).public_id
+        params["message_id"] = a_message(world).message_id
+    elif "notifications/<str:id>" in route:
+        params["id"] = a_notification(world).public_id
     if "members/<int:pk>" in route:
         membership = world.a.org.memberships.filter(user=world.a_member).first()
         params["pk"] = membership.pk if membership else 987654321  # gone in the leak self-test
@@ -333,6 +374,8 @@ A_INVITATION = {"pk": lambda w: w.a_invitation.pk}
 A_KEY = {"hash": lambda w: w.a_key.hash}
 # Holds by their public id (B reuses A's client id for a hold of its own: see the POST probe).
 A_HOLD = {"id": lambda w: w.a_hold.public_id}
+A_ENDPOINT = {"id": lambda w: a_endpoint(w).public_id}
+A_DELIVERY = {**A_ENDPOINT, "message_id": lambda w: a_message(w).message_id}
 
 
 def _params(spec: dict[str, Fill]) -> Fill:
@@ -453,6 +496,33 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
                 Probe(200, query=lambda w: {"api_key_hash": w.a_usage_key.hash}, check=empty_data)],
     },
     "api/v1/organization/members": {"GET": [Probe(200, check=only_b_members)]},
+    # Notifications are the caller's own (B's management key acts for no member: none, 403 to
+    # write); webhooks the organization's.
+    "api/v1/notifications": {"GET": [Probe(200, check=empty)]},
+    "api/v1/notifications/<str:id>/read": {
+        "POST": [Probe(404, path=lambda w: {"id": a_notification(w).public_id})],
+    },
+    "api/v1/notifications/read-all": {"POST": [Probe(403)]},
+    "api/v1/notification-preferences": {
+        "GET": [Probe(403)],
+        "PUT": [Probe(403, body=lambda w: {"preferences": {"balance.low": {"email": False}}})],
+    },
+    "api/v1/webhooks": {
+        "GET": [Probe(200, check=empty_data)],
+        "POST": [Probe(201, body=lambda w: {"url": "https://hooks.globex.test/in",
+                                            "events": ["balance.low"]})],
+    },
+    "api/v1/webhooks/<str:id>": {
+        "GET": [Probe(404, path=_params(A_ENDPOINT))],
+        "PATCH": [Probe(404, path=_params(A_ENDPOINT), body=lambda w: {"enabled": False})],
+        "DELETE": [Probe(404, path=_params(A_ENDPOINT))],
+    },
+    "api/v1/webhooks/<str:id>/rotate-secret": {"POST": [Probe(404, path=_params(A_ENDPOINT))]},
+    "api/v1/webhooks/<str:id>/test": {"POST": [Probe(404, path=_params(A_ENDPOINT))]},
+    "api/v1/webhooks/<str:id>/deliveries": {"GET": [Probe(404, path=_params(A_ENDPOINT))]},
+    "api/v1/webhooks/<str:id>/deliveries/<str:message_id>/resend": {
+        "POST": [Probe(404, path=_params(A_DELIVERY))],
+    },
     # Pages, as B's owner (logged in)
     "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
     "o/<slug:org>/": {
@@ -478,17 +548,26 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/keys/", "o/<slug:org>/keys/new/", "o/<slug:org>/keys/<str:hash>/",
         "o/<slug:org>/keys/<str:hash>/created/", "o/<slug:org>/keys/<str:hash>/delete/",
         "o/<slug:org>/audit/", "o/<slug:org>/settings/",
+        "o/<slug:org>/notifications/preferences/", "o/<slug:org>/webhooks/new/",
+        "o/<slug:org>/webhooks/<str:id>/", "o/<slug:org>/webhooks/<str:id>/rotate/",
+        "o/<slug:org>/webhooks/<str:id>/delete/",
     )},
     **{route: page_probes(route, only="POST") for route in (
         "o/<slug:org>/teams/<slug:slug>/members/",
         "o/<slug:org>/teams/<slug:slug>/members/<int:pk>/role/",
         "o/<slug:org>/teams/<slug:slug>/allocate/", "o/<slug:org>/members/<int:pk>/role/",
         "o/<slug:org>/invitations/<int:pk>/resend/", "o/<slug:org>/keys/<str:hash>/toggle/",
+        "o/<slug:org>/notifications/read-all/", "o/<slug:org>/notifications/<str:id>/read/",
+        "o/<slug:org>/webhooks/<str:id>/test/",
+        "o/<slug:org>/webhooks/<str:id>/deliveries/<str:message_id>/resend/",
     )},
     **{route: page_probes(route, only="GET") for route in (
         "o/<slug:org>/team-balances/", "o/<slug:org>/balance/", "o/<slug:org>/usage/",
         "o/<slug:org>/usage/export.csv", "o/<slug:org>/ledger/",
         "o/<slug:org>/ledger/accounts/<int:pk>/", "o/<slug:org>/me/",
+        "o/<slug:org>/notifications/", "o/<slug:org>/notifications/bell/",
+        "o/<slug:org>/webhooks/", "o/<slug:org>/webhooks/<str:id>/secret/",
+        "o/<slug:org>/webhooks/<str:id>/deliveries/",
     )},
 }
 # fmt: on

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class NotificationsConfig(AppConfig):
+    name = "notifications"
+    verbose_name = "Notifications and webhooks"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the deploy check of FIELD_ENCRYPTION_KEY)

@@ -1,0 +1,68 @@
+"""The words of each event: an in-app title and body, an e-mail, an SMS, from the event's data."""
+
+from __future__ import annotations
+
+from string import Formatter
+
+from django.conf import settings
+from django.template.loader import render_to_string, select_template
+
+from .events import EVENT_TYPES, TEST_EVENT_TYPE
+
+BODIES = {
+    "budget.threshold_crossed": "Budget {budget} has reached {threshold}% of its limit "
+    "(window from {window_start}).",
+    "budget.exhausted": "Budget {budget} is exhausted (window from {window_start}); "
+    "requests it covers are refused or in grace.",
+    "budget.recovered": "Budget {budget} is below its threshold again "
+    "(window from {window_start}).",
+    "balance.low": "The available balance is low: {available} credits left.",
+    "credits.expiring": "{amount} credits expire on {expires_at}.",
+    "budget.forecast_exceeded": "Budget {budget} is forecast to exceed its limit "
+    "(window from {window_start}).",
+    "authorization.refused": "A request of the key {key} was refused: {reason}.",
+    "usage.daily_summary": "Usage on {date}: {cost} credits over {requests} requests.",
+    "webhook.endpoint_disabled": "The webhook endpoint {url} failed for 24 hours and was "
+    "disabled. Fix it, then enable it again on the webhooks page.",
+    TEST_EVENT_TYPE: "A test event.",
+}
+
+
+class _Missing(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def describe(type: str, data: dict) -> tuple[str, str]:
+    """(title, body) of an event, with '?' for data it lacks."""
+    event = EVENT_TYPES.get(type)
+    title = event.title if event else type
+    template = BODIES.get(type, "{type}")
+    values = _Missing({k: v for k, v in (data or {}).items() if isinstance(k, str)}, type=type)
+    body = Formatter().vformat(template, (), values)
+    return title, body
+
+
+def email_render(*, organization, type: str, data: dict, title: str, body: str) -> dict:
+    context = {
+        "organization": organization,
+        "type": type,
+        "data": data,
+        "title": title,
+        "body": body,
+        "link": settings.PORTAL_BASE_URL.rstrip("/") + f"/o/{organization.slug}/notifications/",
+    }
+    template = select_template(
+        [f"notifications/email/{type}.txt", "notifications/email/default.txt"]
+    )
+    return {
+        "subject": f"[{organization.name}] {title}",
+        "body": template.render(context),
+    }
+
+
+def sms_render(*, organization, title: str, body: str) -> dict:
+    text = render_to_string(
+        "notifications/sms.txt", {"organization": organization, "title": title, "body": body}
+    ).strip()
+    return {"body": text[:1600]}
