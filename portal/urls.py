@@ -11,7 +11,7 @@ from accounts import apis as accounts_apis
 from accounts import apis_keys, views
 from accounts import apis_openrouter as accounts_openrouter
 from credits import apis as credits_apis
-from credits import apis_openrouter, apis_usage
+from credits import apis_budgets, apis_openrouter, apis_usage
 
 api_v1 = [
     path("organization", accounts_apis.OrganizationApi.as_view(), name="organization"),
@@ -70,6 +70,8 @@ api_v1 = [
         name="credits-authorization-void",
     ),
     path("credits/report", apis_usage.ReportApi.as_view(), name="credits-report"),
+    path("budgets", apis_budgets.BudgetListApi.as_view(), name="budgets"),
+    path("budgets/<uuid:id>", apis_budgets.BudgetDetailApi.as_view(), name="budget-detail"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]

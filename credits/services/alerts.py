@@ -61,4 +61,4 @@ def alert_record(*, organization: Organization, crossings: list[Crossing]) -> li
         )
         cursor.execute(sql, params)
         ids = [row[0] for row in cursor.fetchall()]
-    return list(Alert.objects.filter(pk__in=ids)) if ids else []
+    return list(Alert.objects.filter(pk__in=ids).order_by("budget_id", "threshold")) if ids else []
