@@ -395,6 +395,7 @@ def hold_capture(
     InsufficientCredits (the excess is not available), ValidationFailed, NotFound."""
     amount = parse_credits(amount, allow_zero=True)
     _check_organization(organization, hold.organization_id, "hold")
+    sink = system_account_of(hold.organization_id, Kind.USAGE)  # created before any lock
     hold, account = _lock_hold(hold)
     if hold.status == Hold.Status.CAPTURED and hold.captured_amount == amount:
         return hold.transaction
@@ -418,7 +419,7 @@ def hold_capture(
         )
         if not created:
             raise IdempotencyConflict("The capture's idempotency key is taken.", hold=hold.pk)
-        _spend(account, amount, txn, expired_first_at=now)
+        _spend(account, amount, txn, expired_first_at=now, sink=sink)
     hold.captured_amount = amount
     hold.transaction = txn
     hold.save(update_fields=["status", "resolved_at", "captured_amount", "transaction"])

@@ -25,6 +25,7 @@ from .ledger import (
     ledger_debit,
     request_hash,
     spending_account,
+    system_account_of,
 )
 from .prices import Tokens, cost_compute, model_suggestions, price_for
 
@@ -351,7 +352,8 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
         organization=organization, api_key=hold.api_key, team=hold.team, member=hold.member
     )
     # The lock order of every debit: the account, the budget windows (current ones and the
-    # hold's), then the hold row.
+    # hold's), then the hold row. The usage sink is created (first use) before any lock.
+    system_account_of(organization.pk, LedgerAccount.Kind.USAGE)
     _lock([hold.account])
     gate = BudgetGate.of(attribution, now, extra_window_ids=hold.budget_windows)
     locked = Hold.objects.select_for_update().get(pk=hold.pk)

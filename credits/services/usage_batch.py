@@ -96,6 +96,7 @@ def _record_many(attribution: Attribution, events: Sequence[UsageInput]) -> list
 
     if not priced:
         return outcomes
+    sink = system_account_of(organization.pk, Kind.USAGE)  # created before any lock
     account = _lock([spending_account(organization, attribution.team)])
     account = next(iter(account.values()))
     gate = BudgetGate.of(attribution, now)  # after the account: the lock order of every debit
@@ -154,7 +155,6 @@ def _record_many(attribution: Attribution, events: Sequence[UsageInput]) -> list
         crossings[item.index] = crossed
 
     LedgerTransaction.objects.bulk_create([txn for txn, _, _ in postings])
-    sink = system_account_of(organization.pk, Kind.USAGE) if postings else None
     entries = []
     for txn, burned, cost in postings:
         entries += [LedgerEntry(transaction=txn, account=account, amount=-portion, lot=lot)
