@@ -80,8 +80,9 @@ class BudgetUpdateInput(StrictSerializer):
 BudgetListOutput = inline_serializer("BudgetList", {"data": BudgetOutput(many=True)})
 
 
-def budgets_data(budgets: list[Budget]) -> list[dict]:
-    """The API documents of `budgets` with their current windows (one query for the windows)."""
+def budgets_data(budgets: list[Budget], principal) -> list[dict]:
+    """The API documents of `budgets` with their current windows (one query for the windows);
+    members and keys the principal may not identify are null."""
     windows = budget_current_windows(budgets)
     out = []
     for b in budgets:
@@ -92,8 +93,12 @@ def budgets_data(budgets: list[Budget]) -> list[dict]:
                     "id": b.public_id,
                     "scope": b.scope,
                     "team": b.team.slug if b.team_id else None,
-                    "member": b.member.email if b.member_id else None,
-                    "api_key": b.api_key.hash if b.api_key_id else None,
+                    "member": b.member.email
+                    if b.member_id and principal.sees_member(b.member_id)
+                    else None,
+                    "api_key": b.api_key.hash
+                    if b.api_key_id and principal.sees_key(b.api_key)
+                    else None,
                     "period": b.period,
                     "limit": b.limit,
                     "mode": b.mode,
@@ -134,7 +139,7 @@ class BudgetListApi(OrganizationAPIView):
     @extend_schema(operation_id="budgets_list", responses={200: BudgetListOutput})
     def get(self, request):
         budgets = list(self.principal.budgets().order_by("id")[:1000])
-        return Response({"data": _in_zone(budgets_data(budgets), budgets)})
+        return Response({"data": _in_zone(budgets_data(budgets, self.principal), budgets)})
 
     @extend_schema(
         operation_id="budgets_create", request=BudgetCreateInput, responses={201: BudgetOutput}
@@ -183,7 +188,9 @@ class BudgetListApi(OrganizationAPIView):
             actor=self.actor,
             **targets,
         )
-        return Response(_in_zone(budgets_data([budget]), [budget])[0], status.HTTP_201_CREATED)
+        return Response(
+            _in_zone(budgets_data([budget], self.principal), [budget])[0], status.HTTP_201_CREATED
+        )
 
 
 def _target(budget: Budget):
@@ -198,7 +205,7 @@ class BudgetDetailApi(OrganizationAPIView):
     @extend_schema(operation_id="budgets_get", responses={200: BudgetOutput})
     def get(self, request, id):
         budget = self.principal.budget_get(id)
-        return Response(_in_zone(budgets_data([budget]), [budget])[0])
+        return Response(_in_zone(budgets_data([budget], self.principal), [budget])[0])
 
     @extend_schema(
         operation_id="budgets_update", request=BudgetUpdateInput, responses={200: BudgetOutput}
@@ -208,7 +215,7 @@ class BudgetDetailApi(OrganizationAPIView):
         self.principal.check_budget(budget.scope, _target(budget))
         data = self.parse(BudgetUpdateInput)
         budget = services.budget_update(budget=budget, actor=self.actor, **data)
-        return Response(_in_zone(budgets_data([budget]), [budget])[0])
+        return Response(_in_zone(budgets_data([budget], self.principal), [budget])[0])
 
     @extend_schema(
         operation_id="budgets_delete",

@@ -87,42 +87,24 @@ def test_four_levels_mixed_debit_paths_do_not_deadlock_nor_overspend(tenant):
     ]  # fmt: skip
     pool_user = Attribution(organization=tenant.org)
 
+    def step(who, i, j):
+        kind = (i + j) % 3
+        if kind == 0:
+            usage_record(
+                attribution=who, event=UsageInput(id=f"s{i}-{j}", model="m", cost=D("0.1"))
+            )
+        elif kind == 1:
+            events = [UsageInput(id=f"b{i}-{j}-{n}", model="m", cost=D("0.05")) for n in range(2)]
+            usage_record_many(attribution=who, events=events)
+        else:
+            hold, _ = authorization_create(attribution=who, id=f"h{i}-{j}", amount=D("0.2"))
+            authorization_capture(
+                hold=hold, event=UsageInput(id=f"c{i}-{j}", model="m", cost=D("0.15"))
+            )
+
     def work(i):
         who = Attribution.of_key(keys[i % 2]) if i % 4 else pool_user
-        out = []
-        for j in range(3):
-            kind = (i + j) % 3
-            if kind == 0:
-                out.append(
-                    attempt(
-                        lambda: usage_record(
-                            attribution=who,
-                            event=UsageInput(id=f"s{i}-{j}", model="m", cost=D("0.1")),
-                        )
-                    )
-                )
-            elif kind == 1:
-                out.append(
-                    attempt(
-                        lambda: usage_record_many(
-                            attribution=who,
-                            events=[
-                                UsageInput(id=f"b{i}-{j}-{n}", model="m", cost=D("0.05"))
-                                for n in range(2)
-                            ],
-                        )
-                    )
-                )
-            else:
-
-                def hold_and_capture():
-                    hold, _ = authorization_create(attribution=who, id=f"h{i}-{j}", amount=D("0.2"))
-                    authorization_capture(
-                        hold=hold, event=UsageInput(id=f"c{i}-{j}", model="m", cost=D("0.15"))
-                    )
-
-                out.append(attempt(hold_and_capture))
-        return out
+        return [attempt(lambda j=j: step(who, i, j)) for j in range(3)]
 
     outcomes = in_threads(20, work)
     assert set(outcomes) <= {"ok", "BudgetExceeded"}, outcomes
