@@ -234,6 +234,10 @@ class ApiKey(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.label})"
 
+    def refresh_from_db(self, *args, **kwargs):
+        self.__dict__.pop("_limit_budget", None)
+        super().refresh_from_db(*args, **kwargs)
+
     @property
     def limit_budget(self):
         """The key's OpenRouter limit (a `credits.Budget` with UTC windows), or None. Reads the
