@@ -203,6 +203,20 @@ class Principal:
             )
         )
 
+    @cached_property
+    def budget_team_ids(self) -> frozenset[int]:
+        """Teams whose members' budgets it may set (the `manage_team_budgets` object permission
+        of a team manager); empty for keys bound to a team and for keys of no member."""
+        if self.user is None or (self.key is not None and self.team_id is not None):
+            return frozenset()
+        return frozenset(
+            TeamUserObjectPermission.objects.filter(
+                user_id=self.user.pk,
+                content_object__organization=self.organization,
+                permission__codename="manage_team_budgets",
+            ).values_list("content_object_id", flat=True)
+        )
+
     def manages(self, team: Team) -> bool:
         return team.pk in self.managed_team_ids
 
@@ -258,6 +272,56 @@ class Principal:
         if key is None:
             raise NotFound("No such API key in this organization.", resource="key")
         return key
+
+    def budgets(self):
+        """The budgets it may see (requires `credits:read` at the gate): all when
+        organization-wide; else the organization's own, and those of the teams, members and keys
+        it sees (a team-bound key: its team and its team's keys; a member: their teams, themselves,
+        their own keys, and the members of the teams whose budgets they manage)."""
+        from credits.models import Budget  # credits builds on accounts
+
+        budgets = Budget.objects.filter(organization=self.organization).select_related(
+            "organization", "team", "member", "api_key"
+        )
+        if self.org_wide:
+            return budgets
+        visible = Q(scope="organization")
+        if self.team_id is not None:
+            visible |= Q(team_id=self.team_id) | Q(api_key__team_id=self.team_id)
+            return budgets.filter(visible)
+        members = {self.user.pk} | {
+            m
+            for m in TeamMembership.objects.filter(team_id__in=self.budget_team_ids).values_list(
+                "user_id", flat=True
+            )
+        }
+        visible |= Q(team_id__in=self.member_team_ids | self.managed_team_ids)
+        visible |= Q(member_id__in=members) | Q(api_key__user_id=self.user.pk)
+        return budgets.filter(visible)
+
+    def budget_get(self, public_id) -> object:
+        """A budget it may see, by its public id. Raises NotFound (404)."""
+        budget = self.budgets().filter(public_id=public_id).first()
+        if budget is None:
+            raise NotFound("No such budget in this organization.", resource="budget")
+        return budget
+
+    def check_budget(self, scope: str, target=None) -> None:
+        """Set, change or delete a budget of `scope` on `target` (a Team, User or ApiKey; None
+        for the organization): `credits:write` organization-wide, or a manager of a team the
+        target member is on (the `manage_team_budgets` permission). Raises PermissionDenied."""
+        if self.has("credits:write") and self.org_wide:
+            return
+        if scope == "member" and target is not None and self.budget_team_ids:
+            on_team = TeamMembership.objects.filter(
+                team_id__in=self.budget_team_ids, user_id=target.pk
+            ).exists()
+            if on_team:
+                return
+        raise PermissionDenied(
+            "Budgets need credits:write for the whole organization, or a team manager's right "
+            "over the member's team."
+        )
 
     def sees_member(self, user_id: int | None) -> bool:
         """May it see who a member is (e-mail, name)? Its own self always; others with

@@ -8,13 +8,14 @@ Python SDK 1.3: create answers 201 with `{"data": key, "key": secret}`, delete a
 
 from __future__ import annotations
 
-from django.db.models import Q
+from django.db.models import Q, prefetch_related_objects
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from credits.selectors import key_usage_totals
+from credits.services.budgets import budget_current_windows
 from portal.api import OrganizationAPIView, StrictSerializer
 
 from . import services
@@ -78,15 +79,22 @@ class KeyOutput(serializers.Serializer):
     scopes = serializers.ListField(child=serializers.CharField())
 
 
-def key_document(key: ApiKey, usage, member_role: str | None) -> dict:
-    """The key object of OpenRouter's API for `key`, with `usage` from `key_usage_totals`."""
+def key_document(key: ApiKey, usage, member_role: str | None, window=None) -> dict:
+    """The key object of OpenRouter's API for `key`, with `usage` from `key_usage_totals` and
+    `window` the current window of its limit (`credits.services.budgets`): `limit_remaining`
+    counts pending holds, as enforcement does."""
+    budget = key.limit_budget
+    remaining = None
+    if budget is not None:
+        used = (window.spent + window.held) if window is not None else 0
+        remaining = max(budget.limit - used, 0)
     return {
         "hash": key.hash,
         "name": key.name,
         "label": key.label,
         "disabled": key.disabled,
-        "limit": key.limit,
-        "limit_remaining": None if key.limit is None else max(key.limit - usage.in_limit_window, 0),
+        "limit": None if budget is None else budget.limit,
+        "limit_remaining": remaining,
         "limit_reset": key.limit_reset or None,
         "include_byok_in_limit": False,
         "usage": usage.total,
@@ -116,7 +124,19 @@ def keys_data(keys: list[ApiKey]) -> list[dict]:
     """The key objects of `keys`, in a constant number of queries (usage totals, member roles)."""
     totals = key_usage_totals(keys)
     roles = member_roles(keys)
-    return [KeyOutput(key_document(k, totals[k.pk], roles.get(k.user_id))).data for k in keys]
+    windows = key_limit_windows(keys)
+    return [
+        KeyOutput(key_document(k, totals[k.pk], roles.get(k.user_id), windows.get(k.pk))).data
+        for k in keys
+    ]
+
+
+def key_limit_windows(keys: list[ApiKey]) -> dict:
+    """{key id: current window of its limit budget} (two queries for any number of keys)."""
+    prefetch_related_objects(keys, "budgets")
+    limited = {k.pk: k.limit_budget for k in keys if k.limit_budget is not None}
+    windows = budget_current_windows(limited.values())
+    return {pk: windows[b.pk] for pk, b in limited.items()}
 
 
 class KeyCreateInput(StrictSerializer):

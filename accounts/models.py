@@ -8,11 +8,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.db import models
-from django.db.models import Q
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
-
-from portal.money import CreditField
 
 from .roles import KeyKind, Role, TeamRole
 
@@ -198,8 +195,9 @@ class Invitation(models.Model):
 class ApiKey(models.Model):
     """An API key of one organization. Only the sha256 `hash` of the secret is kept, with a short
     visible `label`; the secret is shown once, at creation. `hash` is also the key's public id
-    (as in OpenRouter's key API). A key with a credit `limit` may spend at most that much per
-    `limit_reset` window (UTC calendar day, ISO week from Monday, month) or in total."""
+    (as in OpenRouter's key API). A key's credit `limit` per `limit_reset` window (UTC calendar
+    day, ISO week from Monday, month, or in total) is a `credits.Budget` on the key with
+    `utc_windows` (`limit_budget`); `limit` and `limit_reset` read it."""
 
     class LimitReset(models.TextChoices):
         DAILY = "daily", "Daily"
@@ -224,8 +222,6 @@ class ApiKey(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     scopes = models.JSONField(default=list, blank=True)
-    limit = CreditField(null=True, blank=True, help_text="Credit limit (credits, USD).")
-    limit_reset = models.CharField(max_length=16, choices=LimitReset.choices, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     disabled = models.BooleanField(default=False)
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -235,15 +231,43 @@ class ApiKey(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        constraints = [
-            models.CheckConstraint(
-                condition=Q(limit__isnull=True) | Q(limit__gte=0), name="apikey_limit_not_negative"
-            ),
-        ]
         indexes = [models.Index(fields=["organization", "deleted_at"])]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.label})"
+
+    def refresh_from_db(self, *args, **kwargs):
+        self.__dict__.pop("_limit_budget", None)
+        super().refresh_from_db(*args, **kwargs)
+
+    @property
+    def limit_budget(self):
+        """The key's OpenRouter limit (a `credits.Budget` with UTC windows), or None. Reads the
+        prefetched `budgets` when there are."""
+        if "_limit_budget" in self.__dict__:
+            return self.__dict__["_limit_budget"]
+        cache = getattr(self, "_prefetched_objects_cache", {})
+        if "budgets" in cache:
+            budget = next((b for b in cache["budgets"] if b.utc_windows), None)
+        else:
+            budget = None if self.pk is None else self.budgets.filter(utc_windows=True).first()
+        self.__dict__["_limit_budget"] = budget
+        return budget
+
+    @property
+    def limit(self):
+        budget = self.limit_budget
+        return None if budget is None else budget.limit
+
+    @property
+    def limit_reset(self) -> str:
+        budget = self.limit_budget
+        if budget is None or budget.period == "lifetime":
+            return ""
+        return budget.period
+
+    def get_limit_reset_display(self) -> str:
+        return dict(self.LimitReset.choices).get(self.limit_reset, "")
 
 
 class AuditEvent(models.Model):

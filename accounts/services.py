@@ -506,7 +506,9 @@ def apikey_create(
     expires_at: datetime | None = None,
     actor: Actor,
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns it and its secret (shown once; only its sha256 is stored).
+    """Create a key; returns it and its secret (shown once; only its sha256 is stored). A
+    `limit` (credits per `limit_reset` window: daily, weekly, monthly, or in total) becomes the
+    key's budget with UTC windows.
     `scopes` is exactly the key's scopes (an empty list: none; None: all its kind allows); who
     may create which key is `accounts.access.Principal.key_terms`.
 
@@ -535,10 +537,12 @@ def apikey_create(
         user=user,
         created_by=actor.user,
         scopes=_key_scopes(scopes, kind),
-        limit=amount,
-        limit_reset=reset,
         expires_at=expires_at,
     )
+    if amount is not None:
+        from credits.services.budgets import key_limit_set  # credits builds on accounts
+
+        key_limit_set(key=key, limit=amount, limit_reset=reset, actor=actor)
     audit_record(
         organization=organization,
         actor=actor,
@@ -551,7 +555,8 @@ def apikey_create(
 
 @transaction.atomic
 def apikey_update(*, key: ApiKey, actor: Actor, **changes) -> ApiKey:
-    """Change `name`, `disabled`, `limit`, `limit_reset`, `scopes`, `expires_at`.
+    """Change `name`, `disabled`, `limit`, `limit_reset`, `scopes`, `expires_at`. The limit is
+    the key's budget with UTC windows (`credits.services.budgets.key_limit_set`).
 
     Raises ValidationFailed for an empty change or unknown fields."""
     allowed = {"name", "disabled", "limit", "limit_reset", "scopes", "expires_at"}
@@ -567,9 +572,13 @@ def apikey_update(*, key: ApiKey, actor: Actor, **changes) -> ApiKey:
     if "disabled" in changes:
         key.disabled = bool(changes["disabled"])
     if "limit" in changes or "limit_reset" in changes:
-        key.limit, key.limit_reset = _key_limit(
+        from credits.services.budgets import key_limit_set  # credits builds on accounts
+
+        # OpenRouter's PATCH: a reset given alone keeps the limit, and the other way round.
+        amount, reset = _key_limit(
             changes.get("limit", key.limit), changes.get("limit_reset", key.limit_reset)
         )
+        key_limit_set(key=key, limit=amount, limit_reset=reset, actor=actor)
     if "scopes" in changes:
         key.scopes = _key_scopes(changes["scopes"], key.kind)
     if "expires_at" in changes:

@@ -42,7 +42,7 @@ def _status(key: ApiKey, now) -> str:
 def key_list(request):
     principal = request.principal
     now = timezone.now()
-    keys = list(principal.keys().order_by("-id"))
+    keys = list(principal.keys().order_by("-id").prefetch_related("budgets"))  # their limits
     rows = [
         {
             "key": key,

@@ -26,6 +26,7 @@ from portal.errors import NotFound, PermissionDenied
 
 from . import selectors
 from .activity import activity_days, activity_for
+from .services.budgets import budget_current_windows, budgets_applying
 
 
 def Number(**kwargs):  # noqa: N802 - a field factory
@@ -69,12 +70,29 @@ class CreditsApi(OrganizationAPIView):
         )
 
 
+class KeyBudgetOutput(serializers.Serializer):
+    """A budget that applies to the calling key (OpenRouter's `KeyBudget`): its current window."""
+
+    budget_id = serializers.CharField(allow_null=True)
+    guardrail_id = serializers.CharField(allow_null=True)
+    scope = serializers.CharField(
+        help_text="workspace (the organization), team, member, api_key, key_limit (the key's "
+        "own OpenRouter limit, UTC windows)."
+    )
+    limit_usd = Number()
+    spend_usd = Number(help_text="Spent in the current window.")
+    remaining_usd = Number(help_text="Limit minus spent and pending holds, at least 0.")
+    reset_interval = serializers.CharField(allow_null=True, help_text="null: lifetime.")
+    resets_at = serializers.DateTimeField(allow_null=True)
+    include_byok = serializers.BooleanField()
+
+
 class CurrentKeyOutput(KeyOutput):
     is_provisioning_key = serializers.BooleanField()
     is_free_tier = serializers.BooleanField()
     allowed_data_regions = serializers.ListField(child=serializers.CharField())
-    budgets = serializers.ListField(child=serializers.DictField())
-    effective_budget = serializers.DictField(allow_null=True)
+    budgets = KeyBudgetOutput(many=True)
+    effective_budget = KeyBudgetOutput(allow_null=True)
     free_model_daily_requests = serializers.DictField()
     rate_limit = serializers.DictField()
     organization_id = serializers.CharField(allow_null=True)
@@ -98,20 +116,54 @@ class CurrentKeyApi(OrganizationAPIView):
     def get(self, request):
         key = self.key
         usage = selectors.key_usage_totals([key])[key.pk]
-        document = key_document(key, usage, self.principal.role)
+        budgets = budgets_applying(
+            key.organization_id,
+            team_id=key.team_id,
+            member_id=key.user_id,
+            api_key_id=key.pk,
+        )
+        for budget in budgets:
+            budget.organization = self.organization
+        windows = budget_current_windows(budgets)
+        limit = key.limit_budget
+        document = key_document(
+            key, usage, self.principal.role, windows.get(limit.pk) if limit else None
+        )
+        listed = [_budget_item(b, windows[b.pk]) for b in budgets]
+        effective = min(listed, key=lambda b: b["remaining_usd"], default=None)
         document.update(
             {
                 "is_provisioning_key": document["is_management_key"],
                 "is_free_tier": False,
                 "allowed_data_regions": ["global"],
-                "budgets": [],
-                "effective_budget": None,
+                "budgets": listed,
+                "effective_budget": effective,
                 "free_model_daily_requests": {"limit": 0, "remaining": 0, "used": 0},
                 "rate_limit": {"interval": "10s", "note": "not enforced per key", "requests": -1},
                 "organization_id": self.organization.slug,
             }
         )
         return Response({"data": CurrentKeyOutput(document).data})
+
+
+_SCOPES = {"organization": "workspace", "team": "team", "member": "member", "api_key": "api_key"}
+_RESET_INTERVAL = {"daily": "daily", "weekly": "weekly", "monthly": "monthly", "lifetime": None}
+
+
+def _budget_item(budget, window) -> dict:
+    """One budget as OpenRouter's key endpoint lists it (amounts as JSON numbers)."""
+    used = window.spent + window.held
+    return {
+        "budget_id": str(budget.public_id),
+        "guardrail_id": None,
+        "scope": "key_limit" if budget.utc_windows else _SCOPES[budget.scope],
+        "limit_usd": budget.limit,
+        "spend_usd": window.spent,
+        "remaining_usd": max(budget.limit - used, 0),
+        "reset_interval": _RESET_INTERVAL[budget.period],
+        "resets_at": window.window_end,
+        "include_byok": False,
+    }
 
 
 class _KeyAuthenticated:

@@ -227,6 +227,9 @@ class Hold(models.Model):
     transaction = models.OneToOneField(
         LedgerTransaction, null=True, blank=True, on_delete=models.PROTECT, related_name="hold"
     )
+    budget_windows = models.JSONField(
+        default=list, blank=True, help_text="Ids of the budget windows it reserves `amount` in."
+    )
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(default=timezone.now)
     resolved_at = models.DateTimeField(null=True, blank=True)
@@ -320,6 +323,9 @@ class UsageEvent(models.Model):
     transaction = models.OneToOneField(
         LedgerTransaction, null=True, blank=True, on_delete=models.PROTECT, related_name="usage"
     )
+    budget_windows = models.JSONField(
+        default=list, blank=True, help_text="Ids of the budget windows its cost was counted in."
+    )
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(default=timezone.now)
 
@@ -347,3 +353,152 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.model} {self.cost}"
+
+
+class Budget(models.Model):
+    """A spending limit per period on the organization, a team, a member or an API key,
+    optionally only for one `operation` and/or `model` (an exact id, or a provider prefix ending
+    in "/", e.g. `anthropic/`). `hard` refuses a debit past `limit`; `soft` allows up to
+    `limit + grace`. Windows are calendar periods in the organization's time zone (weeks start
+    on Monday), except budgets with `utc_windows` (an API key's OpenRouter `limit` /
+    `limit_reset`), whose windows are UTC. Spend per window lives in `BudgetWindow` counter rows,
+    updated in the debit's transaction (`credits.services.budgets`)."""
+
+    class Scope(models.TextChoices):
+        ORGANIZATION = "organization", "Organization"
+        TEAM = "team", "Team"
+        MEMBER = "member", "Member"
+        API_KEY = "api_key", "API key"
+
+    class Period(models.TextChoices):
+        DAILY = "daily", "Daily"
+        WEEKLY = "weekly", "Weekly"
+        MONTHLY = "monthly", "Monthly"
+        LIFETIME = "lifetime", "Lifetime"
+
+    class Mode(models.TextChoices):
+        HARD = "hard", "Hard"
+        SOFT = "soft", "Soft"
+
+    DEFAULT_THRESHOLDS = (75, 90, 100)
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="budgets")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
+    )
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="budgets",
+    )
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
+    )
+    period = models.CharField(max_length=16, choices=Period.choices)
+    limit = CreditField(help_text="Credits (USD) per window.")
+    operation = models.CharField(max_length=16, blank=True, help_text="Only this operation.")
+    model = models.CharField(
+        max_length=200, blank=True, help_text="Only this model id, or provider prefix ending in /."
+    )
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.HARD)
+    grace = CreditField(default=0, help_text="Soft budgets: credits allowed past the limit.")
+    thresholds = models.JSONField(default=list, blank=True, help_text="Alert at these percents.")
+    utc_windows = models.BooleanField(
+        default=False, help_text="An API key's OpenRouter limit: windows in UTC."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(limit__gte=0), name="budget_limit_not_negative"),
+            models.CheckConstraint(condition=Q(grace__gte=0), name="budget_grace_not_negative"),
+            models.CheckConstraint(
+                condition=Q(
+                    scope="organization",
+                    team__isnull=True,
+                    member__isnull=True,
+                    api_key__isnull=True,
+                )
+                | Q(scope="team", team__isnull=False, member__isnull=True, api_key__isnull=True)
+                | Q(scope="member", team__isnull=True, member__isnull=False, api_key__isnull=True)
+                | Q(scope="api_key", team__isnull=True, member__isnull=True, api_key__isnull=False),
+                name="budget_scope_target",
+            ),  # fmt: skip
+            models.CheckConstraint(
+                condition=Q(utc_windows=False) | Q(scope="api_key"),
+                name="budget_utc_windows_of_keys",
+            ),
+            models.UniqueConstraint(
+                fields=["api_key"], condition=Q(utc_windows=True), name="budget_one_key_limit"
+            ),
+        ]
+        indexes = [models.Index(fields=["organization", "scope"], name="budget_org_scope")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.period} budget {self.limit}"
+
+    @property
+    def cap(self):
+        """What the window may reach: the limit, plus the grace of a soft budget."""
+        return self.limit + (self.grace if self.mode == self.Mode.SOFT else 0)
+
+
+class BudgetWindow(models.Model):
+    """The spend counter of one budget in one window (a calendar period; `lifetime` has one
+    window starting at the epoch). `spent` is posted usage counted in it, `held` the pending
+    holds reserved in it. A new window is a new row created on demand: nothing is reset."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="windows")
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField(null=True, blank=True)
+    spent = CreditField(default=0)
+    held = CreditField(default=0)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "window_start"], name="budget_window_unique"),
+            models.CheckConstraint(
+                condition=Q(held__gte=0), name="budget_window_held_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"budget {self.budget_id} from {self.window_start:%Y-%m-%d %H:%M}"
+
+
+class Alert(models.Model):
+    """A threshold crossing of a budget in one window: fires once per (budget, window,
+    threshold), enforced by a unique constraint. `budget.exhausted` is 100 % of a hard budget;
+    channels (notifications) hang off `credits.services.alerts.alert_record`."""
+
+    class Type(models.TextChoices):
+        THRESHOLD_CROSSED = "budget.threshold_crossed", "Threshold crossed"
+        EXHAUSTED = "budget.exhausted", "Budget exhausted"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="alerts")
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    window_start = models.DateTimeField()
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the limit.")
+    type = models.CharField(max_length=32, choices=Type.choices)
+    spent = CreditField(help_text="Spent in the window when it fired.")
+    limit = CreditField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["budget", "window_start", "threshold"], name="alert_once_per_window"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.threshold}% of budget {self.budget_id}"

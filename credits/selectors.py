@@ -149,7 +149,6 @@ class KeyUsage:
     daily: Decimal = ZERO
     weekly: Decimal = ZERO
     monthly: Decimal = ZERO
-    in_limit_window: Decimal = ZERO
 
 
 def _spend_sums(field: str, now: datetime) -> dict:
@@ -182,10 +181,7 @@ def key_usage_totals(keys: Iterable[ApiKey], now: datetime | None = None) -> dic
     for key in keys:
         r = by_key.get(key.pk, {})
         totals = {p: r.get(p, ZERO) for p in ("total", "daily", "weekly", "monthly")}
-        window = {"daily": "daily", "weekly": "weekly", "monthly": "monthly"}.get(
-            key.limit_reset, "total"
-        )
-        result[key.pk] = KeyUsage(**totals, in_limit_window=totals[window])
+        result[key.pk] = KeyUsage(**totals)
     return result
 
 

@@ -11,7 +11,7 @@ from accounts import apis as accounts_apis
 from accounts import apis_keys, views
 from accounts import apis_openrouter as accounts_openrouter
 from credits import apis as credits_apis
-from credits import apis_openrouter, apis_usage
+from credits import apis_budgets, apis_openrouter, apis_usage
 from notifications import apis as notifications_apis
 
 api_v1 = [
@@ -108,6 +108,8 @@ api_v1 = [
         notifications_apis.WebhookResendApi.as_view(),
         name="webhook-resend",
     ),
+    path("budgets", apis_budgets.BudgetListApi.as_view(), name="budgets"),
+    path("budgets/<uuid:id>", apis_budgets.BudgetDetailApi.as_view(), name="budget-detail"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]

@@ -32,7 +32,8 @@ from rest_framework.test import APIClient
 from accounts.models import ApiKey, Invitation, Membership, Team, User
 from accounts.roles import Role, TeamRole
 from accounts.services import apikey_create, invitation_create, team_create, team_member_set
-from credits.models import Hold, LedgerAccount, UsageEvent
+from credits.models import Budget, Hold, LedgerAccount, UsageEvent
+from credits.services.budgets import budget_create
 from notifications.models import Notification, OutboxMessage, WebhookEndpoint
 from notifications.services import notify, webhook_endpoint_create
 
@@ -232,6 +233,13 @@ def build_world(t: Tenant) -> World:
         actor=SYSTEM,
     )  # fmt: skip
     notify(organization=t.org, type="balance.low", data={"available": "2.5"})
+    for scope, target in (
+        ("team", {"team": teams["beta"]}),
+        ("member", {"member": users["worker"]}),
+        ("organization", {}),
+    ):
+        budget_create(organization=t.org, scope=scope, period="monthly", limit="50",
+                      actor=SYSTEM, **target)  # fmt: skip
     world = World(t, users, teams, keys, events, holds, invitation, clients)
     world.hidden = {p: world.markers(p) for p in PRINCIPALS}
     return world
@@ -405,6 +413,10 @@ def hold_id(hold: str, by: str = "client") -> Fill:
         return {"id": h.idempotency_key if by == "client" else str(h.public_id)}
 
     return fill
+
+
+def budget_id(scope: str) -> Fill:
+    return lambda w: {"id": str(Budget.objects.get(organization=w.org, scope=scope).public_id)}
 
 
 def account_pk(team: str | None) -> Fill:
@@ -627,6 +639,22 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     },
     "api/v1/credits/forecast": {
         "GET": [P("200 200 200 200 200 200  200 200 200 200", check=forecast_accounts)],
+    },
+    # Budgets: read with credits:read (rows as the principal sees teams and members); set with
+    # credits:write organization-wide, or by a team manager for the members of the team.
+    "api/v1/budgets": {
+        "GET": [P("200 200 200 200 200 200  200 200 200 200")],
+        "POST": [P("201 201 403 403 403 201  201 403 403 403",
+                   body=lambda w: {"scope": "member", "member": w.users["worker"].email,
+                                   "period": "daily", "limit": "1"}),
+                 P("201 201 403 403 403 403  201 403 403 403",
+                   body=lambda w: {"scope": "organization", "period": "daily", "limit": "1"})],
+    },
+    "api/v1/budgets/<uuid:id>": {
+        "GET": [P("200 200 200 404 200 200  200 404 404 404", path=budget_id("team"))],
+        "PATCH": [P("200 200 403 404 403 403  200 404 404 404", path=budget_id("team"),
+                    body=lambda w: {"limit": "9"})],
+        "DELETE": [P("200 200 403 404 403 200  200 404 404 404", path=budget_id("member"))],
     },
     "api/v1/credits/report": {
         "GET": [P("200 200 200 200 200 200  200 200 200 200", check=report),

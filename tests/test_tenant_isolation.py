@@ -30,7 +30,8 @@ from rest_framework.views import APIView
 from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
-from credits.models import CreditLot, Hold, LedgerAccount, UsageEvent
+from credits.models import Budget, CreditLot, Hold, LedgerAccount, UsageEvent
+from credits.services.budgets import budget_create
 from notifications.models import Notification, OutboxMessage, WebhookEndpoint
 from notifications.services import notify, webhook_endpoint_create
 
@@ -173,6 +174,8 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
         actor=SYSTEM,
     )  # fmt: skip
     notify(organization=a.org, type="balance.low", data={"available": "1.5"})
+    budget_create(organization=a.org, scope="team", team=a_team, period="monthly", limit="5",
+                  actor=SYSTEM)  # fmt: skip
 
     b = other_tenant
     b.grant("7")
@@ -376,6 +379,7 @@ A_KEY = {"hash": lambda w: w.a_key.hash}
 A_HOLD = {"id": lambda w: w.a_hold.public_id}
 A_ENDPOINT = {"id": lambda w: a_endpoint(w).public_id}
 A_DELIVERY = {**A_ENDPOINT, "message_id": lambda w: a_message(w).message_id}
+A_BUDGET = {"id": lambda w: Budget.objects.filter(organization=w.a.org).order_by("id")[0].public_id}
 
 
 def _params(spec: dict[str, Fill]) -> Fill:
@@ -484,6 +488,21 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
     },
     "api/v1/credits/authorizations/<str:id>/void": {
         "POST": [Probe(404, path=_params(A_HOLD))],
+    },
+    # Budgets: B lists its own; A's team, member or key named in B's budget is a bad input.
+    "api/v1/budgets": {
+        "GET": [Probe(200)],
+        "POST": [Probe(400, body=lambda w: {"scope": "team", "team": w.a_team.slug,
+                                            "period": "daily", "limit": "1"}),
+                 Probe(400, body=lambda w: {"scope": "member", "member": w.a_member.email,
+                                            "period": "daily", "limit": "1"}),
+                 Probe(400, body=lambda w: {"scope": "api_key", "api_key": w.a_key.hash,
+                                            "period": "daily", "limit": "1"})],
+    },
+    "api/v1/budgets/<uuid:id>": {
+        "GET": [Probe(404, path=_params(A_BUDGET))],
+        "PATCH": [Probe(404, path=_params(A_BUDGET), body=lambda w: {"limit": "99"})],
+        "DELETE": [Probe(404, path=_params(A_BUDGET))],
     },
     "api/v1/credits/report": {
         "GET": [Probe(200, check=b_report),

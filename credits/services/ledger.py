@@ -32,7 +32,8 @@ from portal.errors import (
 )
 from portal.money import format_credits, parse_credits
 
-from ..models import CreditLot, Hold, LedgerAccount, LedgerEntry, LedgerTransaction
+from ..models import CreditLot, Hold, LedgerAccount, LedgerEntry, LedgerTransaction, UsageEvent
+from .budgets import budget_windows_give_back, budget_windows_release, lock_hold_windows
 from .ledger_core import (  # noqa: F401  (request_hash, _lock, accounts: used by usage.py)
     _burn,
     _burn_order,
@@ -362,16 +363,20 @@ def hold_authorize(
 
 
 def _lock_hold(hold: Hold) -> tuple[Hold, LedgerAccount]:
-    """Lock the hold's account, then the hold (the accounts-first order of every write)."""
+    """Lock the hold's account, then its budget windows (ascending id), then the hold: the
+    order of every write (docs/ledger.md). A hold's windows never change once it is made."""
     row = Hold.objects.filter(pk=hold.pk).select_related("account").first() if hold.pk else None
     if row is None:
         raise NotFound("No such hold.")
     account = _lock([row.account])[row.account_id]
+    lock_hold_windows(row.budget_windows)
     return Hold.objects.select_for_update().get(pk=hold.pk), account
 
 
 def _release(hold: Hold, account: LedgerAccount, status: str) -> None:
+    """Release the hold's reservation from its account and its budget windows (locked)."""
     LedgerAccount.objects.filter(pk=account.pk).update(held=F("held") - hold.amount)
+    budget_windows_release(window_ids=hold.budget_windows, amount=hold.amount)
     account.held -= hold.amount
     hold.status = status
     hold.resolved_at = timezone.now()
@@ -390,6 +395,7 @@ def hold_capture(
     InsufficientCredits (the excess is not available), ValidationFailed, NotFound."""
     amount = parse_credits(amount, allow_zero=True)
     _check_organization(organization, hold.organization_id, "hold")
+    sink = system_account_of(hold.organization_id, Kind.USAGE)  # created before any lock
     hold, account = _lock_hold(hold)
     if hold.status == Hold.Status.CAPTURED and hold.captured_amount == amount:
         return hold.transaction
@@ -413,7 +419,7 @@ def hold_capture(
         )
         if not created:
             raise IdempotencyConflict("The capture's idempotency key is taken.", hold=hold.pk)
-        _spend(account, amount, txn, expired_first_at=now)
+        _spend(account, amount, txn, expired_first_at=now, sink=sink)
     hold.captured_amount = amount
     hold.transaction = txn
     hold.save(update_fields=["status", "resolved_at", "captured_amount", "transaction"])
@@ -519,6 +525,8 @@ def ledger_reverse(
     back to a lot past its expiry expire at the next expiry run. A retry returns the first
     reversal.
 
+    A usage transaction's cost leaves the budget windows its event was counted in.
+
     Raises Conflict (already reversed, or a reversal), InsufficientCredits (the credits were
     spent or moved since), IdempotencyConflict, NotFound (another organization's)."""
     _check_organization(organization, txn.organization_id, "transaction")
@@ -570,6 +578,11 @@ def ledger_reverse(
         else:
             legs += [(account, -portion, lot) for lot, portion in _take_back(entry)]
     _post_entries(reversal, legs)
+    if txn.kind == LedgerTransaction.Kind.USAGE:
+        # The cost leaves the budget windows it was counted in (after the account locks).
+        usage = UsageEvent.objects.filter(transaction=txn).only("cost", "budget_windows").first()
+        if usage is not None:
+            budget_windows_give_back(window_ids=usage.budget_windows, amount=usage.cost)
     audit_record(
         organization=organization,
         actor=actor,

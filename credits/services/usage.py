@@ -10,15 +10,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import ApiKey, Organization, Team, User
-from portal.errors import BudgetExceeded, IdempotencyConflict, ValidationFailed
-from portal.money import format_credits, parse_credits
+from portal.errors import IdempotencyConflict, ValidationFailed
+from portal.money import parse_credits
 
 from ..models import Hold, LedgerAccount, UsageEvent
-from ..periods import window_start
+from .budgets import BudgetGate
 from .ledger import (
     _lock,
     hold_authorize,
@@ -26,6 +25,7 @@ from .ledger import (
     ledger_debit,
     request_hash,
     spending_account,
+    system_account_of,
 )
 from .prices import Tokens, cost_compute, model_suggestions, price_for
 
@@ -102,11 +102,13 @@ class Attribution:
 @dataclass(frozen=True)
 class UsageResult:
     """A recorded event (`created`), or the first result of a retry; `balance_after` is the
-    available credits (balance - held) of the account it was paid from, right after."""
+    available credits (balance - held) of the account it was paid from, right after; `alerts`
+    the budget thresholds it crossed (`credits.services.alerts.alert_record`)."""
 
     event: UsageEvent
     created: bool
     balance_after: Decimal
+    alerts: tuple = ()  # the budget alerts (credits.Alert) this event fired
 
 
 def _available(account: LedgerAccount) -> Decimal:
@@ -149,61 +151,6 @@ def _occurred_at(event: UsageInput, now: datetime) -> datetime:
     return occurred_at
 
 
-@dataclass
-class KeySpend:
-    """What a key with a credit limit has used in its current window, and holds pending."""
-
-    key: ApiKey
-    spent: Decimal
-    held: Decimal
-
-    def ensure_room(self, amount: Decimal) -> None:
-        """BudgetExceeded when `amount` more would take the key past its limit."""
-        key = self.key
-        if self.spent + self.held + amount <= key.limit:
-            return
-        remaining = max(key.limit - self.spent - self.held, Decimal(0))
-        raise BudgetExceeded(
-            f"Key limit exceeded: {format_credits(amount)} needed, "
-            f"{format_credits(remaining)} left of the key's {format_credits(key.limit)} "
-            f"{key.limit_reset or 'total'} limit",
-            budget={
-                "scope": "api_key",
-                "limit": str(key.limit),
-                "period": key.limit_reset or "lifetime",
-                "spent": str(self.spent),
-                "held": str(self.held),
-                "remaining": str(remaining),
-            },
-        )
-
-
-def key_spend(key: ApiKey | None, now: datetime) -> KeySpend | None:
-    """Lock a limited key's row (parallel requests of one key are checked one at a time) and sum
-    its usage in the current `limit_reset` window (UTC; by `recorded_at`) and its pending holds.
-    None for a key without a limit."""
-    if key is None or key.limit is None:
-        return None
-    ApiKey.objects.select_for_update().filter(pk=key.pk).exists()
-    used = UsageEvent.objects.filter(api_key=key, transaction__reversed_by__isnull=True)
-    start = window_start(key.limit_reset or None, now)
-    if start is not None:
-        used = used.filter(recorded_at__gte=start)
-    spent = used.aggregate(s=Sum("cost"))["s"] or Decimal(0)
-    held = Hold.objects.filter(api_key=key, status=Hold.Status.PENDING).aggregate(s=Sum("amount"))[
-        "s"
-    ] or Decimal(0)
-    return KeySpend(key=key, spent=spent, held=held)
-
-
-def key_limit_check(key: ApiKey | None, amount: Decimal, now: datetime) -> None:
-    """Refuse (BudgetExceeded) when `amount` more would take a key past its credit `limit` in the
-    current `limit_reset` window, counting its recorded usage and its pending holds."""
-    spend = key_spend(key, now)
-    if spend is not None:
-        spend.ensure_room(amount)
-
-
 def _existing(organization: Organization, event: UsageInput, digest: str) -> UsageEvent | None:
     existing = UsageEvent.objects.filter(organization=organization, event_id=event.id).first()
     if existing is not None and existing.request_hash != digest:
@@ -225,6 +172,7 @@ def _usage_event(
     occurred_at: datetime,
     now: datetime,
     extra_metadata: dict | None = None,
+    budget_windows: list[int] | None = None,
 ) -> UsageEvent:
     """The (unsaved) row of a priced usage event."""
     return UsageEvent(
@@ -247,6 +195,7 @@ def _usage_event(
         conversation_id=event.conversation_id,
         metadata={**(event.metadata or {}), **(extra_metadata or {})},
         transaction=txn,
+        budget_windows=budget_windows or [],
         occurred_at=occurred_at,
         recorded_at=now,
     )
@@ -257,8 +206,13 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
     """Price, check and record one usage event, debiting its cost from the team's allocation or
     the pool. A retry with the same `id` and body returns the first result (created=False).
 
+    Every budget that applies (organization, team, member, key; matching operation and model)
+    is checked and counted in the same transaction, after the account's lock (the strictest
+    decides).
+
     Raises ValidationFailed (unknown model, future time), IdempotencyConflict (same id, other
-    body), InsufficientCredits, BudgetExceeded (the key's limit); nothing is recorded then."""
+    body), InsufficientCredits, BudgetExceeded (a hard budget, a soft one past its grace, or the
+    key's limit); nothing is recorded then."""
     organization = attribution.organization
     account = spending_account(organization, attribution.team)
     digest = event.digest()
@@ -279,7 +233,10 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
         )
         if not created:  # a concurrent duplicate committed first
             return UsageResult(_existing(organization, event, digest), False, _available(account))
-    key_limit_check(attribution.api_key, cost, now)
+    gate = BudgetGate.of(attribution, now)
+    pairs = gate.applicable(event.operation, event.model)
+    gate.check(pairs, cost)
+    gate.charge(pairs, cost)
     usage = _usage_event(
         attribution,
         event,
@@ -290,15 +247,17 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
         txn=txn,
         occurred_at=occurred_at,
         now=now,
+        budget_windows=[w.pk for _, w in pairs] if cost > 0 else [],
     )
     try:
         with transaction.atomic():
             usage.save(force_insert=True)
     except IntegrityError:
         return UsageResult(_existing(organization, event, digest), False, _available(account))
+    alerts = gate.flush()
     if txn is None:
         account.refresh_from_db(fields=["balance", "held"])
-    return UsageResult(usage, True, _available(account))
+    return UsageResult(usage, True, _available(account), tuple(alerts))
 
 
 # Credit-aware requests: authorize, capture, void -------------------------------------------------
@@ -325,10 +284,12 @@ def authorization_create(
     prompt_tokens: int = 0,
     max_tokens: int = 0,
     timeout: timedelta | None = None,
+    operation: str = UsageEvent.Operation.CHAT,
 ) -> tuple[Hold, bool]:
     """Hold the worst-case cost of a request (an `amount`, or `model` with `prompt_tokens` and
-    `max_tokens`) on the spending account, checked against the balance and the key's limit in
-    one step. `id` is the idempotency key. Returns (hold, created).
+    `max_tokens`) on the spending account, checked against the balance and every budget that
+    applies (reserved in their windows' `held`) in one step. `id` is the idempotency key.
+    Returns (hold, created).
 
     Raises ValidationFailed, InsufficientCredits, BudgetExceeded, IdempotencyConflict."""
     now = timezone.now()
@@ -343,10 +304,13 @@ def authorization_create(
     existing = Hold.objects.filter(
         organization=attribution.organization, idempotency_key=id
     ).first()
+    gate, pairs = None, []
     if existing is None:
-        _lock([account])  # accounts first, then the key row: the order usage_record takes
-        key_limit_check(attribution.api_key, amount, now)
-    return hold_authorize(
+        _lock([account])  # accounts first, then the budget windows: the order of every debit
+        gate = BudgetGate.of(attribution, now)
+        pairs = gate.applicable(operation, model)
+        gate.check(pairs, amount)
+    hold, created = hold_authorize(
         account=account,
         amount=amount,
         idempotency_key=id,
@@ -356,7 +320,12 @@ def authorization_create(
         team=attribution.team,
         member=attribution.member,
         model=model,
+        budget_windows=[w.pk for _, w in pairs],
     )
+    if created and gate is not None:
+        gate.reserve(pairs, amount)
+        gate.flush()
+    return hold, created
 
 
 @transaction.atomic
@@ -365,8 +334,11 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
     `usage_record` does) and posts its cost, releasing the rest of the hold. A retry of the
     same capture returns the first result.
 
+    The hold's reservation leaves its budget windows; the cost is counted in the current windows
+    of every budget that applies. Beyond the hold, a capture is checked like a new debit.
+
     Raises HoldNotPending, InsufficientCredits (cost above the hold and not available),
-    BudgetExceeded (cost above the hold and past the key's limit), ValidationFailed,
+    BudgetExceeded (cost above the hold and past a budget), ValidationFailed,
     IdempotencyConflict."""
     organization = hold.organization
     digest = event.digest()
@@ -376,15 +348,23 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
     now = timezone.now()
     occurred_at = _occurred_at(event, now)
     cost, price, source = usage_price(event, occurred_at)
-    if cost > hold.amount and hold.api_key_id is not None:
-        # Beyond the hold, a capture is a new debit: checked against the key's limit like one,
-        # in the lock order usage_record takes (the account, then the key row).
-        _lock([hold.account])
-        key_limit_check(hold.api_key, cost - hold.amount, now)
-    txn = hold_capture(hold=hold, amount=cost, metadata={"event_id": event.id})
     attribution = Attribution(
         organization=organization, api_key=hold.api_key, team=hold.team, member=hold.member
     )
+    # The lock order of every debit: the account, the budget windows (current ones and the
+    # hold's), then the hold row. The usage sink is created (first use) before any lock.
+    system_account_of(organization.pk, LedgerAccount.Kind.USAGE)
+    _lock([hold.account])
+    gate = BudgetGate.of(attribution, now, extra_window_ids=hold.budget_windows)
+    locked = Hold.objects.select_for_update().get(pk=hold.pk)
+    pairs = gate.applicable(event.operation, event.model)
+    fresh = locked.status == Hold.Status.PENDING and locked.expires_at > now
+    if fresh:
+        gate.release_in_memory(locked.budget_windows, locked.amount)  # hold_capture writes it
+        if cost > locked.amount:  # beyond the hold: checked like a new debit
+            gate.check(pairs, cost)
+        gate.charge(pairs, cost)
+    txn = hold_capture(hold=locked, amount=cost, metadata={"event_id": event.id})
     usage = _usage_event(
         attribution,
         event,
@@ -396,6 +376,7 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
         occurred_at=occurred_at,
         now=now,
         extra_metadata={"authorization": hold.idempotency_key},
+        budget_windows=[w.pk for _, w in pairs] if fresh and cost > 0 else [],
     )
     try:
         with transaction.atomic():
@@ -404,4 +385,5 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
         raise IdempotencyConflict(
             f"Usage event '{event.id}' was recorded by another request.", event_id=event.id
         ) from None
-    return UsageResult(usage, True, _available_now(hold.account_id))
+    alerts = gate.flush() if fresh else []
+    return UsageResult(usage, True, _available_now(hold.account_id), tuple(alerts))

@@ -3,11 +3,12 @@
 (the same costs, refusals, lots burned and balances), in a constant number of statements per
 batch instead of about twenty per event.
 
-How: the paying account is locked once; the events' ids are looked up in one query; lots are
-read once and burned in memory in burn order; transactions, entries and usage rows are inserted
-in bulk; the lots and the balance are updated once. If a concurrent request claims one of the
-ids meanwhile (a unique index says so at insert), the batch falls back to `usage_record` one
-event at a time, which settles each race as a single request does.
+How: the paying account is locked once, then the windows of the budgets that apply (checked
+and counted in memory in order, written in one UPDATE); the events' ids are looked up in one
+query; lots are read once and burned in memory in burn order; transactions, entries and usage
+rows are inserted in bulk; the lots and the balance are updated once. If a concurrent request
+claims one of the ids meanwhile (a unique index says so at insert), the batch falls back to
+`usage_record` one event at a time, which settles each race as a single request does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from django.utils import timezone
 from portal.errors import ApplicationError, IdempotencyConflict
 
 from ..models import CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction, UsageEvent
+from .budgets import BudgetGate
 from .ledger_core import (
     Kind,
     _burn_order,
@@ -39,7 +41,6 @@ from .usage import (
     UsageResult,
     _occurred_at,
     _usage_event,
-    key_spend,
     usage_price,
     usage_record,
 )
@@ -95,9 +96,10 @@ def _record_many(attribution: Attribution, events: Sequence[UsageInput]) -> list
 
     if not priced:
         return outcomes
+    sink = system_account_of(organization.pk, Kind.USAGE)  # created before any lock
     account = _lock([spending_account(organization, attribution.team)])
     account = next(iter(account.values()))
-    spend = key_spend(attribution.api_key, now)
+    gate = BudgetGate.of(attribution, now)  # after the account: the lock order of every debit
     existing = {
         row.event_id: row
         for row in UsageEvent.objects.filter(
@@ -110,6 +112,7 @@ def _record_many(attribution: Attribution, events: Sequence[UsageInput]) -> list
     new: dict[str, tuple[_Priced, UsageEvent]] = {}
     postings: list[tuple[LedgerTransaction, list[tuple[CreditLot, Decimal]], Decimal]] = []
     start_balance = account.balance
+    crossings: dict[int, list] = {}
 
     for item in priced:
         event = item.event
@@ -123,10 +126,10 @@ def _record_many(attribution: Attribution, events: Sequence[UsageInput]) -> list
             else:
                 outcomes[item.index] = UsageResult(earlier, False, account.available)
             continue
+        pairs = gate.applicable(event.operation, event.model)
         try:
             _ensure_available(account, item.cost)
-            if spend is not None:
-                spend.ensure_room(item.cost)
+            gate.check(pairs, item.cost)
         except ApplicationError as exc:
             outcomes[item.index] = exc
             continue
@@ -141,17 +144,17 @@ def _record_many(attribution: Attribution, events: Sequence[UsageInput]) -> list
             )
             postings.append((txn, _burn_in_memory(lots, item.cost, touched), item.cost))
             account.balance -= item.cost
-            if spend is not None:
-                spend.spent += item.cost
+        crossed = gate.charge(pairs, item.cost)
         row = _usage_event(
             attribution, event, item.digest, price=item.price, cost=item.cost,
             source=item.source, txn=txn, occurred_at=item.occurred_at, now=now,
+            budget_windows=[w.pk for _, w in pairs] if item.cost > 0 else [],
         )  # fmt: skip
         new[event.id] = (item, row)
         outcomes[item.index] = UsageResult(row, True, account.available)
+        crossings[item.index] = crossed
 
     LedgerTransaction.objects.bulk_create([txn for txn, _, _ in postings])
-    sink = system_account_of(organization.pk, Kind.USAGE) if postings else None
     entries = []
     for txn, burned, cost in postings:
         entries += [LedgerEntry(transaction=txn, account=account, amount=-portion, lot=lot)
@@ -165,6 +168,13 @@ def _record_many(attribution: Attribution, events: Sequence[UsageInput]) -> list
     spent = start_balance - account.balance
     if spent:
         LedgerAccount.objects.filter(pk=account.pk).update(balance=F("balance") - spent)
+    fired = {(a.budget_id, a.window_start, a.threshold): a for a in gate.flush()}
+    for index, crossed in crossings.items():
+        alerts = [fired[k] for c in crossed if (k := (c.budget.pk, c.window.window_start,
+                                                      c.threshold)) in fired]  # fmt: skip
+        if alerts:
+            result = outcomes[index]
+            outcomes[index] = UsageResult(result.event, True, result.balance_after, tuple(alerts))
     return outcomes
 
 

@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('accounts', '0005_user_phone'),
+        ('accounts', '0006_user_phone'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

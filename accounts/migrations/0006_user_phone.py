@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0004_apikey_explicit_scopes'),
+        ('accounts', '0005_apikey_limit_is_a_budget'),
     ]
 
     operations = [

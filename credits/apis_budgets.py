@@ -1,0 +1,230 @@
+"""`/api/v1/budgets` and `/api/v1/budgets/{id}`: spending limits per period on the organization,
+a team, a member or an API key (`credits.services.budgets`). Reading needs `credits:read` and
+shows the budgets the principal sees (`Principal.budgets`; others answer 404); setting, changing
+and deleting needs `credits:write` organization-wide, or a team manager's right over a member of
+the team (`Principal.check_budget`). Amounts are credits (USD) as strings; windows are in the
+organization's time zone (ISO 8601 with the offset), or UTC for an API key's OpenRouter limit."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from accounts.models import ApiKey, Membership
+from portal.api import OrganizationAPIView, StrictSerializer
+from portal.errors import ValidationFailed
+
+from .models import Budget, UsageEvent
+from .services import budgets as services
+from .services.budgets import budget_current_windows
+
+
+def _amount(**kwargs):
+    return serializers.DecimalField(max_digits=28, decimal_places=12, **kwargs)
+
+
+class BudgetOutput(serializers.Serializer):
+    id = serializers.UUIDField(help_text="The budget's public id.")
+    scope = serializers.ChoiceField(choices=Budget.Scope.choices)
+    team = serializers.CharField(allow_null=True, help_text="Team slug (scope team).")
+    member = serializers.EmailField(allow_null=True, help_text="Member e-mail (scope member).")
+    api_key = serializers.CharField(allow_null=True, help_text="Key hash (scope api_key).")
+    period = serializers.ChoiceField(choices=Budget.Period.choices)
+    limit = _amount(help_text="Credits (USD) per window.")
+    mode = serializers.ChoiceField(choices=Budget.Mode.choices)
+    grace = _amount(help_text="Soft budgets: credits allowed past the limit.")
+    thresholds = serializers.ListField(child=serializers.IntegerField(), help_text="Percents.")
+    operation = serializers.CharField(allow_null=True)
+    model = serializers.CharField(allow_null=True)
+    utc_windows = serializers.BooleanField(help_text="An API key's OpenRouter limit (UTC).")
+    spent = _amount(help_text="Spent in the current window.")
+    held = _amount(help_text="Reserved by pending holds in the current window.")
+    remaining = _amount(help_text="limit - spent - held, at least 0.")
+    window_start = serializers.DateTimeField()
+    window_end = serializers.DateTimeField(allow_null=True, help_text="null: lifetime.")
+
+
+class BudgetCreateInput(StrictSerializer):
+    scope = serializers.ChoiceField(choices=Budget.Scope.choices)
+    team = serializers.CharField(max_length=50, required=False)
+    member = serializers.EmailField(required=False)
+    api_key = serializers.CharField(max_length=64, required=False)
+    period = serializers.ChoiceField(choices=Budget.Period.choices)
+    limit = _amount(min_value=0)
+    mode = serializers.ChoiceField(choices=Budget.Mode.choices, default=Budget.Mode.HARD)
+    grace = _amount(min_value=0, required=False, default=0)
+    thresholds = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=1000), required=False
+    )
+    operation = serializers.ChoiceField(
+        choices=UsageEvent.Operation.choices, required=False, allow_blank=True
+    )
+    model = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+class BudgetUpdateInput(StrictSerializer):
+    period = serializers.ChoiceField(choices=Budget.Period.choices, required=False)
+    limit = _amount(min_value=0, required=False)
+    mode = serializers.ChoiceField(choices=Budget.Mode.choices, required=False)
+    grace = _amount(min_value=0, required=False)
+    thresholds = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=1000), required=False
+    )
+    operation = serializers.ChoiceField(
+        choices=UsageEvent.Operation.choices, required=False, allow_blank=True
+    )
+    model = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+BudgetListOutput = inline_serializer("BudgetList", {"data": BudgetOutput(many=True)})
+
+
+def budgets_data(budgets: list[Budget], principal) -> list[dict]:
+    """The API documents of `budgets` with their current windows (one query for the windows);
+    members and keys the principal may not identify are null."""
+    windows = budget_current_windows(budgets)
+    out = []
+    for b in budgets:
+        w = windows[b.pk]
+        out.append(
+            BudgetOutput(
+                {
+                    "id": b.public_id,
+                    "scope": b.scope,
+                    "team": b.team.slug if b.team_id else None,
+                    "member": b.member.email
+                    if b.member_id and principal.sees_member(b.member_id)
+                    else None,
+                    "api_key": b.api_key.hash
+                    if b.api_key_id and principal.sees_key(b.api_key)
+                    else None,
+                    "period": b.period,
+                    "limit": b.limit,
+                    "mode": b.mode,
+                    "grace": b.grace,
+                    "thresholds": b.thresholds,
+                    "operation": b.operation or None,
+                    "model": b.model or None,
+                    "utc_windows": b.utc_windows,
+                    "spent": w.spent,
+                    "held": w.held,
+                    "remaining": max(b.limit - w.spent - w.held, 0),
+                    "window_start": w.window_start,
+                    "window_end": w.window_end,
+                }
+            ).data
+        )
+    return out
+
+
+def _in_zone(data: list[dict], budgets: list[Budget]) -> list[dict]:
+    """Window times in the organization's time zone (UTC for key limits), with the offset."""
+    from zoneinfo import ZoneInfo
+
+    from django.utils.dateparse import parse_datetime
+
+    for document, budget in zip(data, budgets, strict=True):
+        zone = ZoneInfo("UTC" if budget.utc_windows else budget.organization.time_zone)
+        for name in ("window_start", "window_end"):
+            if document[name]:
+                document[name] = parse_datetime(document[name]).astimezone(zone).isoformat()
+    return data
+
+
+class BudgetListApi(OrganizationAPIView):
+    # Writes are decided by Principal.check_budget (credits:write, or a team manager's right).
+    scope_map = {"GET": "credits:read", "POST": "credits:read"}
+
+    @extend_schema(operation_id="budgets_list", responses={200: BudgetListOutput})
+    def get(self, request):
+        budgets = list(self.principal.budgets().order_by("id")[:1000])
+        return Response({"data": _in_zone(budgets_data(budgets, self.principal), budgets)})
+
+    @extend_schema(
+        operation_id="budgets_create", request=BudgetCreateInput, responses={201: BudgetOutput}
+    )
+    def post(self, request):
+        data = self.parse(BudgetCreateInput)
+        scope = data["scope"]
+        targets = {"team": None, "member": None, "api_key": None}
+        for name in targets:
+            if name in data and name != scope:
+                raise ValidationFailed({name: [f"Only for scope {name}."]})
+        if scope != "organization" and scope not in data:
+            raise ValidationFailed({scope: ["Required for this scope."]})
+        org = self.organization
+        if scope == "team":
+            targets["team"] = org.teams.filter(slug=data["team"]).first()
+            if targets["team"] is None:
+                raise ValidationFailed({"team": ["No such team in this organization."]})
+        elif scope == "member":
+            membership = (
+                Membership.objects.filter(organization=org, user__email=data["member"].lower())
+                .select_related("user")
+                .first()
+            )
+            if membership is None:
+                raise ValidationFailed({"member": ["Not a member of this organization."]})
+            targets["member"] = membership.user
+        elif scope == "api_key":
+            key = ApiKey.objects.filter(
+                organization=org, hash=data["api_key"], deleted_at__isnull=True
+            ).first()
+            if key is None:
+                raise ValidationFailed({"api_key": ["No such API key in this organization."]})
+            targets["api_key"] = key
+        self.principal.check_budget(scope, targets[scope] if scope != "organization" else None)
+        budget = services.budget_create(
+            organization=org,
+            scope=scope,
+            period=data["period"],
+            limit=data["limit"],
+            mode=data["mode"],
+            grace=data["grace"],
+            thresholds=data.get("thresholds"),
+            operation=data.get("operation", ""),
+            model=data.get("model", ""),
+            actor=self.actor,
+            **targets,
+        )
+        return Response(
+            _in_zone(budgets_data([budget], self.principal), [budget])[0], status.HTTP_201_CREATED
+        )
+
+
+def _target(budget: Budget):
+    return {"team": budget.team, "member": budget.member, "api_key": budget.api_key}.get(
+        budget.scope
+    )
+
+
+class BudgetDetailApi(OrganizationAPIView):
+    scope_map = {"GET": "credits:read", "PATCH": "credits:read", "DELETE": "credits:read"}
+
+    @extend_schema(operation_id="budgets_get", responses={200: BudgetOutput})
+    def get(self, request, id):
+        budget = self.principal.budget_get(id)
+        return Response(_in_zone(budgets_data([budget], self.principal), [budget])[0])
+
+    @extend_schema(
+        operation_id="budgets_update", request=BudgetUpdateInput, responses={200: BudgetOutput}
+    )
+    def patch(self, request, id):
+        budget = self.principal.budget_get(id)
+        self.principal.check_budget(budget.scope, _target(budget))
+        data = self.parse(BudgetUpdateInput)
+        budget = services.budget_update(budget=budget, actor=self.actor, **data)
+        return Response(_in_zone(budgets_data([budget], self.principal), [budget])[0])
+
+    @extend_schema(
+        operation_id="budgets_delete",
+        responses={
+            200: inline_serializer("BudgetDeleted", {"deleted": serializers.BooleanField()})
+        },
+    )
+    def delete(self, request, id):
+        budget = self.principal.budget_get(id)
+        self.principal.check_budget(budget.scope, _target(budget))
+        services.budget_delete(budget=budget, actor=self.actor)
+        return Response({"deleted": True})
