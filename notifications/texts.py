@@ -10,15 +10,14 @@ from django.template.loader import render_to_string, select_template
 from .events import EVENT_TYPES, TEST_EVENT_TYPE
 
 BODIES = {
-    "budget.threshold_crossed": "Budget {budget} has reached {threshold}% of its limit "
+    "budget.threshold_crossed": "Spending reached {threshold}% of {budget_label} "
     "(window from {window_start}).",
-    "budget.exhausted": "Budget {budget} is exhausted (window from {window_start}); "
-    "requests it covers are refused or in grace.",
-    "budget.recovered": "Budget {budget} is below its threshold again "
-    "(window from {window_start}).",
+    "budget.exhausted": "No room is left in {budget_label} (window from {window_start}); "
+    "requests it covers are refused.",
+    "budget.recovered": "There is room again in {budget_label} (window from {window_start}).",
     "balance.low": "The available balance is low: {available} credits left.",
     "credits.expiring": "{amount} credits expire on {expires_at}.",
-    "budget.forecast_exceeded": "Budget {budget} is forecast to exceed its limit "
+    "budget.forecast_exceeded": "Spending is forecast to pass {budget_label} "
     "(window from {window_start}).",
     "authorization.refused": "A request of the key {key} was refused: {reason}.",
     "usage.daily_summary": "Usage on {date}: {cost} credits over {requests} requests.",
@@ -39,6 +38,8 @@ def describe(type: str, data: dict) -> tuple[str, str]:
     title = event.title if event else type
     template = BODIES.get(type, "{type}")
     values = _Missing({k: v for k, v in (data or {}).items() if isinstance(k, str)}, type=type)
+    if "budget_label" not in values and "budget" in values:  # a caller that sends the id only
+        values["budget_label"] = f"budget {values['budget']}"
     body = Formatter().vformat(template, (), values)
     return title, body
 

@@ -11,6 +11,8 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Organization
+from notifications.services import notify
+from portal.money import format_credits
 
 from ..models import Alert, Budget, BudgetWindow
 
@@ -39,9 +41,9 @@ def alert_record(*, organization: Organization, crossings: list[Crossing]) -> li
 
     Returns the alerts this call created (not those that had fired already in the window).
 
-    The hook for notifications: deliver the returned alerts from here, through the outbox
-    (written in this same transaction), never by calling a channel directly. No errors raised
-    beyond the database's."""
+    Each new alert is told through `notifications.services.notify` in this same transaction
+    (in-app notifications and outbox messages for e-mail, SMS and webhooks, sent after commit).
+    No errors raised beyond the database's."""
     if not crossings:
         return []
     now = timezone.now()
@@ -61,4 +63,38 @@ def alert_record(*, organization: Organization, crossings: list[Crossing]) -> li
         )
         cursor.execute(sql, params)
         ids = [row[0] for row in cursor.fetchall()]
-    return list(Alert.objects.filter(pk__in=ids).order_by("budget_id", "threshold")) if ids else []
+    if not ids:
+        return []
+    alerts = list(Alert.objects.filter(pk__in=ids).order_by("budget_id", "threshold"))
+    budgets = {c.budget.pk: c.budget for c in crossings}
+    for alert in alerts:
+        notify(organization=organization, type=alert.type, data=alert_data(alert, budgets))
+    return alerts
+
+
+def budget_label(budget: Budget) -> str:
+    """How people call a budget: "the monthly budget of team research (50 credits)"."""
+    target = {
+        Budget.Scope.ORGANIZATION: "the organization",
+        Budget.Scope.TEAM: f"team {budget.team.slug}" if budget.team_id else "a team",
+        Budget.Scope.MEMBER: budget.member.email if budget.member_id else "a member",
+        Budget.Scope.API_KEY: f"key {budget.api_key.name}" if budget.api_key_id else "a key",
+    }[budget.scope]
+    return f"the {budget.period} budget of {target} ({format_credits(budget.limit)} credits)"
+
+
+def alert_data(alert: Alert, budgets: dict[int, Budget]) -> dict:
+    """What an alert tells its channels (in-app, e-mail, SMS, webhooks): the budget's public id
+    and label, the threshold (percent), the window's start (ISO 8601), spent and limit (credits,
+    decimal strings)."""
+    budget = budgets[alert.budget_id]
+    return {
+        "budget": str(budget.public_id),
+        "budget_label": budget_label(budget),
+        "scope": budget.scope,
+        "period": budget.period,
+        "threshold": alert.threshold,
+        "window_start": alert.window_start.isoformat(),
+        "spent": str(alert.spent),
+        "limit": str(alert.limit),
+    }

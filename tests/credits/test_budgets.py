@@ -311,3 +311,40 @@ def _current_key(tenant, key):
     response = tenant.client(secret).get("/api/v1/key")
     assert response.status_code == 200, response.content
     return response.json()["data"]
+
+
+def test_alerts_reach_the_notifications_once_per_threshold(tenant):
+    """Each new alert is told through notifications in the debit's transaction: the owner's
+    in-app notification and one outbox message per subscribed webhook endpoint; a refused debit
+    and a second crossing in the same window tell nothing."""
+    from notifications.models import Notification, OutboxMessage
+    from notifications.services import webhook_endpoint_create
+
+    webhook_endpoint_create(
+        organization=tenant.org,
+        url="https://hooks.example.com/budgets",
+        events=["budget.threshold_crossed", "budget.exhausted"],
+        actor=SYSTEM,
+    )
+    tenant.grant("10")
+    b = budget(tenant, "team", "1", team=tenant.team)
+    tenant.allocate("5")
+    who = Attribution(organization=tenant.org, team=tenant.team)
+    for i in range(4):
+        usage_record(attribution=who, event=ev(f"e{i}", "0.25"))
+    with pytest.raises(BudgetExceeded):
+        usage_record(attribution=who, event=ev("e5", "0.25"))
+    mine = Notification.objects.filter(recipient=tenant.owner).order_by("id")
+    assert [(n.type, n.data["threshold"]) for n in mine] == [
+        ("budget.threshold_crossed", 75),
+        ("budget.threshold_crossed", 90),
+        ("budget.exhausted", 100),
+    ]
+    assert all(n.data["budget"] == str(b.public_id) for n in mine)
+    assert "team research" in mine[0].body and "75%" in mine[0].body
+    hooks = OutboxMessage.objects.filter(channel="webhook").order_by("id")
+    assert [m.payload["type"] for m in hooks] == [
+        "budget.threshold_crossed",
+        "budget.threshold_crossed",
+        "budget.exhausted",
+    ]
