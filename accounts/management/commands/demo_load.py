@@ -125,12 +125,33 @@ class Command(BaseCommand):
             self._credits(organization, teams)
             keys = self._keys(organization, teams)
             self._traffic(organization, keys, per_day, days, quiet=options["verbosity"] < 1)
+            self._budgets(organization, teams)
         seconds = (timezone.now() - started).total_seconds()
         self.stdout.write(
             f"Demo organization {SLUG} ready in {seconds:.0f} s. Log in as {OWNER} "
             f"(or admin@, billing@, member@, viewer@acme.example) with password "
             f"{PASSWORD}."
         )
+
+    def _budgets(self, organization: Organization, teams: dict[str, Team]) -> None:
+        """Budgets at three levels, made after the traffic so that their windows show what
+        this month already spent (the budgets page's progress bars)."""
+        from credits.models import Budget
+        from credits.services.budgets import budget_create
+
+        if Budget.objects.filter(organization=organization, api_key__isnull=True).exists():
+            return
+        plans = [
+            {"scope": "organization", "period": "monthly", "limit": "60"},
+            {"scope": "team", "team": teams["assistants"], "period": "monthly", "limit": "12",
+             "mode": "soft", "grace": "2"},
+            {"scope": "team", "team": teams["code"], "period": "weekly", "limit": "25"},
+            {"scope": "team", "team": teams["code"], "period": "daily", "limit": "2",
+             "model": "openai/"},
+        ]  # fmt: skip
+        for plan in plans:
+            budget_create(organization=organization, actor=ACTOR, **plan)
+        self.stdout.write(f"Created {len(plans)} budgets.")
 
     def _organization(self) -> Organization:
         organization = Organization.objects.filter(slug=SLUG).first()
