@@ -364,6 +364,15 @@ class Principal:
             return
         raise PermissionDenied("Reclaiming needs credits:write, or the team manager's right.")
 
+    def check_account_settings(self, team: Team | None) -> None:
+        """Change an account's settings (its low-balance alert): `credits:write` for the whole
+        organization, or the manager of the account's team."""
+        if self.has("credits:write") and self.team_id is None:
+            return
+        if team is not None and self.manages(team):
+            return
+        raise PermissionDenied("This needs credits:write, or the team manager's right.")
+
     def check_team_members(self, team: Team, *, role: str | None = None) -> None:
         """Put members on a team or take them off: `members:write` organization-wide, or the
         team's manager (who may not make other managers)."""

@@ -80,6 +80,44 @@ class AccountOutput(serializers.Serializer):
     balance = Credits()
     held = Credits()
     available = Credits()
+    low_balance = Credits(
+        allow_null=True, help_text="balance.low is told below this (credits); null: never."
+    )
+
+
+class AccountUpdateInput(StrictSerializer):
+    low_balance = serializers.DecimalField(
+        max_digits=28, decimal_places=12, min_value=0, allow_null=True
+    )
+
+
+class AccountDetailApi(OrganizationAPIView):
+    scope_map = {"GET": "credits:read", "PATCH": "credits:read"}
+
+    @extend_schema(operation_id="credits_accounts_get", responses={200: AccountOutput})
+    def get(self, request, pk: int):
+        account = selectors.account_visible_get(principal=self.principal, pk=pk)
+        account.balance = selectors.account_balance(account)
+        return Response(AccountOutput(account).data)
+
+    @extend_schema(
+        operation_id="credits_accounts_update",
+        request=AccountUpdateInput,
+        responses={200: AccountOutput},
+        description="Set the account's low balance (credits; null: no alert): below it, "
+        "`balance.low` is told once a day. Needs credits:write for the whole organization, or "
+        "the team manager's right on the team's account.",
+    )
+    def patch(self, request, pk: int):
+        from .services.watch import account_low_balance_set
+
+        account = selectors.account_visible_get(principal=self.principal, pk=pk)
+        data = self.parse(AccountUpdateInput)
+        self.principal.check_account_settings(account.team)
+        account = account_low_balance_set(
+            account=account, low_balance=data["low_balance"], actor=self.actor
+        )
+        return Response(AccountOutput(account).data)
 
 
 class AccountListApi(OrganizationListAPIView):

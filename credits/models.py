@@ -52,6 +52,11 @@ class LedgerAccount(models.Model):
     balance = CreditField(default=0)
     held = CreditField(default=0)
     may_overdraw = models.BooleanField(default=False)
+    low_balance = CreditField(
+        null=True,
+        blank=True,
+        help_text="Tell (balance.low) when available credits fall below this; empty: never.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -1,5 +1,5 @@
 """Periodic work (the beat schedule is in settings): expire holds and lots, verify the ledger,
-refresh model prices."""
+refresh model prices, and the watches (low balances, expiring credits, daily summaries)."""
 
 from celery import shared_task
 
@@ -34,3 +34,27 @@ def prices_sync() -> bool:
     """Refresh model prices from genai-prices' published data (every 6 hours); without internet
     the installed prices stay (logged, no error). True when fresh data was fetched."""
     return sync().fetched
+
+
+@shared_task
+def balances_low_check() -> int:
+    """Hourly: `balance.low` for accounts below their low balance (once a day each)."""
+    from .services.watch import balances_low_check as check
+
+    return check()
+
+
+@shared_task
+def credits_expiring_check() -> int:
+    """Daily: `credits.expiring` for lots expiring within CREDITS_EXPIRING_DAYS."""
+    from .services.watch import credits_expiring_check as check
+
+    return check()
+
+
+@shared_task
+def daily_summaries_send() -> int:
+    """Daily: yesterday's `usage.daily_summary` of each organization with usage."""
+    from .services.watch import daily_summaries_send as send
+
+    return send()

@@ -18,11 +18,13 @@ class EventType:
     default: frozenset[str]
     email: bool = False  # the default of a member's e-mail preference
     once_per: timedelta | None = None  # at most once per `key` in this period (a DB constraint)
+    key_required: bool = False  # `notify` refuses the event without a key
     webhook: bool = True  # endpoints may subscribe to it
 
 
 _MANAGERS = frozenset({"credits:write"})
 _FUNDERS = frozenset({"credits:write", "billing:write"})
+_DAY = timedelta(days=1)
 
 EVENT_TYPES: dict[str, EventType] = {
     e.name: e
@@ -32,8 +34,19 @@ EVENT_TYPES: dict[str, EventType] = {
         ),
         EventType("budget.exhausted", "Budget exhausted", "credits:read", _MANAGERS, email=True),
         EventType("budget.recovered", "Budget recovered", "credits:read", _MANAGERS),
-        EventType("balance.low", "Balance low", "credits:read", _FUNDERS, email=True),
-        EventType("credits.expiring", "Credits expiring", "credits:read", _FUNDERS, email=True),
+        # Scheduled checks (credits.services.watch): at most once per account, lot and
+        # organization a day.
+        EventType(
+            "balance.low", "Balance low", "credits:read", _FUNDERS, email=True, once_per=_DAY
+        ),
+        EventType(
+            "credits.expiring",
+            "Credits expiring",
+            "credits:read",
+            _FUNDERS,
+            email=True,
+            once_per=_DAY,
+        ),
         EventType(
             "budget.forecast_exceeded", "Budget forecast exceeded", "credits:read", _MANAGERS
         ),
@@ -43,8 +56,11 @@ EVENT_TYPES: dict[str, EventType] = {
             "usage:read",
             _MANAGERS,
             once_per=timedelta(hours=1),
+            key_required=True,
         ),
-        EventType("usage.daily_summary", "Daily usage summary", "usage:read", _MANAGERS),
+        EventType(
+            "usage.daily_summary", "Daily usage summary", "usage:read", _MANAGERS, once_per=_DAY
+        ),
         # The portal's own: an endpoint disabled after failing for a day (admins, in-app).
         EventType(
             "webhook.endpoint_disabled",

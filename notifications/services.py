@@ -137,9 +137,10 @@ def notify(
     per e-mail and SMS they want and per enabled webhook endpoint subscribed to the type. Delivery
     is queued on commit.
 
-    An event with `once_per` (`authorization.refused`) fires at most once per `key` (default:
-    `data["key"]`) and period: the second in the same period returns None, refused by a unique
-    constraint on its bucket (concurrent callers included)."""
+    An event with `once_per` fires at most once per `key` (default: `data["key"]`) and period:
+    the second in the same period returns None, refused by a unique constraint on its bucket
+    (concurrent callers included). `authorization.refused` requires a key; the scheduled
+    watches (`balance.low`, `credits.expiring`, `usage.daily_summary`) pass one."""
     event_type = EVENT_TYPES.get(type)
     if event_type is None:
         raise ValueError(f"Unknown event type {type!r}")
@@ -147,9 +148,9 @@ def notify(
     dedupe, bucket = "", None
     if event_type.once_per is not None:
         dedupe = str(key or data.get("key") or "")[:200]
-        if not dedupe:
+        if not dedupe and event_type.key_required:
             raise ValueError(f"{type} needs a `key` (fires once per key per period)")
-        bucket = _bucket(now, event_type.once_per)
+        bucket = _bucket(now, event_type.once_per) if dedupe else None
     try:
         with transaction.atomic():  # a savepoint: a duplicate leaves the caller's work intact
             event = NotificationEvent.objects.create(

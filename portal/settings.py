@@ -234,6 +234,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # The schedule lives in the database (django-celery-beat); `manage.py beat_schedule_sync` writes
 # CELERY_BEAT_SCHEDULE there (the migration of `notifications` runs it once).
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CREDITS_EXPIRING_DAYS = env.int("CREDITS_EXPIRING_DAYS", default=7)  # credits.expiring
 CELERY_BEAT_SCHEDULE = {
     "holds-expire": {"task": "credits.tasks.holds_expire", "schedule": timedelta(minutes=1)},
     "lots-expire": {"task": "credits.tasks.lots_expire", "schedule": timedelta(minutes=5)},
@@ -242,6 +243,17 @@ CELERY_BEAT_SCHEDULE = {
     "prices-sync": {
         "task": "credits.tasks.prices_sync",
         "schedule": crontab(minute=23, hour="*/6"),
+    },
+    # The watches (credits.services.watch): each tells at most once a day per account, lot,
+    # organization.
+    "balances-low": {"task": "credits.tasks.balances_low_check", "schedule": crontab(minute=13)},
+    "credits-expiring": {
+        "task": "credits.tasks.credits_expiring_check",
+        "schedule": crontab(minute=17, hour=7),
+    },
+    "daily-summaries": {
+        "task": "credits.tasks.daily_summaries_send",
+        "schedule": crontab(minute=10, hour=6),
     },
     # Outbox messages a lost worker left pending (notifications.tasks.outbox_sweep).
     "outbox-sweep": {"task": "notifications.tasks.outbox_sweep", "schedule": timedelta(minutes=1)},

@@ -48,6 +48,9 @@ api_v1 = [
     path("credits/balance", credits_apis.BalanceApi.as_view(), name="credits-balance"),
     path("credits/accounts", credits_apis.AccountListApi.as_view(), name="credits-accounts"),
     path(
+        "credits/accounts/<int:pk>", credits_apis.AccountDetailApi.as_view(), name="credits-account"
+    ),
+    path(
         "credits/accounts/<int:pk>/entries",
         credits_apis.AccountEntriesApi.as_view(),
         name="credits-account-entries",

@@ -587,6 +587,17 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     "api/v1/credits/accounts": {
         "GET": [P("200 200 200 200 200 200  200 200 200 200", check=account_rows)],
     },
+    # An account: seen as its entries are; its low balance set with credits:write for the
+    # whole organization, or by the manager of its team.
+    "api/v1/credits/accounts/<int:pk>": {
+        "GET": [P("200 200 200 404 200 200  200 404 404 404", path=account_pk("beta")),
+                P("200 200 200 200 200 404  200 200 200 200", path=account_pk("alpha")),
+                P("200 200 200 404 200 404  200 404 404 404", path=account_pk(None))],
+        "PATCH": [P("200 200 403 404 403 200  200 404 404 404", path=account_pk("beta"),
+                    body=lambda w: {"low_balance": "1"}),
+                  P("200 200 403 403 403 404  200 403 403 403", path=account_pk("alpha"),
+                    body=lambda w: {"low_balance": "1"})],
+    },
     "api/v1/credits/accounts/<int:pk>/entries": {
         "GET": [P("200 200 200 404 200 200  200 404 404 404", path=account_pk("beta")),
                 P("200 200 200 200 200 404  200 200 200 200", path=account_pk("alpha")),

@@ -458,6 +458,11 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
     },
     "api/v1/credits/balance": {"GET": [Probe(200, check=b_totals)]},
     "api/v1/credits/accounts": {"GET": [Probe(200, check=no_ids_of(LedgerAccount))]},
+    "api/v1/credits/accounts/<int:pk>": {
+        "GET": [Probe(404, path=lambda w: {"pk": w.a_pool.pk})],
+        "PATCH": [Probe(404, path=lambda w: {"pk": w.a_pool.pk},
+                        body=lambda w: {"low_balance": "1"})],
+    },
     "api/v1/credits/accounts/<int:pk>/entries": {
         "GET": [Probe(404, path=lambda w: {"pk": w.a_pool.pk})],
     },
