@@ -186,12 +186,17 @@ def budgets(request):
             else:
                 messages.success(request, "Budget created.")
                 return redirect(_back(request))
-    alerts = list(alerts_visible(principal)[:LATEST_ALERTS])
+    alerts = list(
+        alerts_visible(principal).select_related(
+            "budget__team", "budget__member", "budget__api_key"
+        )[:LATEST_ALERTS]
+    )
     org_zone = ZoneInfo(request.organization.time_zone)
     alert_rows = [
         {
             "alert": a,
-            "budget": budget_label(a.budget),
+            "budget": f"{a.budget.get_period_display()} budget of "
+            f"{_target_label(a.budget, principal)}",
             "created": _when(a.created_at, org_zone),
             "may_acknowledge": a.acknowledged_at is None
             and _may(lambda a=a: principal.check_alert_acknowledge(a.budget)),
