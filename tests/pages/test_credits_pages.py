@@ -200,3 +200,35 @@ def test_member_self_service(page, acme):
     page.goto("/o/acme/")
     expect(page.locator("body")).not_to_contain_text("colleague@acme.test")
     shoot(page, "dashboard-member")
+
+
+def test_the_budgets_page_shows_windows_and_alerts(page, acme, live_server):
+    """The budgets page as the owner: progress of each budget, an alert acknowledged."""
+    from credits.models import Alert
+    from credits.services.budgets import budget_create
+
+    made = {}
+    for scope, limit, target in (
+        ("organization", "400", {}),
+        ("team", "60", {"team": acme.team}),
+        ("member", "20", {"member": acme.member_user}),
+        ("api_key", "5", {"api_key": acme.keys["platform-key"]}),
+    ):
+        made[scope] = budget_create(
+            organization=acme.org, scope=scope, period="monthly", limit=limit, actor=SYSTEM,
+            **target,
+        )  # fmt: skip
+    for budget in (made["team"], made["member"]):
+        Alert.objects.create(
+            organization=acme.org, budget=budget, window_start=timezone.now(), threshold=90,
+            type=Alert.Type.THRESHOLD_CROSSED, spent=budget.limit * Decimal("0.92"),
+            limit=budget.limit,
+        )  # fmt: skip
+    log_in(page, acme.owner.email)
+    page.goto("/o/acme/budgets/")
+    expect(page.get_by_role("heading", name="Budgets", exact=True)).to_be_visible()
+    expect(page.locator("progress")).to_have_count(4)
+    expect(page.get_by_role("navigation").get_by_role("link", name="Budgets")).to_be_visible()
+    shoot(page, "budgets")
+    page.get_by_role("button", name=re.compile("^Acknowledge")).first.click()
+    expect(page.get_by_text("Alert acknowledged.")).to_be_visible()
