@@ -323,6 +323,14 @@ class Principal:
             "over the member's team."
         )
 
+    def check_alert_acknowledge(self, budget) -> None:
+        """Acknowledge an alert of `budget` (one it sees): `credits:write` organization-wide, the
+        manager of the budget's team (a team budget), or whoever may set the budget (a team
+        manager for the members of the team). Raises PermissionDenied."""
+        if budget.scope == "team" and budget.team_id in self.managed_team_ids:
+            return
+        self.check_budget(budget.scope, budget.member if budget.scope == "member" else None)
+
     def sees_member(self, user_id: int | None) -> bool:
         """May it see who a member is (e-mail, name)? Its own self always; others with
         `members:read` when bound to no member."""

@@ -14,6 +14,7 @@ SECTIONS = (
     ("Dashboard", ("dashboard",), "org:read"),
     ("Usage", ("usage", "usage-explorer"), "usage:read"),
     ("Ledger", ("ledger",), "credits:read"),
+    ("Budgets", ("budgets",), "credits:read"),
     ("My usage", ("me",), "usage:read"),
     ("Teams", ("teams",), "teams"),
     ("Members", ("members",), "members:read"),
@@ -29,6 +30,7 @@ SECTION_PREFIXES = {
     "Teams": ("team",),
     "Members": ("member", "invitation"),
     "Keys": ("key",),
+    "Budgets": ("budget",),
     "Notifications": ("notification",),
     "Webhooks": ("webhook",),
 }

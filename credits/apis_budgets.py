@@ -7,15 +7,18 @@ organization's time zone (ISO 8601 with the offset), or UTC for an API key's Ope
 
 from __future__ import annotations
 
+import uuid
+
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from accounts.models import ApiKey, Membership
-from portal.api import OrganizationAPIView, StrictSerializer
-from portal.errors import ValidationFailed
+from portal.api import OrganizationAPIView, OrganizationListAPIView, StrictSerializer
+from portal.errors import NotFound, ValidationFailed
 
-from .models import Budget, UsageEvent
+from .models import Alert, Budget, UsageEvent
+from .services import alerts as alert_services
 from .services import budgets as services
 from .services.budgets import budget_current_windows
 
@@ -228,3 +231,66 @@ class BudgetDetailApi(OrganizationAPIView):
         self.principal.check_budget(budget.scope, _target(budget))
         services.budget_delete(budget=budget, actor=self.actor)
         return Response({"deleted": True})
+
+
+# Alerts ------------------------------------------------------------------------------------------
+
+
+class AlertOutput(serializers.Serializer):
+    id = serializers.UUIDField(source="public_id", help_text="The alert's public id.")
+    type = serializers.ChoiceField(choices=Alert.Type.choices)
+    created_at = serializers.DateTimeField()
+    budget = serializers.UUIDField(source="budget.public_id", help_text="The budget's public id.")
+    threshold = serializers.IntegerField(help_text="Percent of the limit.")
+    window_start = serializers.DateTimeField()
+    spent = _amount(help_text="Spent in the window when it fired.")
+    limit = _amount()
+    acknowledged_at = serializers.DateTimeField(allow_null=True)
+
+
+class AlertListApi(OrganizationListAPIView):
+    """`/api/v1/alerts`: the alerts of the budgets the principal sees, newest first."""
+
+    scope_map = {"GET": "credits:read"}
+    model = Alert
+    filter_backends = []
+
+    def selector(self, organization):
+        return alerts_visible(self.principal)
+
+    @extend_schema(operation_id="alerts_list", responses={200: AlertOutput(many=True)})
+    def get(self, request):
+        return self.list_response(AlertOutput)
+
+
+class AlertAcknowledgeApi(OrganizationAPIView):
+    # Decided by Principal.check_alert_acknowledge (credits:write, or the team's manager).
+    scope_map = {"POST": "credits:read"}
+
+    @extend_schema(operation_id="alerts_acknowledge", request=None, responses={200: AlertOutput})
+    def post(self, request, id):
+        alert = alert_visible_get(self.principal, id)
+        self.principal.check_alert_acknowledge(alert.budget)
+        alert = alert_services.alert_acknowledge(alert=alert, actor=self.actor)
+        return Response(AlertOutput(alert).data)
+
+
+def alerts_visible(principal):
+    """Alerts of the budgets `principal` sees (`Principal.budgets`)."""
+    return (
+        Alert.objects.filter(organization=principal.organization, budget__in=principal.budgets())
+        .select_related("budget")
+        .order_by("-id")
+    )
+
+
+def alert_visible_get(principal, id) -> Alert:
+    """An alert of a budget `principal` sees, by public id. Raises NotFound (404)."""
+    try:
+        public_id = uuid.UUID(str(id))
+    except ValueError:
+        public_id = None
+    alert = alerts_visible(principal).filter(public_id=public_id).first() if public_id else None
+    if alert is None:
+        raise NotFound("No such alert in this organization.", resource="alert")
+    return alert

@@ -28,7 +28,9 @@ from portal.api import (
 )
 from portal.errors import (
     ApplicationError,
+    BudgetExceeded,
     IdempotencyConflict,
+    InsufficientCredits,
     PayloadTooLarge,
     ValidationFailed,
     _drf_field_errors,
@@ -41,6 +43,7 @@ from . import selectors, services
 from .apis import Credits
 from .models import UsageEvent
 from .periods import window_end, window_start
+from .services.refusals import authorization_refused_record
 from .services.usage import Attribution, UsageInput
 
 MAX_BATCH = 1000
@@ -455,15 +458,22 @@ class AuthorizationCreateApi(OrganizationAPIView):
     )
     def post(self, request):
         data = self.parse(AuthorizationInput)
-        hold, created = services.authorization_create(
-            attribution=Attribution.of_principal(self.principal),
-            id=data["id"],
-            amount=data.get("amount"),
-            model=data["model"],
-            prompt_tokens=data["prompt_tokens"],
-            max_tokens=data["max_tokens"],
-            timeout=timedelta(seconds=data["timeout_seconds"]),
-        )
+        try:
+            hold, created = services.authorization_create(
+                attribution=Attribution.of_principal(self.principal),
+                id=data["id"],
+                amount=data.get("amount"),
+                model=data["model"],
+                prompt_tokens=data["prompt_tokens"],
+                max_tokens=data["max_tokens"],
+                timeout=timedelta(seconds=data["timeout_seconds"]),
+            )
+        except (InsufficientCredits, BudgetExceeded) as refused:
+            # The refused transaction has rolled back; the notice is its own (once per key/hour).
+            authorization_refused_record(
+                organization=self.organization, api_key=self.principal.key, error=refused
+            )
+            raise
         return Response(
             AuthorizationOutput(hold).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,

@@ -10,7 +10,9 @@ from decimal import Decimal
 from django import forms
 from django.db.models import F, Q, QuerySet
 
-from .models import UsageEvent
+from accounts.forms import PageForm
+
+from .models import Budget, UsageEvent
 from .reports import Identities
 
 
@@ -145,3 +147,81 @@ class AllocationForm(forms.Form):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+
+
+# Budgets ----------------------------------------------------------------------------------------
+
+
+def _thresholds(value: str) -> list[int] | None:
+    """ "75, 90, 100" -> [75, 90, 100]; empty: None (the defaults)."""
+    parts = [p.strip() for p in (value or "").replace(";", ",").split(",") if p.strip()]
+    if not parts:
+        return None
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise forms.ValidationError(
+            "Whole percents separated by commas, e.g. 75, 90, 100."
+        ) from None
+
+
+class BudgetEditForm(PageForm):
+    """A budget's terms (the service checks the rules: thresholds of a hard budget at most 100,
+    grace only on soft budgets, ...)."""
+
+    period = forms.ChoiceField(choices=Budget.Period.choices, initial=Budget.Period.MONTHLY)
+    limit = forms.DecimalField(
+        min_value=0, max_digits=28, decimal_places=12, label="Limit (credits)"
+    )
+    mode = forms.ChoiceField(
+        choices=Budget.Mode.choices,
+        initial=Budget.Mode.HARD,
+        help_text="Hard refuses a request past the limit; soft allows the grace beyond it.",
+    )
+    grace = forms.DecimalField(
+        min_value=0, max_digits=28, decimal_places=12, required=False, initial=0,
+        label="Grace (credits)",
+    )  # fmt: skip
+    thresholds = forms.CharField(
+        required=False,
+        max_length=200,
+        help_text="Alert at these percents of the limit, comma-separated (default 75, 90, 100).",
+    )
+    operation = forms.ChoiceField(
+        choices=[("", "Every operation"), *UsageEvent.Operation.choices], required=False
+    )
+    model = forms.CharField(
+        required=False,
+        max_length=200,
+        help_text="Only this model id, or a provider prefix ending in / (e.g. anthropic/).",
+    )
+
+    def clean_thresholds(self):
+        return _thresholds(self.cleaned_data.get("thresholds", ""))
+
+
+class BudgetCreateForm(BudgetEditForm):
+    """A new budget: its scope and target, chosen from what the principal sees and may set."""
+
+    scope = forms.ChoiceField(choices=Budget.Scope.choices)
+    team = forms.ChoiceField(required=False, help_text="For scope Team.")
+    member = forms.ChoiceField(required=False, help_text="For scope Member.")
+    api_key = forms.ChoiceField(required=False, label="API key", help_text="For scope API key.")
+
+    field_order = ["scope", "team", "member", "api_key"]
+
+    def __init__(self, *args, scopes, teams, members, keys, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["scope"].choices = [c for c in Budget.Scope.choices if c[0] in scopes]
+        for name, choices in (("team", teams), ("member", members), ("api_key", keys)):
+            if choices:
+                self.fields[name].choices = [("", "—"), *choices]
+            else:
+                del self.fields[name]
+
+    def clean(self):
+        data = super().clean()
+        scope = data.get("scope")
+        if scope and scope != "organization" and not data.get(scope):
+            self.add_error(scope if scope in self.fields else "scope", "Choose the target.")
+        return data

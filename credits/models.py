@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.functions import RandomUUID
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -489,6 +490,10 @@ class Alert(models.Model):
         EXHAUSTED = "budget.exhausted", "Budget exhausted"
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="alerts")
+    # db_default: alerts are inserted in raw SQL (`alert_record`), which leaves it to PostgreSQL.
+    public_id = models.UUIDField(
+        default=uuid.uuid4, db_default=RandomUUID(), unique=True, editable=False
+    )
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     window_start = models.DateTimeField()
     threshold = models.PositiveSmallIntegerField(help_text="Percent of the limit.")
@@ -496,6 +501,10 @@ class Alert(models.Model):
     spent = CreditField(help_text="Spent in the window when it fired.")
     limit = CreditField()
     created_at = models.DateTimeField(default=timezone.now)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-id"]

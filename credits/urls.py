@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import views
+from . import views, views_budgets
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -14,4 +14,12 @@ urlpatterns = [
     path("team-balances/", views.team_balances, name="team-balances"),
     path("teams/<slug:slug>/allocate/", views.team_allocate, name="team-allocate"),
     path("me/", views.me, name="me"),
+    path("budgets/", views_budgets.budgets, name="budgets"),
+    path("budgets/<uuid:id>/edit/", views_budgets.budget_edit, name="budget-edit"),
+    path("budgets/<uuid:id>/delete/", views_budgets.budget_delete, name="budget-delete"),
+    path(
+        "budgets/alerts/<uuid:id>/acknowledge/",
+        views_budgets.alert_acknowledge,
+        name="budget-alert-acknowledge",
+    ),
 ]

@@ -113,6 +113,12 @@ api_v1 = [
     ),
     path("budgets", apis_budgets.BudgetListApi.as_view(), name="budgets"),
     path("budgets/<uuid:id>", apis_budgets.BudgetDetailApi.as_view(), name="budget-detail"),
+    path("alerts", apis_budgets.AlertListApi.as_view(), name="alerts"),
+    path(
+        "alerts/<uuid:id>/acknowledge",
+        apis_budgets.AlertAcknowledgeApi.as_view(),
+        name="alert-acknowledge",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]

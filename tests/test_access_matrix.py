@@ -32,7 +32,7 @@ from rest_framework.test import APIClient
 from accounts.models import ApiKey, Invitation, Membership, Team, User
 from accounts.roles import Role, TeamRole
 from accounts.services import apikey_create, invitation_create, team_create, team_member_set
-from credits.models import Budget, Hold, LedgerAccount, UsageEvent
+from credits.models import Alert, Budget, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
 from notifications.models import Notification, OutboxMessage, WebhookEndpoint
 from notifications.services import notify, webhook_endpoint_create
@@ -238,8 +238,11 @@ def build_world(t: Tenant) -> World:
         ("member", {"member": users["worker"]}),
         ("organization", {}),
     ):
-        budget_create(organization=t.org, scope=scope, period="monthly", limit="50",
-                      actor=SYSTEM, **target)  # fmt: skip
+        made_budget = budget_create(organization=t.org, scope=scope, period="monthly",
+                                    limit="50", actor=SYSTEM, **target)  # fmt: skip
+        Alert.objects.create(organization=t.org, budget=made_budget, threshold=75, spent=40,
+                             window_start=made_budget.created_at, limit=made_budget.limit,
+                             type=Alert.Type.THRESHOLD_CROSSED)  # fmt: skip
     world = World(t, users, teams, keys, events, holds, invitation, clients)
     world.hidden = {p: world.markers(p) for p in PRINCIPALS}
     return world
@@ -417,6 +420,12 @@ def hold_id(hold: str, by: str = "client") -> Fill:
 
 def budget_id(scope: str) -> Fill:
     return lambda w: {"id": str(Budget.objects.get(organization=w.org, scope=scope).public_id)}
+
+
+def alert_id(scope: str) -> Fill:
+    return lambda w: {
+        "id": str(Alert.objects.get(organization=w.org, budget__scope=scope).public_id)
+    }
 
 
 def account_pk(team: str | None) -> Fill:
@@ -667,6 +676,16 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
                     body=lambda w: {"limit": "9"})],
         "DELETE": [P("200 200 403 404 403 200  200 404 404 404", path=budget_id("member"))],
     },
+    # Alerts: read as the budgets are; acknowledged with credits:write organization-wide, or by
+    # the manager of the budget's team (or of the member's team).
+    "api/v1/alerts": {
+        "GET": [P("200 200 200 200 200 200  200 200 200 200")],
+    },
+    "api/v1/alerts/<uuid:id>/acknowledge": {
+        "POST": [P("200 200 403 404 403 200  200 404 404 404", path=alert_id("team")),
+                 P("200 200 403 404 403 200  200 404 404 404", path=alert_id("member")),
+                 P("200 200 403 403 403 403  200 403 403 403", path=alert_id("organization"))],
+    },
     "api/v1/credits/report": {
         "GET": [P("200 200 200 200 200 200  200 200 200 200", check=report),
                 P("200 200 200 200 200 200  200 200 200 200",
@@ -758,6 +777,11 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
         ("webhooks/<str:id>/delete/",    "200 200 404 404 404 404  302 302 302 302", endpoint_id),
         ("webhooks/<str:id>/deliveries/", "200 200 404 404 404 404  302 302 302 302",
          endpoint_id),
+        ("budgets/",                     "200 200 200 200 200 200  302 302 302 302", None),
+        ("budgets/<uuid:id>/edit/",      "200 200 404 404 404 404  302 302 302 302",
+         budget_id("team")),
+        ("budgets/<uuid:id>/delete/",    "200 200 404 404 404 200  302 302 302 302",
+         budget_id("member")),
     ]},
 }
 # Forms of the pages: the writes they make, and who may make them.
@@ -834,6 +858,22 @@ PAGE_POSTS: dict[str, list[Probe]] = {
     "webhooks/<str:id>/deliveries/<str:message_id>/resend/": [
         P("302 302 404 404 404 404  302 302 302 302", path=delivery_id,
           writers=("owner", "admin"))],
+    "budgets/": [
+        P("302 302 404 404 404 302  302 302 302 302",
+          body=lambda w: {"scope": "member", "member": w.users["worker"].email,
+                          "period": "daily", "limit": "1", "mode": "hard"},
+          writers=("owner", "admin", "manager"))],
+    "budgets/<uuid:id>/edit/": [
+        P("302 302 404 404 404 404  302 302 302 302", path=budget_id("team"),
+          body=lambda w: {"period": "monthly", "limit": "9", "mode": "hard",
+                          "thresholds": "75, 90, 100"},
+          writers=("owner", "admin"))],
+    "budgets/<uuid:id>/delete/": [
+        P("302 302 404 404 404 302  302 302 302 302", path=budget_id("member"),
+          writers=("owner", "admin", "manager"))],
+    "budgets/alerts/<uuid:id>/acknowledge/": [
+        P("302 302 302 404 302 302  302 302 302 302", path=alert_id("team"),
+          writers=("owner", "admin", "manager"))],
     "settings/": [
         P("302 302 403 403 403 403  302 302 302 302",
           body=lambda w: {"name": "Renamed", "currency": "USD", "time_zone": "UTC"},
@@ -853,6 +893,7 @@ for _page, _codes in [
     ("notifications/read-all/",                   "405 405 405 405 405 405  302 302 302 302"),
     ("notifications/<str:id>/read/",              "405 405 405 405 405 405  302 302 302 302"),
     ("webhooks/<str:id>/test/",                   "405 405 404 404 404 404  302 302 302 302"),
+    ("budgets/alerts/<uuid:id>/acknowledge/",      "405 405 405 405 405 405  302 302 302 302"),
     ("webhooks/<str:id>/deliveries/<str:message_id>/resend/",
      "405 405 404 404 404 404  302 302 302 302"),
 ]:

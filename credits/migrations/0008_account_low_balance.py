@@ -7,7 +7,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('credits', '0006_key_limits_to_budgets'),
+        ('credits', '0007_alert_acknowledged'),
     ]
 
     operations = [
