@@ -125,7 +125,7 @@ def _in_zone(data: list[dict], budgets: list[Budget]) -> list[dict]:
     from django.utils.dateparse import parse_datetime
 
     for document, budget in zip(data, budgets, strict=True):
-        zone = ZoneInfo("UTC" if budget.utc_windows else budget.organization.time_zone)
+        zone = ZoneInfo("UTC" if budget.in_utc else budget.organization.time_zone)
         for name in ("window_start", "window_end"):
             if document[name]:
                 document[name] = parse_datetime(document[name]).astimezone(zone).isoformat()
