@@ -307,8 +307,8 @@ class GuardrailListApi(OrganizationAPIView):
         description="A guardrail; it limits nothing until keys or members are assigned.",
     )
     def post(self, request):
+        data = self.parse(GuardrailInput)  # the input first, as every create
         self.principal.check_guardrail_change()
-        data = self.parse(GuardrailInput)
         guardrail = services.guardrail_create(
             organization=self.organization, fields=_stored_fields(data), actor=self.actor
         )
@@ -350,9 +350,12 @@ class GuardrailDetailApi(OrganizationAPIView):
 
 def _keys_named(principal, hashes: list[str], *, manage: bool) -> list:
     keys = list(principal.keys().filter(hash__in=set(hashes)))
-    missing = sorted(set(hashes) - {k.hash for k in keys})
-    if missing:
-        raise ValidationFailed({"key_hashes": [f"No such API key: {', '.join(missing[:10])}."]})
+    found = {k.hash for k in keys}
+    missing = [str(i) for i, h in enumerate(hashes) if h not in found]
+    if missing:  # positions, not the hashes: an error never quotes a key
+        raise ValidationFailed(
+            {"key_hashes": [f"No such API key in this organization: items {', '.join(missing)}."]}
+        )
     if manage:
         for key in keys:
             principal.check_key_manage(key)
@@ -365,10 +368,11 @@ def _members_named(organization, ids: list[str]) -> list:
         organization=organization, user_id__in=[int(i) for i in wanted]
     ).select_related("user")
     users = [m.user for m in memberships]
-    missing = sorted(set(ids) - {str(u.pk) for u in users})
+    found = {str(u.pk) for u in users}
+    missing = [str(i) for i, m in enumerate(ids) if m not in found]
     if missing:
         raise ValidationFailed(
-            {"member_user_ids": [f"Not a member of this organization: {', '.join(missing[:10])}."]}
+            {"member_user_ids": [f"Not a member of this organization: items {', '.join(missing)}."]}
         )
     return users
 

@@ -523,6 +523,9 @@ class GuardrailKeyAssignment(models.Model):
     class Meta:
         ordering = ["id"]
 
+    def __str__(self) -> str:
+        return f"key {self.api_key_id} under guardrail {self.guardrail_id}"
+
 
 class GuardrailMemberAssignment(models.Model):
     """A member under a guardrail: a member holds at most one per organization."""
@@ -545,6 +548,9 @@ class GuardrailMemberAssignment(models.Model):
                 fields=["organization", "member"], name="guardrail_one_per_member"
             )
         ]
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} under guardrail {self.guardrail_id}"
 
 
 class BudgetWindow(models.Model):
