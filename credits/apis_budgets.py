@@ -12,8 +12,8 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from accounts.models import ApiKey, Membership
-from portal.api import OrganizationAPIView, StrictSerializer
-from portal.errors import ValidationFailed
+from portal.api import OrganizationAPIView, StrictSerializer, error_responses
+from portal.errors import Conflict, ValidationFailed
 
 from .models import Budget, UsageEvent
 from .services import budgets as services
@@ -193,6 +193,15 @@ class BudgetListApi(OrganizationAPIView):
         )
 
 
+def _not_a_guardrails(budget: Budget) -> None:
+    """A guardrail's budget changes with its guardrail (`/api/v1/guardrails`), not here."""
+    if budget.guardrail_id is not None:
+        raise Conflict(
+            "This budget belongs to a guardrail: change or unassign the guardrail instead.",
+            guardrail_id=str(budget.guardrail.public_id),
+        )
+
+
 def _target(budget: Budget):
     return {"team": budget.team, "member": budget.member, "api_key": budget.api_key}.get(
         budget.scope
@@ -208,23 +217,28 @@ class BudgetDetailApi(OrganizationAPIView):
         return Response(_in_zone(budgets_data([budget], self.principal), [budget])[0])
 
     @extend_schema(
-        operation_id="budgets_update", request=BudgetUpdateInput, responses={200: BudgetOutput}
+        operation_id="budgets_update",
+        request=BudgetUpdateInput,
+        responses={200: BudgetOutput, **error_responses(409)},
     )
     def patch(self, request, id):
         budget = self.principal.budget_get(id)
         self.principal.check_budget(budget.scope, _target(budget))
         data = self.parse(BudgetUpdateInput)
+        _not_a_guardrails(budget)
         budget = services.budget_update(budget=budget, actor=self.actor, **data)
         return Response(_in_zone(budgets_data([budget], self.principal), [budget])[0])
 
     @extend_schema(
         operation_id="budgets_delete",
         responses={
-            200: inline_serializer("BudgetDeleted", {"deleted": serializers.BooleanField()})
+            200: inline_serializer("BudgetDeleted", {"deleted": serializers.BooleanField()}),
+            **error_responses(409),
         },
     )
     def delete(self, request, id):
         budget = self.principal.budget_get(id)
         self.principal.check_budget(budget.scope, _target(budget))
+        _not_a_guardrails(budget)
         services.budget_delete(budget=budget, actor=self.actor)
         return Response({"deleted": True})

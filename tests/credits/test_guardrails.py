@@ -318,3 +318,20 @@ def test_other_organization_sees_nothing(tenant, other_tenant, admin):
     response = b.post(f"/api/v1/guardrails/{own}/assignments/members",
                       {"member_user_ids": [str(tenant.owner.pk)]}, format="json")  # fmt: skip
     assert response.status_code == 400
+
+
+def test_a_guardrails_budget_is_changed_through_its_guardrail_only(tenant, admin):
+    gid = _create(admin)["id"]
+    key, _ = tenant.key("usage")
+    admin.post(f"/api/v1/guardrails/{gid}/assignments/keys", {"key_hashes": [key.hash]},
+               format="json")  # fmt: skip
+    budget = Budget.objects.get(guardrail__public_id=gid)
+    listed = admin.get(f"/api/v1/budgets/{budget.public_id}")
+    assert listed.status_code == 200 and listed.json()["window_start"].endswith("+00:00")
+    for response in (
+        admin.patch(f"/api/v1/budgets/{budget.public_id}", {"limit": "9"}, format="json"),
+        admin.delete(f"/api/v1/budgets/{budget.public_id}"),
+    ):
+        assert response.status_code == 409, response.content
+        assert response.json()["error"]["metadata"]["guardrail_id"] == gid
+    assert Budget.objects.get(pk=budget.pk).limit == Decimal("2.5")
