@@ -331,6 +331,31 @@ class Principal:
             return
         self.check_budget(budget.scope, budget.member if budget.scope == "member" else None)
 
+    def guardrails(self):
+        """The organization's guardrails (OpenRouter's `/guardrails`; `keys:read` at the gate):
+        every principal that may read keys sees them all; assignments are filtered by the keys
+        and members it sees."""
+        from credits.models import Guardrail  # credits builds on accounts
+
+        return Guardrail.objects.filter(organization=self.organization).select_related(
+            "organization"
+        )
+
+    def guardrail_get(self, public_id) -> object:
+        guardrail = self.guardrails().filter(public_id=public_id).first()
+        if guardrail is None:
+            raise NotFound("No such guardrail in this organization.", resource="guardrail")
+        return guardrail
+
+    def check_guardrail_change(self) -> None:
+        """Create, change or delete a guardrail, or assign members to one: `keys:write` for the
+        whole organization (a team-bound key or a `member` assigns only the keys it sees)."""
+        if self.has("keys:write") and self.org_wide:
+            return
+        raise PermissionDenied(
+            "Changing guardrails and their members needs keys:write for the whole organization."
+        )
+
     def sees_member(self, user_id: int | None) -> bool:
         """May it see who a member is (e-mail, name)? Its own self always; others with
         `members:read` when bound to no member."""

@@ -14,8 +14,13 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from accounts.models import ApiKey, Membership
-from portal.api import OrganizationAPIView, OrganizationListAPIView, StrictSerializer
-from portal.errors import NotFound, ValidationFailed
+from portal.api import (
+    OrganizationAPIView,
+    OrganizationListAPIView,
+    StrictSerializer,
+    error_responses,
+)
+from portal.errors import Conflict, NotFound, ValidationFailed
 
 from .models import Alert, Budget, UsageEvent
 from .services import alerts as alert_services
@@ -128,7 +133,7 @@ def _in_zone(data: list[dict], budgets: list[Budget]) -> list[dict]:
     from django.utils.dateparse import parse_datetime
 
     for document, budget in zip(data, budgets, strict=True):
-        zone = ZoneInfo("UTC" if budget.utc_windows else budget.organization.time_zone)
+        zone = ZoneInfo("UTC" if budget.in_utc else budget.organization.time_zone)
         for name in ("window_start", "window_end"):
             if document[name]:
                 document[name] = parse_datetime(document[name]).astimezone(zone).isoformat()
@@ -196,6 +201,15 @@ class BudgetListApi(OrganizationAPIView):
         )
 
 
+def _not_a_guardrails(budget: Budget) -> None:
+    """A guardrail's budget changes with its guardrail (`/api/v1/guardrails`), not here."""
+    if budget.guardrail_id is not None:
+        raise Conflict(
+            "This budget belongs to a guardrail: change or unassign the guardrail instead.",
+            guardrail_id=str(budget.guardrail.public_id),
+        )
+
+
 def _target(budget: Budget):
     return {"team": budget.team, "member": budget.member, "api_key": budget.api_key}.get(
         budget.scope
@@ -211,24 +225,29 @@ class BudgetDetailApi(OrganizationAPIView):
         return Response(_in_zone(budgets_data([budget], self.principal), [budget])[0])
 
     @extend_schema(
-        operation_id="budgets_update", request=BudgetUpdateInput, responses={200: BudgetOutput}
+        operation_id="budgets_update",
+        request=BudgetUpdateInput,
+        responses={200: BudgetOutput, **error_responses(409)},
     )
     def patch(self, request, id):
         budget = self.principal.budget_get(id)
         self.principal.check_budget(budget.scope, _target(budget))
         data = self.parse(BudgetUpdateInput)
+        _not_a_guardrails(budget)
         budget = services.budget_update(budget=budget, actor=self.actor, **data)
         return Response(_in_zone(budgets_data([budget], self.principal), [budget])[0])
 
     @extend_schema(
         operation_id="budgets_delete",
         responses={
-            200: inline_serializer("BudgetDeleted", {"deleted": serializers.BooleanField()})
+            200: inline_serializer("BudgetDeleted", {"deleted": serializers.BooleanField()}),
+            **error_responses(409),
         },
     )
     def delete(self, request, id):
         budget = self.principal.budget_get(id)
         self.principal.check_budget(budget.scope, _target(budget))
+        _not_a_guardrails(budget)
         services.budget_delete(budget=budget, actor=self.actor)
         return Response({"deleted": True})
 

@@ -14,6 +14,7 @@ OpenRouter sends them.
 
 from __future__ import annotations
 
+from django.db.models import prefetch_related_objects
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -124,6 +125,7 @@ class CurrentKeyApi(OrganizationAPIView):
         )
         for budget in budgets:
             budget.organization = self.organization
+        prefetch_related_objects([b for b in budgets if b.guardrail_id], "guardrail")
         windows = budget_current_windows(budgets)
         limit = key.limit_budget
         document = key_document(
@@ -155,7 +157,7 @@ def _budget_item(budget, window) -> dict:
     used = window.spent + window.held
     return {
         "budget_id": str(budget.public_id),
-        "guardrail_id": None,
+        "guardrail_id": str(budget.guardrail.public_id) if budget.guardrail_id else None,
         "scope": "key_limit" if budget.utc_windows else _SCOPES[budget.scope],
         "limit_usd": budget.limit,
         "spend_usd": window.spent,

@@ -416,6 +416,14 @@ class Budget(models.Model):
     utc_windows = models.BooleanField(
         default=False, help_text="An API key's OpenRouter limit: windows in UTC."
     )
+    guardrail = models.ForeignKey(
+        "Guardrail",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="budgets",
+        help_text="The OpenRouter guardrail this budget enforces (its limit_usd, UTC windows).",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -450,9 +458,105 @@ class Budget(models.Model):
         return f"{self.scope} {self.period} budget {self.limit}"
 
     @property
+    def in_utc(self) -> bool:
+        """Windows in UTC: an API key's OpenRouter limit, or a guardrail's budget (OpenRouter
+        resets both at UTC midnight); other budgets use the organization's time zone."""
+        return self.utc_windows or self.guardrail_id is not None
+
+    @property
     def cap(self):
         """What the window may reach: the limit, plus the grace of a soft budget."""
         return self.limit + (self.grace if self.mode == self.Mode.SOFT else 0)
+
+
+class Guardrail(models.Model):
+    """An OpenRouter guardrail (`/api/v1/guardrails`): `limit_usd` per `reset_interval` becomes
+    a `Budget` (UTC windows) on each assigned API key and member; `allowed_models` is enforced
+    when an authorization is requested for them. Fields the portal does not enforce
+    (`allowed_providers`, `enforce_zdr*`, content filters, ...) are kept in `settings` and
+    returned as sent."""
+
+    class Interval(models.TextChoices):
+        DAILY = "daily", "Daily"
+        WEEKLY = "weekly", "Weekly"
+        MONTHLY = "monthly", "Monthly"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="guardrails"
+    )
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    description = models.TextField(null=True, blank=True)
+    limit_usd = CreditField(null=True, blank=True, help_text="Credits (USD) per window.")
+    reset_interval = models.CharField(
+        max_length=16, choices=Interval.choices, null=True, blank=True, help_text="null: lifetime."
+    )
+    allowed_models = models.JSONField(null=True, blank=True)
+    include_byok_in_budgets = models.BooleanField(default=False)
+    settings = models.JSONField(default=dict, blank=True, help_text="Fields stored as sent.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(limit_usd__isnull=True) | Q(limit_usd__gte=0),
+                name="guardrail_limit_not_negative",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class GuardrailKeyAssignment(models.Model):
+    """An API key under a guardrail: a key holds at most one (assigning replaces)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    guardrail = models.ForeignKey(
+        Guardrail, on_delete=models.CASCADE, related_name="key_assignments"
+    )
+    api_key = models.OneToOneField(
+        ApiKey, on_delete=models.CASCADE, related_name="guardrail_assignment"
+    )
+    assigned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"key {self.api_key_id} under guardrail {self.guardrail_id}"
+
+
+class GuardrailMemberAssignment(models.Model):
+    """A member under a guardrail: a member holds at most one per organization."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    guardrail = models.ForeignKey(
+        Guardrail, on_delete=models.CASCADE, related_name="member_assignments"
+    )
+    member = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    assigned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "member"], name="guardrail_one_per_member"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"member {self.member_id} under guardrail {self.guardrail_id}"
 
 
 class BudgetWindow(models.Model):

@@ -215,6 +215,8 @@ SPECTACULAR_SETTINGS = {
         "TeamRoleEnum": "accounts.roles.TeamRole",
         "KeyKindEnum": "accounts.roles.KeyKind",
         "AccountKindEnum": "credits.models.LedgerAccount.Kind",
+        # daily, weekly, monthly: a key's limit_reset and a guardrail's reset_interval
+        "ResetIntervalEnum": "credits.models.Guardrail.Interval",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

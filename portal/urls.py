@@ -11,7 +11,7 @@ from accounts import apis as accounts_apis
 from accounts import apis_keys, views
 from accounts import apis_openrouter as accounts_openrouter
 from credits import apis as credits_apis
-from credits import apis_budgets, apis_openrouter, apis_usage
+from credits import apis_budgets, apis_guardrails, apis_openrouter, apis_usage
 from notifications import apis as notifications_apis
 
 api_v1 = [
@@ -118,6 +118,38 @@ api_v1 = [
         "alerts/<uuid:id>/acknowledge",
         apis_budgets.AlertAcknowledgeApi.as_view(),
         name="alert-acknowledge",
+    ),
+    path("guardrails", apis_guardrails.GuardrailListApi.as_view(), name="guardrails"),
+    path(
+        "guardrails/assignments/keys",
+        apis_guardrails.KeyAssignmentsApi.as_view(),
+        name="guardrail-key-assignments-all",
+    ),
+    path(
+        "guardrails/assignments/members",
+        apis_guardrails.MemberAssignmentsApi.as_view(),
+        name="guardrail-member-assignments-all",
+    ),
+    path("guardrails/<uuid:id>", apis_guardrails.GuardrailDetailApi.as_view(), name="guardrail"),
+    path(
+        "guardrails/<uuid:id>/assignments/keys",
+        apis_guardrails.GuardrailKeyAssignmentsApi.as_view(),
+        name="guardrail-key-assignments",
+    ),
+    path(
+        "guardrails/<uuid:id>/assignments/keys/remove",
+        apis_guardrails.GuardrailKeyUnassignApi.as_view(),
+        name="guardrail-key-unassign",
+    ),
+    path(
+        "guardrails/<uuid:id>/assignments/members",
+        apis_guardrails.GuardrailMemberAssignmentsApi.as_view(),
+        name="guardrail-member-assignments",
+    ),
+    path(
+        "guardrails/<uuid:id>/assignments/members/remove",
+        apis_guardrails.GuardrailMemberUnassignApi.as_view(),
+        name="guardrail-member-unassign",
     ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),

@@ -32,8 +32,13 @@ from rest_framework.test import APIClient
 from accounts.models import ApiKey, Invitation, Membership, Team, User
 from accounts.roles import Role, TeamRole
 from accounts.services import apikey_create, invitation_create, team_create, team_member_set
-from credits.models import Alert, Budget, Hold, LedgerAccount, UsageEvent
+from credits.models import Alert, Budget, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
+from credits.services.guardrails import (
+    guardrail_assign_keys,
+    guardrail_assign_members,
+    guardrail_create,
+)
 from notifications.models import Notification, OutboxMessage, WebhookEndpoint
 from notifications.services import notify, webhook_endpoint_create
 
@@ -243,6 +248,17 @@ def build_world(t: Tenant) -> World:
         Alert.objects.create(organization=t.org, budget=made_budget, threshold=75, spent=40,
                              window_start=made_budget.created_at, limit=made_budget.limit,
                              type=Alert.Type.THRESHOLD_CROSSED)  # fmt: skip
+    # A guardrail without a limit (no budgets: `budget_id` finds one per scope) over the alpha,
+    # beta and member keys and the worker.
+    guardrail = guardrail_create(
+        organization=t.org, fields={"name": "matrix-guardrail"}, actor=SYSTEM
+    )
+    guardrail_assign_keys(
+        guardrail=guardrail,
+        keys=[keys["alpha_key"], keys["beta_key"], keys["member_key"]],
+        actor=SYSTEM,
+    )
+    guardrail_assign_members(guardrail=guardrail, members=[users["worker"]], actor=SYSTEM)
     world = World(t, users, teams, keys, events, holds, invitation, clients)
     world.hidden = {p: world.markers(p) for p in PRINCIPALS}
     return world
@@ -426,6 +442,32 @@ def alert_id(scope: str) -> Fill:
     return lambda w: {
         "id": str(Alert.objects.get(organization=w.org, budget__scope=scope).public_id)
     }
+
+
+def guardrail_id(w: World) -> dict:
+    return {"id": str(Guardrail.objects.get(organization=w.org).public_id)}
+
+
+def hashes(*names: str) -> Fill:
+    return lambda w: {"key_hashes": [w.keys[n].hash for n in names]}
+
+
+def user_ids(*names: str) -> Fill:
+    return lambda w: {"member_user_ids": [str(w.users[n].pk) for n in names]}
+
+
+def assigned_key_rows(w: World, p: str, response) -> None:
+    """Only the assigned keys the principal may list."""
+    listed = {row["key_hash"] for row in _rows(response)}
+    seen = _seen(SEES_KEYS, p, w.keys) & {"alpha_key", "beta_key", "member_key"}
+    assert listed == {w.keys[n].hash for n in seen}, (p, listed)
+
+
+def assigned_member_rows(w: World, p: str, response) -> None:
+    """The worker, to who may read members; else only the caller itself (not assigned)."""
+    listed = {row["user_id"] for row in _rows(response)}
+    full = p in ("owner", "admin", "billing", "org_key")
+    assert listed == ({str(w.users["worker"].pk)} if full else set()), (p, listed)
 
 
 def account_pk(team: str | None) -> Fill:
@@ -685,6 +727,51 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
         "POST": [P("200 200 403 404 403 200  200 404 404 404", path=alert_id("team")),
                  P("200 200 403 404 403 200  200 404 404 404", path=alert_id("member")),
                  P("200 200 403 403 403 403  200 403 403 403", path=alert_id("organization"))],
+    },
+    # Guardrails (OpenRouter's): read with keys:read; created, changed, deleted and given
+    # members with keys:write for the whole organization; keys assigned by who may see and
+    # manage them (a team-bound key: its team's; a key it may not see is a bad input; the
+    # owner's key only by the owner).
+    "api/v1/guardrails": {
+        "GET":  [P("200 200 200 200 403 200  200 403 200 403")],
+        "POST": [P("201 201 403 403 403 403  201 403 403 403",
+                   body=lambda w: {"name": "new", "limit_usd": 3, "reset_interval": "daily"})],
+    },
+    "api/v1/guardrails/assignments/keys": {
+        "GET": [P("200 200 200 200 403 200  200 403 200 403", check=assigned_key_rows)],
+    },
+    "api/v1/guardrails/assignments/members": {
+        "GET": [P("200 200 200 200 403 200  200 403 200 403", check=assigned_member_rows)],
+    },
+    "api/v1/guardrails/<uuid:id>": {
+        "GET":    [P("200 200 200 200 403 200  200 403 200 403", path=guardrail_id)],
+        "PATCH":  [P("200 200 403 403 403 403  200 403 403 403", path=guardrail_id,
+                     body=lambda w: {"limit_usd": 9})],
+        "DELETE": [P("200 200 403 403 403 403  200 403 403 403", path=guardrail_id)],
+    },
+    "api/v1/guardrails/<uuid:id>/assignments/keys": {
+        "GET":  [P("200 200 200 200 403 200  200 403 200 403", path=guardrail_id,
+                   check=assigned_key_rows)],
+        "POST": [P("200 200 403 400 403 400  200 403 200 403", path=guardrail_id,
+                   body=hashes("alpha_mgmt")),
+                 P("200 403 403 400 403 400  403 403 400 403", path=guardrail_id,
+                   body=hashes("owner_key"))],
+    },
+    "api/v1/guardrails/<uuid:id>/assignments/keys/remove": {
+        "POST": [P("200 200 403 400 403 400  200 403 200 403", path=guardrail_id,
+                   body=hashes("alpha_key")),
+                 P("200 200 403 200 403 400  200 403 400 403", path=guardrail_id,
+                   body=hashes("member_key"))],
+    },
+    "api/v1/guardrails/<uuid:id>/assignments/members": {
+        "GET":  [P("200 200 200 200 403 200  200 403 200 403", path=guardrail_id,
+                   check=assigned_member_rows)],
+        "POST": [P("200 200 403 403 403 403  200 403 403 403", path=guardrail_id,
+                   body=user_ids("member"))],
+    },
+    "api/v1/guardrails/<uuid:id>/assignments/members/remove": {
+        "POST": [P("200 200 403 403 403 403  200 403 403 403", path=guardrail_id,
+                   body=user_ids("worker"))],
     },
     "api/v1/credits/report": {
         "GET": [P("200 200 200 200 200 200  200 200 200 200", check=report),

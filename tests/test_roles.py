@@ -152,7 +152,9 @@ def _fill(route: str) -> str:
     """A path with placeholder parameters (no such object: a granted request answers 404)."""
     return "/" + re.sub(
         r"<(?:(\w+):)?\w+>",
-        lambda m: "987654321" if m.group(1) == "int" else "no-such-thing",
+        lambda m: {"int": "987654321", "uuid": "00000000-0000-4000-8000-000000000000"}.get(
+            m.group(1), "no-such-thing"
+        ),
         route,
     )
 

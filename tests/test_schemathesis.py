@@ -42,6 +42,7 @@ from accounts.models import Membership
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_member_set
 from credits.models import LedgerAccount
+from credits.services.guardrails import guardrail_create
 from portal.wsgi import application
 
 from .conftest import SYSTEM
@@ -118,6 +119,9 @@ def funded_org(tenant, prices) -> Org:
     )
     assert response.status_code == 201, response.content
     hold = response.json()["id"]
+    guardrail = str(
+        guardrail_create(organization=tenant.org, fields={"name": "G"}, actor=SYSTEM).public_id
+    )
     _, secret = tenant.key("management")
     team_account = LedgerAccount.objects.get(team=tenant.team)
     membership = Membership.objects.get(organization=tenant.org, user=member)
@@ -132,8 +136,24 @@ def funded_org(tenant, prices) -> Org:
             "/credits/accounts/{id}/entries": {"id": team_account.pk},
             "/credits/authorizations/{id}/capture": {"id": hold},
             "/credits/authorizations/{id}/void": {"id": hold},
+            **{
+                f"/guardrails/{{id}}{tail}": {"id": guardrail}
+                for tail in (
+                    "",
+                    "/assignments/keys",
+                    "/assignments/keys/remove",
+                    "/assignments/members",
+                    "/assignments/members/remove",
+                )
+            },
         },
-        body={"model": "gpt-4o", "team": tenant.team.slug, "email": member.email},
+        body={
+            "model": "gpt-4o",
+            "team": tenant.team.slug,
+            "email": member.email,
+            "key_hashes": [usage_key.hash],
+            "member_user_ids": [str(member.pk)],
+        },
     )
 
 

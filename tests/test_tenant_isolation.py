@@ -30,8 +30,13 @@ from rest_framework.views import APIView
 from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
-from credits.models import Alert, Budget, CreditLot, Hold, LedgerAccount, UsageEvent
+from credits.models import Alert, Budget, CreditLot, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
+from credits.services.guardrails import (
+    guardrail_assign_keys,
+    guardrail_assign_members,
+    guardrail_create,
+)
 from notifications.models import Notification, OutboxMessage, WebhookEndpoint
 from notifications.services import notify, webhook_endpoint_create
 
@@ -133,6 +138,12 @@ class World:
         found |= set(
             AuditEvent.objects.filter(organization=self.a.org).values_list("hash", flat=True)
         )
+        found |= {
+            str(g)
+            for g in Guardrail.objects.filter(organization=self.a.org).values_list(
+                "public_id", flat=True
+            )
+        }
         return found
 
     def a_ids(self, model: type[models.Model]) -> set[int]:
@@ -179,6 +190,11 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
     Alert.objects.create(organization=a.org, budget=a_budget, window_start=a_budget.created_at,
                          threshold=75, type=Alert.Type.THRESHOLD_CROSSED, spent=4,
                          limit=a_budget.limit)  # fmt: skip
+    guardrail = guardrail_create(
+        organization=a.org, fields={"name": "Acme Secret Guardrail", "limit_usd": 5}, actor=SYSTEM
+    )
+    guardrail_assign_keys(guardrail=guardrail, keys=[a_usage_key], actor=SYSTEM)
+    guardrail_assign_members(guardrail=guardrail, members=[a_member], actor=SYSTEM)
 
     b = other_tenant
     b.grant("7")
@@ -400,6 +416,23 @@ A_DELIVERY = {**A_ENDPOINT, "message_id": lambda w: a_message(w).message_id}
 A_BUDGET = {"id": lambda w: Budget.objects.filter(organization=w.a.org).order_by("id")[0].public_id}
 
 
+def a_guardrail(world: World):
+    """A's guardrail's public id (a stand-in once deleted, as in the leak self-test)."""
+    found = Guardrail.objects.filter(organization=world.a.org).order_by("id").first()
+    return found.public_id if found else "00000000-0000-4000-8000-000000000000"
+
+
+def b_guardrail(world: World) -> dict:
+    """B's own guardrail (made on first use), to name A's keys and members in."""
+    found = Guardrail.objects.filter(organization=world.b.org).order_by("id").first()
+    if found is None:
+        found = guardrail_create(organization=world.b.org, fields={"name": "B's"}, actor=SYSTEM)
+    return {"id": found.public_id}
+
+
+A_GUARDRAIL = {"id": a_guardrail}
+
+
 def _params(spec: dict[str, Fill]) -> Fill:
     return lambda w: {name: fill(w) for name, fill in spec.items()}
 
@@ -531,6 +564,44 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
     "api/v1/alerts": {"GET": [Probe(200, check=empty)]},
     "api/v1/alerts/<uuid:id>/acknowledge": {
         "POST": [Probe(404, path=lambda w: {"id": a_alert(w).public_id})],
+    },
+    # Guardrails: B lists its own; A's key or member named in B's guardrail is a bad input.
+    "api/v1/guardrails": {
+        "GET": [Probe(200, check=empty_data)],
+        "POST": [Probe(201, body=lambda w: {"name": "Globex guardrail", "limit_usd": 1})],
+    },
+    "api/v1/guardrails/assignments/keys": {"GET": [Probe(200, check=empty_data)]},
+    "api/v1/guardrails/assignments/members": {"GET": [Probe(200, check=empty_data)]},
+    "api/v1/guardrails/<uuid:id>": {
+        "GET": [Probe(404, path=_params(A_GUARDRAIL))],
+        "PATCH": [Probe(404, path=_params(A_GUARDRAIL), body=lambda w: {"limit_usd": 99})],
+        "DELETE": [Probe(404, path=_params(A_GUARDRAIL))],
+    },
+    "api/v1/guardrails/<uuid:id>/assignments/keys": {
+        "GET": [Probe(404, path=_params(A_GUARDRAIL))],
+        "POST": [Probe(404, path=_params(A_GUARDRAIL),
+                       body=lambda w: {"key_hashes": [w.b_key.hash]}),
+                 Probe(400, path=b_guardrail,
+                       body=lambda w: {"key_hashes": [w.a_usage_key.hash]})],
+    },
+    "api/v1/guardrails/<uuid:id>/assignments/keys/remove": {
+        "POST": [Probe(404, path=_params(A_GUARDRAIL),
+                       body=lambda w: {"key_hashes": [w.b_key.hash]}),
+                 Probe(400, path=b_guardrail,
+                       body=lambda w: {"key_hashes": [w.a_usage_key.hash]})],
+    },
+    "api/v1/guardrails/<uuid:id>/assignments/members": {
+        "GET": [Probe(404, path=_params(A_GUARDRAIL))],
+        "POST": [Probe(404, path=_params(A_GUARDRAIL),
+                       body=lambda w: {"member_user_ids": [str(w.b.owner.pk)]}),
+                 Probe(400, path=b_guardrail,
+                       body=lambda w: {"member_user_ids": [str(w.a_member.pk)]})],
+    },
+    "api/v1/guardrails/<uuid:id>/assignments/members/remove": {
+        "POST": [Probe(404, path=_params(A_GUARDRAIL),
+                       body=lambda w: {"member_user_ids": [str(w.b.owner.pk)]}),
+                 Probe(400, path=b_guardrail,
+                       body=lambda w: {"member_user_ids": [str(w.a_member.pk)]})],
     },
     "api/v1/credits/report": {
         "GET": [Probe(200, check=b_report),

@@ -55,8 +55,8 @@ OPERATIONS = tuple(UsageEvent.Operation.values)
 
 def budget_window_bounds(budget: Budget, now: datetime, time_zone: str):
     """(start, end) of the budget's window containing `now`: in the organization's time zone,
-    in UTC for an API key's OpenRouter limit (`utc_windows`)."""
-    return window_bounds(budget.period, now, "UTC" if budget.utc_windows else time_zone)
+    in UTC for an API key's OpenRouter limit (`utc_windows`) and a guardrail's budget."""
+    return window_bounds(budget.period, now, "UTC" if budget.in_utc else time_zone)
 
 
 def budget_matches(budget: Budget, operation: str, model: str) -> bool:
@@ -309,7 +309,7 @@ def budget_current_windows(budgets, now: datetime | None = None) -> dict[int, Bu
     starts = {}
     condition = Q(pk__in=[])
     for b in budgets:
-        zone = "UTC" if b.utc_windows else b.organization.time_zone
+        zone = "UTC" if b.in_utc else b.organization.time_zone
         start, end = budget_window_bounds(b, now, zone)
         starts[b.pk] = (start, end)
         condition |= Q(budget_id=b.pk, window_start=start)
@@ -380,6 +380,7 @@ def _snapshot(budget: Budget) -> dict:
         "operation": budget.operation,
         "model": budget.model,
         "utc_windows": budget.utc_windows,
+        "guardrail": str(budget.guardrail.public_id) if budget.guardrail_id else None,
     }
 
 
@@ -433,6 +434,7 @@ def budget_create(
     operation: str = "",
     model: str = "",
     utc_windows: bool = False,
+    guardrail=None,
     actor: Actor,
 ) -> Budget:
     """A budget of `limit` credits per `period` on the organization, a team, a member or an API
@@ -454,6 +456,7 @@ def budget_create(
         operation=operation or "",
         model=(model or "").strip(),
         utc_windows=utc_windows,
+        guardrail=guardrail,
     )
     _validate(budget)
     budget.thresholds = _thresholds(thresholds, mode)

@@ -18,6 +18,7 @@ from portal.money import parse_credits
 
 from ..models import Hold, LedgerAccount, UsageEvent
 from .budgets import BudgetGate
+from .guardrails import guardrail_check_model
 from .ledger import (
     _lock,
     hold_authorize,
@@ -291,8 +292,15 @@ def authorization_create(
     applies (reserved in their windows' `held`) in one step. `id` is the idempotency key.
     Returns (hold, created).
 
-    Raises ValidationFailed, InsufficientCredits, BudgetExceeded, IdempotencyConflict."""
+    Raises ValidationFailed, InsufficientCredits, BudgetExceeded, IdempotencyConflict,
+    PermissionDenied (a model a guardrail of the key or member does not allow)."""
     now = timezone.now()
+    guardrail_check_model(
+        organization_id=attribution.organization.pk,
+        api_key_id=attribution.api_key.pk if attribution.api_key else None,
+        member_id=attribution.member.pk if attribution.member else None,
+        model=model,
+    )
     if amount is None:
         if not model:
             raise ValidationFailed({"amount": ["Give an amount, or a model and max_tokens."]})
