@@ -273,22 +273,17 @@ class Principal:
             raise NotFound("No such API key in this organization.", resource="key")
         return key
 
-    def budgets(self):
-        """The budgets it may see (requires `credits:read` at the gate): all when
+    def budget_filter(self) -> Q:
+        """The condition on a budget row (its `scope`, `team`, `member`, `api_key`) that it may
+        see (`credits.selectors.budgets_visible`; `credits:read` at the gate): all when
         organization-wide; else the organization's own, and those of the teams, members and keys
-        it sees (a team-bound key: its team and its team's keys; a member: their teams, themselves,
-        their own keys, and the members of the teams whose budgets they manage)."""
-        from credits.models import Budget  # credits builds on accounts
-
-        budgets = Budget.objects.filter(organization=self.organization).select_related(
-            "organization", "team", "member", "api_key"
-        )
+        it sees (a team-bound key: its team and its team's keys; a member: their teams,
+        themselves, their own keys, and the members of the teams whose budgets they manage)."""
         if self.org_wide:
-            return budgets
+            return Q()
         visible = Q(scope="organization")
         if self.team_id is not None:
-            visible |= Q(team_id=self.team_id) | Q(api_key__team_id=self.team_id)
-            return budgets.filter(visible)
+            return visible | Q(team_id=self.team_id) | Q(api_key__team_id=self.team_id)
         members = {self.user.pk} | {
             m
             for m in TeamMembership.objects.filter(team_id__in=self.budget_team_ids).values_list(
@@ -297,14 +292,7 @@ class Principal:
         }
         visible |= Q(team_id__in=self.member_team_ids | self.managed_team_ids)
         visible |= Q(member_id__in=members) | Q(api_key__user_id=self.user.pk)
-        return budgets.filter(visible)
-
-    def budget_get(self, public_id) -> object:
-        """A budget it may see, by its public id. Raises NotFound (404)."""
-        budget = self.budgets().filter(public_id=public_id).first()
-        if budget is None:
-            raise NotFound("No such budget in this organization.", resource="budget")
-        return budget
+        return visible
 
     def check_budget(self, scope: str, target=None) -> None:
         """Set, change or delete a budget of `scope` on `target` (a Team, User or ApiKey; None
@@ -330,22 +318,6 @@ class Principal:
         if budget.scope == "team" and budget.team_id in self.managed_team_ids:
             return
         self.check_budget(budget.scope, budget.member if budget.scope == "member" else None)
-
-    def guardrails(self):
-        """The organization's guardrails (OpenRouter's `/guardrails`; `keys:read` at the gate):
-        every principal that may read keys sees them all; assignments are filtered by the keys
-        and members it sees."""
-        from credits.models import Guardrail  # credits builds on accounts
-
-        return Guardrail.objects.filter(organization=self.organization).select_related(
-            "organization"
-        )
-
-    def guardrail_get(self, public_id) -> object:
-        guardrail = self.guardrails().filter(public_id=public_id).first()
-        if guardrail is None:
-            raise NotFound("No such guardrail in this organization.", resource="guardrail")
-        return guardrail
 
     def check_guardrail_change(self) -> None:
         """Create, change or delete a guardrail, or assign members to one: `keys:write` for the

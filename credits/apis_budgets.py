@@ -1,9 +1,10 @@
 """`/api/v1/budgets` and `/api/v1/budgets/{id}`: spending limits per period on the organization,
 a team, a member or an API key (`credits.services.budgets`). Reading needs `credits:read` and
-shows the budgets the principal sees (`Principal.budgets`; others answer 404); setting, changing
-and deleting needs `credits:write` organization-wide, or a team manager's right over a member of
-the team (`Principal.check_budget`). Amounts are credits (USD) as strings; windows are in the
-organization's time zone (ISO 8601 with the offset), or UTC for an API key's OpenRouter limit."""
+shows the budgets the principal sees (`selectors.budgets_visible`, by `Principal.budget_filter`;
+others answer 404); setting, changing and deleting needs `credits:write` organization-wide, or a
+team manager's right over a member of the team (`Principal.check_budget`). Amounts are credits
+(USD) as strings; windows are in the organization's time zone (ISO 8601 with the offset), or UTC
+for an API key's OpenRouter limit."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from portal.api import (
 )
 from portal.errors import Conflict, NotFound, ValidationFailed
 
+from . import selectors
 from .models import Alert, Budget, UsageEvent
 from .services import alerts as alert_services
 from .services import budgets as services
@@ -146,7 +148,7 @@ class BudgetListApi(OrganizationAPIView):
 
     @extend_schema(operation_id="budgets_list", responses={200: BudgetListOutput})
     def get(self, request):
-        budgets = list(self.principal.budgets().order_by("id")[:1000])
+        budgets = list(selectors.budgets_visible(self.principal).order_by("id")[:1000])
         return Response({"data": _in_zone(budgets_data(budgets, self.principal), budgets)})
 
     @extend_schema(
@@ -221,7 +223,7 @@ class BudgetDetailApi(OrganizationAPIView):
 
     @extend_schema(operation_id="budgets_get", responses={200: BudgetOutput})
     def get(self, request, id):
-        budget = self.principal.budget_get(id)
+        budget = selectors.budget_get(principal=self.principal, id=id)
         return Response(_in_zone(budgets_data([budget], self.principal), [budget])[0])
 
     @extend_schema(
@@ -230,7 +232,7 @@ class BudgetDetailApi(OrganizationAPIView):
         responses={200: BudgetOutput, **error_responses(409)},
     )
     def patch(self, request, id):
-        budget = self.principal.budget_get(id)
+        budget = selectors.budget_get(principal=self.principal, id=id)
         self.principal.check_budget(budget.scope, _target(budget))
         data = self.parse(BudgetUpdateInput)
         _not_a_guardrails(budget)
@@ -245,7 +247,7 @@ class BudgetDetailApi(OrganizationAPIView):
         },
     )
     def delete(self, request, id):
-        budget = self.principal.budget_get(id)
+        budget = selectors.budget_get(principal=self.principal, id=id)
         self.principal.check_budget(budget.scope, _target(budget))
         _not_a_guardrails(budget)
         services.budget_delete(budget=budget, actor=self.actor)
@@ -295,9 +297,11 @@ class AlertAcknowledgeApi(OrganizationAPIView):
 
 
 def alerts_visible(principal):
-    """Alerts of the budgets `principal` sees (`Principal.budgets`)."""
+    """Alerts of the budgets `principal` sees (`selectors.budgets_visible`)."""
     return (
-        Alert.objects.filter(organization=principal.organization, budget__in=principal.budgets())
+        Alert.objects.filter(
+            organization=principal.organization, budget__in=selectors.budgets_visible(principal)
+        )
         .select_related("budget")
         .order_by("-id")
     )

@@ -23,6 +23,7 @@ from accounts.models import Membership
 from portal.api import OrganizationAPIView, StrictSerializer
 from portal.errors import ValidationFailed
 
+from . import selectors
 from .models import Guardrail, GuardrailKeyAssignment, GuardrailMemberAssignment
 from .services import guardrails as services
 
@@ -297,7 +298,7 @@ class GuardrailListApi(OrganizationAPIView):
         description="The organization's guardrails, oldest first (OpenRouter's shape).",
     )
     def get(self, request):
-        page, total = _page(self, self.principal.guardrails().order_by("pk"))
+        page, total = _page(self, selectors.guardrails_visible(self.principal).order_by("pk"))
         return Response({"data": [guardrail_document(g) for g in page], "total_count": total})
 
     @extend_schema(
@@ -320,7 +321,9 @@ class GuardrailDetailApi(OrganizationAPIView):
 
     @extend_schema(operation_id="guardrails_get", responses={200: GuardrailEnvelope})
     def get(self, request, id):
-        return Response({"data": guardrail_document(self.principal.guardrail_get(id))})
+        return Response(
+            {"data": guardrail_document(selectors.guardrail_get(principal=self.principal, id=id))}
+        )
 
     @extend_schema(
         operation_id="guardrails_update",
@@ -329,7 +332,7 @@ class GuardrailDetailApi(OrganizationAPIView):
         description="Change the fields given; collections are replaced whole.",
     )
     def patch(self, request, id):
-        guardrail = self.principal.guardrail_get(id)
+        guardrail = selectors.guardrail_get(principal=self.principal, id=id)
         self.principal.check_guardrail_change()
         data = self.parse(GuardrailUpdateInput)
         guardrail = services.guardrail_update(
@@ -339,7 +342,7 @@ class GuardrailDetailApi(OrganizationAPIView):
 
     @extend_schema(operation_id="guardrails_delete", responses={200: GuardrailDeleted})
     def delete(self, request, id):
-        guardrail = self.principal.guardrail_get(id)
+        guardrail = selectors.guardrail_get(principal=self.principal, id=id)
         self.principal.check_guardrail_change()
         services.guardrail_delete(guardrail=guardrail, actor=self.actor)
         return Response({"deleted": True})
@@ -387,7 +390,7 @@ class GuardrailKeyAssignmentsApi(OrganizationAPIView):
         description="The keys under the guardrail that the caller sees.",
     )
     def get(self, request, id):
-        guardrail = self.principal.guardrail_get(id)
+        guardrail = selectors.guardrail_get(principal=self.principal, id=id)
         page, total = _page(self, _key_assignments(self.principal, guardrail))
         return Response({"data": [key_assignment_document(a) for a in page], "total_count": total})
 
@@ -398,7 +401,7 @@ class GuardrailKeyAssignmentsApi(OrganizationAPIView):
         description="Put keys under the guardrail (a key holds one: this replaces another's).",
     )
     def post(self, request, id):
-        guardrail = self.principal.guardrail_get(id)
+        guardrail = selectors.guardrail_get(principal=self.principal, id=id)
         data = self.parse(KeyHashesInput)
         keys = _keys_named(self.principal, data["key_hashes"], manage=True)
         count = services.guardrail_assign_keys(guardrail=guardrail, keys=keys, actor=self.actor)
@@ -414,7 +417,7 @@ class GuardrailKeyUnassignApi(OrganizationAPIView):
         responses={200: Unassigned},
     )
     def post(self, request, id):
-        guardrail = self.principal.guardrail_get(id)
+        guardrail = selectors.guardrail_get(principal=self.principal, id=id)
         data = self.parse(KeyHashesInput)
         keys = _keys_named(self.principal, data["key_hashes"], manage=True)
         count = services.guardrail_unassign_keys(guardrail=guardrail, keys=keys, actor=self.actor)
@@ -431,7 +434,7 @@ class GuardrailMemberAssignmentsApi(OrganizationAPIView):
         description="The members under the guardrail (without `members:read`: only oneself).",
     )
     def get(self, request, id):
-        guardrail = self.principal.guardrail_get(id)
+        guardrail = selectors.guardrail_get(principal=self.principal, id=id)
         page, total = _page(self, _member_assignments(self.principal, guardrail))
         return Response(
             {"data": [member_assignment_document(a) for a in page], "total_count": total}
@@ -444,7 +447,7 @@ class GuardrailMemberAssignmentsApi(OrganizationAPIView):
         description="Put members (user ids) under the guardrail, replacing another's.",
     )
     def post(self, request, id):
-        guardrail = self.principal.guardrail_get(id)
+        guardrail = selectors.guardrail_get(principal=self.principal, id=id)
         self.principal.check_guardrail_change()
         data = self.parse(MemberIdsInput)
         users = _members_named(self.organization, data["member_user_ids"])
@@ -463,7 +466,7 @@ class GuardrailMemberUnassignApi(OrganizationAPIView):
         responses={200: Unassigned},
     )
     def post(self, request, id):
-        guardrail = self.principal.guardrail_get(id)
+        guardrail = selectors.guardrail_get(principal=self.principal, id=id)
         self.principal.check_guardrail_change()
         data = self.parse(MemberIdsInput)
         users = _members_named(self.organization, data["member_user_ids"])

@@ -431,3 +431,41 @@ def _identified(principal: Principal, name: str, rows: list[dict], id_field: str
         shown.append(other)
         shown.sort(key=lambda r: -r["cost"])
     return shown
+
+
+def budgets_visible(principal: Principal) -> QuerySet:
+    """The budgets `principal` may see (`accounts.access.Principal.budget_filter`)."""
+    from .models import Budget
+
+    return (
+        Budget.objects.filter(organization=principal.organization)
+        .filter(principal.budget_filter())
+        .select_related("organization", "team", "member", "api_key")
+    )
+
+
+def budget_get(*, principal: Principal, id) -> object:
+    """A budget `principal` may see, by its public id. Raises NotFound (404)."""
+    budget = budgets_visible(principal).filter(public_id=id).first()
+    if budget is None:
+        raise NotFound("No such budget in this organization.", resource="budget")
+    return budget
+
+
+def guardrails_visible(principal: Principal) -> QuerySet:
+    """The organization's guardrails (OpenRouter's `/guardrails`; `keys:read` at the gate):
+    every principal that may read keys sees them all; their assignments are filtered by the keys
+    and members it sees."""
+    from .models import Guardrail
+
+    return Guardrail.objects.filter(organization=principal.organization).select_related(
+        "organization"
+    )
+
+
+def guardrail_get(*, principal: Principal, id) -> object:
+    """A guardrail of `principal`'s organization, by its public id. Raises NotFound (404)."""
+    guardrail = guardrails_visible(principal).filter(public_id=id).first()
+    if guardrail is None:
+        raise NotFound("No such guardrail in this organization.", resource="guardrail")
+    return guardrail

@@ -22,6 +22,7 @@ from accounts.models import ApiKey, Membership
 from accounts.pages import actor, confirm, organization_page, perform
 from portal.errors import ApplicationError, NotFound
 
+from . import selectors
 from .apis_budgets import alert_visible_get, alerts_visible
 from .forms import BudgetCreateForm, BudgetEditForm
 from .models import Budget
@@ -66,7 +67,7 @@ def _target_label(budget: Budget, principal) -> str:
 
 
 def _rows(principal) -> list[dict]:
-    budgets = list(principal.budgets().order_by("scope", "id")[:1000])
+    budgets = list(selectors.budgets_visible(principal).order_by("scope", "id")[:1000])
     windows = budget_current_windows(budgets)
     org_zone = ZoneInfo(principal.organization.time_zone)
     rows = []
@@ -220,7 +221,7 @@ def _budget_for_change(request, id) -> Budget:
     """A budget the principal sees and may change; 404 otherwise (the page does not exist for
     it, as pages answer)."""
     principal = request.principal
-    budget = principal.budgets().filter(public_id=id).first()
+    budget = selectors.budgets_visible(principal).filter(public_id=id).first()
     if budget is None or not _may(lambda: principal.check_budget(budget.scope, _target(budget))):
         raise Http404("No such budget")
     return budget
