@@ -14,7 +14,6 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.contrib.postgres.functions import RandomUUID
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -594,10 +593,8 @@ class Alert(models.Model):
         EXHAUSTED = "budget.exhausted", "Budget exhausted"
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="alerts")
-    # db_default: alerts are inserted in raw SQL (`alert_record`), which leaves it to PostgreSQL.
-    public_id = models.UUIDField(
-        default=uuid.uuid4, db_default=RandomUUID(), unique=True, editable=False
-    )
+    # Alerts are inserted in raw SQL (`alert_record`), which passes a uuid4 of its own.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     window_start = models.DateTimeField()
     threshold = models.PositiveSmallIntegerField(help_text="Percent of the limit.")

@@ -4,6 +4,7 @@ the limit) records an `Alert`, once per (budget, window, threshold): the unique 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -48,18 +49,20 @@ def alert_record(*, organization: Organization, crossings: list[Crossing]) -> li
     if not crossings:
         return []
     now = timezone.now()
+    public_id = Alert._meta.get_field("public_id")
     values, params = [], []
     for c in crossings:
-        values.append("(%s, %s, %s, %s, %s, %s, %s, %s)")
+        values.append("(%s, %s, %s, %s, %s, %s, %s, %s, %s)")
         params += [
             organization.pk, c.budget.pk, c.window.window_start, c.threshold, c.type, c.spent,
-            c.budget.limit, now,
+            c.budget.limit, now, public_id.get_db_prep_value(uuid.uuid4(), connection),
         ]  # fmt: skip
     table = Alert._meta.db_table
     with connection.cursor() as cursor:
         sql = (  # names from the model, values as parameters
             f"INSERT INTO {table} (organization_id, budget_id, window_start, threshold, type, "  # noqa: S608
-            f"spent, {connection.ops.quote_name('limit')}, created_at) VALUES {', '.join(values)} "
+            f"spent, {connection.ops.quote_name('limit')}, created_at, public_id) "
+            f"VALUES {', '.join(values)} "
             "ON CONFLICT (budget_id, window_start, threshold) DO NOTHING RETURNING id"
         )
         cursor.execute(sql, params)
