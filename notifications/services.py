@@ -183,39 +183,22 @@ def notify(
     )
     messages = []
     email = sms = None
+
+    def message(channel: str, user: User, target: str, payload: dict) -> OutboxMessage:
+        return OutboxMessage(
+            organization=organization, channel=channel, target=target, recipient=user,
+            event=event, event_type=type, payload=payload, next_attempt_at=now, created_at=now,
+        )  # fmt: skip
+
     for u in users:
         if prefs[u.pk]["email"] and u.email:
             email = email or email_render(
                 organization=organization, type=type, data=data, title=title, body=body
             )
-            messages.append(
-                OutboxMessage(
-                    organization=organization,
-                    channel=OutboxMessage.Channel.EMAIL,
-                    target=u.email,
-                    recipient=u,
-                    event=event,
-                    event_type=type,
-                    payload=email,
-                    next_attempt_at=now,
-                    created_at=now,
-                )
-            )
+            messages.append(message(OutboxMessage.Channel.EMAIL, u, u.email, email))
         if prefs[u.pk]["sms"] and u.phone:
             sms = sms or sms_render(organization=organization, title=title, body=body)
-            messages.append(
-                OutboxMessage(
-                    organization=organization,
-                    channel=OutboxMessage.Channel.SMS,
-                    target=u.phone,
-                    recipient=u,
-                    event=event,
-                    event_type=type,
-                    payload=sms,
-                    next_attempt_at=now,
-                    created_at=now,
-                )
-            )
+            messages.append(message(OutboxMessage.Channel.SMS, u, u.phone, sms))
     if event_type.webhook:
         payload = webhook_payload(type, data, now)
         # An organization has a handful of endpoints: filtered here, as JSON containment is

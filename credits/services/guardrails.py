@@ -167,43 +167,54 @@ def guardrail_delete(*, guardrail: Guardrail, actor: Actor) -> None:
     )
 
 
+def _assign(guardrail: Guardrail, targets: list, *, member: bool, actor: Actor) -> int:
+    """Put `targets` (API keys, or members with `member`) under `guardrail`, replacing another
+    guardrail's assignment with its budgets; those already under it are left. Audited once.
+    Returns how many were newly assigned."""
+    model = GuardrailMemberAssignment if member else GuardrailKeyAssignment
+    field = "member" if member else "api_key"
+    Guardrail.objects.select_for_update().filter(pk=guardrail.pk).exists()
+    current = {
+        getattr(a, f"{field}_id"): a
+        for a in model.objects.select_for_update().filter(
+            organization=guardrail.organization, **{f"{field}__in": [t.pk for t in targets]}
+        )
+    }
+    assigned = []
+    for target in {t.pk: t for t in targets}.values():
+        existing = current.get(target.pk)
+        if existing is not None and existing.guardrail_id == guardrail.pk:
+            continue
+        if existing is not None:
+            ids = {"member_ids" if member else "api_key_ids": [target.pk]}
+            _budgets_remove(existing.guardrail_id, actor=actor, **ids)
+            existing.delete()
+        model.objects.create(
+            organization=guardrail.organization,
+            guardrail=guardrail,
+            assigned_by=actor.user,
+            **{field: target},
+        )
+        _budget_add(guardrail, actor=actor, **{field: target})
+        assigned.append(str(target.pk) if member else target.hash)
+    if assigned:
+        noun = "members" if member else "keys"
+        audit_record(
+            organization=guardrail.organization,
+            actor=actor,
+            action=f"guardrail.{noun}_assigned",
+            target=guardrail,
+            after={noun: assigned},
+        )
+    return len(assigned)
+
+
 @transaction.atomic
 def guardrail_assign_keys(*, guardrail: Guardrail, keys: list[ApiKey], actor: Actor) -> int:
     """Put `keys` (of the guardrail's organization, resolved by the caller) under the guardrail,
     replacing another guardrail's assignment. Returns how many were newly assigned (keys already
     under it are left as they are)."""
-    Guardrail.objects.select_for_update().filter(pk=guardrail.pk).exists()
-    current = {
-        a.api_key_id: a
-        for a in GuardrailKeyAssignment.objects.select_for_update().filter(
-            api_key__in=[k.pk for k in keys]
-        )
-    }
-    assigned = []
-    for key in {k.pk: k for k in keys}.values():
-        existing = current.get(key.pk)
-        if existing is not None and existing.guardrail_id == guardrail.pk:
-            continue
-        if existing is not None:
-            _budgets_remove(existing.guardrail_id, api_key_ids=[key.pk], actor=actor)
-            existing.delete()
-        GuardrailKeyAssignment.objects.create(
-            organization=guardrail.organization,
-            guardrail=guardrail,
-            api_key=key,
-            assigned_by=actor.user,
-        )
-        _budget_add(guardrail, api_key=key, actor=actor)
-        assigned.append(key.hash)
-    if assigned:
-        audit_record(
-            organization=guardrail.organization,
-            actor=actor,
-            action="guardrail.keys_assigned",
-            target=guardrail,
-            after={"keys": assigned},
-        )
-    return len(assigned)
+    return _assign(guardrail, keys, member=False, actor=actor)
 
 
 @transaction.atomic
@@ -232,38 +243,7 @@ def guardrail_unassign_keys(*, guardrail: Guardrail, keys: list[ApiKey], actor: 
 def guardrail_assign_members(*, guardrail: Guardrail, members: list[User], actor: Actor) -> int:
     """Put `members` (of the organization, resolved by the caller) under the guardrail,
     replacing another guardrail's assignment. Returns how many were newly assigned."""
-    Guardrail.objects.select_for_update().filter(pk=guardrail.pk).exists()
-    current = {
-        a.member_id: a
-        for a in GuardrailMemberAssignment.objects.select_for_update().filter(
-            organization=guardrail.organization, member__in=[m.pk for m in members]
-        )
-    }
-    assigned = []
-    for member in {m.pk: m for m in members}.values():
-        existing = current.get(member.pk)
-        if existing is not None and existing.guardrail_id == guardrail.pk:
-            continue
-        if existing is not None:
-            _budgets_remove(existing.guardrail_id, member_ids=[member.pk], actor=actor)
-            existing.delete()
-        GuardrailMemberAssignment.objects.create(
-            organization=guardrail.organization,
-            guardrail=guardrail,
-            member=member,
-            assigned_by=actor.user,
-        )
-        _budget_add(guardrail, member=member, actor=actor)
-        assigned.append(str(member.pk))
-    if assigned:
-        audit_record(
-            organization=guardrail.organization,
-            actor=actor,
-            action="guardrail.members_assigned",
-            target=guardrail,
-            after={"members": assigned},
-        )
-    return len(assigned)
+    return _assign(guardrail, members, member=True, actor=actor)
 
 
 @transaction.atomic

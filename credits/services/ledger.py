@@ -7,7 +7,7 @@ order (so opposite transfers cannot deadlock), and checks and reserves in one st
 locks (so parallel requests cannot spend past the balance). Sinks (usage, expiry) are never locked.
 The posting primitives (locks, keys, lots, entries) are in `credits.services.ledger_core`.
 
-Rules: DESIGN.md "The ledger"; burn order as Lago, OpenMeter and Stripe credit grants (priority,
+Rules: docs/ledger.md; burn order as Lago, OpenMeter and Stripe credit grants (priority,
 then earliest expiry, then age); holds as TigerBeetle's pending transfers.
 """
 

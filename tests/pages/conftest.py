@@ -1,8 +1,8 @@
 """Browser fixtures: real Chromium (the Debian package at /usr/bin/chromium) driven by Playwright
 against pytest-django's `live_server`.
 
-Chromium is a required component (DESIGN.md): without it these tests fail, they never skip. CI
-installs it with `apt-get install -y chromium`. Never `playwright install`."""
+Chromium is a required component (README, "Quick start"): without it these tests fail, they
+never skip. CI installs it with `apt-get install -y chromium`. Never `playwright install`."""
 
 from __future__ import annotations
 
