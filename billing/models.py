@@ -1,0 +1,299 @@
+"""Billing: orders paid through a payment provider, the provider events that settle them, and the
+documents they produce (invoices, credit notes) with their gapless numbers.
+
+Money here is USD at whole cents (`portal.money.MoneyField`); 1 credit bought costs 1 USD, so an
+order of `amount` USD grants a lot of `amount` credits. Every write goes through
+`billing.services`; rules hold in PostgreSQL where they can (uniqueness of provider events and
+document numbers, one paid grant per order, positive amounts).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import Organization
+from credits.models import LedgerTransaction
+from portal.money import MoneyField
+
+
+class BillingProfile(models.Model):
+    """An organization's billing settings: its document number prefix and tax rate, and what a
+    payment provider knows it by (for off-session top-ups). Created on first use
+    (`billing.services.documents.billing_profile_of`)."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="billing_profile"
+    )
+    number_prefix = models.CharField(
+        max_length=12,
+        help_text="Invoice numbers read PREFIX-YYYY-NNNN (upper-case letters and digits).",
+    )
+    tax_rate = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        default=0,
+        help_text="Percent applied to every invoice line (0 to 100; 0 by default).",
+    )
+    stripe_customer_id = models.CharField(max_length=255, blank=True)
+    stripe_payment_method_id = models.CharField(
+        max_length=255, blank=True, help_text="Saved by a Checkout Session in setup mode."
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(tax_rate__gte=0) & Q(tax_rate__lte=100), name="billing_tax_rate_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"billing profile of {self.organization_id}"
+
+
+class Order(models.Model):
+    """A purchase of `amount` credits for `amount` USD through `provider`. It becomes `paid` only
+    on the provider's verified webhook (or a billing member's confirmation for `manual`); that
+    grants the lot (`transaction`) and issues the invoice, once."""
+
+    class Provider(models.TextChoices):
+        STRIPE = "stripe", "Card (Stripe)"
+        COINBASE = "coinbase", "Crypto (Coinbase Commerce)"
+        MANUAL = "manual", "Bank transfer (manual)"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PAID = "paid", "Paid"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Expired"
+        REFUNDED = "refunded", "Refunded"
+
+    class Purpose(models.TextChoices):
+        PURCHASE = "purchase", "Purchase"
+        TOPUP = "topup", "Automatic top-up"
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="orders")
+    public_id = models.UUIDField(
+        default=uuid.uuid4, unique=True, editable=False, help_text="The id clients see."
+    )
+    amount = MoneyField(help_text="Credits granted when paid (1 credit = 1 USD, before tax).")
+    tax_rate = models.DecimalField(max_digits=5, decimal_places=2, default=0)
+    tax = MoneyField(default=0)
+    total = MoneyField(help_text="USD charged: amount + tax.")
+    currency = models.CharField(max_length=3, default="USD")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    purpose = models.CharField(max_length=16, choices=Purpose.choices, default=Purpose.PURCHASE)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    checkout_url = models.URLField(max_length=2000, blank=True)
+    provider_reference = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="The provider's id: Checkout Session, Coinbase charge code, PaymentIntent.",
+    )
+    idempotency_key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    transaction = models.OneToOneField(
+        LedgerTransaction,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="order",
+        help_text="The grant of the credits, once paid.",
+    )
+    refunded_amount = MoneyField(default=0, help_text="USD refunded so far (of `total`).")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "idempotency_key"], name="order_idempotency_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["provider", "provider_reference"],
+                condition=~Q(provider_reference=""),
+                name="order_provider_reference_unique",
+            ),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="order_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(total=models.F("amount") + models.F("tax")), name="order_total_sum"
+            ),
+            models.CheckConstraint(
+                condition=Q(refunded_amount__gte=0) & Q(refunded_amount__lte=models.F("total")),
+                name="order_refund_within_amount",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="paid") | Q(transaction__isnull=False),
+                name="order_paid_has_grant",
+            ),
+        ]
+        indexes = [models.Index(fields=["organization", "status"], name="order_org_status")]
+
+    def __str__(self) -> str:
+        return f"order {self.public_id} {self.amount} {self.currency} ({self.status})"
+
+
+class ProviderEvent(models.Model):
+    """A payment provider's webhook event as received and verified, unique per provider and
+    event id: a replay of the same event finds this row and changes nothing."""
+
+    class Outcome(models.TextChoices):
+        APPLIED = "applied", "Applied"
+        IGNORED = "ignored", "Ignored (not relevant or already applied)"
+        REFUSED = "refused", "Refused (unknown order, mismatched amount, out of order)"
+
+    provider = models.CharField(max_length=16, choices=Order.Provider.choices)
+    event_id = models.CharField(max_length=255)
+    type = models.CharField(max_length=100)
+    order = models.ForeignKey(
+        Order, null=True, blank=True, on_delete=models.PROTECT, related_name="provider_events"
+    )
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    detail = models.CharField(max_length=500, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "event_id"], name="provider_event_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.type} {self.event_id} ({self.outcome})"
+
+
+class DocumentSequence(models.Model):
+    """The last number given to an organization's documents of one kind in one year. Numbers are
+    allocated under this row's lock, in the transaction that issues the document, so they have
+    no gaps: a rolled-back issue gives its number back."""
+
+    class Kind(models.TextChoices):
+        INVOICE = "invoice", "Invoice"
+        CREDIT_NOTE = "credit_note", "Credit note"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="document_sequences"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    year = models.PositiveSmallIntegerField()
+    last_number = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "kind", "year"], name="document_sequence_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.year}: {self.last_number}"
+
+
+class Invoice(models.Model):
+    """A numbered invoice (`ACME-2026-0001`), immutable once issued except its `status` and its
+    rendered `pdf`; corrections are credit notes. `seller` and `buyer` are snapshots of the
+    details at issue (name, address, tax id, e-mail)."""
+
+    class Status(models.TextChoices):
+        ISSUED = "issued", "Issued"
+        PAID = "paid", "Paid"
+        VOID = "void", "Void"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="invoices"
+    )
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    number = models.CharField(max_length=40)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ISSUED)
+    order = models.OneToOneField(
+        Order, null=True, blank=True, on_delete=models.PROTECT, related_name="invoice"
+    )
+    currency = models.CharField(max_length=3, default="USD")
+    subtotal = MoneyField()
+    tax_rate = models.DecimalField(max_digits=5, decimal_places=2, default=0)
+    tax = MoneyField(default=0)
+    total = MoneyField()
+    seller = models.JSONField(default=dict)
+    buyer = models.JSONField(default=dict)
+    issued_at = models.DateTimeField(default=timezone.now)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    pdf = models.FileField(upload_to="billing/invoices/%Y/", blank=True)
+
+    class Meta:
+        ordering = ["-issued_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "number"], name="invoice_number_unique"
+            ),
+            models.CheckConstraint(condition=Q(total__gte=0), name="invoice_total_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class InvoiceLine(models.Model):
+    """One line of an invoice: `quantity` units at `unit_price` USD, `amount` before tax."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
+    position = models.PositiveSmallIntegerField()
+    description = models.CharField(max_length=300)
+    quantity = models.DecimalField(max_digits=20, decimal_places=4)
+    unit_price = MoneyField()
+    amount = MoneyField()
+
+    class Meta:
+        ordering = ["invoice_id", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["invoice", "position"], name="invoice_line_position_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.invoice_id}/{self.position} {self.description}"
+
+
+class CreditNote(models.Model):
+    """A numbered credit note (`ACME-CN-2026-0001`) against an invoice: a refund or correction of
+    `total` USD (tax included). Immutable once issued, as invoices are."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="credit_notes"
+    )
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    number = models.CharField(max_length=40)
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    reason = models.CharField(max_length=300)
+    currency = models.CharField(max_length=3, default="USD")
+    subtotal = MoneyField()
+    tax = MoneyField(default=0)
+    total = MoneyField()
+    provider_reference = models.CharField(
+        max_length=255, blank=True, help_text="The provider's refund id, when one caused it."
+    )
+    issued_at = models.DateTimeField(default=timezone.now)
+    pdf = models.FileField(upload_to="billing/credit-notes/%Y/", blank=True)
+
+    class Meta:
+        ordering = ["-issued_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "number"], name="credit_note_number_unique"
+            ),
+            models.CheckConstraint(condition=Q(total__gt=0), name="credit_note_total_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.number

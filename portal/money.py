@@ -75,6 +75,53 @@ def parse_credits(value, *, field: str = "amount", allow_zero: bool = False) -> 
     return amount.quantize(CREDIT_QUANTUM)
 
 
+# Money paid and invoiced (orders, invoices, credit notes) is whole US cents: 1 credit bought
+# costs 1 USD, so a purchase of credits is a whole number of cents too.
+USD_DECIMAL_PLACES = 2
+USD_MAX_DIGITS = 14  # up to 10^12 USD
+CENT = Decimal(1).scaleb(-USD_DECIMAL_PLACES)
+
+
+class MoneyField(models.DecimalField):
+    """A model field holding USD at whole cents (orders, invoices, credit notes)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("max_digits", USD_MAX_DIGITS)
+        kwargs.setdefault("decimal_places", USD_DECIMAL_PLACES)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self):
+        name, path, args, kwargs = super().deconstruct()
+        return name, "portal.money.MoneyField", args, kwargs
+
+
+def parse_usd(value, *, field: str = "amount") -> Decimal:
+    """Parse a user-given amount of USD (str, int or Decimal; never float), greater than zero
+    and in whole cents. Raises `portal.errors.ValidationFailed` otherwise."""
+    from portal.errors import ValidationFailed
+
+    amount = parse_credits(value, field=field)
+    if amount != amount.quantize(CENT):
+        raise ValidationFailed({field: ["At most 2 decimal places (whole cents)."]})
+    if amount >= Decimal(10) ** (USD_MAX_DIGITS - USD_DECIMAL_PLACES):
+        raise ValidationFailed({field: ["Too large."]})
+    return amount.quantize(CENT)
+
+
+def to_cents(amount: Decimal) -> int:
+    """USD as an integer number of cents (payment providers' unit, e.g. Stripe's `unit_amount`).
+    Raises ValueError for an amount that is not whole cents."""
+    cents = amount * 100
+    if cents != cents.to_integral_value():
+        raise ValueError(f"{amount} is not a whole number of cents")
+    return int(cents)
+
+
+def from_cents(cents: int) -> Decimal:
+    """An integer number of cents as USD."""
+    return (Decimal(int(cents)) / 100).quantize(CENT)
+
+
 def format_credits(value: Decimal, places: int = 4) -> str:
     """Credits for people: rounded to `places` decimals, without trailing noise."""
     return f"{value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN):,}"

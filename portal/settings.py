@@ -328,6 +328,18 @@ TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN", default="")
 TWILIO_FROM = env("TWILIO_FROM", default="")
 TWILIO_API_BASE = env("TWILIO_API_BASE", default="https://api.twilio.com")
 
+# Billing (the `billing` app). The seller printed on invoices and credit notes.
+BILLING_SELLER = {
+    "name": env("BILLING_SELLER_NAME", default="Credit Portal"),
+    "address": env("BILLING_SELLER_ADDRESS", default=""),
+    "tax_id": env("BILLING_SELLER_TAX_ID", default=""),
+    "email": env("BILLING_SELLER_EMAIL", default=""),
+}
+# Purchases: USD per order (custom amounts), and the packs offered on the page.
+BILLING_PURCHASE_MIN = env("BILLING_PURCHASE_MIN", default="5.00")
+BILLING_PURCHASE_MAX = env("BILLING_PURCHASE_MAX", default="10000.00")
+BILLING_PACKS = env.list("BILLING_PACKS", default=["10", "50", "100", "500"])
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
