@@ -339,6 +339,12 @@ BILLING_SELLER = {
 BILLING_PURCHASE_MIN = env("BILLING_PURCHASE_MIN", default="5.00")
 BILLING_PURCHASE_MAX = env("BILLING_PURCHASE_MAX", default="10000.00")
 BILLING_PACKS = env.list("BILLING_PACKS", default=["10", "50", "100", "500"])
+# Payment providers (billing.providers): timeouts and retries of every call.
+PAYMENT_PROVIDER_TIMEOUT_SECONDS = env.float("PAYMENT_PROVIDER_TIMEOUT_SECONDS", default=15.0)
+PAYMENT_PROVIDER_RETRIES = env.int("PAYMENT_PROVIDER_RETRIES", default=2)
+STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
 
 LOGGING = {
     "version": 1,
