@@ -17,8 +17,8 @@ BODIES = {
     "budget.recovered": "There is room again in {budget_label} (window from {window_start}).",
     "balance.low": "The available balance is low: {available} credits left.",
     "credits.expiring": "{amount} credits expire on {expires_at}.",
-    "budget.forecast_exceeded": "Spending is forecast to pass {budget_label} "
-    "(window from {window_start}).",
+    "budget.forecast_exceeded": "Spending is forecast to pass {budget_label}: {projected} "
+    "credits by the end of the window ({window_end}).",
     "authorization.refused": "A request of the key {key} was refused: {reason}.",
     "usage.daily_summary": "Usage on {date}: {cost} credits over {requests} requests.",
     "webhook.endpoint_disabled": "The webhook endpoint {url} failed for 24 hours and was "
