@@ -113,7 +113,7 @@ def test_the_database_refuses_a_second_recovery_of_the_same_window(tenant):
     Alert.objects.create(**{**fields, "type": Alert.Type.FORECAST_EXCEEDED})
     Alert.objects.create(**{**fields, "type": Alert.Type.EXHAUSTED, "threshold": 100})
     with pytest.raises(IntegrityError), transaction.atomic():  # a recovery has no threshold
-        Alert.objects.create(**{**fields, "window_start": start + timedelta(days=1), "threshold": 5})
+        Alert.objects.create(**{**fields, "window_start": start + timedelta(1), "threshold": 5})
 
 
 def test_a_monthly_budget_recovers_on_the_first_in_kolkata_after_29_february(tenant):
