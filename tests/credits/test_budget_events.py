@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.db import IntegrityError, transaction
 
+from accounts.services import team_create
 from credits import tasks
 from credits.models import Alert, BudgetWindow
 from credits.services import Attribution, UsageInput, usage_record
@@ -129,6 +130,24 @@ def test_a_monthly_budget_recovers_on_the_first_in_kolkata_after_29_february(ten
     assert budgets_recovered_check(now=at(UTC, 2028, 2, 29, 18, 31)) == []
 
 
+def test_a_key_limit_recovers_at_midnight_utc_whatever_the_organizations_zone(tenant):
+    """OpenRouter key limits (`limit_reset`) have UTC windows, so they recover at 00:00 UTC."""
+    _zone(tenant, "America/New_York")
+    tenant.grant("100")
+    key, _ = tenant.key("usage", limit="1", limit_reset="daily")
+    with mock.patch("django.utils.timezone.now", return_value=at(UTC, 2027, 3, 1, 20, 0)):
+        usage_record(
+            attribution=Attribution.of_key(key),
+            event=UsageInput(id="k", model="gpt-4o", cost=Decimal("1")),
+        )
+    (exhausted,) = Alert.objects.filter(type=Alert.Type.EXHAUSTED)
+    assert exhausted.window_start == at(UTC, 2027, 3, 1)
+    assert budgets_recovered_check(now=at(UTC, 2027, 3, 1, 23, 59, 59)) == []
+    (recovered,) = budgets_recovered_check(now=at(UTC, 2027, 3, 2, 0, 0))
+    assert recovered.budget_id == exhausted.budget_id
+    assert recovered.window_start == at(UTC, 2027, 3, 2)  # 19:00 in New York
+
+
 def test_a_soft_budget_warns_and_so_never_recovers(tenant):
     _zone(tenant, "America/New_York")
     tenant.grant("100")
@@ -176,6 +195,22 @@ def test_the_forecast_projects_each_budget_to_the_end_of_its_window(tenant):
     assert Decimal(life["spent"]) == 6
 
 
+def test_a_team_key_forecasts_the_budgets_it_sees_only(tenant):
+    tenant.grant("100")
+    other = team_create(organization=tenant.org, slug="other", name="Other", actor=SYSTEM)
+    mine = _budget_on(tenant, "team", team=tenant.team)
+    _budget_on(tenant, "team", team=other)
+    _, secret = tenant.key("usage", team=tenant.team)
+    body = tenant.client(secret).get("/api/v1/credits/forecast").json()
+    assert [b["id"] for b in body["budgets"]] == [str(mine.public_id)]
+
+
+def _budget_on(tenant, scope: str, **target):
+    return budget_create(
+        organization=tenant.org, scope=scope, period="weekly", limit="5", actor=SYSTEM, **target
+    )
+
+
 def test_forecast_exceeded_fires_once_per_window_for_hard_and_soft_budgets(tenant):
     _zone(tenant, "Europe/Berlin")
     tenant.grant("100")
@@ -196,7 +231,8 @@ def test_forecast_exceeded_fires_once_per_window_for_hard_and_soft_budgets(tenan
     assert note.data["projected"] == "12.000000000000"
     assert note.data["window_end"] == "2027-03-10T23:00:00+00:00"
     assert note.body.startswith("Spending is forecast to pass the daily budget of the organization")
-    assert "12.000000000000 credits by the end of the window" in note.body
+    # The body in the organization's words: rounded credits, the end in Berlin time.
+    assert "12.0000 credits by the end of the window (2027-03-11 00:00 CET)" in note.body
 
     # The next Berlin day is a new window: nothing spent, nothing projected; spending fast
     # early on fires again, in that window.
