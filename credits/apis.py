@@ -312,6 +312,25 @@ class AccountForecastOutput(serializers.Serializer):
     projection = ProjectionOutput()
 
 
+class BudgetForecastOutput(serializers.Serializer):
+    id = serializers.UUIDField(source="budget.public_id", help_text="The budget's public id.")
+    scope = serializers.CharField(source="budget.scope")
+    period = serializers.CharField(source="budget.period")
+    mode = serializers.CharField(source="budget.mode")
+    window_start = serializers.DateTimeField(help_text="UTC.")
+    window_end = serializers.DateTimeField(allow_null=True, help_text="UTC; null: lifetime.")
+    spent = Credits(help_text="Spent in the window so far.")
+    held = Credits(help_text="Reserved by pending holds in the window.")
+    limit = Credits()
+    rate_per_hour = Credits(
+        allow_null=True, help_text="Spent over the hours of the window passed (a tenth at least)."
+    )
+    projected = Credits(
+        allow_null=True, help_text="spent + held + rate_per_hour x hours left: at the window end."
+    )
+    exceeds = serializers.BooleanField(help_text="projected > limit.")
+
+
 class ForecastOutput(serializers.Serializer):
     generated_at = serializers.DateTimeField()
     time_zone = serializers.CharField()
@@ -320,6 +339,7 @@ class ForecastOutput(serializers.Serializer):
     projection = ProjectionOutput()
     hours = HourOutput(many=True)
     accounts = AccountForecastOutput(many=True)
+    budgets = BudgetForecastOutput(many=True, help_text="The budgets the caller sees.")
 
 
 class ForecastApi(OrganizationAPIView):
@@ -331,7 +351,10 @@ class ForecastApi(OrganizationAPIView):
         description="Run rates per hour and per day over the last 24 hours, 7 and 30 days, "
         "spend by hour of day (organization time zone), and the projected depletion date of "
         "what the caller can draw on and of each of those accounts, with the rate it uses and "
-        "why (the 7-day rate unless the last 24 hours run at twice it or more).",
+        "why (the 7-day rate unless the last 24 hours run at twice it or more); and for each "
+        "budget the caller sees, its current window and the projected spend at the window's "
+        "end: spent + held + (spent / hours passed, at least a tenth of the window) x hours "
+        "left, and whether that exceeds the limit.",
     )
     def get(self, request):
         from .forecast import forecast_for

@@ -262,7 +262,9 @@ class AlertOutput(serializers.Serializer):
     type = serializers.ChoiceField(choices=Alert.Type.choices)
     created_at = serializers.DateTimeField()
     budget = serializers.UUIDField(source="budget.public_id", help_text="The budget's public id.")
-    threshold = serializers.IntegerField(help_text="Percent of the limit.")
+    threshold = serializers.IntegerField(
+        allow_null=True, help_text="Percent of the limit; null for a recovery or a forecast."
+    )
     window_start = serializers.DateTimeField()
     spent = _amount(help_text="Spent in the window when it fired.")
     limit = _amount()

@@ -584,20 +584,30 @@ class BudgetWindow(models.Model):
 
 
 class Alert(models.Model):
-    """A threshold crossing of a budget in one window: fires once per (budget, window,
-    threshold), enforced by a unique constraint. `budget.exhausted` is 100 % of a hard budget;
-    channels (notifications) hang off `credits.services.alerts.alert_record`."""
+    """An event of a budget in one window, fired once, enforced by unique constraints:
+
+    - a threshold crossing (`budget.threshold_crossed`; `budget.exhausted` is 100 % of a hard
+      budget), once per (budget, window, threshold): `alert_once_per_window`;
+    - `budget.recovered` (the first window after one in which the budget was exhausted) and
+      `budget.forecast_exceeded` (the window's spend is projected past the limit), which have
+      no threshold, once per (budget, window, type): `alert_event_once_per_window`.
+
+    Channels (notifications) hang off `credits.services.alerts`."""
 
     class Type(models.TextChoices):
         THRESHOLD_CROSSED = "budget.threshold_crossed", "Threshold crossed"
         EXHAUSTED = "budget.exhausted", "Budget exhausted"
+        RECOVERED = "budget.recovered", "Budget recovered"
+        FORECAST_EXCEEDED = "budget.forecast_exceeded", "Budget forecast exceeded"
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="alerts")
     # Alerts are inserted in raw SQL (`alert_record`), which passes a uuid4 of its own.
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     window_start = models.DateTimeField()
-    threshold = models.PositiveSmallIntegerField(help_text="Percent of the limit.")
+    threshold = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Percent of the limit (threshold crossings only)."
+    )
     type = models.CharField(max_length=32, choices=Type.choices)
     spent = CreditField(help_text="Spent in the window when it fired.")
     limit = CreditField()
@@ -612,8 +622,26 @@ class Alert(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["budget", "window_start", "threshold"], name="alert_once_per_window"
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["budget", "window_start", "type"],
+                condition=Q(threshold__isnull=True),
+                name="alert_event_once_per_window",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    type__in=["budget.threshold_crossed", "budget.exhausted"],
+                    threshold__isnull=False,
+                )
+                | Q(
+                    type__in=["budget.recovered", "budget.forecast_exceeded"],
+                    threshold__isnull=True,
+                ),
+                name="alert_threshold_by_type",
+            ),
         ]
 
     def __str__(self) -> str:
+        if self.threshold is None:
+            return f"{self.type} of budget {self.budget_id}"
         return f"{self.type} {self.threshold}% of budget {self.budget_id}"

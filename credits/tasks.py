@@ -1,5 +1,6 @@
 """Periodic work (the beat schedule is in settings): expire holds and lots, verify the ledger,
-refresh model prices, and the watches (low balances, expiring credits, daily summaries)."""
+refresh model prices, the watches (low balances, expiring credits, daily summaries) and the
+budget checks (recovered budgets, forecasts past a limit)."""
 
 from celery import shared_task
 
@@ -58,3 +59,19 @@ def daily_summaries_send() -> int:
     from .services.watch import daily_summaries_send as send
 
     return send()
+
+
+@shared_task
+def budgets_recovered_check() -> int:
+    """Every minute: `budget.recovered` for budgets in the window after an exhausted one."""
+    from .services.alerts import budgets_recovered_check as check
+
+    return len(check())
+
+
+@shared_task
+def budgets_forecast_check() -> int:
+    """Hourly: `budget.forecast_exceeded` for budgets projected past their limit."""
+    from .services.alerts import budgets_forecast_check as check
+
+    return len(check())

@@ -1,6 +1,7 @@
 """The budgets page (`/o/<org>/budgets/`): every budget the principal sees with its current
-window (spent and held against the limit, window bounds in the organization's time zone), the
-latest alerts, and the forms that create, edit and delete budgets and acknowledge alerts.
+window (spent and held against the limit, window bounds in the organization's time zone, the
+spend projected at the window's end: `credits.forecast.budget_projection`), the latest alerts,
+and the forms that create, edit and delete budgets and acknowledge alerts.
 
 Writes go through the same layer and services as `/api/v1/budgets` and `/api/v1/alerts`:
 `Principal.check_budget` (credits:write organization-wide, or a team manager for the members of
@@ -15,6 +16,7 @@ from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.forms import form_errors
@@ -24,6 +26,7 @@ from portal.errors import ApplicationError, NotFound
 
 from . import selectors
 from .apis_budgets import alert_visible_get, alerts_visible
+from .forecast import budget_projection
 from .forms import BudgetCreateForm, BudgetEditForm
 from .models import Budget
 from .services import alerts as alert_services
@@ -68,13 +71,15 @@ def _target_label(budget: Budget, principal) -> str:
 
 def _rows(principal) -> list[dict]:
     budgets = list(selectors.budgets_visible(principal).order_by("scope", "id")[:1000])
-    windows = budget_current_windows(budgets)
+    now = timezone.now()
+    windows = budget_current_windows(budgets, now)
     org_zone = ZoneInfo(principal.organization.time_zone)
     rows = []
     for b in budgets:
         w = windows[b.pk]
         zone = ZoneInfo("UTC") if b.utc_windows else org_zone
         used = w.spent + w.held
+        projection = budget_projection(b, w, now)
         rows.append(
             {
                 "budget": b,
@@ -85,6 +90,8 @@ def _rows(principal) -> list[dict]:
                 "remaining": max(b.limit - used, 0),
                 "percent": round(used * 100 / b.limit) if b.limit else (100 if used else 0),
                 "over": used > b.limit,
+                "projected": projection.projected,
+                "projected_over": projection.exceeds,
                 "window_start": _when(w.window_start, zone),
                 "window_end": _when(w.window_end, zone) if w.window_end else "",
                 "may_change": _may(lambda b=b: principal.check_budget(b.scope, _target(b))),

@@ -15,7 +15,7 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from .models import OutboxMessage
-from .urlcheck import UrlRefused, check_url
+from .urlcheck import UrlRefused, UrlUnresolved, pin_url
 
 USER_AGENT = "credit-portal-webhooks/1"
 
@@ -47,24 +47,32 @@ def signed_request(message: OutboxMessage, secret: str) -> tuple[bytes, dict[str
 
 
 def send_webhook(message: OutboxMessage) -> Outcome:
+    """POST the signed payload to the endpoint's URL, connected to the address its host resolved
+    to when checked (`urlcheck.pin_url`). A refused URL fails the message now; a host that does
+    not resolve, a timeout, a connection error or a non-2xx answer is retried."""
     endpoint = message.endpoint
     if endpoint is None:
         return Outcome(False, error="The endpoint was deleted.", permanent=True)
     if not endpoint.enabled:
         return Outcome(False, error="The endpoint is disabled.", permanent=True)
     try:
-        url = check_url(endpoint.url)  # again: DNS may point elsewhere since it was created
+        # Checked again (DNS may point elsewhere since it was created), and the connection goes
+        # to the address checked, not to a second resolution of the name (DNS rebinding).
+        pinned = pin_url(endpoint.url)
+    except UrlUnresolved as exc:
+        return Outcome(False, error=str(exc))  # retried: the name may resolve again
     except UrlRefused as exc:
         return Outcome(False, error=f"Refused: {exc}", permanent=True)
     body, headers = signed_request(message, endpoint.secret)
     try:
-        response = httpx.post(
-            url,
-            content=body,
-            headers=headers,
-            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
-            follow_redirects=False,
-        )
+        with httpx.Client(timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as client:
+            response = client.post(
+                pinned.url,
+                content=body,
+                headers={**headers, "host": pinned.host_header},
+                extensions=pinned.extensions,
+                follow_redirects=False,
+            )
     except httpx.HTTPError as exc:
         return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:1000])
     ok = 200 <= response.status_code < 300

@@ -164,7 +164,7 @@ def notify(
     except IntegrityError:
         return None
 
-    title, body = describe(type, data)
+    title, body = describe(type, data, organization.time_zone)
     users = _recipients(organization, type, audience)
     prefs = preferences_of(organization=organization, user_ids=[u.pk for u in users], type=type)
     Notification.objects.bulk_create(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from string import Formatter
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.template.loader import render_to_string, select_template
+
+from portal.money import format_credits
 
 from .events import EVENT_TYPES, TEST_EVENT_TYPE
 
@@ -17,8 +22,8 @@ BODIES = {
     "budget.recovered": "There is room again in {budget_label} (window from {window_start}).",
     "balance.low": "The available balance is low: {available} credits left.",
     "credits.expiring": "{amount} credits expire on {expires_at}.",
-    "budget.forecast_exceeded": "Spending is forecast to pass {budget_label} "
-    "(window from {window_start}).",
+    "budget.forecast_exceeded": "Spending is forecast to pass {budget_label}: {projected} "
+    "credits by the end of the window ({window_end}).",
     "authorization.refused": "A request of the key {key} was refused: {reason}.",
     "usage.daily_summary": "Usage on {date}: {cost} credits over {requests} requests.",
     "webhook.endpoint_disabled": "The webhook endpoint {url} failed for 24 hours and was "
@@ -32,12 +37,39 @@ class _Missing(dict):
         return "?"
 
 
-def describe(type: str, data: dict) -> tuple[str, str]:
-    """(title, body) of an event, with '?' for data it lacks."""
+# Data shown to people rounded (credits) or in the organization's time zone (times); webhooks
+# carry the data as it is.
+AMOUNTS = frozenset({"available", "amount", "cost", "spent", "held", "limit", "projected"})
+TIMES = frozenset({"window_start", "window_end", "expires_at"})
+
+
+def _shown(key: str, value, zone: ZoneInfo):
+    if key in AMOUNTS and isinstance(value, str):
+        try:
+            return format_credits(Decimal(value))
+        except (InvalidOperation, ValueError):
+            return value
+    if key in TIMES and isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if moment.tzinfo is None:
+            return value
+        return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+    return value
+
+
+def describe(type: str, data: dict, time_zone: str = "UTC") -> tuple[str, str]:
+    """(title, body) of an event, with '?' for data it lacks: credits rounded to 4 decimals,
+    times (ISO 8601 in the data) in `time_zone` (the organization's)."""
     event = EVENT_TYPES.get(type)
     title = event.title if event else type
     template = BODIES.get(type, "{type}")
-    values = _Missing({k: v for k, v in (data or {}).items() if isinstance(k, str)}, type=type)
+    zone = ZoneInfo(time_zone or "UTC")
+    values = _Missing(
+        {k: _shown(k, v, zone) for k, v in (data or {}).items() if isinstance(k, str)}, type=type
+    )
     if "budget_label" not in values and "budget" in values:  # a caller that sends the id only
         values["budget_label"] = f"budget {values['budget']}"
     body = Formatter().vformat(template, (), values)

@@ -1,19 +1,29 @@
 """Where webhooks may go (SSRF): http(s) only, never the portal itself, and never an address on
 loopback, private, link-local, shared or reserved networks -- checked when an endpoint is created or
 changed, and again before every delivery (DNS can change). `WEBHOOK_ALLOW_PRIVATE_NETWORKS` lifts
-the address rule (tests, local development)."""
+the address rule (tests, local development).
+
+At delivery (`pin_url`) the host is resolved once, every address it resolves to is checked, and
+the request connects to the first of them (the resolver's order): not to the host name, which a
+second resolution could answer differently (DNS rebinding). The `Host` header and, for https, the
+TLS server name (SNI, and the certificate's name checked against it) stay the host's."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 
 
 class UrlRefused(Exception):
     """The URL may not receive webhooks; the message says why."""
+
+
+class UrlUnresolved(UrlRefused):
+    """The host does not resolve now (a delivery retries later)."""
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -42,7 +52,8 @@ def _refused_address(address: str) -> bool:
 
 
 def resolve(host: str, port: int) -> list[str]:
-    """The addresses `host` resolves to now (a literal address: itself)."""
+    """The addresses `host` resolves to now, in the resolver's order of preference (a literal
+    address: itself). Raises UrlUnresolved."""
     try:
         return [ipaddress.ip_address(host.strip("[]")).compressed]
     except ValueError:
@@ -50,20 +61,73 @@ def resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise UrlRefused(f"The host {host} does not resolve.") from None
-    return sorted({info[4][0] for info in infos})
+        raise UrlUnresolved(f"The host {host} does not resolve.") from None
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def _check_addresses(addresses: list[str]) -> None:
+    if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS:
+        return
+    if not addresses or any(_refused_address(a) for a in addresses):
+        raise UrlRefused(
+            "The URL points at a private, loopback or link-local address; use a public one."
+        )
+
+
+def _not_the_portal(host: str) -> None:
+    portal = (urlsplit(settings.PORTAL_BASE_URL).hostname or "").lower()
+    if portal and host == portal:
+        raise UrlRefused("The URL points at the portal itself.")
 
 
 def check_url(url: str) -> str:
     """`url`, stripped, when webhooks may go there; else raises UrlRefused."""
     host, port = _host_port(url)
-    portal = (urlsplit(settings.PORTAL_BASE_URL).hostname or "").lower()
-    if portal and host == portal:
-        raise UrlRefused("The URL points at the portal itself.")
+    _not_the_portal(host)
     if not settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS:
-        addresses = resolve(host, port)
-        if not addresses or any(_refused_address(a) for a in addresses):
-            raise UrlRefused(
-                "The URL points at a private, loopback or link-local address; use a public one."
-            )
+        _check_addresses(resolve(host, port))
     return url.strip()
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A checked URL and the address to connect to: request `url` (the address in place of the
+    host) with the `Host` header `host_header` and, for https, `extensions` naming the host for
+    TLS (SNI and certificate verification), as httpx / httpcore take them."""
+
+    url: str
+    address: str
+    host: str
+    host_header: str
+    extensions: dict
+
+
+def _host_header(host: str, port: int | None) -> str:
+    """The `Host` header of the URL (RFC 9110 7.2): its host (IDNA, an IPv6 literal in
+    brackets) and its port when the URL names one."""
+    name = host if host.isascii() else host.encode("idna").decode("ascii")
+    if ":" in name:
+        name = f"[{name}]"
+    return name if port is None else f"{name}:{port}"
+
+
+def pin_url(url: str) -> Pinned:
+    """Check `url` as `check_url` does, resolving its host once (also under
+    `WEBHOOK_ALLOW_PRIVATE_NETWORKS`, which only lifts the address rule), and pin the request to
+    the first address it resolved to. Raises UrlRefused, UrlUnresolved (the host does not
+    resolve now)."""
+    host, port = _host_port(url)
+    _not_the_portal(host)
+    addresses = resolve(host, port)
+    _check_addresses(addresses)
+    address = addresses[0]
+    parts = urlsplit(url.strip())
+    literal = f"[{address}]" if ":" in address else address
+    target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    return Pinned(
+        url=target,
+        address=address,
+        host=host,
+        host_header=_host_header(host, parts.port),
+        extensions={"sni_hostname": host} if parts.scheme == "https" else {},
+    )

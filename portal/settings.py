@@ -257,6 +257,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "credits.tasks.daily_summaries_send",
         "schedule": crontab(minute=10, hour=6),
     },
+    # Budgets (credits.services.alerts): a new window after an exhausted one, within a minute
+    # of its start in any time zone; spend projected past a limit, hourly.
+    "budgets-recovered": {
+        "task": "credits.tasks.budgets_recovered_check",
+        "schedule": timedelta(minutes=1),
+    },
+    "budgets-forecast": {
+        "task": "credits.tasks.budgets_forecast_check",
+        "schedule": crontab(minute=27),
+    },
     # Outbox messages a lost worker left pending (notifications.tasks.outbox_sweep).
     "outbox-sweep": {"task": "notifications.tasks.outbox_sweep", "schedule": timedelta(minutes=1)},
 }
