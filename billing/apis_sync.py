@@ -119,7 +119,10 @@ class OpenRouterConnectionApi(_ConnectionView):
     scope_map = {"GET": "billing:read", "PUT": "billing:write", "DELETE": "billing:write"}
 
     @extend_schema(
-        operation_id="billing_openrouter_get", responses={200: OpenRouterConnectionOutput}
+        operation_id="billing_openrouter_get",
+        responses={200: OpenRouterConnectionOutput},
+        description="The organization's OpenRouter connection (the key's mask only) and its "
+        "latest snapshot; 404 when none is set.",
     )
     def get(self, request):
         return Response(_connection_document(self.connection()))
@@ -140,7 +143,11 @@ class OpenRouterConnectionApi(_ConnectionView):
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 
-    @extend_schema(operation_id="billing_openrouter_delete", responses={204: None})
+    @extend_schema(
+        operation_id="billing_openrouter_delete",
+        responses={204: None},
+        description="Forget the key; the snapshots stay.",
+    )
     def delete(self, request):
         services.openrouter_connection_delete(connection=self.connection(), actor=self.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -178,6 +185,8 @@ class OpenRouterSnapshotListApi(OrganizationListAPIView):
     @extend_schema(
         operation_id="billing_openrouter_snapshots",
         responses={200: OpenRouterSnapshotOutput(many=True)},
+        description="Every sync, newest first: upstream and portal totals, drift, or why it "
+        "failed.",
     )
     def get(self, request):
         return self.list_response(OpenRouterSnapshotOutput)

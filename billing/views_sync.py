@@ -39,8 +39,10 @@ def _connection(request):
 
 
 def _chart(history, threshold) -> dict:
-    """The chart's series (exact decimal strings; the same figures are in the table)."""
+    """The charts' series (exact decimal strings; the same figures are in the table), and the
+    time zone their times are shown in."""
     return {
+        "time_zone": str(timezone.get_current_timezone()),
         "labels": [s.fetched_at.isoformat() for s in history],
         "upstream": [str(s.upstream_remaining) for s in history],
         "portal": [str(s.portal_remaining) for s in history],
