@@ -363,20 +363,26 @@ def _snapshot_record(
     return snapshot
 
 
-def openrouter_sync_all() -> int:
-    """The periodic task: sync every enabled connection, one after the other (each its own
-    fetch and transaction; one organization's failure is its snapshot, not the others').
-    Returns how many were synced."""
-    done = 0
-    for connection in OpenRouterConnection.objects.filter(enabled=True).select_related(
-        "organization"
-    ):
-        try:
-            openrouter_sync(connection=connection, trigger=OpenRouterSnapshot.Trigger.SCHEDULE)
-        except NotFound:  # removed while the others were synced
-            continue
-        except Exception:  # noqa: BLE001 - one organization must not stop the others
-            log.exception("OpenRouter sync of organization %s failed", connection.organization_id)
-            continue
-        done += 1
-    return done
+def openrouter_sync_due() -> list[int]:
+    """The ids of the connections the periodic task syncs: every enabled one."""
+    return list(
+        OpenRouterConnection.objects.filter(enabled=True)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def openrouter_sync_scheduled(*, connection_id: int) -> OpenRouterSnapshot | None:
+    """The periodic sync of one connection (`billing.tasks.openrouter_sync_connection`): none
+    when it was removed or disabled since it was queued."""
+    connection = (
+        OpenRouterConnection.objects.filter(pk=connection_id, enabled=True)
+        .select_related("organization")
+        .first()
+    )
+    if connection is None:
+        return None
+    try:
+        return openrouter_sync(connection=connection, trigger=OpenRouterSnapshot.Trigger.SCHEDULE)
+    except NotFound:  # removed during the fetch
+        return None

@@ -25,11 +25,12 @@ from billing.services.sync import (
     openrouter_connection_set,
     openrouter_sync,
 )
-from billing.tasks import openrouter_sync_all
+from billing.tasks import openrouter_sync_all, openrouter_sync_connection
 from credits.services import Attribution, UsageInput, usage_record
 from notifications.models import Notification, NotificationEvent
 
 from ..conftest import SYSTEM
+from ..notifications.conftest import Worker
 from .openrouter_server import INFERENCE_KEY, MANAGEMENT_KEY, OpenRouter, free_port
 
 pytestmark = pytest.mark.django_db
@@ -355,11 +356,35 @@ def test_a_failed_sync_raises_no_drift_alert(tenant, openrouter):
 def test_the_periodic_task_syncs_every_enabled_connection(tenant, other_tenant, openrouter):
     connect(tenant)
     connect(other_tenant, enabled=False)
-    assert openrouter_sync_all.delay().get() == 1
+    assert openrouter_sync_all.delay().get() == 1  # one sync queued (run here: eager)
     snapshot = OpenRouterSnapshot.objects.get()
     assert snapshot.organization == tenant.org and snapshot.trigger == "schedule"
     # Only syncs by someone are audited.
     assert not AuditEvent.objects.filter(action="openrouter.synced").exists()
+    # A sync queued for a connection since disabled or removed does nothing.
+    other = OpenRouterConnection.objects.get(organization=other_tenant.org)
+    assert openrouter_sync_connection.delay(other.pk).get() is None
+    assert openrouter_sync_connection.delay(987654321).get() is None
+    assert OpenRouterSnapshot.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_periodic_task_on_a_real_worker(tenant, openrouter):
+    """`openrouter_sync_all` on a Celery worker over Redis queues the sync of each connection,
+    which the worker runs against the loopback OpenRouter (its key decrypted there)."""
+    connect(tenant)
+    worker = Worker({"OPENROUTER_API_BASE": openrouter.base})
+    worker.start()
+    try:
+        assert worker.run("billing.tasks.openrouter_sync_all") == 1
+        deadline = time.monotonic() + 60
+        while not OpenRouterSnapshot.objects.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    snapshot = OpenRouterSnapshot.objects.get()
+    assert snapshot.status == "ok" and snapshot.trigger == "schedule", snapshot.error
+    assert openrouter.requests[0]["authorization"] == f"Bearer {MANAGEMENT_KEY}"
 
 
 def test_the_periodic_task_is_in_the_database_schedule(settings):
