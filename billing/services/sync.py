@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import httpx
+from cryptography.fernet import InvalidToken
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -295,7 +296,14 @@ def openrouter_sync(
     asked (audited); none for the periodic task. Raises NotFound when the connection was
     removed meanwhile."""
     try:
-        upstream, failure = openrouter_credits_fetch(key=connection.key), None
+        try:
+            key = connection.key
+        except InvalidToken:
+            raise UpstreamError(
+                "The stored key cannot be decrypted (FIELD_ENCRYPTION_KEY no longer holds the "
+                "key it was encrypted with): set the management key again."
+            ) from None
+        upstream, failure = openrouter_credits_fetch(key=key), None
     except UpstreamError as exc:
         upstream, failure = None, exc
         log.warning("OpenRouter sync of organization %s: %s", connection.organization_id, exc)

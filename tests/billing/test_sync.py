@@ -207,6 +207,16 @@ def test_an_unreachable_openrouter_is_an_error_snapshot(tenant, settings):
     assert body["error"].startswith("OpenRouter could not be reached:")
 
 
+def test_a_key_that_no_longer_decrypts_is_an_error_snapshot(tenant, openrouter, settings):
+    connect(tenant)
+    settings.FIELD_ENCRYPTION_KEY = ["bmV3LWtleS1mb3ItdGVzdHMtb25seS1ub3QtcmVhbCE="]  # rotated away
+    body = _failed(tenant, api(tenant))
+    assert (
+        "cannot be decrypted" in body["error"] and "set the management key again" in body["error"]
+    )
+    assert openrouter.requests == []
+
+
 @pytest.mark.parametrize(
     "body, why",
     [
