@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from credits.models import LedgerTransaction
-from portal.money import MoneyField
+from notifications import crypto
+from portal.money import CreditField, MoneyField
 
 
 class BillingProfile(models.Model):
@@ -297,3 +298,124 @@ class CreditNote(models.Model):
 
     def __str__(self) -> str:
         return self.number
+
+
+# OpenRouter credit sync (billing.services.sync) -------------------------------------------------
+
+
+class OpenRouterConnection(models.Model):
+    """An organization's OpenRouter management key, to compare the credits OpenRouter holds for
+    it (`GET /api/v1/credits`) with the portal's own totals. The key is stored encrypted (Fernet,
+    `FIELD_ENCRYPTION_KEY`, as webhook secrets are) and never shown again: `key_mask` is what
+    people see. A drift above `drift_threshold` credits raises `credits.sync_drift`."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="openrouter_connection"
+    )
+    key_encrypted = models.TextField()
+    key_mask = models.CharField(max_length=40, help_text="The key's first and last characters.")
+    drift_threshold = CreditField(
+        help_text="Credits: a drift larger than this (either way) raises an alert."
+    )
+    enabled = models.BooleanField(
+        default=True, help_text="Synced by the periodic task (a sync by hand works either way)."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(drift_threshold__gte=0), name="openrouter_drift_threshold_nonnegative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"OpenRouter connection {self.key_mask}"
+
+    @property
+    def key(self) -> str:
+        return crypto.decrypt(self.key_encrypted)
+
+    @key.setter
+    def key(self, value: str) -> None:
+        self.key_encrypted = crypto.encrypt(value)
+
+
+class OpenRouterSnapshot(models.Model):
+    """One sync: what OpenRouter answered (`total_credits`, `total_usage`) beside the portal's own
+    totals at that moment (`credits.selectors.credit_totals`: what the portal's `GET
+    /api/v1/credits` answers for the whole organization), and the drift between them.
+
+    drift = (upstream total_credits - upstream total_usage) - (portal total_credits - portal
+    total_usage), credits: what OpenRouter has left minus what the portal has left. Negative: the
+    portal counts on credits OpenRouter no longer has. A failed fetch (`status` error) keeps the
+    portal's totals and says why in `error`; its upstream figures and drift are empty."""
+
+    class Status(models.TextChoices):
+        OK = "ok", "OK"
+        ERROR = "error", "Error"
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule", "Periodic task"
+        MANUAL = "manual", "By hand"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="openrouter_snapshots"
+    )
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    fetched_at = models.DateTimeField(default=timezone.now)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    error = models.CharField(max_length=500, blank=True)
+    http_status = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="OpenRouter's HTTP status (none: no answer)."
+    )
+    upstream_total_credits = CreditField(null=True, blank=True)
+    upstream_total_usage = CreditField(null=True, blank=True)
+    portal_total_credits = CreditField()
+    portal_total_usage = CreditField()
+    drift = CreditField(null=True, blank=True)
+    alerted = models.BooleanField(
+        default=False, help_text="This sync raised credits.sync_drift (at most once a day)."
+    )
+
+    class Meta:
+        ordering = ["-fetched_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(status="ok")
+                    & Q(upstream_total_credits__isnull=False)
+                    & Q(upstream_total_usage__isnull=False)
+                    & Q(drift__isnull=False)
+                    & Q(error="")
+                )
+                | (
+                    Q(status="error")
+                    & Q(upstream_total_credits__isnull=True)
+                    & Q(upstream_total_usage__isnull=True)
+                    & Q(drift__isnull=True)
+                    & ~Q(error="")
+                ),
+                name="openrouter_snapshot_status_fields",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "-fetched_at"], name="openrouter_snapshot_org_at")
+        ]
+
+    def __str__(self) -> str:
+        return f"OpenRouter snapshot {self.fetched_at:%Y-%m-%d %H:%M} ({self.status})"
+
+    @property
+    def upstream_remaining(self):
+        """Credits OpenRouter has left (None for a failed sync)."""
+        if self.upstream_total_credits is None or self.upstream_total_usage is None:
+            return None
+        return self.upstream_total_credits - self.upstream_total_usage
+
+    @property
+    def portal_remaining(self):
+        """Credits the portal had left by its own totals at the sync."""
+        return self.portal_total_credits - self.portal_total_usage

@@ -57,15 +57,12 @@ class CreditsApi(OrganizationAPIView):
     def get(self, request):
         if self.key is not None and self.key.kind != KeyKind.MANAGEMENT:
             raise PermissionDenied("Only management keys can read the credits.")
-        summary = selectors.balance_for(self.principal)
-        total_credits = summary.total_credited
-        if total_credits is None:  # bound to a team: what it can draw on, plus what it used
-            total_credits = summary.available + summary.total_used
+        totals = selectors.credit_totals(selectors.balance_for(self.principal))
         return Response(
             {
                 "data": {  # JSON numbers, as OpenRouter sends them
-                    "total_credits": total_credits,
-                    "total_usage": summary.total_used,
+                    "total_credits": totals.total_credits,
+                    "total_usage": totals.total_usage,
                 }
             }
         )

@@ -281,6 +281,29 @@ def balance_summary(
     )
 
 
+@dataclass(frozen=True)
+class CreditTotals:
+    """OpenRouter's figures of `GET /api/v1/credits`, in credits: `total_credits` that came in
+    and `total_usage` spent (what is left: their difference)."""
+
+    total_credits: Decimal
+    total_usage: Decimal
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.total_credits - self.total_usage
+
+
+def credit_totals(summary: BalanceSummary) -> CreditTotals:
+    """The one rule of the portal's totals in OpenRouter's terms (its `GET /api/v1/credits` and
+    the upstream sync of `billing`): credits granted and purchased, and usage counted; for a
+    principal bound to a team (no organization totals), what it can draw on plus what it used."""
+    total_credits = summary.total_credited
+    if total_credits is None:
+        total_credits = summary.available + summary.total_used
+    return CreditTotals(total_credits=total_credits, total_usage=summary.total_used)
+
+
 def draw_accounts(principal: Principal) -> list[LedgerAccount]:
     """The spendable accounts whose credits `principal` can draw on: the pool and every team
     account for a principal of the whole organization; else its teams' own accounts, and the

@@ -61,6 +61,16 @@ EVENT_TYPES: dict[str, EventType] = {
         EventType(
             "usage.daily_summary", "Daily usage summary", "usage:read", _MANAGERS, once_per=_DAY
         ),
+        # The OpenRouter credit sync (billing.services.sync): upstream credits left differ from
+        # the portal's by more than the organization's threshold; once a day per organization.
+        EventType(
+            "credits.sync_drift",
+            "Upstream credits drift",
+            "billing:read",
+            _FUNDERS,
+            email=True,
+            once_per=_DAY,
+        ),
         # The portal's own: an endpoint disabled after failing for a day (admins, in-app).
         EventType(
             "webhook.endpoint_disabled",

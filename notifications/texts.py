@@ -26,6 +26,8 @@ BODIES = {
     "credits by the end of the window ({window_end}).",
     "authorization.refused": "A request of the key {key} was refused: {reason}.",
     "usage.daily_summary": "Usage on {date}: {cost} credits over {requests} requests.",
+    "credits.sync_drift": "OpenRouter has {upstream_remaining} credits left, the portal counts "
+    "{portal_remaining}: a drift of {drift} credits, more than the {threshold} allowed.",
     "webhook.endpoint_disabled": "The webhook endpoint {url} failed for 24 hours and was "
     "disabled. Fix it, then enable it again on the webhooks page.",
     TEST_EVENT_TYPE: "A test event.",

@@ -188,6 +188,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "invitations": env("THROTTLE_INVITATIONS", default="60/hour"),
         "keys": env("THROTTLE_KEYS", default="60/hour"),
+        "openrouter_sync": env("THROTTLE_OPENROUTER_SYNC", default="60/hour"),
     },
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "URL_FORMAT_OVERRIDE": None,  # `format` is a report parameter (json|csv)
@@ -355,6 +356,16 @@ PAYMENT_PROVIDER_RETRIES = env.int("PAYMENT_PROVIDER_RETRIES", default=2)
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
+# OpenRouter credit sync (billing.services.sync): GET {OPENROUTER_API_BASE}/credits with each
+# organization's management key, every OPENROUTER_SYNC_MINUTES (the beat schedule below).
+OPENROUTER_API_BASE = env("OPENROUTER_API_BASE", default="https://openrouter.ai/api/v1")
+OPENROUTER_SYNC_TIMEOUT_SECONDS = env.float("OPENROUTER_SYNC_TIMEOUT_SECONDS", default=10.0)
+OPENROUTER_SYNC_RETRIES = env.int("OPENROUTER_SYNC_RETRIES", default=2)  # connection errors only
+OPENROUTER_SYNC_MINUTES = env.int("OPENROUTER_SYNC_MINUTES", default=60)
+CELERY_BEAT_SCHEDULE["openrouter-sync"] = {
+    "task": "billing.tasks.openrouter_sync_all",
+    "schedule": timedelta(minutes=OPENROUTER_SYNC_MINUTES),
+}
 
 LOGGING = {
     "version": 1,

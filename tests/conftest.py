@@ -94,6 +94,13 @@ def notification_settings(settings):
 
 
 @pytest.fixture(autouse=True)
+def openrouter_offline(settings):
+    """No test reaches the real OpenRouter: the credit sync's base is a loopback port nothing
+    listens on (tests of the sync point it at their loopback server)."""
+    settings.OPENROUTER_API_BASE = "http://127.0.0.1:9/api/v1"
+
+
+@pytest.fixture(autouse=True)
 def fresh_price_cache():
     """Prices cached in the process by one test (rows its transaction rolls back) are not seen
     by the next."""

@@ -32,6 +32,7 @@ from rest_framework.test import APIClient
 from accounts.models import ApiKey, Invitation, Membership, Team, User
 from accounts.roles import Role, TeamRole
 from accounts.services import apikey_create, invitation_create, team_create, team_member_set
+from billing.services.sync import openrouter_connection_set
 from credits.models import Alert, Budget, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
 from credits.services.guardrails import (
@@ -259,9 +260,14 @@ def build_world(t: Tenant) -> World:
         actor=SYSTEM,
     )
     guardrail_assign_members(guardrail=guardrail, members=[users["worker"]], actor=SYSTEM)
+    # The OpenRouter credit sync: a connection whose key no route shows anyone.
+    openrouter_connection_set(organization=t.org, key=OPENROUTER_KEY, actor=SYSTEM)
     world = World(t, users, teams, keys, events, holds, invitation, clients)
-    world.hidden = {p: world.markers(p) for p in PRINCIPALS}
+    world.hidden = {p: world.markers(p) | {OPENROUTER_KEY[9:]} for p in PRINCIPALS}
     return world
+
+
+OPENROUTER_KEY = "sk-or-v1-" + "5eC2e7" * 10  # the matrix organization's OpenRouter key
 
 
 def snapshot(org) -> dict[str, list]:
@@ -819,6 +825,21 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     "api/v1/webhooks/<str:id>/deliveries/<str:message_id>/resend": {
         "POST": [P("202 202 403 403 403 403  202 403 403 403", path=delivery_id)],
     },
+    # The OpenRouter credit sync: read with billing:read (owner, admin, billing, a key of the
+    # whole organization), changed and synced with billing:write (owner, billing). Syncs go to
+    # the tests' unreachable OpenRouter: a snapshot with status error.
+    "api/v1/billing/openrouter": {
+        "GET":    [P("200 200 200 403 403 403  200 403 403 403")],
+        "PUT":    [P("200 403 200 403 403 403  200 403 403 403",
+                     body=lambda w: {"drift_threshold": "3", "enabled": False})],
+        "DELETE": [P("204 403 204 403 403 403  204 403 403 403")],
+    },
+    "api/v1/billing/openrouter/sync": {
+        "POST": [P("201 403 201 403 403 403  201 403 403 403")],
+    },
+    "api/v1/billing/openrouter/snapshots": {
+        "GET": [P("200 200 200 403 403 403  200 403 403 403")],
+    },
     # Pages: the same principal (`accounts.pages.organization_page`); a page whose scope the role
     # lacks does not exist for it (404). Keys do not open pages (302 to the login).
     **{f"o/<slug:org>/{page}": {"GET": [P(codes, path=path)]} for page, codes, path in [
@@ -869,6 +890,9 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
          budget_id("team")),
         ("budgets/<uuid:id>/delete/",    "200 200 404 404 404 200  302 302 302 302",
          budget_id("member")),
+        ("billing/openrouter/",            "200 200 200 404 404 404  302 302 302 302", None),
+        ("billing/openrouter/connection/", "200 404 200 404 404 404  302 302 302 302", None),
+        ("billing/openrouter/disconnect/", "200 404 200 404 404 404  302 302 302 302", None),
     ]},
 }
 # Forms of the pages: the writes they make, and who may make them.
@@ -961,6 +985,14 @@ PAGE_POSTS: dict[str, list[Probe]] = {
     "budgets/alerts/<uuid:id>/acknowledge/": [
         P("302 302 302 404 302 302  302 302 302 302", path=alert_id("team"),
           writers=("owner", "admin", "manager"))],
+    "billing/openrouter/connection/": [
+        P("302 404 302 404 404 404  302 302 302 302",
+          body=lambda w: {"key": "", "drift_threshold": "4", "enabled": "on"},
+          writers=("owner", "billing"))],
+    "billing/openrouter/sync/": [
+        P("302 404 302 404 404 404  302 302 302 302", writers=("owner", "billing"))],
+    "billing/openrouter/disconnect/": [
+        P("302 404 302 404 404 404  302 302 302 302", writers=("owner", "billing"))],
     "settings/": [
         P("302 302 403 403 403 403  302 302 302 302",
           body=lambda w: {"name": "Renamed", "currency": "USD", "time_zone": "UTC"},
@@ -981,6 +1013,7 @@ for _page, _codes in [
     ("notifications/<str:id>/read/",              "405 405 405 405 405 405  302 302 302 302"),
     ("webhooks/<str:id>/test/",                   "405 405 404 404 404 404  302 302 302 302"),
     ("budgets/alerts/<uuid:id>/acknowledge/",      "405 405 405 405 405 405  302 302 302 302"),
+    ("billing/openrouter/sync/",                   "405 404 405 404 404 404  302 302 302 302"),
     ("webhooks/<str:id>/deliveries/<str:message_id>/resend/",
      "405 405 404 404 404 404  302 302 302 302"),
 ]:

@@ -179,6 +179,10 @@ ALLOWED_STATUS = {
     ("api/v1/credits/allocations", "POST"): 400,
     ("api/v1/notifications/read-all", "POST"): 200,  # takes no body
     ("api/v1/notification-preferences", "PUT"): 200,  # every field is optional: no change
+    # the organization's OpenRouter connection, not set here: 404 (PUT with no key: 400)
+    ("api/v1/billing/openrouter", "GET"): 404,
+    ("api/v1/billing/openrouter", "DELETE"): 404,
+    ("api/v1/billing/openrouter/sync", "POST"): 404,
 }
 
 

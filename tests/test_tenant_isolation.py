@@ -30,6 +30,8 @@ from rest_framework.views import APIView
 from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
+from billing.models import OpenRouterSnapshot
+from billing.services.sync import openrouter_connection_set, openrouter_sync
 from credits.models import Alert, Budget, CreditLot, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
 from credits.services.guardrails import (
@@ -144,6 +146,7 @@ class World:
                 "public_id", flat=True
             )
         }
+        found |= {A_OPENROUTER_KEY, *map(str, a_snapshot_ids(self))}
         return found
 
     def a_ids(self, model: type[models.Model]) -> set[int]:
@@ -195,6 +198,12 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
     )
     guardrail_assign_keys(guardrail=guardrail, keys=[a_usage_key], actor=SYSTEM)
     guardrail_assign_members(guardrail=guardrail, members=[a_member], actor=SYSTEM)
+    # A's OpenRouter connection, and a sync of it (against the tests' unreachable OpenRouter: a
+    # snapshot with status error).
+    a_openrouter, _ = openrouter_connection_set(
+        organization=a.org, key=A_OPENROUTER_KEY, actor=SYSTEM
+    )
+    openrouter_sync(connection=a_openrouter, actor=SYSTEM)
 
     b = other_tenant
     b.grant("7")
@@ -208,6 +217,23 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
         a_hold=Hold.objects.get(organization=a.org, idempotency_key="acme-hold-1"),
         b_key=b_key, b_api=b.client(b_secret), b_page=page,
     )  # fmt: skip
+
+
+A_OPENROUTER_KEY = "sk-or-v1-" + "ac3e5ec2" * 8
+
+
+def a_snapshot_ids(world: World) -> set:
+    return set(
+        OpenRouterSnapshot.objects.filter(organization=world.a.org).values_list(
+            "public_id", flat=True
+        )
+    )
+
+
+def only_b_snapshots(world: World, response) -> None:
+    listed = {row["id"] for row in _rows(response)}
+    assert listed, "B's own snapshot is missing: the check would be vacuous"
+    assert not listed & {str(i) for i in a_snapshot_ids(world)}, "lists A's snapshots"
 
 
 def _org_lookup(model: type[models.Model]) -> str | None:
@@ -641,6 +667,17 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
     "api/v1/webhooks/<str:id>/deliveries/<str:message_id>/resend": {
         "POST": [Probe(404, path=_params(A_DELIVERY))],
     },
+    # The OpenRouter connection is the caller's organization's: B has none (404) until it sets
+    # its own; B's sync and snapshots are B's (A's key and snapshots never show).
+    "api/v1/billing/openrouter": {
+        "GET": [Probe(404)],
+        "DELETE": [Probe(404)],
+        "PUT": [Probe(201, body=lambda w: {"key": "sk-or-v1-" + "b0b0" * 16})],
+    },
+    "api/v1/billing/openrouter/sync": {
+        "POST": [Probe(201, check=expect(lambda w, r: r.json()["status"] == "error"))],
+    },
+    "api/v1/billing/openrouter/snapshots": {"GET": [Probe(200, check=only_b_snapshots)]},
     # Pages, as B's owner (logged in)
     "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
     "o/<slug:org>/": {
@@ -671,6 +708,8 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/webhooks/<str:id>/delete/",
         "o/<slug:org>/budgets/", "o/<slug:org>/budgets/<uuid:id>/edit/",
         "o/<slug:org>/budgets/<uuid:id>/delete/",
+        "o/<slug:org>/billing/openrouter/connection/",
+        "o/<slug:org>/billing/openrouter/disconnect/",
     )},
     **{route: page_probes(route, only="POST") for route in (
         "o/<slug:org>/teams/<slug:slug>/members/",
@@ -681,6 +720,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/webhooks/<str:id>/test/",
         "o/<slug:org>/webhooks/<str:id>/deliveries/<str:message_id>/resend/",
         "o/<slug:org>/budgets/alerts/<uuid:id>/acknowledge/",
+        "o/<slug:org>/billing/openrouter/sync/",
     )},
     **{route: page_probes(route, only="GET") for route in (
         "o/<slug:org>/team-balances/", "o/<slug:org>/balance/", "o/<slug:org>/usage/",
@@ -689,6 +729,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/notifications/", "o/<slug:org>/notifications/bell/",
         "o/<slug:org>/webhooks/", "o/<slug:org>/webhooks/<str:id>/secret/",
         "o/<slug:org>/webhooks/<str:id>/deliveries/",
+        "o/<slug:org>/billing/openrouter/",
     )},
 }
 # fmt: on

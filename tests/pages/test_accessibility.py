@@ -37,6 +37,8 @@ ORG_PAGES = [
     ("key-create", {}),
     ("audit", {}),
     ("org-settings", {}),
+    ("billing-openrouter", {}),
+    ("billing-openrouter-connection", {}),
 ]
 MEMBER_PAGES = ["dashboard", "usage", "me", "keys", "key-create", "org-settings"]
 
