@@ -22,6 +22,7 @@ SECTIONS = (
     ("Audit", ("audit",), "audit:read"),
     ("Notifications", ("notifications",), "org:read"),
     ("Webhooks", ("webhooks",), "org:write"),
+    ("Billing", ("billing-orders",), "billing:read"),
     ("Settings", ("org-settings",), "org:read"),
 )
 
@@ -33,6 +34,7 @@ SECTION_PREFIXES = {
     "Budgets": ("budget",),
     "Notifications": ("notification",),
     "Webhooks": ("webhook",),
+    "Billing": ("billing",),
 }
 
 

@@ -257,6 +257,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "credits.tasks.daily_summaries_send",
         "schedule": crontab(minute=10, hour=6),
     },
+    # Pending purchase orders past their age (billing.tasks.orders_expire).
+    "orders-expire": {"task": "billing.tasks.orders_expire", "schedule": timedelta(minutes=15)},
     # Outbox messages a lost worker left pending (notifications.tasks.outbox_sweep).
     "outbox-sweep": {"task": "notifications.tasks.outbox_sweep", "schedule": timedelta(minutes=1)},
 }
@@ -345,6 +347,25 @@ PAYMENT_PROVIDER_RETRIES = env.int("PAYMENT_PROVIDER_RETRIES", default=2)
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
+# Stripe's own default tolerance of a webhook's timestamp (replays older than this are refused).
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300)
+COINBASE_COMMERCE_API_KEY = env("COINBASE_COMMERCE_API_KEY", default="")
+COINBASE_COMMERCE_WEBHOOK_SECRET = env("COINBASE_COMMERCE_WEBHOOK_SECRET", default="")
+COINBASE_COMMERCE_API_BASE = env(
+    "COINBASE_COMMERCE_API_BASE", default="https://api.commerce.coinbase.com"
+)
+# Pending orders: a Stripe Checkout Session is open this long (Stripe: 30 to 1440 minutes); an
+# order by card or crypto still pending after BILLING_ORDER_EXPIRE_HOURS (longer than the
+# session), or by bank transfer after BILLING_MANUAL_ORDER_EXPIRE_DAYS, expires (beat task).
+BILLING_CHECKOUT_MINUTES = env.int("BILLING_CHECKOUT_MINUTES", default=60)
+BILLING_ORDER_EXPIRE_HOURS = env.float("BILLING_ORDER_EXPIRE_HOURS", default=24)
+BILLING_MANUAL_ORDER_EXPIRE_DAYS = env.float("BILLING_MANUAL_ORDER_EXPIRE_DAYS", default=30)
+# What a buyer paying by bank transfer is told (account, IBAN, reference to quote).
+BILLING_BANK_TRANSFER_INSTRUCTIONS = env(
+    "BILLING_BANK_TRANSFER_INSTRUCTIONS",
+    default="Pay the total by bank transfer to the seller's account, quoting the order id. "
+    "A billing member confirms the receipt here once the money has arrived.",
+)
 
 LOGGING = {
     "version": 1,

@@ -10,6 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts import apis as accounts_apis
 from accounts import apis_keys, views
 from accounts import apis_openrouter as accounts_openrouter
+from billing import urls as billing_urls
 from credits import apis as credits_apis
 from credits import apis_budgets, apis_guardrails, apis_openrouter, apis_usage
 from notifications import apis as notifications_apis
@@ -151,6 +152,7 @@ api_v1 = [
         apis_guardrails.GuardrailMemberUnassignApi.as_view(),
         name="guardrail-member-unassign",
     ),
+    *billing_urls.api_patterns,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]
@@ -179,6 +181,7 @@ urlpatterns = [
     path("o/<slug:org>/", include("accounts.urls")),
     path("o/<slug:org>/", include("credits.urls")),
     path("o/<slug:org>/", include("notifications.urls")),
+    path("o/<slug:org>/", include("billing.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "api"))),
 ]
