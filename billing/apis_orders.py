@@ -63,8 +63,19 @@ class OrderOutput(serializers.Serializer):
     paid_at = serializers.DateTimeField(allow_null=True)
 
 
+class DecimalString(serializers.CharField):
+    """A decimal amount sent as a JSON string (a JSON number could have been a float)."""
+
+    default_error_messages = {"invalid": "A decimal string, e.g. \"25.00\"."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class PurchaseInput(StrictSerializer):
-    amount = serializers.CharField(
+    amount = DecimalString(
         max_length=40,
         help_text="Credits to buy (= USD before tax), a decimal string in whole cents, between "
         "BILLING_PURCHASE_MIN and BILLING_PURCHASE_MAX.",

@@ -78,7 +78,8 @@ def checkout_session_create(
         params=params,
         options={"idempotency_key": f"checkout:{order_id}"},
     )
-    url, reference = session.get("url"), session.get("id")
+    data = session.to_dict()
+    url, reference = data.get("url"), data.get("id")
     if not isinstance(url, str) or not isinstance(reference, str) or not url or not reference:
         raise ProviderUnavailable("Stripe answered a Checkout Session without id or url.")
     return Checkout(url=url, reference=reference)
@@ -103,7 +104,8 @@ def webhook_event(payload: bytes, signature: str | None) -> dict:
         event = json.loads(text)
     except stripe.SignatureVerificationError as exc:
         raise WebhookInvalid(f"Invalid Stripe signature: {exc.user_message or exc}") from None
-    except (UnicodeDecodeError, ValueError, IndexError, TypeError) as exc:
+    except (ValueError, IndexError, TypeError, KeyError, AttributeError) as exc:
+        # Not UTF-8 or JSON, or JSON that is not an event object (the library reads it as one).
         raise WebhookInvalid(f"Not a Stripe event: {type(exc).__name__}") from None
     if not isinstance(event, dict):
         raise WebhookInvalid("Not a Stripe event: not an object.")
