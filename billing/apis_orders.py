@@ -66,7 +66,7 @@ class OrderOutput(serializers.Serializer):
 class DecimalString(serializers.CharField):
     """A decimal amount sent as a JSON string (a JSON number could have been a float)."""
 
-    default_error_messages = {"invalid": "A decimal string, e.g. \"25.00\"."}
+    default_error_messages = {"invalid": 'A decimal string, e.g. "25.00".'}
 
     def to_internal_value(self, data):
         if not isinstance(data, str):

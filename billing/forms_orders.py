@@ -32,6 +32,15 @@ def packs() -> list[Decimal]:
     return sorted(set(out))
 
 
+def _value(amount: Decimal) -> str:
+    return f"{amount.normalize():f}"  # 50.00 -> "50", 12.50 -> "12.5"
+
+
+def _label(amount: Decimal) -> str:
+    shown = f"{amount:,.0f}" if amount == amount.to_integral_value() else f"{amount:,.2f}"
+    return f"{shown} credits"
+
+
 class BuyForm(PageForm):
     pack = forms.ChoiceField(label="Credits", widget=forms.RadioSelect)
     custom_amount = forms.CharField(
@@ -48,10 +57,10 @@ class BuyForm(PageForm):
         super().__init__(*args, **kwargs)
         low, high = purchase_limits()
         offered = packs()
-        self.fields["pack"].choices = [(str(a), f"{a:,.0f} credits") for a in offered] + [
+        self.fields["pack"].choices = [(_value(a), _label(a)) for a in offered] + [
             (CUSTOM, "Another amount")
         ]
-        self.fields["pack"].initial = str(offered[0]) if offered else CUSTOM
+        self.fields["pack"].initial = _value(offered[0]) if offered else CUSTOM
         self.fields["provider"].initial = Order.Provider.STRIPE
         self.fields[
             "custom_amount"

@@ -58,10 +58,11 @@ class Loopback:
                 else:
                     with server.lock:
                         status, reply = server.handle(self.command, self.path, headers, body)
-                data = json.dumps(reply).encode()
+                html = isinstance(reply, str)
+                data = reply.encode() if html else json.dumps(reply).encode()
                 try:
                     self.send_response(status)
-                    self.send_header("content-type", "application/json")
+                    self.send_header("content-type", "text/html" if html else "application/json")
                     self.send_header("content-length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
@@ -116,6 +117,15 @@ class Stripe(Loopback):
         super().__init__()
 
     def handle(self, method, path, headers, body):
+        if method == "GET" and path.startswith("/c/pay/"):  # the hosted page the buyer sees
+            session = self.sessions.get(path.rsplit("/", 1)[-1])
+            if session is None:
+                return 404, "<!doctype html><title>Not found</title>"
+            amount = f"{session['amount_total'] / 100:.2f}"
+            return 200, (
+                "<!doctype html><html lang=en><title>Stripe Checkout (test)</title>"
+                f"<h1>Pay ${amount}</h1><p>Order {session['client_reference_id']}</p></html>"
+            )
         if headers.get("authorization") != f"Bearer {STRIPE_KEY}":
             return 401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}
         params = _brackets(parse_qsl(body.decode(), keep_blank_values=True))
@@ -130,7 +140,7 @@ class Stripe(Loopback):
             session = {
                 "id": session_id,
                 "object": "checkout.session",
-                "url": f"https://checkout.stripe.test/c/pay/{session_id}",
+                "url": f"{self.base}/c/pay/{session_id}",
                 "mode": "payment",
                 "status": "open",
                 "payment_status": "unpaid",
