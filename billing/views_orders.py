@@ -18,10 +18,10 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.forms import form_errors
 from accounts.pages import actor, confirm, organization_page, perform
-from portal.errors import ApplicationError, NotFound
+from portal.errors import ApplicationError, NotFound, ValidationFailed
 
 from . import selectors_orders as selectors
-from .forms_orders import BuyForm
+from .forms_orders import CUSTOM, BuyForm
 from .models import Order
 from .services import payments
 
@@ -33,6 +33,15 @@ def _order(request, id) -> Order:
         return selectors.order_get(organization=request.organization, public_id=id)
     except NotFound:
         raise Http404("No such order") from None
+
+
+def _on_amount_field(exc: ApplicationError, form: BuyForm) -> ApplicationError:
+    """The service's `amount` errors shown on the field the amount came from."""
+    errors = exc.metadata.get("errors") if isinstance(exc, ValidationFailed) else None
+    if not errors or "amount" not in errors:
+        return exc
+    field = "custom_amount" if form.cleaned_data.get("pack") == CUSTOM else "pack"
+    return ValidationFailed({(field if k == "amount" else k): v for k, v in errors.items()})
 
 
 @organization_page(scope="billing:write")
@@ -48,7 +57,7 @@ def buy(request):
                 actor=actor(request),
             )
         except ApplicationError as exc:
-            form_errors(form, exc)
+            form_errors(form, _on_amount_field(exc, form))
         else:
             if order.provider != Order.Provider.MANUAL:
                 return redirect(order.checkout_url)  # the provider's checkout page
