@@ -92,7 +92,9 @@ def _checkout(
 ) -> Checkout:
     page = order_page_url(order_id, organization)
     if provider == STRIPE:
-        minutes = min(max(settings.BILLING_CHECKOUT_MINUTES, 30), 24 * 60)
+        # Stripe allows 30 minutes to 24 hours; the session closes before the order expires.
+        minutes = min(settings.BILLING_CHECKOUT_MINUTES, settings.BILLING_ORDER_EXPIRE_HOURS * 60)
+        minutes = min(max(minutes, 30), 24 * 60)
         return stripe_provider.checkout_session_create(
             order_id=str(order_id),
             amount=amount,

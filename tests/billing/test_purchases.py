@@ -18,8 +18,10 @@ from billing.models import CreditNote, Invoice, Order, ProviderEvent
 from billing.services.documents import billing_profile_of
 from billing.services.orders import order_create
 from billing.services.payments import orders_expire
+from billing.tasks import orders_expire as expire_task
 from credits.models import CreditLot, LedgerAccount, LedgerTransaction
 from credits.services.ledger import credits_revoke, ledger_debit, system_account
+from credits.verify import ledger_verify
 from portal.errors import ValidationFailed
 
 from ..conftest import SYSTEM
@@ -123,6 +125,7 @@ def test_stripe_purchase_checkout_webhook_grants_once_and_invoices(tenant, api, 
     assert params["success_url"].endswith(page + "?checkout=success")
     assert params["cancel_url"].endswith(page + "?checkout=cancelled")
     assert stripe_server.requests[-1]["headers"]["idempotency-key"] == f"checkout:{body['id']}"
+    assert abs(int(params["expires_at"]) - (time.time() + 3600)) < 120  # BILLING_CHECKOUT_MINUTES
     assert not purchase_lots(tenant).exists()
 
     event = stripe_event("checkout.session.completed", session_completed(session))
@@ -423,6 +426,7 @@ def test_refunds_issue_credit_notes_and_take_back_what_is_unspent(tenant, api, s
     assert pool(tenant).balance == 0
     purchases = system_account(tenant.org, LedgerAccount.Kind.PURCHASES)
     assert purchases.balance == -20  # 25 came in, 5 went back
+    assert ledger_verify() == []
     # A charge.refunded with nothing new (an older figure, delivered late): nothing more.
     stale = stripe_event("charge.refunded", {**full["data"]["object"], "amount_refunded": 600})
     assert deliver_stripe(stale).json()["outcome"] == "ignored"
@@ -709,5 +713,5 @@ def test_pending_orders_expire_after_their_age(tenant, api, stripe_server, coinb
         for i in (card, crypto, bank, fresh, under_way)
     ] == ["expired", "expired", "pending", "pending", "pending"]
     Order.objects.filter(public_id=bank).update(created_at=timezone.now() - timedelta(days=31))
-    assert orders_expire() == 1
+    assert expire_task.delay().get() == 1  # the beat task (eager in tests)
     assert AuditEvent.objects.filter(organization=tenant.org, action="order.expired").count() == 3
