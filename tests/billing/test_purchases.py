@@ -211,7 +211,7 @@ def test_a_mismatched_checkout_is_refused_and_grants_nothing(
     assert not purchase_lots(tenant).exists() and not Invoice.objects.exists()
 
 
-def test_an_unknown_order_is_refused_and_stored_once(tenant, stripe_server):
+def test_an_unknown_order_is_refused_and_stored_once(tenant, stripe_server, caplog):
     obj = {
         "id": "cs_test_x",
         "object": "checkout.session",
@@ -231,6 +231,9 @@ def test_an_unknown_order_is_refused_and_stored_once(tenant, stripe_server):
     }
     assert ProviderEvent.objects.filter(event_id=event["id"]).count() == 1
     assert not CreditLot.objects.exists()
+    logged = [r for r in caplog.records if r.name == "billing.webhooks"]
+    assert [r.levelname for r in logged] == ["WARNING"]  # the refusal, once (not the replay)
+    assert "refused: No Stripe order" in logged[0].getMessage()
 
 
 def test_out_of_order_events_are_refused(tenant, api, stripe_server):
@@ -615,7 +618,7 @@ def _stripe_raw(body: bytes, signature: str | None):
     return Client().post(STRIPE_HOOK, body, content_type="application/json", **extra)
 
 
-def test_bad_stripe_webhooks_are_400_and_store_nothing(tenant, api, stripe_server):
+def test_bad_stripe_webhooks_are_400_and_store_nothing(tenant, api, stripe_server, caplog):
     order_id = buy(api, "10").json()["id"]
     event = stripe_event(
         "checkout.session.completed", session_completed(stripe_server.last_session())
@@ -649,6 +652,8 @@ def test_bad_stripe_webhooks_are_400_and_store_nothing(tenant, api, stripe_serve
         assert response.json()["error"]["metadata"]["type"] == "invalid_webhook"
     assert written(tenant) == before
     assert Order.objects.get(public_id=order_id).status == "pending"
+    refusals = [r for r in caplog.records if r.name == "billing.webhooks"]
+    assert len(refusals) == len(cases) and "Invalid Stripe signature" in refusals[2].getMessage()
 
 
 def test_bad_coinbase_webhooks_are_400_and_store_nothing(tenant, api, coinbase_server):
