@@ -22,6 +22,7 @@ SECTIONS = (
     ("Audit", ("audit",), "audit:read"),
     ("Notifications", ("notifications",), "org:read"),
     ("Webhooks", ("webhooks",), "org:write"),
+    ("Billing", ("billing-orders",), "billing:read"),
     ("Upstream sync", ("billing-openrouter",), "billing:read"),
     ("Settings", ("org-settings",), "org:read"),
 )
@@ -34,6 +35,7 @@ SECTION_PREFIXES = {
     "Budgets": ("budget",),
     "Notifications": ("notification",),
     "Webhooks": ("webhook",),
+    "Billing": ("billing",),
 }
 
 

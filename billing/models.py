@@ -96,6 +96,13 @@ class Order(models.Model):
         blank=True,
         help_text="The provider's id: Checkout Session, Coinbase charge code, PaymentIntent.",
     )
+    payment_reference = models.CharField(
+        max_length=255,
+        blank=True,
+        db_index=True,
+        help_text="The payment behind a paid order (Stripe PaymentIntent id), to find it from a "
+        "refund.",
+    )
     idempotency_key = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64)
     transaction = models.OneToOneField(

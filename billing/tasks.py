@@ -1,7 +1,20 @@
-"""Billing's Celery tasks (the beat schedule is in settings)."""
+"""Billing's Celery tasks (the beat schedule is in settings). Each feature keeps its tasks
+in its own block."""
 
 from celery import shared_task
 from django.conf import settings
+
+# Purchases -------------------------------------------------------------------------------------
+
+
+@shared_task
+def orders_expire() -> int:
+    """Every 15 minutes: expire purchase orders pending past their age
+    (`billing.services.payments.orders_expire`)."""
+    from .services.payments import orders_expire as expire
+
+    return expire()
+
 
 # OpenRouter credit sync ---------------------------------------------------------------------------
 

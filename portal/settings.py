@@ -268,6 +268,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "credits.tasks.budgets_forecast_check",
         "schedule": crontab(minute=27),
     },
+    # Pending purchase orders past their age (billing.tasks.orders_expire).
+    "orders-expire": {"task": "billing.tasks.orders_expire", "schedule": timedelta(minutes=15)},
     # Outbox messages a lost worker left pending (notifications.tasks.outbox_sweep).
     "outbox-sweep": {"task": "notifications.tasks.outbox_sweep", "schedule": timedelta(minutes=1)},
 }
@@ -366,6 +368,25 @@ CELERY_BEAT_SCHEDULE["openrouter-sync"] = {
     "task": "billing.tasks.openrouter_sync_all",
     "schedule": timedelta(minutes=OPENROUTER_SYNC_MINUTES),
 }
+# Stripe's own default tolerance of a webhook's timestamp (replays older than this are refused).
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300)
+COINBASE_COMMERCE_API_KEY = env("COINBASE_COMMERCE_API_KEY", default="")
+COINBASE_COMMERCE_WEBHOOK_SECRET = env("COINBASE_COMMERCE_WEBHOOK_SECRET", default="")
+COINBASE_COMMERCE_API_BASE = env(
+    "COINBASE_COMMERCE_API_BASE", default="https://api.commerce.coinbase.com"
+)
+# Pending orders: a Stripe Checkout Session is open this long (Stripe: 30 to 1440 minutes); an
+# order by card or crypto still pending after BILLING_ORDER_EXPIRE_HOURS (longer than the
+# session), or by bank transfer after BILLING_MANUAL_ORDER_EXPIRE_DAYS, expires (beat task).
+BILLING_CHECKOUT_MINUTES = env.int("BILLING_CHECKOUT_MINUTES", default=60)
+BILLING_ORDER_EXPIRE_HOURS = env.float("BILLING_ORDER_EXPIRE_HOURS", default=24)
+BILLING_MANUAL_ORDER_EXPIRE_DAYS = env.float("BILLING_MANUAL_ORDER_EXPIRE_DAYS", default=30)
+# What a buyer paying by bank transfer is told (account, IBAN, reference to quote).
+BILLING_BANK_TRANSFER_INSTRUCTIONS = env(
+    "BILLING_BANK_TRANSFER_INSTRUCTIONS",
+    default="Pay the total by bank transfer to the seller's account, quoting the order id. "
+    "A billing member confirms the receipt here once the money has arrived.",
+)
 
 LOGGING = {
     "version": 1,

@@ -10,7 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts import apis as accounts_apis
 from accounts import apis_keys, views
 from accounts import apis_openrouter as accounts_openrouter
-from billing import apis_sync as billing_sync
+from billing import urls as billing_urls
 from credits import apis as credits_apis
 from credits import apis_budgets, apis_guardrails, apis_openrouter, apis_usage
 from notifications import apis as notifications_apis
@@ -152,22 +152,7 @@ api_v1 = [
         apis_guardrails.GuardrailMemberUnassignApi.as_view(),
         name="guardrail-member-unassign",
     ),
-    # The OpenRouter credit sync (billing)
-    path(
-        "billing/openrouter",
-        billing_sync.OpenRouterConnectionApi.as_view(),
-        name="billing-openrouter",
-    ),
-    path(
-        "billing/openrouter/sync",
-        billing_sync.OpenRouterSyncApi.as_view(),
-        name="billing-openrouter-sync",
-    ),
-    path(
-        "billing/openrouter/snapshots",
-        billing_sync.OpenRouterSnapshotListApi.as_view(),
-        name="billing-openrouter-snapshots",
-    ),
+    *billing_urls.api_patterns,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]

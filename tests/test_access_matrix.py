@@ -32,6 +32,8 @@ from rest_framework.test import APIClient
 from accounts.models import ApiKey, Invitation, Membership, Team, User
 from accounts.roles import Role, TeamRole
 from accounts.services import apikey_create, invitation_create, team_create, team_member_set
+from billing.models import Order
+from billing.services.orders import order_create
 from billing.services.sync import openrouter_connection_set
 from credits.models import Alert, Budget, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
@@ -262,6 +264,8 @@ def build_world(t: Tenant) -> World:
     guardrail_assign_members(guardrail=guardrail, members=[users["worker"]], actor=SYSTEM)
     # The OpenRouter credit sync: a connection whose key no route shows anyone.
     openrouter_connection_set(organization=t.org, key=OPENROUTER_KEY, actor=SYSTEM)
+    # A pending bank-transfer order (billing pages and API).
+    order_create(organization=t.org, amount="10", provider="manual", actor=SYSTEM)
     world = World(t, users, teams, keys, events, holds, invitation, clients)
     world.hidden = {p: world.markers(p) | {OPENROUTER_KEY[9:]} for p in PRINCIPALS}
     return world
@@ -422,6 +426,10 @@ def role_is(user: str, role: str) -> Check:
 
 
 TEAM = {"alpha": lambda w: {"slug": "alpha"}, "beta": lambda w: {"slug": "beta"}}
+
+
+def order_id(w: World) -> dict:
+    return {"id": str(Order.objects.get(organization=w.org).public_id)}
 
 
 def member_pk(user: str) -> Fill:
@@ -840,6 +848,29 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     "api/v1/billing/openrouter/snapshots": {
         "GET": [P("200 200 200 403 403 403  200 403 403 403")],
     },
+    # Purchases: bought with billing:write (owners and billing members, keys of the whole
+    # organization), read with billing:read (and admins); a team-bound key holds neither. The
+    # providers' webhooks take no credential but their signature: 400 without one, for anyone.
+    "api/v1/credits/purchase": {
+        "POST": [P("201 403 201 403 403 403  201 403 403 403",
+                   body=lambda w: {"amount": "10.00", "provider": "manual"})],
+    },
+    "api/v1/billing/orders": {
+        "GET": [P("200 200 200 403 403 403  200 403 403 403")],
+    },
+    "api/v1/billing/orders/<uuid:id>": {
+        "GET": [P("200 200 200 403 403 403  200 403 403 403", path=order_id)],
+    },
+    "api/v1/billing/webhooks/stripe": {
+        "POST": [P("400 400 400 400 400 400  400 400 400 400",
+                   body=lambda w: {"id": "evt_1", "type": "checkout.session.completed",
+                                   "data": {"object": order_id(w)}})],
+    },
+    "api/v1/billing/webhooks/coinbase": {
+        "POST": [P("400 400 400 400 400 400  400 400 400 400",
+                   body=lambda w: {"event": {"id": "e1", "type": "charge:confirmed",
+                                             "data": {"metadata": order_id(w)}}})],
+    },
     # Pages: the same principal (`accounts.pages.organization_page`); a page whose scope the role
     # lacks does not exist for it (404). Keys do not open pages (302 to the login).
     **{f"o/<slug:org>/{page}": {"GET": [P(codes, path=path)]} for page, codes, path in [
@@ -893,6 +924,11 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
         ("billing/openrouter/",            "200 200 200 404 404 404  302 302 302 302", None),
         ("billing/openrouter/connection/", "200 404 200 404 404 404  302 302 302 302", None),
         ("billing/openrouter/disconnect/", "200 404 200 404 404 404  302 302 302 302", None),
+        ("billing/buy/",                 "200 404 200 404 404 404  302 302 302 302", None),
+        ("billing/orders/",              "200 200 200 404 404 404  302 302 302 302", None),
+        ("billing/orders/<uuid:id>/",    "200 200 200 404 404 404  302 302 302 302", order_id),
+        ("billing/orders/<uuid:id>/confirm/", "200 404 200 404 404 404  302 302 302 302",
+         order_id),
     ]},
 }
 # Forms of the pages: the writes they make, and who may make them.
@@ -993,6 +1029,13 @@ PAGE_POSTS: dict[str, list[Probe]] = {
         P("302 404 302 404 404 404  302 302 302 302", writers=("owner", "billing"))],
     "billing/openrouter/disconnect/": [
         P("302 404 302 404 404 404  302 302 302 302", writers=("owner", "billing"))],
+    "billing/buy/": [
+        P("302 404 302 404 404 404  302 302 302 302",
+          body=lambda w: {"pack": "custom", "custom_amount": "12.50", "provider": "manual"},
+          writers=("owner", "billing"))],
+    "billing/orders/<uuid:id>/confirm/": [
+        P("302 404 302 404 404 404  302 302 302 302", path=order_id,
+          writers=("owner", "billing"))],
     "settings/": [
         P("302 302 403 403 403 403  302 302 302 302",
           body=lambda w: {"name": "Renamed", "currency": "USD", "time_zone": "UTC"},

@@ -89,10 +89,36 @@ class Org:
 
 
 @pytest.fixture
-def funded_org(tenant, prices) -> Org:
+def providers(settings):
+    """The payment providers configured, on loopback servers speaking their contracts (purchases
+    answer 201, not 503; webhooks verify signatures)."""
+    from .billing.conftest import (
+        COINBASE_KEY,
+        COINBASE_WEBHOOK_SECRET,
+        STRIPE_KEY,
+        STRIPE_WEBHOOK_SECRET,
+        Coinbase,
+        Stripe,
+    )
+
+    stripe, coinbase = Stripe(), Coinbase()
+    settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE = STRIPE_KEY, stripe.base
+    settings.STRIPE_WEBHOOK_SECRET = STRIPE_WEBHOOK_SECRET
+    settings.COINBASE_COMMERCE_API_KEY = COINBASE_KEY
+    settings.COINBASE_COMMERCE_API_BASE = coinbase.base
+    settings.COINBASE_COMMERCE_WEBHOOK_SECRET = COINBASE_WEBHOOK_SECRET
+    yield
+    stripe.close()
+    coinbase.close()
+
+
+@pytest.fixture
+def funded_org(tenant, prices, providers) -> Org:
     """An organization with credits, a team with an allocation and a manager, an invitation,
-    usage and management keys, usage events and a pending hold; a management key (every scope)
-    to call with."""
+    usage and management keys, usage events and a pending hold, a pending order; a management
+    key (every scope) to call with."""
+    from billing.services.orders import order_create
+
     tenant.grant("1000")
     tenant.allocate("100")
     member = tenant.member(Role.MEMBER, email="member@acme.test")
@@ -122,6 +148,7 @@ def funded_org(tenant, prices) -> Org:
     guardrail = str(
         guardrail_create(organization=tenant.org, fields={"name": "G"}, actor=SYSTEM).public_id
     )
+    order, _ = order_create(organization=tenant.org, amount="10", provider="manual", actor=SYSTEM)
     _, secret = tenant.key("management")
     team_account = LedgerAccount.objects.get(team=tenant.team)
     membership = Membership.objects.get(organization=tenant.org, user=member)
@@ -136,6 +163,7 @@ def funded_org(tenant, prices) -> Org:
             "/credits/accounts/{id}/entries": {"id": team_account.pk},
             "/credits/authorizations/{id}/capture": {"id": hold},
             "/credits/authorizations/{id}/void": {"id": hold},
+            "/billing/orders/{id}": {"id": str(order.public_id)},
             **{
                 f"/guardrails/{{id}}{tail}": {"id": guardrail}
                 for tail in (

@@ -30,7 +30,8 @@ from rest_framework.views import APIView
 from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
-from billing.models import OpenRouterSnapshot
+from billing.models import OpenRouterSnapshot, Order
+from billing.services.orders import order_create
 from billing.services.sync import openrouter_connection_set, openrouter_sync
 from credits.models import Alert, Budget, CreditLot, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
@@ -147,6 +148,12 @@ class World:
             )
         }
         found |= {A_OPENROUTER_KEY, *map(str, a_snapshot_ids(self))}
+        found |= {
+            str(o)
+            for o in Order.objects.filter(organization=self.a.org).values_list(
+                "public_id", flat=True
+            )
+        }
         return found
 
     def a_ids(self, model: type[models.Model]) -> set[int]:
@@ -204,6 +211,8 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
         organization=a.org, key=A_OPENROUTER_KEY, actor=SYSTEM
     )
     openrouter_sync(connection=a_openrouter, actor=SYSTEM)
+
+    order_create(organization=a.org, amount="10", provider="manual", actor=SYSTEM)
 
     b = other_tenant
     b.grant("7")
@@ -391,6 +400,21 @@ def a_message(world: World) -> OutboxMessage:
     return OutboxMessage.objects.filter(organization=world.a.org, channel="webhook").first()
 
 
+def a_order(world: World) -> str:
+    """A's order's public id (a stand-in if gone, as in the leak self-test)."""
+    found = Order.objects.filter(organization=world.a.org).order_by("id").first()
+    return str(found.public_id) if found else "00000000-0000-4000-8000-000000000000"
+
+
+def b_orders_only(world: World, response) -> None:
+    listed = {row["id"] for row in _rows(response)}
+    assert a_order(world) not in listed
+    assert listed == {
+        str(o)
+        for o in Order.objects.filter(organization=world.b.org).values_list("public_id", flat=True)
+    }
+
+
 def _page_params(world: World, route: str, org: str) -> dict:
     """A page route's parameters: `org` and A's objects (a team, a membership or an account or
     an invitation for `pk`, a key, a webhook endpoint or a notification for `id`, a message)."""
@@ -404,6 +428,8 @@ def _page_params(world: World, route: str, org: str) -> dict:
         params["id"] = a_alert(world).public_id
     elif "budgets/<uuid:id>" in route:
         params["id"] = a_budget(world).public_id
+    elif "billing/orders/<uuid:id>" in route:
+        params["id"] = a_order(world)
     if "members/<int:pk>" in route:
         membership = world.a.org.memberships.filter(user=world.a_member).first()
         params["pk"] = membership.pk if membership else 987654321  # gone in the leak self-test
@@ -678,6 +704,25 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "POST": [Probe(201, check=expect(lambda w, r: r.json()["status"] == "error"))],
     },
     "api/v1/billing/openrouter/snapshots": {"GET": [Probe(200, check=only_b_snapshots)]},
+    # Purchases: B buys for itself, lists its own orders, and A's order is 404; a webhook
+    # naming A's order without a signature is refused and changes nothing.
+    "api/v1/credits/purchase": {
+        "POST": [Probe(201, body=lambda w: {"amount": "10.00", "provider": "manual"})],
+    },
+    "api/v1/billing/orders": {"GET": [Probe(200, check=b_orders_only)]},
+    "api/v1/billing/orders/<uuid:id>": {"GET": [Probe(404, path=lambda w: {"id": a_order(w)})]},
+    "api/v1/billing/webhooks/stripe": {
+        "POST": [Probe(400, body=lambda w: {
+            "id": "evt_b", "type": "checkout.session.completed",
+            "data": {"object": {"payment_status": "paid", "amount_total": 1000,
+                                "currency": "usd", "metadata": {"order_id": a_order(w)}}}})],
+    },
+    "api/v1/billing/webhooks/coinbase": {
+        "POST": [Probe(400, body=lambda w: {"event": {
+            "id": "e-b", "type": "charge:confirmed",
+            "data": {"metadata": {"order_id": a_order(w)},
+                     "pricing": {"local": {"amount": "10.00", "currency": "USD"}}}}})],
+    },
     # Pages, as B's owner (logged in)
     "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
     "o/<slug:org>/": {
@@ -710,6 +755,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/budgets/<uuid:id>/delete/",
         "o/<slug:org>/billing/openrouter/connection/",
         "o/<slug:org>/billing/openrouter/disconnect/",
+        "o/<slug:org>/billing/buy/", "o/<slug:org>/billing/orders/<uuid:id>/confirm/",
     )},
     **{route: page_probes(route, only="POST") for route in (
         "o/<slug:org>/teams/<slug:slug>/members/",
@@ -730,6 +776,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/webhooks/", "o/<slug:org>/webhooks/<str:id>/secret/",
         "o/<slug:org>/webhooks/<str:id>/deliveries/",
         "o/<slug:org>/billing/openrouter/",
+        "o/<slug:org>/billing/orders/", "o/<slug:org>/billing/orders/<uuid:id>/",
     )},
 }
 # fmt: on

@@ -17,3 +17,9 @@ class ProviderUnavailable(ApplicationError):
 
     status_code = 503
     type = "provider_unavailable"
+
+
+class WebhookInvalid(Exception):
+    """A webhook request that is not a verified event of the provider: no or a wrong signature,
+    a timestamp outside the tolerance, a body that is not a JSON object. Answered 400; nothing
+    is stored."""

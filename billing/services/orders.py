@@ -12,6 +12,7 @@ document sequence, then the organization's audit chain.
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
 from django.conf import settings
@@ -65,6 +66,25 @@ def order_amount_check(amount) -> Decimal:
     return amount
 
 
+def _order_digest(*, amount: Decimal, provider: str, purpose: str) -> str:
+    return request_hash(op="order", amount=amount, provider=provider, purpose=purpose)
+
+
+def order_existing(
+    *,
+    organization: Organization,
+    idempotency_key: str,
+    amount: Decimal,
+    provider: str,
+    purpose: str = Order.Purpose.PURCHASE,
+) -> Order | None:
+    """The order an earlier request with `idempotency_key` made, or None. Raises
+    IdempotencyConflict when that request was another (amount, provider, purpose),
+    ValidationFailed for a blank or too long key."""
+    digest = _order_digest(amount=amount, provider=provider, purpose=purpose)
+    return _first_result(Order, organization.pk, _check_key(idempotency_key), digest)
+
+
 @transaction.atomic
 def order_create(
     *,
@@ -73,12 +93,16 @@ def order_create(
     provider: str,
     purpose: str = Order.Purpose.PURCHASE,
     idempotency_key: str | None = None,
+    public_id: uuid.UUID | None = None,
+    checkout_url: str = "",
+    provider_reference: str = "",
     actor: Actor,
 ) -> tuple[Order, bool]:
     """Create a pending order of `amount` credits (USD before tax; the organization's tax rate
     is added to `total`). A retry with the same idempotency key and request answers the first
-    order. Returns (order, created). The provider's checkout is made by the caller, which then
-    stores `checkout_url` and `provider_reference` (`order_checkout_set`).
+    order. Returns (order, created). A caller that made the provider's checkout first (so that
+    a provider that is down leaves no order: `billing.services.payments.purchase_start`) gives
+    the order's `public_id`, `checkout_url` and `provider_reference` here.
 
     Raises ValidationFailed (amount outside the limits, unknown provider or purpose),
     IdempotencyConflict."""
@@ -87,7 +111,7 @@ def order_create(
         raise ValidationFailed({"provider": [f"One of: {', '.join(Order.Provider.values)}."]})
     if purpose not in Order.Purpose.values:
         raise ValidationFailed({"purpose": [f"One of: {', '.join(Order.Purpose.values)}."]})
-    digest = request_hash(op="order", amount=amount, provider=provider, purpose=purpose)
+    digest = _order_digest(amount=amount, provider=provider, purpose=purpose)
     if idempotency_key is not None:
         key = _check_key(idempotency_key)
         existing = _first_result(Order, organization.pk, key, digest)
@@ -108,6 +132,9 @@ def order_create(
         idempotency_key=key,
         request_hash=digest,
         created_by=actor.user,
+        checkout_url=checkout_url,
+        provider_reference=provider_reference,
+        **({"public_id": public_id} if public_id is not None else {}),
     )
     audit_record(
         organization=organization,
@@ -125,10 +152,12 @@ def order_settle(
     amount_paid: Decimal,
     currency: str,
     provider_reference: str = "",
+    payment_reference: str = "",
     actor: Actor,
 ) -> tuple[Order, bool]:
     """Mark `order` paid for `amount_paid` `currency` (USD incl. tax), grant its credits and issue
-    its paid invoice, once. Returns (order, settled_now); a repeat for a paid order answers
+    its paid invoice, once; `payment_reference` names the payment (a Stripe PaymentIntent, for
+    refunds). Returns (order, settled_now); a repeat for a paid order answers
     (order, False) and changes nothing.
 
     Raises OrderNotPending (failed, expired or refunded), PaymentMismatch (amount or currency
@@ -160,8 +189,17 @@ def order_settle(
         order.updated_at = now
         if provider_reference:
             order.provider_reference = provider_reference
+        if payment_reference:
+            order.payment_reference = payment_reference
         order.save(
-            update_fields=["status", "transaction", "paid_at", "updated_at", "provider_reference"]
+            update_fields=[
+                "status",
+                "transaction",
+                "paid_at",
+                "updated_at",
+                "provider_reference",
+                "payment_reference",
+            ]
         )
         invoice_issue(
             organization=organization,
@@ -215,6 +253,7 @@ __all__ = [
     "PaymentMismatch",
     "order_amount_check",
     "order_create",
+    "order_existing",
     "order_settle",
     "order_status_set",
     "purchase_limits",

@@ -591,3 +591,90 @@ def ledger_reverse(
         after={"reversal": reversal.pk, "kind": txn.kind},
     )
     return reversal
+
+
+# Taking back what a refund returned -------------------------------------------------------------
+
+
+@transaction.atomic
+def credits_revoke(
+    *,
+    txn: LedgerTransaction,
+    amount,
+    idempotency_key: str,
+    memo: str = "",
+    actor: Actor,
+    organization: Organization | None = None,
+) -> tuple[LedgerTransaction | None, Decimal]:
+    """Take back up to `amount` credits of the lot that the grant or purchase `txn` put on the
+    pool, as far as they are still unspent there: min(`amount`, what remains of that lot and of
+    portions of the same credits that came back to the pool, what the pool has available
+    (balance - held)). Credits spent, expired or allocated to teams stay where they are (an
+    admin may reclaim them). Posts a reversing transaction (kind `reversal`, pool -> the lot's
+    source account, `metadata.revokes` = `txn`'s id) with its audit row `credits.revoked`; a
+    refund of a purchase is the caller (`billing.services.payments`).
+
+    Returns (transaction, credits taken); (None, 0) when nothing is left to take (nothing
+    posted). A retry of `idempotency_key` with the same request returns the first result.
+    Raises ValidationFailed (not a grant or purchase, bad amount or key), IdempotencyConflict,
+    NotFound (another organization's transaction)."""
+    _check_organization(organization, txn.organization_id, "transaction")
+    amount = parse_credits(amount)
+    organization = txn.organization
+    key = _check_key(idempotency_key)
+    digest = request_hash(op="revoke", txn=txn.pk, amount=amount)
+    existing = _first_result(LedgerTransaction, organization.pk, key, digest)
+    if existing is not None:
+        return existing, Decimal(existing.metadata["taken"])
+    if txn.kind not in (LedgerTransaction.Kind.GRANT, LedgerTransaction.Kind.PURCHASE):
+        raise ValidationFailed({"transaction": ["Only a grant or a purchase is taken back."]})
+    entries = list(txn.entries.select_related("account"))
+    credit = next(e for e in entries if e.amount > 0 and e.lot_id is not None)
+    debit = next(e for e in entries if e.amount < 0)
+    locked = _lock([credit.account, debit.account])
+    pool, source = locked[credit.account_id], locked[debit.account_id]
+    existing = _first_result(LedgerTransaction, organization.pk, key, digest)
+    if existing is not None:  # a concurrent retry committed while we waited for the locks
+        return existing, Decimal(existing.metadata["taken"])
+    _expire_due(pool, timezone.now())  # what expired is not there to take back
+    lot = CreditLot.objects.get(pk=credit.lot_id)
+    root = lot.origin_id or lot.pk
+    same_credits = CreditLot.objects.filter(
+        Q(pk=root) | Q(origin_id=root), account=pool, remaining__gt=0
+    ).exclude(pk=lot.pk)
+    left = min(amount, max(pool.available, Decimal(0)))
+    taken: list[tuple[CreditLot, Decimal]] = []
+    for candidate in [lot, *_burn_order(same_credits)]:
+        portion = min(candidate.remaining, left)
+        if portion > 0:
+            taken.append((candidate, portion))
+            left -= portion
+    total = sum((portion for _, portion in taken), Decimal(0))
+    if total == 0:
+        return None, Decimal(0)
+    revocation, created = _create_once(
+        LedgerTransaction,
+        organization.pk,
+        key,
+        digest,
+        kind=LedgerTransaction.Kind.REVERSAL,
+        memo=(memo or f"Taken back from #{txn.pk}")[:500],
+        metadata={"revokes": txn.pk, "requested": str(amount), "taken": str(total)},
+        created_by=actor.user,
+    )
+    if not created:
+        return revocation, Decimal(revocation.metadata["taken"])
+    for candidate, portion in taken:
+        candidate.remaining -= portion
+        candidate.save(update_fields=["remaining"])
+    _post_entries(
+        revocation, [*((pool, -portion, c) for c, portion in taken), (source, total, None)]
+    )
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="credits.revoked",
+        target=txn,
+        after={"transaction": revocation.pk, "requested": amount, "taken": total},
+    )
+    return revocation, total
