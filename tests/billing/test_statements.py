@@ -185,3 +185,14 @@ def test_postgresql_refuses_to_change_a_statement(tenant, history):
         with pytest.raises((IntegrityError, InternalError)), transaction.atomic():
             change()
     Statement.objects.filter(pk=statement.pk).update(pdf="billing/statements/x.pdf")  # allowed
+
+
+def test_sample_statement_renders_to_png(tenant, history):
+    from .test_documents import render_png
+
+    tenant.org.billing_address = "Acme AI Inc.\n500 Market Street\nSan Francisco, CA 94105"
+    tenant.org.save()
+    with time_machine.travel(at("2026-02-02T00:00:00"), tick=False):
+        statement, _ = statement_generate(organization=tenant.org, year=2026, month=1,
+                                          actor=SYSTEM)  # fmt: skip
+    assert render_png("statement", document_pdf(statement))
