@@ -22,6 +22,8 @@ SECTIONS = (
     ("Audit", ("audit",), "audit:read"),
     ("Notifications", ("notifications",), "org:read"),
     ("Webhooks", ("webhooks",), "org:write"),
+    ("Invoices", ("billing-documents",), "billing:read"),
+    ("Statements", ("billing-statements",), "billing:read"),
     ("Settings", ("org-settings",), "org:read"),
 )
 
@@ -33,6 +35,8 @@ SECTION_PREFIXES = {
     "Budgets": ("budget",),
     "Notifications": ("notification",),
     "Webhooks": ("webhook",),
+    "Invoices": ("billing-invoice", "billing-credit-note", "billing-settings"),
+    "Statements": ("billing-statement",),
 }
 
 

@@ -10,6 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts import apis as accounts_apis
 from accounts import apis_keys, views
 from accounts import apis_openrouter as accounts_openrouter
+from billing import apis_documents
 from credits import apis as credits_apis
 from credits import apis_budgets, apis_guardrails, apis_openrouter, apis_usage
 from notifications import apis as notifications_apis
@@ -151,6 +152,48 @@ api_v1 = [
         apis_guardrails.GuardrailMemberUnassignApi.as_view(),
         name="guardrail-member-unassign",
     ),
+    # Billing documents (billing.apis_documents): invoices, credit notes, statements, settings.
+    path("billing/invoices", apis_documents.InvoiceListApi.as_view(), name="billing-invoices"),
+    path(
+        "billing/invoices/<str:number>",
+        apis_documents.InvoiceDetailApi.as_view(),
+        name="billing-invoice",
+    ),
+    path(
+        "billing/invoices/<str:number>/pdf",
+        apis_documents.InvoicePdfApi.as_view(),
+        name="billing-invoice-pdf",
+    ),
+    path(
+        "billing/credit-notes",
+        apis_documents.CreditNoteListApi.as_view(),
+        name="billing-credit-notes",
+    ),
+    path(
+        "billing/credit-notes/<str:number>",
+        apis_documents.CreditNoteDetailApi.as_view(),
+        name="billing-credit-note",
+    ),
+    path(
+        "billing/credit-notes/<str:number>/pdf",
+        apis_documents.CreditNotePdfApi.as_view(),
+        name="billing-credit-note-pdf",
+    ),
+    path(
+        "billing/statements", apis_documents.StatementListApi.as_view(), name="billing-statements"
+    ),
+    path(
+        "billing/statements/<str:id>",
+        apis_documents.StatementDetailApi.as_view(),
+        name="billing-statement",
+    ),
+    path(
+        "billing/statements/<str:id>/pdf",
+        apis_documents.StatementPdfApi.as_view(),
+        name="billing-statement-pdf",
+    ),
+    path("billing/profile", apis_documents.ProfileApi.as_view(), name="billing-profile"),
+    # (end of billing documents)
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]
@@ -179,6 +222,7 @@ urlpatterns = [
     path("o/<slug:org>/", include("accounts.urls")),
     path("o/<slug:org>/", include("credits.urls")),
     path("o/<slug:org>/", include("notifications.urls")),
+    path("o/<slug:org>/", include("billing.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "api"))),
 ]

@@ -30,6 +30,7 @@ from rest_framework.views import APIView
 from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
+from billing.models import CreditNote, Invoice, Statement
 from credits.models import Alert, Budget, CreditLot, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
 from credits.services.guardrails import (
@@ -144,6 +145,18 @@ class World:
                 "public_id", flat=True
             )
         }
+        found |= set(
+            Invoice.objects.filter(organization=self.a.org).values_list("number", flat=True)
+        )
+        found |= set(
+            CreditNote.objects.filter(organization=self.a.org).values_list("number", flat=True)
+        )
+        found |= {
+            str(s)
+            for s in Statement.objects.filter(organization=self.a.org).values_list(
+                "public_id", flat=True
+            )
+        }
         return found
 
     def a_ids(self, model: type[models.Model]) -> set[int]:
@@ -195,6 +208,11 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
     )
     guardrail_assign_keys(guardrail=guardrail, keys=[a_usage_key], actor=SYSTEM)
     guardrail_assign_members(guardrail=guardrail, members=[a_member], actor=SYSTEM)
+
+    # A's billing documents: an invoice, a credit note, a statement.
+    from .test_access_matrix import build_documents
+
+    build_documents(a)
 
     b = other_tenant
     b.grant("7")
@@ -365,6 +383,18 @@ def a_message(world: World) -> OutboxMessage:
     return OutboxMessage.objects.filter(organization=world.a.org, channel="webhook").first()
 
 
+def a_invoice(world: World) -> str:
+    return Invoice.objects.filter(organization=world.a.org).order_by("id")[0].number
+
+
+def a_credit_note(world: World) -> str:
+    return CreditNote.objects.filter(organization=world.a.org).order_by("id")[0].number
+
+
+def a_statement(world: World) -> str:
+    return str(Statement.objects.filter(organization=world.a.org).order_by("id")[0].public_id)
+
+
 def _page_params(world: World, route: str, org: str) -> dict:
     """A page route's parameters: `org` and A's objects (a team, a membership or an account or
     an invitation for `pk`, a key, a webhook endpoint or a notification for `id`, a message)."""
@@ -378,6 +408,12 @@ def _page_params(world: World, route: str, org: str) -> dict:
         params["id"] = a_alert(world).public_id
     elif "budgets/<uuid:id>" in route:
         params["id"] = a_budget(world).public_id
+    elif "billing/statements/<uuid:id>" in route:
+        params["id"] = a_statement(world)
+    if "billing/invoices/<str:number>" in route:
+        params["number"] = a_invoice(world)
+    elif "billing/credit-notes/<str:number>" in route:
+        params["number"] = a_credit_note(world)
     if "members/<int:pk>" in route:
         membership = world.a.org.memberships.filter(user=world.a_member).first()
         params["pk"] = membership.pk if membership else 987654321  # gone in the leak self-test
@@ -641,6 +677,37 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
     "api/v1/webhooks/<str:id>/deliveries/<str:message_id>/resend": {
         "POST": [Probe(404, path=_params(A_DELIVERY))],
     },
+    # Billing documents: B lists its own; A's numbers and ids answer 404.
+    "api/v1/billing/invoices": {"GET": [Probe(200, check=empty)]},
+    "api/v1/billing/invoices/<str:number>": {
+        "GET": [Probe(404, path=lambda w: {"number": a_invoice(w)})],
+    },
+    "api/v1/billing/invoices/<str:number>/pdf": {
+        "GET": [Probe(404, path=lambda w: {"number": a_invoice(w)})],
+    },
+    "api/v1/billing/credit-notes": {"GET": [Probe(200, check=empty)]},
+    "api/v1/billing/credit-notes/<str:number>": {
+        "GET": [Probe(404, path=lambda w: {"number": a_credit_note(w)})],
+    },
+    "api/v1/billing/credit-notes/<str:number>/pdf": {
+        "GET": [Probe(404, path=lambda w: {"number": a_credit_note(w)})],
+    },
+    "api/v1/billing/statements": {
+        "GET": [Probe(200, check=empty)],
+        # B's own month, before B existed: refused, and nothing of A's generated.
+        "POST": [Probe(400, body=lambda w: {"year": 2025, "month": 1})],
+    },
+    "api/v1/billing/statements/<str:id>": {
+        "GET": [Probe(404, path=lambda w: {"id": a_statement(w)})],
+    },
+    "api/v1/billing/statements/<str:id>/pdf": {
+        "GET": [Probe(404, path=lambda w: {"id": a_statement(w)})],
+    },
+    "api/v1/billing/profile": {
+        "GET": [Probe(200, check=expect(lambda w, r: r.json()["number_prefix"] == "GLOBEX"))],
+        "PATCH": [Probe(200, body=lambda w: {"tax_rate": "3"},
+                        check=expect(lambda w, r: r.json()["tax_rate"] == "3.00"))],
+    },
     # Pages, as B's owner (logged in)
     "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
     "o/<slug:org>/": {
@@ -671,6 +738,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/webhooks/<str:id>/delete/",
         "o/<slug:org>/budgets/", "o/<slug:org>/budgets/<uuid:id>/edit/",
         "o/<slug:org>/budgets/<uuid:id>/delete/",
+        "o/<slug:org>/billing/statements/", "o/<slug:org>/billing/settings/",
     )},
     **{route: page_probes(route, only="POST") for route in (
         "o/<slug:org>/teams/<slug:slug>/members/",
@@ -689,6 +757,9 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/notifications/", "o/<slug:org>/notifications/bell/",
         "o/<slug:org>/webhooks/", "o/<slug:org>/webhooks/<str:id>/secret/",
         "o/<slug:org>/webhooks/<str:id>/deliveries/",
+        "o/<slug:org>/billing/invoices/", "o/<slug:org>/billing/invoices/<str:number>/pdf/",
+        "o/<slug:org>/billing/credit-notes/<str:number>/pdf/",
+        "o/<slug:org>/billing/statements/<uuid:id>/pdf/",
     )},
 }
 # fmt: on

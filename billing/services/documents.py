@@ -55,6 +55,14 @@ def billing_profile_of(organization: Organization) -> BillingProfile:
         return BillingProfile.objects.get(organization=organization)
 
 
+def billing_profile_read(organization: Organization) -> BillingProfile:
+    """The organization's billing profile as it is, or the one it would get (unsaved): for
+    reads that must not write."""
+    return BillingProfile.objects.filter(organization=organization).first() or BillingProfile(
+        organization=organization, number_prefix=_default_prefix(organization)
+    )
+
+
 def tax_of(subtotal: Decimal, rate: Decimal) -> Decimal:
     """The tax on `subtotal` USD at `rate` percent, rounded half-even to the cent."""
     return (subtotal * rate / 100).quantize(CENT, rounding=ROUND_HALF_EVEN)

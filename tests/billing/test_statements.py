@@ -167,8 +167,9 @@ def test_generating_again_answers_the_same_statement(tenant, history):
 def test_bad_months_are_refused_and_nothing_is_written(tenant, history, year, month):
     """Not a month; February 2026 has not ended in Los Angeles at 07:59 UTC on 1 March;
     November 2025 ended before the organization was created."""
-    with time_machine.travel(at("2026-03-01T07:59:00"), tick=False), pytest.raises(
-        ValidationFailed
+    with (
+        time_machine.travel(at("2026-03-01T07:59:00"), tick=False),
+        pytest.raises(ValidationFailed),
     ):
         statement_generate(organization=tenant.org, year=year, month=month, actor=SYSTEM)
     assert not Statement.objects.exists()
