@@ -142,6 +142,9 @@ class PdfRenderer(renderers.BaseRenderer):
     def render(self, data, accepted_media_type=None, renderer_context=None):
         if isinstance(data, bytes):
             return data
+        response = (renderer_context or {}).get("response")
+        if response is not None:  # an error: said in JSON, as everywhere
+            response["Content-Type"] = "application/json"
         return json.dumps(data).encode()
 
 
