@@ -226,6 +226,7 @@ SPECTACULAR_SETTINGS = {
         "AccountKindEnum": "credits.models.LedgerAccount.Kind",
         # daily, weekly, monthly: a key's limit_reset and a guardrail's reset_interval
         "ResetIntervalEnum": "credits.models.Guardrail.Interval",
+        "InvoiceStatusEnum": "billing.models.Invoice.Status",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
