@@ -131,6 +131,13 @@ class ProfileInput(StrictSerializer):
         required=False, max_length=20, help_text="Percent, 0 to 100, a decimal string."
     )
 
+    def validate(self, attrs):
+        if not attrs:
+            raise serializers.ValidationError(
+                {"non_field_errors": ["Give number_prefix, tax_rate or both."]}
+            )
+        return attrs
+
 
 class PdfRenderer(renderers.BaseRenderer):
     """`application/pdf` for clients that ask for it; errors stay in the JSON error format."""

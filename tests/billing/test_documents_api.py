@@ -141,6 +141,7 @@ BAD_PROFILES = [
     {"number_prefix": ""},
     {"unknown": 1},
     {"tax_rate": 5, "number_prefix": "x y"},
+    {},
 ]
 
 
