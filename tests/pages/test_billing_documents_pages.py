@@ -1,7 +1,7 @@
 """The billing document pages in real Chromium against the live server, as a billing member:
-invoices and credit notes with their PDFs, generating a statement and downloading it, the billing
-settings. Screenshots at 1280 and 390 px go to SCREENSHOTS (credits-billing-<page>-<width>.png, by the
-credits pages' `shoot`)."""
+invoices and credit notes with their PDFs, generating a statement and downloading it, the
+billing settings. Screenshots at 1280 and 390 px go to SCREENSHOTS
+(credits-billing-<page>-<width>.png, by the credits pages' `shoot`)."""
 
 from __future__ import annotations
 
