@@ -63,7 +63,6 @@ def _context(document: Document) -> dict:
             "buyer": document.buyer,
             "issued_at": document.issued_at.astimezone(zone),
             "paid_at": document.paid_at and document.paid_at.astimezone(zone),
-            "credit_notes": list(document.credit_notes.order_by("issued_at", "id")),
         }
     elif isinstance(document, CreditNote):
         context |= {

@@ -252,11 +252,17 @@ def invoice_status_set(*, invoice: Invoice, status: str, actor: Actor) -> Invoic
         )
     before = {"status": invoice.status}
     invoice.status = status
-    fields = ["status"]
+    fields = ["status", "pdf"]
     if status == Invoice.Status.PAID:
         invoice.paid_at = timezone.now()
         fields.append("paid_at")
+    # The PDF shows the status: the old file goes and a new one is rendered after commit.
+    stale, storage = invoice.pdf.name, invoice.pdf.storage
+    invoice.pdf = ""
     invoice.save(update_fields=fields)
+    if stale:
+        transaction.on_commit(lambda: storage.delete(stale), robust=True)
+    _render_after_commit("invoice", invoice.pk)
     audit_record(
         organization=invoice.organization,
         actor=actor,

@@ -104,6 +104,20 @@ def test_only_the_status_moves_issued_to_paid_or_void_and_the_pdf_is_set(tenant)
     Invoice.objects.filter(pk=other.pk).update(pdf="billing/invoices/x.pdf")  # allowed
 
 
+def test_a_status_change_renders_the_pdf_again(tenant, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice = _invoice(tenant)
+    invoice.refresh_from_db()
+    assert "ISSUED" in "".join(pdf_text(document_pdf(invoice)))
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice_status_set(invoice=invoice, status="void", actor=SYSTEM)
+    invoice.refresh_from_db()
+    assert invoice.pdf  # stored again, after commit
+    with invoice.pdf.storage.open(invoice.pdf.name, "rb") as f:
+        text = "".join(pdf_text(f.read()))
+    assert "This invoice is void." in text and "ISSUED" not in text and invoice.number in text
+
+
 def test_postgresql_refuses_to_change_a_credit_note(tenant):
     invoice = _invoice(tenant)
     note = credit_note_issue(invoice=invoice, total=Decimal("25.00"), reason="Refund",
@@ -201,7 +215,7 @@ def test_the_pdf_is_rendered_after_commit_and_stored(tenant, django_capture_on_c
         invoice = _invoice(tenant)
     assert len(callbacks) == 1
     invoice.refresh_from_db()
-    assert invoice.pdf.name.endswith(f"{invoice.number}.pdf")
+    assert invoice.number in invoice.pdf.name and invoice.pdf.name.endswith(".pdf")
     with invoice.pdf.storage.open(invoice.pdf.name, "rb") as f:
         assert invoice.number in "".join(pdf_text(f.read()))
 
