@@ -7,6 +7,10 @@ writes that bypass the ORM):
 - none of them, nor an invoice line, is ever deleted or changed; at commit an invoice's lines
   add up to its subtotal, so no line joins an issued invoice later.
 
+The invoice and statement guards compare whole rows (minus the columns that may change), so a
+column added later is immutable too: a data migration that fills it for existing rows must
+disable the trigger around its UPDATE.
+
 SQLite (the demo) skips the triggers; the services keep the same rules.
 """
 
