@@ -9,7 +9,18 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal
 DEMO_DATABASE_URL ?= sqlite:///$(CURDIR)/demo.sqlite3
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_bench
 
-.PHONY: install static lock demo demo-data serve worker test lint schema pg-check bench clean
+.PHONY: install static lock demo demo-data serve worker test lint schema pg-check bench clean \
+	system-packages
+
+# Debian packages the portal needs besides Python's: Pango and fonts for WeasyPrint (invoice,
+# credit note and statement PDFs), Chromium for the page tests, poppler-utils (`pdftoppm`) for
+# the tests that render PDF pages to PNG. `.ci/run` installs them; elsewhere:
+#   sudo apt-get install $$(make -s system-packages)
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fontconfig \
+	fonts-dejavu-core chromium poppler-utils
+
+system-packages:
+	@echo $(SYSTEM_PACKAGES)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

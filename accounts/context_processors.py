@@ -24,6 +24,8 @@ SECTIONS = (
     ("Webhooks", ("webhooks",), "org:write"),
     ("Billing", ("billing-orders",), "billing:read"),
     ("Upstream sync", ("billing-openrouter",), "billing:read"),
+    ("Invoices", ("billing-documents",), "billing:read"),
+    ("Statements", ("billing-statements",), "billing:read"),
     ("Settings", ("org-settings",), "org:read"),
 )
 
@@ -36,6 +38,8 @@ SECTION_PREFIXES = {
     "Notifications": ("notification",),
     "Webhooks": ("webhook",),
     "Billing": ("billing",),
+    "Invoices": ("billing-invoice", "billing-credit-note", "billing-settings"),
+    "Statements": ("billing-statement",),
 }
 
 

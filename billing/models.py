@@ -426,3 +426,68 @@ class OpenRouterSnapshot(models.Model):
     def portal_remaining(self):
         """Credits the portal had left by its own totals at the sync."""
         return self.portal_total_credits - self.portal_total_usage
+
+
+class Statement(models.Model):
+    """An organization's monthly statement of its spendable credits (the pool and the team
+    accounts), for one calendar month in the organization's time zone: the balance at the start,
+    the movements by kind, and the balance at the end, all in credits, read from the ledger's
+    entries (`billing.services.statements`). Immutable once generated except its rendered `pdf`
+    (a past month's entries never change: the ledger is append-only).
+
+    `closing_balance = opening_balance + purchases + grants + usage + expiry + adjustments`
+    (usage and expiry are negative; allocations between the pool and the teams net to zero and
+    are not a movement), checked by the database."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="statements"
+    )
+    public_id = models.UUIDField(
+        default=uuid.uuid4, unique=True, editable=False, help_text="The id clients see."
+    )
+    year = models.PositiveSmallIntegerField()
+    month = models.PositiveSmallIntegerField()
+    time_zone = models.CharField(max_length=64, help_text="The organization's, at generation.")
+    period_start = models.DateTimeField(help_text="The month's first instant (UTC).")
+    period_end = models.DateTimeField(help_text="The next month's first instant (UTC).")
+    opening_balance = CreditField()
+    purchases = CreditField(default=0)
+    grants = CreditField(default=0)
+    usage = CreditField(default=0, help_text="Spent (negative).")
+    expiry = CreditField(default=0, help_text="Expired (negative).")
+    adjustments = CreditField(default=0, help_text="Reversals and other corrections.")
+    closing_balance = CreditField()
+    breakdown = models.JSONField(
+        default=dict,
+        help_text="Usage by team, model and operation, and each account's opening and closing.",
+    )
+    generated_at = models.DateTimeField(default=timezone.now)
+    generated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    pdf = models.FileField(upload_to="billing/statements/%Y/", blank=True)
+
+    class Meta:
+        ordering = ["-year", "-month", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "year", "month"], name="statement_month_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(month__gte=1) & Q(month__lte=12), name="statement_month_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    closing_balance=models.F("opening_balance")
+                    + models.F("purchases")
+                    + models.F("grants")
+                    + models.F("usage")
+                    + models.F("expiry")
+                    + models.F("adjustments")
+                ),
+                name="statement_balances_add_up",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"statement {self.year}-{self.month:02d} of {self.organization_id}"

@@ -5,7 +5,7 @@ Each feature keeps its entries in its own block."""
 
 from django.urls import path
 
-from . import apis_orders, apis_sync, views_orders, views_sync
+from . import apis_documents, apis_orders, apis_sync, views_documents, views_orders, views_sync
 
 api_patterns = [
     # Purchases (orders, providers' webhooks)
@@ -36,6 +36,48 @@ api_patterns = [
         apis_sync.OpenRouterSnapshotListApi.as_view(),
         name="billing-openrouter-snapshots",
     ),
+    # Billing documents (billing.apis_documents): invoices, credit notes, statements, settings.
+    path("billing/invoices", apis_documents.InvoiceListApi.as_view(), name="billing-invoices"),
+    path(
+        "billing/invoices/<str:number>",
+        apis_documents.InvoiceDetailApi.as_view(),
+        name="billing-invoice",
+    ),
+    path(
+        "billing/invoices/<str:number>/pdf",
+        apis_documents.InvoicePdfApi.as_view(),
+        name="billing-invoice-pdf",
+    ),
+    path(
+        "billing/credit-notes",
+        apis_documents.CreditNoteListApi.as_view(),
+        name="billing-credit-notes",
+    ),
+    path(
+        "billing/credit-notes/<str:number>",
+        apis_documents.CreditNoteDetailApi.as_view(),
+        name="billing-credit-note",
+    ),
+    path(
+        "billing/credit-notes/<str:number>/pdf",
+        apis_documents.CreditNotePdfApi.as_view(),
+        name="billing-credit-note-pdf",
+    ),
+    path(
+        "billing/statements", apis_documents.StatementListApi.as_view(), name="billing-statements"
+    ),
+    path(
+        "billing/statements/<str:id>",
+        apis_documents.StatementDetailApi.as_view(),
+        name="billing-statement",
+    ),
+    path(
+        "billing/statements/<str:id>/pdf",
+        apis_documents.StatementPdfApi.as_view(),
+        name="billing-statement-pdf",
+    ),
+    path("billing/profile", apis_documents.ProfileApi.as_view(), name="billing-profile"),
+    # (end of billing documents)
 ]
 
 urlpatterns = [
@@ -63,4 +105,24 @@ urlpatterns = [
         views_sync.openrouter_disconnect,
         name="billing-openrouter-disconnect",
     ),
+    # Documents (billing.views_documents): invoices, credit notes, statements, settings.
+    path("billing/invoices/", views_documents.documents, name="billing-documents"),
+    path(
+        "billing/invoices/<str:number>/pdf/",
+        views_documents.invoice_pdf,
+        name="billing-invoice-pdf-page",
+    ),
+    path(
+        "billing/credit-notes/<str:number>/pdf/",
+        views_documents.credit_note_pdf,
+        name="billing-credit-note-pdf-page",
+    ),
+    path("billing/statements/", views_documents.statements, name="billing-statements"),
+    path(
+        "billing/statements/<uuid:id>/pdf/",
+        views_documents.statement_pdf,
+        name="billing-statement-pdf-page",
+    ),
+    path("billing/settings/", views_documents.billing_settings, name="billing-settings"),
+    # (end of documents)
 ]

@@ -28,6 +28,8 @@ Variables (all optional unless said):
 - `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`, `TWILIO_FROM`, `TWILIO_API_BASE`: SMS notifications.
 - `STATIC_ROOT`: where `collectstatic` puts the static files (WhiteNoise serves them, compressed
   and with hashed names when `DEBUG` is off).
+- `MEDIA_ROOT` (default `media/`), `MEDIA_URL`: the default storage of generated files (invoice,
+  credit note and statement PDFs); private, downloaded through the portal only.
 """
 
 from datetime import timedelta
@@ -161,6 +163,13 @@ STORAGES = {
     },
 }
 
+# Uploaded and generated files (invoice, credit note and statement PDFs) go through the default
+# storage: files under MEDIA_ROOT unless STORAGES names another backend (S3 through
+# django-storages: see the README). They are private: served only by the portal's authorized
+# download views, never by the web server under MEDIA_URL.
+MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+MEDIA_URL = env("MEDIA_URL", default="media/")
+
 # Request bodies: the API refuses larger ones with 413 (a batch of 1,000 usage events fits).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2 * 1024 * 1024)
 
@@ -218,6 +227,7 @@ SPECTACULAR_SETTINGS = {
         "AccountKindEnum": "credits.models.LedgerAccount.Kind",
         # daily, weekly, monthly: a key's limit_reset and a guardrail's reset_interval
         "ResetIntervalEnum": "credits.models.Guardrail.Interval",
+        "InvoiceStatusEnum": "billing.models.Invoice.Status",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -272,6 +282,12 @@ CELERY_BEAT_SCHEDULE = {
     "orders-expire": {"task": "billing.tasks.orders_expire", "schedule": timedelta(minutes=15)},
     # Outbox messages a lost worker left pending (notifications.tasks.outbox_sweep).
     "outbox-sweep": {"task": "notifications.tasks.outbox_sweep", "schedule": timedelta(minutes=1)},
+    # Monthly statements: hourly, for the organizations whose month has just ended in their
+    # time zone (billing.services.statements.statements_generate_due).
+    "statements-monthly": {
+        "task": "billing.tasks.statements_generate_due",
+        "schedule": crontab(minute=5),
+    },
 }
 
 # The shared cache (see the module docstring): throttles and login lockouts, across processes.

@@ -50,10 +50,12 @@ TEST_CACHE_URL = (
 @pytest.fixture(scope="session", autouse=True)
 def test_cache_and_static_files(tmp_path_factory):
     """Throttles and login lockouts count in Redis (TEST_CACHE_URL), as in production; static
-    files are served from where they lie (no `collectstatic` in tests; test_static.py runs it)."""
+    files are served from where they lie (no `collectstatic` in tests; test_static.py runs it);
+    generated files (PDFs) go to a temporary MEDIA_ROOT."""
     with override_settings(
         CACHES={"default": environ.Env.cache_url_config(TEST_CACHE_URL)},
         STATIC_ROOT=tmp_path_factory.mktemp("static"),
+        MEDIA_ROOT=tmp_path_factory.mktemp("media"),
         WHITENOISE_USE_FINDERS=True,
         STORAGES={
             "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

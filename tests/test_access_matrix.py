@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,11 +31,13 @@ from django.apps import apps
 from django.db import transaction
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey, Invitation, Membership, Team, User
+from accounts.models import ApiKey, Invitation, Membership, Organization, Team, User
 from accounts.roles import Role, TeamRole
 from accounts.services import apikey_create, invitation_create, team_create, team_member_set
-from billing.models import Order
+from billing.models import CreditNote, Invoice, Order, Statement
+from billing.services.documents import Line, credit_note_issue, invoice_issue
 from billing.services.orders import order_create
+from billing.services.statements import previous_month, statement_generate
 from billing.services.sync import openrouter_connection_set
 from credits.models import Alert, Budget, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
@@ -266,12 +270,29 @@ def build_world(t: Tenant) -> World:
     openrouter_connection_set(organization=t.org, key=OPENROUTER_KEY, actor=SYSTEM)
     # A pending bank-transfer order (billing pages and API).
     order_create(organization=t.org, amount="10", provider="manual", actor=SYSTEM)
+    # Billing documents: an invoice with a credit note, and last month's statement.
+    build_documents(t)
     world = World(t, users, teams, keys, events, holds, invitation, clients)
     world.hidden = {p: world.markers(p) | {OPENROUTER_KEY[9:]} for p in PRINCIPALS}
     return world
 
 
 OPENROUTER_KEY = "sk-or-v1-" + "5eC2e7" * 10  # the matrix organization's OpenRouter key
+
+
+def build_documents(t: Tenant) -> None:
+    """An invoice, a credit note against it, and the statement of the month before this one
+    (the organization dated back to 2020 so that earlier months may be generated)."""
+    Organization.objects.filter(pk=t.org.pk).update(created_at=datetime(2020, 1, 1, tzinfo=UTC))
+    t.org.refresh_from_db()
+    invoice = invoice_issue(
+        organization=t.org,
+        lines=[Line(description="AI credits", quantity=Decimal(10), unit_price=Decimal(1))],
+        actor=SYSTEM,
+    )
+    credit_note_issue(invoice=invoice, total=Decimal(2), reason="Refund", actor=SYSTEM)
+    year, month = previous_month(t.org)
+    statement_generate(organization=t.org, year=year, month=month, actor=SYSTEM)
 
 
 def snapshot(org) -> dict[str, list]:
@@ -490,6 +511,24 @@ def account_pk(team: str | None) -> Fill:
 
 def email(user: str, **extra) -> Fill:
     return lambda w: {"email": w.users[user].email, **extra}
+
+
+def invoice_number(w: World) -> dict:
+    return {"number": Invoice.objects.filter(organization=w.org).order_by("id")[0].number}
+
+
+def credit_note_number(w: World) -> dict:
+    return {"number": CreditNote.objects.filter(organization=w.org).order_by("id")[0].number}
+
+
+def statement_id(w: World) -> dict:
+    return {"id": str(Statement.objects.filter(organization=w.org).order_by("id")[0].public_id)}
+
+
+# billing:read (owners, admins, billing members, a key of the whole organization) and
+# billing:write (owners, billing members, that key).
+BILLING_READ = "200 200 200 403 403 403  200 403 403 403"
+BILLING_READ_PAGE = "200 200 200 404 404 404  302 302 302 302"
 
 
 def endpoint_id(w: World) -> dict:
@@ -871,6 +910,30 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
                    body=lambda w: {"event": {"id": "e1", "type": "charge:confirmed",
                                              "data": {"metadata": order_id(w)}}})],
     },
+    # Billing documents: read with billing:read; a statement generated and the billing settings
+    # changed with billing:write.
+    "api/v1/billing/invoices": {"GET": [P(BILLING_READ)]},
+    "api/v1/billing/invoices/<str:number>": {"GET": [P(BILLING_READ, path=invoice_number)]},
+    "api/v1/billing/invoices/<str:number>/pdf": {"GET": [P(BILLING_READ, path=invoice_number)]},
+    "api/v1/billing/credit-notes": {"GET": [P(BILLING_READ)]},
+    "api/v1/billing/credit-notes/<str:number>": {
+        "GET": [P(BILLING_READ, path=credit_note_number)],
+    },
+    "api/v1/billing/credit-notes/<str:number>/pdf": {
+        "GET": [P(BILLING_READ, path=credit_note_number)],
+    },
+    "api/v1/billing/statements": {
+        "GET": [P(BILLING_READ)],
+        "POST": [P("201 403 201 403 403 403  201 403 403 403",
+                   body=lambda w: {"year": 2025, "month": 1})],
+    },
+    "api/v1/billing/statements/<str:id>": {"GET": [P(BILLING_READ, path=statement_id)]},
+    "api/v1/billing/statements/<str:id>/pdf": {"GET": [P(BILLING_READ, path=statement_id)]},
+    "api/v1/billing/profile": {
+        "GET": [P(BILLING_READ)],
+        "PATCH": [P("200 403 200 403 403 403  200 403 403 403",
+                    body=lambda w: {"tax_rate": "7.5"})],
+    },
     # Pages: the same principal (`accounts.pages.organization_page`); a page whose scope the role
     # lacks does not exist for it (404). Keys do not open pages (302 to the login).
     **{f"o/<slug:org>/{page}": {"GET": [P(codes, path=path)]} for page, codes, path in [
@@ -929,6 +992,12 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
         ("billing/orders/<uuid:id>/",    "200 200 200 404 404 404  302 302 302 302", order_id),
         ("billing/orders/<uuid:id>/confirm/", "200 404 200 404 404 404  302 302 302 302",
          order_id),
+        ("billing/invoices/",            BILLING_READ_PAGE, None),
+        ("billing/invoices/<str:number>/pdf/", BILLING_READ_PAGE, invoice_number),
+        ("billing/credit-notes/<str:number>/pdf/", BILLING_READ_PAGE, credit_note_number),
+        ("billing/statements/",          BILLING_READ_PAGE, None),
+        ("billing/statements/<uuid:id>/pdf/", BILLING_READ_PAGE, statement_id),
+        ("billing/settings/",            BILLING_READ_PAGE, None),
     ]},
 }
 # Forms of the pages: the writes they make, and who may make them.
@@ -1035,6 +1104,13 @@ PAGE_POSTS: dict[str, list[Probe]] = {
           writers=("owner", "billing"))],
     "billing/orders/<uuid:id>/confirm/": [
         P("302 404 302 404 404 404  302 302 302 302", path=order_id,
+          writers=("owner", "billing"))],
+    "billing/statements/": [
+        P("302 403 302 404 404 404  302 302 302 302", body=lambda w: {"month": "2025-01"},
+          writers=("owner", "billing"))],
+    "billing/settings/": [
+        P("302 403 302 404 404 404  302 302 302 302",
+          body=lambda w: {"number_prefix": "ACMEX", "tax_rate": "7.5"},
           writers=("owner", "billing"))],
     "settings/": [
         P("302 302 403 403 403 403  302 302 302 302",

@@ -12,6 +12,7 @@ import pytest
 import redis
 from celery.backends.redis import RedisBackend
 from celery.result import AsyncResult
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -38,6 +39,8 @@ def worker():
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "CELERY_BROKER_URL": BROKER,
         "CELERY_RESULT_BACKEND": BROKER,
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),  # the test's storage (generated PDFs)
+        "CELERY_TASK_DEFAULT_QUEUE": queue,  # tasks the worker's own tasks queue come back to it
     }
     process = subprocess.Popen(
         [
@@ -64,10 +67,10 @@ def worker():
     app.conf.update(broker_url=BROKER, result_backend=BROKER, task_always_eager=False)
     backend = RedisBackend(app=app, url=BROKER)  # the app's own may be cached from eager mode
 
-    def run(task: str):
+    def run(task: str, *args):
         # An explicit connection: the app may have cached another broker while tasks ran eagerly.
         with app.connection_for_write(BROKER) as connection:
-            sent = app.send_task(task, queue=queue, connection=connection)
+            sent = app.send_task(task, args=args, queue=queue, connection=connection)
         return AsyncResult(sent.id, app=app, backend=backend).get(timeout=60)
 
     try:
@@ -103,3 +106,23 @@ def test_beat_tasks_release_expired_holds_and_expire_lots_on_a_real_worker(tenan
     assert sum(e.amount for e in expiry.entries.all()) == Decimal("5")
     assert worker("credits.tasks.ledger_verify") == 0
     assert ledger_verify() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_monthly_statements_and_their_pdf_on_a_real_worker(tenant, worker):
+    """The hourly beat task generates last month's statement (the organization existed then)
+    and queues its PDF after commit; the worker renders it with WeasyPrint and stores it where
+    the web reads it (a PDF task sent afterwards finds it stored)."""
+    from billing.models import Statement
+    from billing.services.statements import previous_month
+
+    tenant.org.created_at = timezone.now() - timedelta(days=70)
+    tenant.org.save()
+    assert worker("billing.tasks.statements_generate_due") == 1
+    assert worker("billing.tasks.statements_generate_due") == 0
+    statement = Statement.objects.get(organization=tenant.org)
+    assert (statement.year, statement.month) == previous_month(tenant.org)
+    assert worker("billing.tasks.document_pdf_render", "statement", statement.pk) is False
+    statement.refresh_from_db()
+    with statement.pdf.storage.open(statement.pdf.name, "rb") as f:
+        assert f.read().startswith(b"%PDF-")

@@ -30,7 +30,7 @@ from rest_framework.views import APIView
 from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
-from billing.models import OpenRouterSnapshot, Order
+from billing.models import CreditNote, Invoice, OpenRouterSnapshot, Order, Statement
 from billing.services.orders import order_create
 from billing.services.sync import openrouter_connection_set, openrouter_sync
 from credits.models import Alert, Budget, CreditLot, Guardrail, Hold, LedgerAccount, UsageEvent
@@ -154,6 +154,18 @@ class World:
                 "public_id", flat=True
             )
         }
+        found |= set(
+            Invoice.objects.filter(organization=self.a.org).values_list("number", flat=True)
+        )
+        found |= set(
+            CreditNote.objects.filter(organization=self.a.org).values_list("number", flat=True)
+        )
+        found |= {
+            str(s)
+            for s in Statement.objects.filter(organization=self.a.org).values_list(
+                "public_id", flat=True
+            )
+        }
         return found
 
     def a_ids(self, model: type[models.Model]) -> set[int]:
@@ -213,6 +225,11 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
     openrouter_sync(connection=a_openrouter, actor=SYSTEM)
 
     order_create(organization=a.org, amount="10", provider="manual", actor=SYSTEM)
+
+    # A's billing documents: an invoice, a credit note, a statement.
+    from .test_access_matrix import build_documents
+
+    build_documents(a)
 
     b = other_tenant
     b.grant("7")
@@ -415,6 +432,18 @@ def b_orders_only(world: World, response) -> None:
     }
 
 
+def a_invoice(world: World) -> str:
+    return Invoice.objects.filter(organization=world.a.org).order_by("id")[0].number
+
+
+def a_credit_note(world: World) -> str:
+    return CreditNote.objects.filter(organization=world.a.org).order_by("id")[0].number
+
+
+def a_statement(world: World) -> str:
+    return str(Statement.objects.filter(organization=world.a.org).order_by("id")[0].public_id)
+
+
 def _page_params(world: World, route: str, org: str) -> dict:
     """A page route's parameters: `org` and A's objects (a team, a membership or an account or
     an invitation for `pk`, a key, a webhook endpoint or a notification for `id`, a message)."""
@@ -430,6 +459,12 @@ def _page_params(world: World, route: str, org: str) -> dict:
         params["id"] = a_budget(world).public_id
     elif "billing/orders/<uuid:id>" in route:
         params["id"] = a_order(world)
+    elif "billing/statements/<uuid:id>" in route:
+        params["id"] = a_statement(world)
+    if "billing/invoices/<str:number>" in route:
+        params["number"] = a_invoice(world)
+    elif "billing/credit-notes/<str:number>" in route:
+        params["number"] = a_credit_note(world)
     if "members/<int:pk>" in route:
         membership = world.a.org.memberships.filter(user=world.a_member).first()
         params["pk"] = membership.pk if membership else 987654321  # gone in the leak self-test
@@ -723,6 +758,37 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
             "data": {"metadata": {"order_id": a_order(w)},
                      "pricing": {"local": {"amount": "10.00", "currency": "USD"}}}}})],
     },
+    # Billing documents: B lists its own; A's numbers and ids answer 404.
+    "api/v1/billing/invoices": {"GET": [Probe(200, check=empty)]},
+    "api/v1/billing/invoices/<str:number>": {
+        "GET": [Probe(404, path=lambda w: {"number": a_invoice(w)})],
+    },
+    "api/v1/billing/invoices/<str:number>/pdf": {
+        "GET": [Probe(404, path=lambda w: {"number": a_invoice(w)})],
+    },
+    "api/v1/billing/credit-notes": {"GET": [Probe(200, check=empty)]},
+    "api/v1/billing/credit-notes/<str:number>": {
+        "GET": [Probe(404, path=lambda w: {"number": a_credit_note(w)})],
+    },
+    "api/v1/billing/credit-notes/<str:number>/pdf": {
+        "GET": [Probe(404, path=lambda w: {"number": a_credit_note(w)})],
+    },
+    "api/v1/billing/statements": {
+        "GET": [Probe(200, check=empty)],
+        # B's own month, before B existed: refused, and nothing of A's generated.
+        "POST": [Probe(400, body=lambda w: {"year": 2025, "month": 1})],
+    },
+    "api/v1/billing/statements/<str:id>": {
+        "GET": [Probe(404, path=lambda w: {"id": a_statement(w)})],
+    },
+    "api/v1/billing/statements/<str:id>/pdf": {
+        "GET": [Probe(404, path=lambda w: {"id": a_statement(w)})],
+    },
+    "api/v1/billing/profile": {
+        "GET": [Probe(200, check=expect(lambda w, r: r.json()["number_prefix"] == "GLOBEX"))],
+        "PATCH": [Probe(200, body=lambda w: {"tax_rate": "3"},
+                        check=expect(lambda w, r: r.json()["tax_rate"] == "3.00"))],
+    },
     # Pages, as B's owner (logged in)
     "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
     "o/<slug:org>/": {
@@ -756,6 +822,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/billing/openrouter/connection/",
         "o/<slug:org>/billing/openrouter/disconnect/",
         "o/<slug:org>/billing/buy/", "o/<slug:org>/billing/orders/<uuid:id>/confirm/",
+        "o/<slug:org>/billing/statements/", "o/<slug:org>/billing/settings/",
     )},
     **{route: page_probes(route, only="POST") for route in (
         "o/<slug:org>/teams/<slug:slug>/members/",
@@ -777,6 +844,9 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/webhooks/<str:id>/deliveries/",
         "o/<slug:org>/billing/openrouter/",
         "o/<slug:org>/billing/orders/", "o/<slug:org>/billing/orders/<uuid:id>/",
+        "o/<slug:org>/billing/invoices/", "o/<slug:org>/billing/invoices/<str:number>/pdf/",
+        "o/<slug:org>/billing/credit-notes/<str:number>/pdf/",
+        "o/<slug:org>/billing/statements/<uuid:id>/pdf/",
     )},
 }
 # fmt: on

@@ -8,6 +8,12 @@ gives its number back and concurrent issues wait for each other (no gaps, no dup
 
 Tax: `tax = round_half_even(subtotal * tax_rate / 100, 0.01 USD)`, the rate being the
 organization's (`BillingProfile.tax_rate`, percent, 0 by default) at issue.
+
+Issued documents are immutable (PostgreSQL triggers, migration `billing.0002_documents`): an
+invoice changes only its status (issued -> paid | void, `invoice_status_set`) and its rendered
+PDF, a credit note only its PDF. The PDF is rendered by a Celery task queued after the issuing
+transaction commits (`billing.tasks.document_pdf_render`); a download before it ran renders it
+on the spot (`billing.pdf.document_pdf`).
 """
 
 from __future__ import annotations
@@ -47,6 +53,14 @@ def billing_profile_of(organization: Organization) -> BillingProfile:
             )
     except IntegrityError:  # created by a concurrent request
         return BillingProfile.objects.get(organization=organization)
+
+
+def billing_profile_read(organization: Organization) -> BillingProfile:
+    """The organization's billing profile as it is, or the one it would get (unsaved): for
+    reads that must not write."""
+    return BillingProfile.objects.filter(organization=organization).first() or BillingProfile(
+        organization=organization, number_prefix=_default_prefix(organization)
+    )
 
 
 def tax_of(subtotal: Decimal, rate: Decimal) -> Decimal:
@@ -156,6 +170,7 @@ def invoice_issue(
         action="invoice.issued",
         after={"number": invoice.number, "total": invoice.total, "status": invoice.status},
     )
+    _render_after_commit("invoice", invoice.pk)
     return invoice
 
 
@@ -207,4 +222,100 @@ def credit_note_issue(
         action="credit_note.issued",
         after={"number": note.number, "invoice": invoice.number, "total": note.total},
     )
+    _render_after_commit("credit_note", note.pk)
     return note
+
+
+def _render_after_commit(kind: str, pk: int) -> None:
+    """Queue the PDF's rendering once the issue has committed (none for a rolled-back issue).
+    A broker that is down does not undo the issue (`robust`): the download renders it then."""
+    from ..tasks import document_pdf_render
+
+    transaction.on_commit(lambda: document_pdf_render.delay(kind, pk), robust=True)
+
+
+INVOICE_STATUS_MOVES = {Invoice.Status.ISSUED: {Invoice.Status.PAID, Invoice.Status.VOID}}
+
+
+@transaction.atomic
+def invoice_status_set(*, invoice: Invoice, status: str, actor: Actor) -> Invoice:
+    """Move an issued invoice to `paid` (setting `paid_at`) or `void`; the one change an issued
+    invoice allows besides its PDF (PostgreSQL refuses any other). Setting the status it has is
+    a no-op. Raises ValidationFailed for any other move (a paid or void invoice stays so;
+    corrections are credit notes)."""
+    invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if invoice.status == status:
+        return invoice
+    if status not in INVOICE_STATUS_MOVES.get(invoice.status, ()):
+        raise ValidationFailed(
+            {"status": [f"An invoice that is {invoice.status} cannot become {status}."]}
+        )
+    before = {"status": invoice.status}
+    invoice.status = status
+    fields = ["status", "pdf"]
+    if status == Invoice.Status.PAID:
+        invoice.paid_at = timezone.now()
+        fields.append("paid_at")
+    # The PDF shows the status: the old file goes and a new one is rendered after commit.
+    stale, storage = invoice.pdf.name, invoice.pdf.storage
+    invoice.pdf = ""
+    invoice.save(update_fields=fields)
+    if stale:
+        transaction.on_commit(lambda: storage.delete(stale), robust=True)
+    _render_after_commit("invoice", invoice.pk)
+    audit_record(
+        organization=invoice.organization,
+        actor=actor,
+        target=invoice,
+        action=f"invoice.{status}",
+        before=before,
+        after={"number": invoice.number, "status": status},
+    )
+    return invoice
+
+
+PREFIX_PATTERN = re.compile(r"^[A-Z0-9]{1,12}$")
+
+
+def billing_profile_update(
+    *, organization: Organization, actor: Actor, number_prefix=None, tax_rate=None
+) -> BillingProfile:
+    """Change the organization's document number prefix (1 to 12 upper-case letters and
+    digits; numbers continue their year's sequence under the new prefix) and/or its tax rate
+    (percent, 0 to 100, two decimals; applies to documents issued from now on). Raises
+    ValidationFailed, and changes nothing then."""
+    errors: dict[str, list[str]] = {}
+    if number_prefix is not None and (
+        not isinstance(number_prefix, str) or not PREFIX_PATTERN.match(number_prefix)
+    ):
+        errors["number_prefix"] = ["1 to 12 upper-case letters and digits."]
+    if tax_rate is not None:
+        try:
+            tax_rate = Decimal(str(tax_rate))
+            valid = tax_rate.is_finite() and 0 <= tax_rate <= 100
+            valid = valid and tax_rate == tax_rate.quantize(CENT)
+        except (ArithmeticError, ValueError):
+            valid = False
+        if not valid:
+            errors["tax_rate"] = ["A percent between 0 and 100, at most two decimals."]
+    if errors:
+        raise ValidationFailed(errors)
+    billing_profile_of(organization)
+    with transaction.atomic():
+        profile = BillingProfile.objects.select_for_update().get(organization=organization)
+        before = {"number_prefix": profile.number_prefix, "tax_rate": profile.tax_rate}
+        if number_prefix is not None:
+            profile.number_prefix = number_prefix
+        if tax_rate is not None:
+            profile.tax_rate = tax_rate.quantize(CENT)
+        profile.updated_at = timezone.now()
+        profile.save(update_fields=["number_prefix", "tax_rate", "updated_at"])
+        audit_record(
+            organization=organization,
+            actor=actor,
+            target=profile,
+            action="billing_profile.updated",
+            before=before,
+            after={"number_prefix": profile.number_prefix, "tax_rate": profile.tax_rate},
+        )
+    return profile
