@@ -345,6 +345,15 @@ PAYMENT_PROVIDER_RETRIES = env.int("PAYMENT_PROVIDER_RETRIES", default=2)
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
+# Exports (billing.exports): up to BILLING_EXPORT_STREAM_MAX_ROWS rows are streamed at once, larger
+# ones are written to a file by a Celery task (on BILLING_EXPORT_QUEUE, default: the default
+# queue); rows are read BILLING_EXPORT_CHUNK_ROWS at a time; PDF summaries list at most
+# BILLING_EXPORT_PDF_ROWS rows per table. Files go to the default storage (MEDIA_ROOT).
+BILLING_EXPORT_STREAM_MAX_ROWS = env.int("BILLING_EXPORT_STREAM_MAX_ROWS", default=10_000)
+BILLING_EXPORT_CHUNK_ROWS = env.int("BILLING_EXPORT_CHUNK_ROWS", default=2000)
+BILLING_EXPORT_PDF_ROWS = env.int("BILLING_EXPORT_PDF_ROWS", default=25)
+BILLING_EXPORT_QUEUE = env("BILLING_EXPORT_QUEUE", default="")
+MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(BASE_DIR / "media")))
 
 LOGGING = {
     "version": 1,
