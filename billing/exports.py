@@ -141,6 +141,7 @@ FILTER_FIELDS = (
     "account",
     "transaction_kind",
 )
+LEDGER_FILTERS = frozenset({"from", "to", "account", "transaction_kind"})
 
 
 def _moment(value: str, tz: tzinfo, field: str, errors: dict) -> datetime | None:
@@ -255,6 +256,8 @@ def filters_parse(principal: Principal, data: dict[str, Any], *, kind: str) -> E
                     f"One of: {', '.join(LedgerTransaction.Kind.values)}."
                 ]
             values["transaction_kind"] = text["transaction_kind"]
+        for name in sorted(set(text) - LEDGER_FILTERS):
+            errors.setdefault(name, ["A filter of usage exports only."])
     else:
         for name in ("account", "transaction_kind"):
             if name in text:
@@ -289,11 +292,6 @@ def utc_iso(moment: datetime) -> str:
 def focus_time(moment: datetime) -> str:
     """FOCUS date-times: UTC, whole seconds, `YYYY-MM-DDTHH:mm:ssZ`."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def decimal_text(value: Decimal | None) -> str | None:
-    """A decimal as plain fixed-point text ("0.000000000000", never "0E-12" or a float)."""
-    return None if value is None else f"{value:f}"
 
 
 class Fixed:
@@ -493,7 +491,8 @@ USAGE_COLUMNS = (
 
 
 def usage_record(row: UsageRow, names: Names) -> dict[str, Any]:
-    """One event as the CSV and JSON exports write it (cost a decimal string of credits)."""
+    """One event as the CSV and JSON exports write it (`cost`: credits, a Decimal written as an
+    exact decimal string)."""
     return {
         "occurred_at": utc_iso(row.occurred_at),
         "event_id": row.event_id,
@@ -504,7 +503,7 @@ def usage_record(row: UsageRow, names: Names) -> dict[str, Any]:
         "cached_tokens": row.cached_tokens,
         "reasoning_tokens": row.reasoning_tokens,
         "images": row.images,
-        "cost": decimal_text(row.cost),
+        "cost": row.cost,
         "cost_source": row.cost_source,
         "reversed": row.reversed_by is not None,
         "team": row.team_slug or "",
@@ -769,8 +768,8 @@ def ledger_rows(request: ExportRequest, chunk_size: int | None = None) -> Iterat
             "account": account,
             "account_kind": a_kind,
             "team": team or "",
-            "amount": decimal_text(amount),
-            "running_balance": decimal_text(opening.get(account, ZERO) + running),
+            "amount": amount,
+            "running_balance": opening.get(account, ZERO) + running,
             "lot": lot,
             "memo": memo,
         }
@@ -858,6 +857,13 @@ def export_chunks(
         yield from json_lines(request, records)
 
 
+def _json_value(value: Any) -> str:
+    """Decimals in JSON exports are exact strings ("0.012500000000"), never floats."""
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def json_lines(request: ExportRequest, records: Iterable[dict]) -> Iterator[str]:
     """`{"kind", "organization", "generated_at", "time_zone", "filters", "pseudonymized",
     "data": [...], "count"}`, written one record at a time."""
@@ -872,7 +878,7 @@ def json_lines(request: ExportRequest, records: Iterable[dict]) -> Iterator[str]
     yield json.dumps(head)[:-1] + ', "data": ['
     count = 0
     for record in records:
-        yield ("," if count else "") + "\n" + json.dumps(record)
+        yield ("," if count else "") + "\n" + json.dumps(record, default=_json_value)
         count += 1
     yield f'\n], "count": {count}}}\n'
 

@@ -10,6 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from accounts import apis as accounts_apis
 from accounts import apis_keys, views
 from accounts import apis_openrouter as accounts_openrouter
+from billing import apis_exports
 from credits import apis as credits_apis
 from credits import apis_budgets, apis_guardrails, apis_openrouter, apis_usage
 from notifications import apis as notifications_apis
@@ -151,6 +152,27 @@ api_v1 = [
         apis_guardrails.GuardrailMemberUnassignApi.as_view(),
         name="guardrail-member-unassign",
     ),
+    # Billing: exports (billing/apis_exports.py)
+    path("billing/exports", apis_exports.ExportListApi.as_view(), name="billing-exports"),
+    path(
+        "billing/exports/usage.<str:fmt>",
+        apis_exports.UsageStreamApi.as_view(),
+        name="billing-exports-usage",
+    ),
+    path(
+        "billing/exports/ledger.<str:fmt>",
+        apis_exports.LedgerStreamApi.as_view(),
+        name="billing-exports-ledger",
+    ),
+    path(
+        "billing/exports/<uuid:id>", apis_exports.ExportDetailApi.as_view(), name="billing-export"
+    ),
+    path(
+        "billing/exports/<uuid:id>/download",
+        apis_exports.ExportDownloadApi.as_view(),
+        name="billing-export-download",
+    ),
+    # (end of billing exports)
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]
@@ -179,6 +201,7 @@ urlpatterns = [
     path("o/<slug:org>/", include("accounts.urls")),
     path("o/<slug:org>/", include("credits.urls")),
     path("o/<slug:org>/", include("notifications.urls")),
+    path("o/<slug:org>/", include("billing.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "api"))),
 ]
