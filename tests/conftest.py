@@ -55,6 +55,7 @@ def test_cache_and_static_files(tmp_path_factory):
         CACHES={"default": environ.Env.cache_url_config(TEST_CACHE_URL)},
         STATIC_ROOT=tmp_path_factory.mktemp("static"),
         WHITENOISE_USE_FINDERS=True,
+        MEDIA_ROOT=tmp_path_factory.mktemp("media"),  # files the tests store (exports, PDFs)
         STORAGES={
             "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
             "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
