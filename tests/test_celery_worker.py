@@ -12,6 +12,7 @@ import pytest
 import redis
 from celery.backends.redis import RedisBackend
 from celery.result import AsyncResult
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -38,6 +39,9 @@ def worker():
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "CELERY_BROKER_URL": BROKER,
         "CELERY_RESULT_BACKEND": BROKER,
+        # The test's storage and secrets at rest: files the worker stores, the test reads.
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "FIELD_ENCRYPTION_KEY": ",".join(settings.FIELD_ENCRYPTION_KEY),
     }
     process = subprocess.Popen(
         [
@@ -64,11 +68,13 @@ def worker():
     app.conf.update(broker_url=BROKER, result_backend=BROKER, task_always_eager=False)
     backend = RedisBackend(app=app, url=BROKER)  # the app's own may be cached from eager mode
 
-    def run(task: str):
+    def run(task: str, *args):
         # An explicit connection: the app may have cached another broker while tasks ran eagerly.
         with app.connection_for_write(BROKER) as connection:
-            sent = app.send_task(task, queue=queue, connection=connection)
+            sent = app.send_task(task, args=args, queue=queue, connection=connection)
         return AsyncResult(sent.id, app=app, backend=backend).get(timeout=60)
+
+    run.queue = queue  # for tasks the code under test sends itself
 
     try:
         yield run
