@@ -46,6 +46,20 @@ class ExportForm(UsageFilterForm):
         ]
         self.order_fields(self.field_order)
 
+    GROUPS = (
+        ("What and when", ("kind", "format", "start", "end")),
+        ("Usage filters", ("model", "operation", "team", "key", "member", "conversation",
+                           "min_tokens", "max_tokens", "min_cost", "max_cost")),
+        ("Ledger filters", ("account", "transaction_kind")),
+    )  # fmt: skip
+
+    def groups(self) -> list[tuple[str, list]]:
+        """The visible fields by group (a fieldset each), those the form has."""
+        return [
+            (legend, [self[name] for name in names if name in self.fields])
+            for legend, names in self.GROUPS
+        ]
+
     def clean(self):
         data = super().clean()
         kind, fmt = data.get("kind"), data.get("format")
