@@ -179,6 +179,9 @@ ALLOWED_STATUS = {
     ("api/v1/credits/allocations", "POST"): 400,
     ("api/v1/notifications/read-all", "POST"): 200,  # takes no body
     ("api/v1/notification-preferences", "PUT"): 200,  # every field is optional: no change
+    # a streamed export's format is input: an unknown one is a 400 naming the formats
+    ("api/v1/billing/exports/usage.<str:fmt>", "GET"): 400,
+    ("api/v1/billing/exports/ledger.<str:fmt>", "GET"): 400,
 }
 
 
