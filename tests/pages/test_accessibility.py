@@ -37,6 +37,7 @@ ORG_PAGES = [
     ("key-create", {}),
     ("audit", {}),
     ("org-settings", {}),
+    ("billing-exports", {}),
 ]
 MEMBER_PAGES = ["dashboard", "usage", "me", "keys", "key-create", "org-settings"]
 
