@@ -375,8 +375,7 @@ class ExportRequest:
 
     def filename(self, now: datetime | None = None) -> str:
         stamp = timezone.localtime(now or timezone.now(), self.tz).strftime("%Y%m%d-%H%M%S")
-        suffix = {"focus.csv": "focus.csv"}.get(self.format, self.format)
-        return f"{self.kind}-{self.principal.organization.slug}-{stamp}.{suffix}"
+        return f"{self.kind}-{self.principal.organization.slug}-{stamp}.{self.format}"
 
 
 # Usage rows --------------------------------------------------------------------------------------

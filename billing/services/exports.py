@@ -97,9 +97,14 @@ def export_job_create(
 
 
 def _enqueue(job_id: int) -> None:
+    """Send the job to the workers (BILLING_EXPORT_QUEUE, else the default queue) over a
+    connection to the broker configured now (not a pooled one made earlier)."""
     from ..tasks import export_run
 
-    export_run.apply_async(args=[job_id], queue=settings.BILLING_EXPORT_QUEUE or None)
+    with export_run.app.connection_for_write() as connection:
+        export_run.apply_async(
+            args=[job_id], queue=settings.BILLING_EXPORT_QUEUE or None, connection=connection
+        )
 
 
 class _Progress:
