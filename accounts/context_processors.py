@@ -15,6 +15,8 @@ SECTIONS = (
     ("Usage", ("usage", "usage-explorer"), "usage:read"),
     ("Ledger", ("ledger",), "credits:read"),
     ("Budgets", ("budgets",), "credits:read"),
+    # The billing area: billing members, admins and owners (billing:read).
+    ("Exports", ("billing-exports",), "billing:read"),
     ("My usage", ("me",), "usage:read"),
     ("Teams", ("teams",), "teams"),
     ("Members", ("members",), "members:read"),
@@ -35,6 +37,7 @@ SECTION_PREFIXES = {
     "Members": ("member", "invitation"),
     "Keys": ("key",),
     "Budgets": ("budget",),
+    "Exports": ("billing-export",),
     "Notifications": ("notification",),
     "Webhooks": ("webhook",),
     "Billing": ("billing",),

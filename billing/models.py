@@ -491,3 +491,96 @@ class Statement(models.Model):
 
     def __str__(self) -> str:
         return f"statement {self.year}-{self.month:02d} of {self.organization_id}"
+
+
+# Exports ------------------------------------------------------------------------------------------
+# (billing.exports, billing.services.exports, billing.tasks.export_run)
+
+
+class PseudonymSecret(models.Model):
+    """An organization's secret for pseudonyms in exports (`member-<12 hex>`, HMAC-SHA256 of the
+    member's user id). Created on first use; stored encrypted with the portal's Fernet keys
+    (`notifications.crypto`, FIELD_ENCRYPTION_KEY), so a database dump alone cannot link a
+    pseudonym back to a member."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="pseudonym_secret"
+    )
+    secret_encrypted = models.TextField(help_text="Fernet token of 32 random bytes (hex).")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"pseudonym secret of {self.organization_id}"
+
+
+class ExportJob(models.Model):
+    """An export of usage or ledger history made by a Celery task (`billing.tasks.export_run`):
+    queued, running (with `progress` 0-100), done (its `file` in Django's storage) or failed.
+    It holds what its requester (`requested_by` in a session, or `api_key`) may read, so only
+    that requester sees it."""
+
+    class Kind(models.TextChoices):
+        USAGE = "usage", "Usage"
+        LEDGER = "ledger", "Ledger"
+
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV"
+        JSON = "json", "JSON"
+        FOCUS = "focus.csv", "FOCUS 1.2 CSV"
+        PDF = "pdf", "PDF summary"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="export_jobs"
+    )
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="The key that asked (API); empty for a browser session.",
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    format = models.CharField(max_length=16, choices=Format.choices)
+    filters = models.JSONField(default=dict, blank=True, help_text="Times in UTC, ISO 8601.")
+    pseudonymize = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0, help_text="Percent done, 0-100.")
+    row_count = models.PositiveIntegerField(null=True, blank=True)
+    file = models.FileField(upload_to="billing/exports/%Y/%m/", blank=True, max_length=300)
+    error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(progress__gte=0) & Q(progress__lte=100), name="export_progress_range"
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="done") | (Q(progress=100) & ~Q(file="")),
+                name="export_done_has_file",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "requested_by", "created_at"], name="export_org")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} export {self.public_id} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)

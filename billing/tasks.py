@@ -71,3 +71,17 @@ def statements_generate_due() -> int:
 
 
 # (end of the documents block)
+
+
+# Exports ------------------------------------------------------------------------------------------
+
+
+@shared_task
+def export_run(job_id: int) -> str:
+    """Run one export job (`billing.services.exports.export_job_run`); returns its status."""
+    from .services.exports import export_job_run
+
+    return export_job_run(job_id=job_id).status
+
+
+# (end of exports)

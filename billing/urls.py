@@ -5,7 +5,16 @@ Each feature keeps its entries in its own block."""
 
 from django.urls import path
 
-from . import apis_documents, apis_orders, apis_sync, views_documents, views_orders, views_sync
+from . import (
+    apis_documents,
+    apis_exports,
+    apis_orders,
+    apis_sync,
+    views_documents,
+    views_exports,
+    views_orders,
+    views_sync,
+)
 
 api_patterns = [
     # Purchases (orders, providers' webhooks)
@@ -78,6 +87,27 @@ api_patterns = [
     ),
     path("billing/profile", apis_documents.ProfileApi.as_view(), name="billing-profile"),
     # (end of billing documents)
+    # Billing: exports (billing/apis_exports.py)
+    path("billing/exports", apis_exports.ExportListApi.as_view(), name="billing-exports"),
+    path(
+        "billing/exports/usage.<str:fmt>",
+        apis_exports.UsageStreamApi.as_view(),
+        name="billing-exports-usage",
+    ),
+    path(
+        "billing/exports/ledger.<str:fmt>",
+        apis_exports.LedgerStreamApi.as_view(),
+        name="billing-exports-ledger",
+    ),
+    path(
+        "billing/exports/<uuid:id>", apis_exports.ExportDetailApi.as_view(), name="billing-export"
+    ),
+    path(
+        "billing/exports/<uuid:id>/download",
+        apis_exports.ExportDownloadApi.as_view(),
+        name="billing-export-download",
+    ),
+    # (end of billing exports)
 ]
 
 urlpatterns = [
@@ -125,4 +155,13 @@ urlpatterns = [
     ),
     path("billing/settings/", views_documents.billing_settings, name="billing-settings"),
     # (end of documents)
+    # Exports (billing/views_exports.py)
+    path("billing/exports/", views_exports.exports, name="billing-exports"),
+    path("billing/exports/jobs/", views_exports.export_jobs, name="billing-export-jobs"),
+    path(
+        "billing/exports/<uuid:id>/download/",
+        views_exports.export_download,
+        name="billing-export-download",
+    ),
+    # (end of exports)
 ]

@@ -403,6 +403,14 @@ BILLING_BANK_TRANSFER_INSTRUCTIONS = env(
     default="Pay the total by bank transfer to the seller's account, quoting the order id. "
     "A billing member confirms the receipt here once the money has arrived.",
 )
+# Exports (billing.exports): up to BILLING_EXPORT_STREAM_MAX_ROWS rows are streamed at once, larger
+# ones are written to a file by a Celery task (on BILLING_EXPORT_QUEUE, default: the default
+# queue); rows are read BILLING_EXPORT_CHUNK_ROWS at a time; PDF summaries list at most
+# BILLING_EXPORT_PDF_ROWS rows per table. Files go to the default storage (MEDIA_ROOT).
+BILLING_EXPORT_STREAM_MAX_ROWS = env.int("BILLING_EXPORT_STREAM_MAX_ROWS", default=10_000)
+BILLING_EXPORT_CHUNK_ROWS = env.int("BILLING_EXPORT_CHUNK_ROWS", default=2000)
+BILLING_EXPORT_PDF_ROWS = env.int("BILLING_EXPORT_PDF_ROWS", default=25)
+BILLING_EXPORT_QUEUE = env("BILLING_EXPORT_QUEUE", default="")
 
 LOGGING = {
     "version": 1,

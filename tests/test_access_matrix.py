@@ -19,6 +19,8 @@ schema missing from MATRIX fails `test_every_route_is_in_the_matrix` by name.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -31,11 +33,14 @@ from django.apps import apps
 from django.db import transaction
 from rest_framework.test import APIClient
 
+from accounts.access import Principal
 from accounts.models import ApiKey, Invitation, Membership, Organization, Team, User
 from accounts.roles import Role, TeamRole
 from accounts.services import apikey_create, invitation_create, team_create, team_member_set
-from billing.models import CreditNote, Invoice, Order, Statement
+from billing.exports import ExportFilters
+from billing.models import CreditNote, ExportJob, Invoice, Order, Statement
 from billing.services.documents import Line, credit_note_issue, invoice_issue
+from billing.services.exports import export_job_create, export_job_run
 from billing.services.orders import order_create
 from billing.services.statements import previous_month, statement_generate
 from billing.services.sync import openrouter_connection_set
@@ -272,6 +277,11 @@ def build_world(t: Tenant) -> World:
     order_create(organization=t.org, amount="10", provider="manual", actor=SYSTEM)
     # Billing documents: an invoice with a credit note, and last month's statement.
     build_documents(t)
+    # An export job of the owner's session, run (done, with its file): only the owner sees it.
+    export_job_run(job_id=export_job_create(
+        principal=Principal.for_session(organization=t.org, user=users["owner"]), kind="usage",
+        format="csv", filters=ExportFilters(), pseudonymize=False, actor=SYSTEM,
+    ).pk)  # fmt: skip
     world = World(t, users, teams, keys, events, holds, invitation, clients)
     world.hidden = {p: world.markers(p) | {OPENROUTER_KEY[9:]} for p in PRINCIPALS}
     return world
@@ -556,6 +566,20 @@ def own_notifications(w: World, p: str, response) -> None:
         assert listed and all(row["type"] == "balance.low" for row in _rows(response))
 
 
+def export_id(w: World) -> dict:
+    return {"id": ExportJob.objects.get(organization=w.org).public_id}
+
+
+def exported_usage(w: World, p: str, response) -> None:
+    """The usage CSV holds exactly the events the principal sees (asked again: the matrix read
+    the first stream)."""
+    again = w.clients[p].get("/api/v1/billing/exports/usage.csv")
+    content = b"".join(again.streaming_content).decode()
+    listed = {row["event_id"] for row in csv.DictReader(io.StringIO(content))}
+    seen = _seen(SEES_USAGE, p, USAGE_MAKERS)
+    assert listed == {w.events[n].event_id for n in seen}, listed
+
+
 USAGE_BODY = {"id": "matrix-new-event", "model": "gpt-4o", "prompt_tokens": 10}
 SAME_AS_BETA = {"id": "ev-beta-1", "model": "gpt-4o", "prompt_tokens": 1000,
                 "completion_tokens": 100}  # fmt: skip
@@ -831,6 +855,31 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
                 P("200 200 200 200 200 200  200 200 200 200",
                   query=lambda w: {"format": "csv", "period": "monthly"})],
     },
+    # Exports (billing area): billing:read, and the kind's scope; rows as the principal reads
+    # them; a job is its requester's own (the owner's session here: others 404).
+    "api/v1/billing/exports": {
+        "GET":  [P("200 200 200 403 403 403  200 403 403 403")],
+        "POST": [P("201 201 201 403 403 403  201 403 403 403",
+                   body=lambda w: {"kind": "usage", "format": "csv"}),
+                 P("201 201 201 403 403 403  201 403 403 403",
+                   body=lambda w: {"kind": "ledger", "format": "pdf",
+                                   "filters": {"from": "2020-01-01"}})],
+    },
+    "api/v1/billing/exports/usage.<str:fmt>": {
+        "GET": [P("200 200 200 403 403 403  200 403 403 403", path=lambda w: {"fmt": "csv"},
+                  check=exported_usage),
+                P("200 200 200 403 403 403  200 403 403 403",
+                  path=lambda w: {"fmt": "focus.csv"})],
+    },
+    "api/v1/billing/exports/ledger.<str:fmt>": {
+        "GET": [P("200 200 200 403 403 403  200 403 403 403", path=lambda w: {"fmt": "json"})],
+    },
+    "api/v1/billing/exports/<uuid:id>": {
+        "GET": [P("200 404 404 403 403 403  404 403 403 403", path=export_id)],
+    },
+    "api/v1/billing/exports/<uuid:id>/download": {
+        "GET": [P("200 404 404 403 403 403  404 403 403 403", path=export_id)],
+    },
     # Notifications: the caller's own (any member; a key acting for no member has none and sets
     # no preferences). Webhooks: the organization's, `org:write` (owner, admin, a key of the
     # whole organization), reads included (URLs may carry tokens).
@@ -998,6 +1047,10 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
         ("billing/statements/",          BILLING_READ_PAGE, None),
         ("billing/statements/<uuid:id>/pdf/", BILLING_READ_PAGE, statement_id),
         ("billing/settings/",            BILLING_READ_PAGE, None),
+        ("billing/exports/",             "200 200 200 404 404 404  302 302 302 302", None),
+        ("billing/exports/jobs/",        "200 200 200 404 404 404  302 302 302 302", None),
+        ("billing/exports/<uuid:id>/download/", "200 404 404 404 404 404  302 302 302 302",
+         export_id),
     ]},
 }
 # Forms of the pages: the writes they make, and who may make them.
@@ -1112,6 +1165,10 @@ PAGE_POSTS: dict[str, list[Probe]] = {
         P("302 403 302 404 404 404  302 302 302 302",
           body=lambda w: {"number_prefix": "ACMEX", "tax_rate": "7.5"},
           writers=("owner", "billing"))],
+    # A small export streams (a read: nobody writes).
+    "billing/exports/": [
+        P("200 200 200 404 404 404  302 302 302 302",
+          body=lambda w: {"kind": "usage", "format": "csv"}, writers=())],
     "settings/": [
         P("302 302 403 403 403 403  302 302 302 302",
           body=lambda w: {"name": "Renamed", "currency": "USD", "time_zone": "UTC"},

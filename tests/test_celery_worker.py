@@ -41,6 +41,7 @@ def worker():
         "CELERY_RESULT_BACKEND": BROKER,
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),  # the test's storage (generated PDFs)
         "CELERY_TASK_DEFAULT_QUEUE": queue,  # tasks the worker's own tasks queue come back to it
+        "FIELD_ENCRYPTION_KEY": ",".join(settings.FIELD_ENCRYPTION_KEY),  # secrets at rest
     }
     process = subprocess.Popen(
         [
@@ -72,6 +73,8 @@ def worker():
         with app.connection_for_write(BROKER) as connection:
             sent = app.send_task(task, args=args, queue=queue, connection=connection)
         return AsyncResult(sent.id, app=app, backend=backend).get(timeout=60)
+
+    run.queue = queue  # for tasks the code under test sends itself
 
     try:
         yield run

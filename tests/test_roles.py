@@ -183,6 +183,9 @@ ALLOWED_STATUS = {
     ("api/v1/billing/openrouter", "GET"): 404,
     ("api/v1/billing/openrouter", "DELETE"): 404,
     ("api/v1/billing/openrouter/sync", "POST"): 404,
+    # a streamed export's format is input: an unknown one is a 400 naming the formats
+    ("api/v1/billing/exports/usage.<str:fmt>", "GET"): 400,
+    ("api/v1/billing/exports/ledger.<str:fmt>", "GET"): 400,
 }
 
 

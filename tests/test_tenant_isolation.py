@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -27,10 +28,13 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.views import APIView
 
+from accounts.access import Principal
 from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
-from billing.models import CreditNote, Invoice, OpenRouterSnapshot, Order, Statement
+from billing.exports import ExportFilters
+from billing.models import CreditNote, ExportJob, Invoice, OpenRouterSnapshot, Order, Statement
+from billing.services.exports import export_job_create, export_job_run
 from billing.services.orders import order_create
 from billing.services.sync import openrouter_connection_set, openrouter_sync
 from credits.models import Alert, Budget, CreditLot, Guardrail, Hold, LedgerAccount, UsageEvent
@@ -166,6 +170,8 @@ class World:
                 "public_id", flat=True
             )
         }
+        found |= {str(j) for j in ExportJob.objects.filter(organization=self.a.org)
+                  .values_list("public_id", flat=True)}  # fmt: skip
         return found
 
     def a_ids(self, model: type[models.Model]) -> set[int]:
@@ -230,6 +236,12 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
     from .test_access_matrix import build_documents
 
     build_documents(a)
+
+    # A's owner's export job, done (its file stored).
+    export_job_run(job_id=export_job_create(
+        principal=Principal.for_session(organization=a.org, user=a.owner), kind="usage",
+        format="csv", filters=ExportFilters(), pseudonymize=False, actor=SYSTEM,
+    ).pk)  # fmt: skip
 
     b = other_tenant
     b.grant("7")
@@ -409,6 +421,16 @@ def a_budget(world: World) -> Budget:
     return found or Budget(public_id="00000000-0000-4000-8000-000000000000")
 
 
+def a_export(world: World) -> ExportJob:
+    """A's export job (a stand-in id once deleted, as in the leak self-test)."""
+    found = ExportJob.objects.filter(organization=world.a.org).first()
+    return found or ExportJob(public_id="00000000-0000-4000-8000-000000000000")
+
+
+def until_a_event(world: World) -> dict:
+    return {"to": (world.a_event.occurred_at + timedelta(microseconds=1)).isoformat()}
+
+
 def a_notification(world: World) -> Notification:
     return Notification.objects.filter(organization=world.a.org).first()
 
@@ -465,6 +487,8 @@ def _page_params(world: World, route: str, org: str) -> dict:
         params["number"] = a_invoice(world)
     elif "billing/credit-notes/<str:number>" in route:
         params["number"] = a_credit_note(world)
+    elif "billing/exports/<uuid:id>" in route:
+        params["id"] = a_export(world).public_id
     if "members/<int:pk>" in route:
         membership = world.a.org.memberships.filter(user=world.a_member).first()
         params["pk"] = membership.pk if membership else 987654321  # gone in the leak self-test
@@ -789,6 +813,35 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "PATCH": [Probe(200, body=lambda w: {"tax_rate": "3"},
                         check=expect(lambda w, r: r.json()["tax_rate"] == "3.00"))],
     },
+    # Exports: B's own rows only; A's members, keys, accounts are unknown filters (400); A's
+    # jobs are 404.
+    "api/v1/billing/exports": {
+        "GET": [Probe(200, check=empty)],
+        "POST": [Probe(201, body=lambda w: {"kind": "usage", "format": "csv"}),
+                 Probe(400, body=lambda w: {"kind": "usage", "format": "csv",
+                                            "filters": {"member": w.a_member.email}}),
+                 Probe(400, body=lambda w: {"kind": "ledger", "format": "csv",
+                                            "filters": {"account": w.a_pool.pk}})],
+    },
+    "api/v1/billing/exports/usage.<str:fmt>": {
+        # Up to A's event (later, B records an event of its own under A's event id).
+        "GET": [Probe(200, path=lambda w: {"fmt": "csv"}, query=until_a_event),
+                Probe(200, path=lambda w: {"fmt": "json"},
+                      query=lambda w: {"team": w.a_team.slug}),
+                Probe(400, path=lambda w: {"fmt": "focus.csv"},
+                      query=lambda w: {"key": w.a_usage_key.hash})],
+    },
+    "api/v1/billing/exports/ledger.<str:fmt>": {
+        "GET": [Probe(200, path=lambda w: {"fmt": "csv"}),
+                Probe(400, path=lambda w: {"fmt": "json"},
+                      query=lambda w: {"account": w.a_pool.pk})],
+    },
+    "api/v1/billing/exports/<uuid:id>": {
+        "GET": [Probe(404, path=lambda w: {"id": a_export(w).public_id})],
+    },
+    "api/v1/billing/exports/<uuid:id>/download": {
+        "GET": [Probe(404, path=lambda w: {"id": a_export(w).public_id})],
+    },
     # Pages, as B's owner (logged in)
     "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
     "o/<slug:org>/": {
@@ -823,6 +876,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/billing/openrouter/disconnect/",
         "o/<slug:org>/billing/buy/", "o/<slug:org>/billing/orders/<uuid:id>/confirm/",
         "o/<slug:org>/billing/statements/", "o/<slug:org>/billing/settings/",
+        "o/<slug:org>/budgets/<uuid:id>/delete/", "o/<slug:org>/billing/exports/",
     )},
     **{route: page_probes(route, only="POST") for route in (
         "o/<slug:org>/teams/<slug:slug>/members/",
@@ -847,6 +901,8 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/billing/invoices/", "o/<slug:org>/billing/invoices/<str:number>/pdf/",
         "o/<slug:org>/billing/credit-notes/<str:number>/pdf/",
         "o/<slug:org>/billing/statements/<uuid:id>/pdf/",
+        "o/<slug:org>/webhooks/<str:id>/deliveries/", "o/<slug:org>/billing/exports/jobs/",
+        "o/<slug:org>/billing/exports/<uuid:id>/download/",
     )},
 }
 # fmt: on

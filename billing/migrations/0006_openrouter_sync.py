@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0006_user_phone'),
-        ('billing', '0003_payments'),
+        ('billing', '0004_exports'),
     ]
 
     operations = [

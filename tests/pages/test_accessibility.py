@@ -39,6 +39,7 @@ ORG_PAGES = [
     ("org-settings", {}),
     ("billing-openrouter", {}),
     ("billing-openrouter-connection", {}),
+    ("billing-exports", {}),
 ]
 MEMBER_PAGES = ["dashboard", "usage", "me", "keys", "key-create", "org-settings"]
 
