@@ -259,6 +259,8 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Outbox messages a lost worker left pending (notifications.tasks.outbox_sweep).
     "outbox-sweep": {"task": "notifications.tasks.outbox_sweep", "schedule": timedelta(minutes=1)},
+    # Automatic top-up: rules below their threshold that no debit started, charges to resend.
+    "topup-sweep": {"task": "billing.tasks_topup.topup_sweep", "schedule": timedelta(minutes=1)},
 }
 
 # The shared cache (see the module docstring): throttles and login lockouts, across processes.
@@ -345,6 +347,13 @@ PAYMENT_PROVIDER_RETRIES = env.int("PAYMENT_PROVIDER_RETRIES", default=2)
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
+# Automatic top-up (billing.services.topup): the back-off after a declined charge (doubling from
+# the base, capped), and how long a charge the provider did not answer is retried (same
+# idempotency key; Stripe keeps keys 24 hours).
+TOPUP_BACKOFF_SECONDS = env.int("TOPUP_BACKOFF_SECONDS", default=3600)
+TOPUP_BACKOFF_MAX_SECONDS = env.int("TOPUP_BACKOFF_MAX_SECONDS", default=86400)
+TOPUP_CHARGE_RETRY_SECONDS = env.int("TOPUP_CHARGE_RETRY_SECONDS", default=300)
+TOPUP_CHARGE_GIVE_UP_SECONDS = env.int("TOPUP_CHARGE_GIVE_UP_SECONDS", default=6 * 3600)
 
 LOGGING = {
     "version": 1,
