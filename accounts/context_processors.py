@@ -22,6 +22,7 @@ SECTIONS = (
     ("Audit", ("audit",), "audit:read"),
     ("Notifications", ("notifications",), "org:read"),
     ("Webhooks", ("webhooks",), "org:write"),
+    ("Top-up", ("billing-topup",), "billing:read"),
     ("Settings", ("org-settings",), "org:read"),
 )
 

@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import apis as accounts_apis
 from accounts import apis_keys, views
+from billing import apis_topup
 from accounts import apis_openrouter as accounts_openrouter
 from credits import apis as credits_apis
 from credits import apis_budgets, apis_guardrails, apis_openrouter, apis_usage
@@ -151,6 +152,18 @@ api_v1 = [
         apis_guardrails.GuardrailMemberUnassignApi.as_view(),
         name="guardrail-member-unassign",
     ),
+    # Automatic top-up (billing)
+    path("billing/topup", apis_topup.TopUpRuleApi.as_view(), name="billing-topup"),
+    path(
+        "billing/topup/payment-method",
+        apis_topup.TopUpPaymentMethodApi.as_view(),
+        name="billing-topup-payment-method",
+    ),
+    path(
+        "billing/topup/attempts",
+        apis_topup.TopUpAttemptListApi.as_view(),
+        name="billing-topup-attempts",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
 ]
@@ -179,6 +192,7 @@ urlpatterns = [
     path("o/<slug:org>/", include("accounts.urls")),
     path("o/<slug:org>/", include("credits.urls")),
     path("o/<slug:org>/", include("notifications.urls")),
+    path("o/<slug:org>/", include("billing.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "api"))),
 ]

@@ -246,7 +246,9 @@ def topup_card_checkout(
     customer = profile.stripe_customer_id
     if not customer:
         made = stripe.customer_create(
-            email=organization.billing_email, name=organization.name, organization_id=organization.pk
+            email=organization.billing_email,
+            name=organization.name,
+            organization_id=organization.pk,
         )
         with transaction.atomic():
             profile = type(profile).objects.select_for_update().get(pk=profile.pk)
@@ -276,8 +278,10 @@ def topup_card_save(*, organization: Organization, session_id: str, actor: Actor
         raise ValidationFailed({"session_id": ["Not a Checkout Session id."]})
     profile = billing_profile_of(organization)
     saved = stripe.setup_session_result(session_id)
-    if saved is None or not profile.stripe_customer_id or saved.customer != (
-        profile.stripe_customer_id
+    if (
+        saved is None
+        or not profile.stripe_customer_id
+        or saved.customer != (profile.stripe_customer_id)
     ):
         raise ValidationFailed({"session_id": ["Not a completed card setup of this organization."]})
     with transaction.atomic():
@@ -286,9 +290,7 @@ def topup_card_save(*, organization: Organization, session_id: str, actor: Actor
         profile.stripe_payment_method_id = saved.payment_method
         profile.updated_at = timezone.now()
         profile.save(update_fields=["stripe_payment_method_id", "updated_at"])
-        TopUpRule.objects.filter(organization=organization).update(
-            failures=0, next_attempt_at=None
-        )
+        TopUpRule.objects.filter(organization=organization).update(failures=0, next_attempt_at=None)
         audit_record(
             organization=organization,
             actor=actor,
@@ -365,7 +367,9 @@ def topup_start(*, organization_id: int, now: datetime | None = None) -> TopUp |
         if rule.next_attempt_at is not None and rule.next_attempt_at > now:
             transaction.on_commit(lambda: _quiet(organization_id, rule.next_attempt_at))
             return None
-        if TopUp.objects.filter(organization_id=organization_id, state__in=TopUp.IN_FLIGHT).exists():
+        if TopUp.objects.filter(
+            organization_id=organization_id, state__in=TopUp.IN_FLIGHT
+        ).exists():
             until = now + timedelta(seconds=IN_FLIGHT_QUIET_SECONDS)
             transaction.on_commit(lambda: _quiet(organization_id, until))
             return None
