@@ -82,7 +82,7 @@ def setup_session_result(session_id: str) -> SavedCard | None:
         stripe_client().v1.checkout.sessions.retrieve,
         session_id,
         params={"expand": ["setup_intent"]},
-    )
+    ).to_dict()
     intent = session.get("setup_intent")
     if session.get("mode") != "setup" or session.get("status") != "complete" or not intent:
         return None
@@ -118,28 +118,29 @@ def charge_off_session(
             options={"idempotency_key": order_id},
         )
     except stripe.CardError as exc:
-        error = exc.error
-        intent = getattr(error, "payment_intent", None) or {}
+        error = (exc.json_body or {}).get("error") or {}
+        intent = error.get("payment_intent") or {}
         return ChargeResult(
             status="declined",
-            payment_intent=intent.get("id", "") if hasattr(intent, "get") else "",
+            payment_intent=intent.get("id", "") if isinstance(intent, dict) else "",
             amount=amount,
             currency=currency.upper(),
-            failure_code=(getattr(error, "decline_code", None) or exc.code or "card_error"),
-            failure_message=(exc.user_message or str(exc))[:500],
+            failure_code=error.get("decline_code") or exc.code or "card_error",
+            failure_message=(error.get("message") or exc.user_message or str(exc))[:500],
         )
-    status = intent.status
+    intent = intent.to_dict()
+    status = intent.get("status")
     if status == "succeeded":
         return ChargeResult(
             status="succeeded",
-            payment_intent=intent.id,
+            payment_intent=intent["id"],
             amount=from_cents(intent.get("amount_received") or 0),
-            currency=(intent.currency or currency).upper(),
+            currency=(intent.get("currency") or currency).upper(),
         )
     if status == "processing":
-        return ChargeResult("processing", intent.id, amount, currency.upper())
+        return ChargeResult("processing", intent["id"], amount, currency.upper())
     # requires_payment_method / requires_action without an error: not paid, the card needs the
     # member (Stripe answers these with a 402 card_error for off-session confirmations).
     return ChargeResult(
-        "declined", intent.id, amount, currency.upper(), status, "The card was not charged."
+        "declined", intent["id"], amount, currency.upper(), status, "The card was not charged."
     )
