@@ -46,12 +46,25 @@ class TopUpRuleOutput(serializers.Serializer):
     month_start = serializers.DateTimeField(help_text="The cap's month (organization time zone).")
 
 
+class DecimalString(serializers.CharField):
+    """A decimal as a string (or an integer); a float is refused, as everywhere for money."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, float | bool):
+            raise serializers.ValidationError("Give amounts as a decimal string, not a float.")
+        return super().to_internal_value(data)
+
+
 class TopUpRuleInput(StrictSerializer):
     enabled = serializers.BooleanField()
-    threshold = serializers.CharField(max_length=40, help_text='Credits, e.g. "50.00".')
-    amount = serializers.CharField(max_length=40, required=False, allow_null=True)
-    target_balance = serializers.CharField(max_length=40, required=False, allow_null=True)
-    monthly_cap = serializers.CharField(max_length=40)
+    threshold = DecimalString(max_length=40, help_text='Credits, e.g. "50.00".')
+    amount = DecimalString(
+        max_length=40, required=False, allow_null=True, help_text="USD per top-up, or null."
+    )
+    target_balance = DecimalString(
+        max_length=40, required=False, allow_null=True, help_text="Credits to top up to, or null."
+    )
+    monthly_cap = DecimalString(max_length=40, help_text="USD per calendar month.")
     requires_approval = serializers.BooleanField(required=False, default=False)
 
 
