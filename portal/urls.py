@@ -9,8 +9,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import apis as accounts_apis
 from accounts import apis_keys, views
-from billing import apis_topup
 from accounts import apis_openrouter as accounts_openrouter
+from billing import apis_topup
 from credits import apis as credits_apis
 from credits import apis_budgets, apis_guardrails, apis_openrouter, apis_usage
 from notifications import apis as notifications_apis

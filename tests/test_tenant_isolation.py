@@ -30,6 +30,9 @@ from rest_framework.views import APIView
 from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
+from billing.models import TopUp
+from billing.services.documents import billing_profile_of
+from billing.services.topup import RuleInput, topup_rule_set, topup_start
 from credits.models import Alert, Budget, CreditLot, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
 from credits.services.guardrails import (
@@ -144,6 +147,8 @@ class World:
                 "public_id", flat=True
             )
         }
+        found |= {str(t.order.public_id) for t in TopUp.objects.filter(organization=self.a.org)}
+        found |= {"cus_acme", "pm_acme"}
         return found
 
     def a_ids(self, model: type[models.Model]) -> set[int]:
@@ -195,6 +200,15 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
     )
     guardrail_assign_keys(guardrail=guardrail, keys=[a_usage_key], actor=SYSTEM)
     guardrail_assign_members(guardrail=guardrail, members=[a_member], actor=SYSTEM)
+
+    # A's automatic top-up: a saved card, a rule asking for approval, a top-up awaiting it.
+    profile = billing_profile_of(a.org)
+    profile.stripe_customer_id, profile.stripe_payment_method_id = "cus_acme", "pm_acme"
+    profile.save()
+    topup_rule_set(organization=a.org, actor=SYSTEM, data=RuleInput(
+        enabled=True, threshold="1000", amount="20", monthly_cap="100", requires_approval=True,
+    ))  # fmt: skip
+    assert topup_start(organization_id=a.org.pk).state == TopUp.State.AWAITING_APPROVAL
 
     b = other_tenant
     b.grant("7")
@@ -357,6 +371,17 @@ def a_budget(world: World) -> Budget:
     return found or Budget(public_id="00000000-0000-4000-8000-000000000000")
 
 
+def a_topup(world: World) -> str:
+    found = TopUp.objects.filter(organization=world.a.org).select_related("order").first()
+    return str(found.order.public_id) if found else "00000000-0000-4000-8000-000000000000"
+
+
+def b_topup_rule(world: World, response) -> None:
+    """B's own rule (none, or the one B set), never A's threshold of 1000."""
+    body = response.json()
+    assert body["threshold"] in (None, "10.00") and body["card_saved"] is False, body
+
+
 def a_notification(world: World) -> Notification:
     return Notification.objects.filter(organization=world.a.org).first()
 
@@ -378,6 +403,8 @@ def _page_params(world: World, route: str, org: str) -> dict:
         params["id"] = a_alert(world).public_id
     elif "budgets/<uuid:id>" in route:
         params["id"] = a_budget(world).public_id
+    elif "billing/topup/<uuid:id>" in route:
+        params["id"] = a_topup(world)
     if "members/<int:pk>" in route:
         membership = world.a.org.memberships.filter(user=world.a_member).first()
         params["pk"] = membership.pk if membership else 987654321  # gone in the leak self-test
@@ -641,6 +668,17 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
     "api/v1/webhooks/<str:id>/deliveries/<str:message_id>/resend": {
         "POST": [Probe(404, path=_params(A_DELIVERY))],
     },
+    # Automatic top-up: B reads and sets its own rule; A's top-ups are not among B's; a card
+    # session id B does not own is refused (here before Stripe is asked).
+    "api/v1/billing/topup": {
+        "GET": [Probe(200, check=b_topup_rule)],
+        "PUT": [Probe(200, check=b_topup_rule, body=lambda w: {
+            "enabled": False, "threshold": "10", "amount": "20", "monthly_cap": "100"})],
+    },
+    "api/v1/billing/topup/payment-method": {
+        "POST": [Probe(400, body=lambda w: {"session_id": "not-a-session"})],
+    },
+    "api/v1/billing/topup/attempts": {"GET": [Probe(200, check=empty)]},
     # Pages, as B's owner (logged in)
     "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
     "o/<slug:org>/": {
@@ -665,12 +703,13 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/members/<int:pk>/remove/", "o/<slug:org>/invitations/<int:pk>/revoke/",
         "o/<slug:org>/keys/", "o/<slug:org>/keys/new/", "o/<slug:org>/keys/<str:hash>/",
         "o/<slug:org>/keys/<str:hash>/created/", "o/<slug:org>/keys/<str:hash>/delete/",
-        "o/<slug:org>/audit/", "o/<slug:org>/settings/",
+        "o/<slug:org>/audit/", "o/<slug:org>/settings/", "o/<slug:org>/billing/topup/",
         "o/<slug:org>/notifications/preferences/", "o/<slug:org>/webhooks/new/",
         "o/<slug:org>/webhooks/<str:id>/", "o/<slug:org>/webhooks/<str:id>/rotate/",
         "o/<slug:org>/webhooks/<str:id>/delete/",
         "o/<slug:org>/budgets/", "o/<slug:org>/budgets/<uuid:id>/edit/",
         "o/<slug:org>/budgets/<uuid:id>/delete/",
+        "o/<slug:org>/billing/topup/<uuid:id>/reject/",
     )},
     **{route: page_probes(route, only="POST") for route in (
         "o/<slug:org>/teams/<slug:slug>/members/",
@@ -681,6 +720,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/webhooks/<str:id>/test/",
         "o/<slug:org>/webhooks/<str:id>/deliveries/<str:message_id>/resend/",
         "o/<slug:org>/budgets/alerts/<uuid:id>/acknowledge/",
+        "o/<slug:org>/billing/topup/card/", "o/<slug:org>/billing/topup/<uuid:id>/approve/",
     )},
     **{route: page_probes(route, only="GET") for route in (
         "o/<slug:org>/team-balances/", "o/<slug:org>/balance/", "o/<slug:org>/usage/",
