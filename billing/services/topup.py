@@ -545,6 +545,10 @@ def topup_charge(*, topup_id: int) -> TopUp:
             rule, topup = _locked(topup)
             if topup.state != State.CHARGING:
                 return topup
+            # Before the grant's own after-commit hook: it must find the rule awake (still
+            # below the threshold after this top-up: the next one starts).
+            organization_id = topup.organization_id
+            transaction.on_commit(lambda: _wake(organization_id))
             try:
                 order_settle(
                     order=topup.order,

@@ -467,3 +467,38 @@ def test_concurrent_debits_charge_exactly_what_the_rule_allows(tenant, stripe_se
     assert told(tenant, "topup.succeeded") == 5
     spent = sum(e.cost for e in tenant.org.usage.all())
     assert pool(tenant).balance == Decimal("200") - spent
+
+
+@pytest.mark.django_db
+def test_a_top_up_that_leaves_the_pool_below_the_threshold_starts_the_next(
+    tenant, stripe_server, django_capture_on_commit_callbacks
+):
+    """The grant of a top-up is itself a change of the pool: still below the threshold, the
+    next top-up starts from its commit (no debit needed), until the pool is above it."""
+    save_card(tenant, stripe_server)
+    tenant.grant("5")
+    rule(tenant)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.topup_sweep()
+    assert [c["amount"] for c in stripe_server.charges] == [2000, 2000, 2000]
+    assert pool(tenant).balance == Decimal("65")
+
+
+@pytest.mark.django_db
+def test_the_cap_counts_the_calendar_month_of_the_organizations_time_zone(tenant):
+    from datetime import datetime
+
+    tenant.org.time_zone = "Europe/Berlin"
+    tenant.org.save()
+    order = Order.objects.create(
+        organization=tenant.org, amount=20, total=20, provider="stripe", purpose="topup",
+        idempotency_key="x", request_hash="x",
+    )  # fmt: skip
+    # 23:30 UTC on 31 October is 00:30 on 1 November in Berlin: November's.
+    Order.objects.filter(pk=order.pk).update(
+        created_at=datetime.fromisoformat("2026-10-31T23:30:00+00:00")
+    )
+    november = datetime.fromisoformat("2026-11-15T12:00:00+00:00")
+    october = datetime.fromisoformat("2026-10-31T22:00:00+00:00")  # 23:00 in Berlin
+    assert services.month_charged(tenant.org, november) == Decimal("20")
+    assert services.month_charged(tenant.org, october) == Decimal("0")
