@@ -43,7 +43,8 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import F, OuterRef, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.audit import Actor, audit_record
@@ -658,11 +659,21 @@ def topup_sweep(*, now: datetime | None = None) -> int:
     for pk in list(due[:500]):
         topup_charge(topup_id=pk)
         done += 1
-    rules = TopUpRule.objects.filter(enabled=True).exclude(next_attempt_at__gt=now)
-    for organization_id, threshold in rules.values_list("organization_id", "threshold"):
-        if _pool_available(organization_id) < threshold:
-            topup = topup_start(organization_id=organization_id, now=now)
-            if topup is not None and topup.state == State.CHARGING:
-                topup_charge(topup_id=topup.pk)
-                done += 1
+    pools = LedgerAccount.objects.filter(
+        organization_id=OuterRef("organization_id"), kind=LedgerAccount.Kind.POOL
+    )
+    low = (
+        TopUpRule.objects.filter(enabled=True)
+        .exclude(next_attempt_at__gt=now)
+        .annotate(available=Coalesce(Subquery(pools.values("balance")[:1]), Decimal(0)))
+        .annotate(held=Coalesce(Subquery(pools.values("held")[:1]), Decimal(0)))
+        .filter(available__lt=F("threshold") + F("held"))
+        .exclude(organization__topups__state__in=TopUp.IN_FLIGHT)
+        .values_list("organization_id", flat=True)
+    )
+    for organization_id in list(low[:1000]):
+        topup = topup_start(organization_id=organization_id, now=now)
+        if topup is not None and topup.state == State.CHARGING:
+            topup_charge(topup_id=topup.pk)
+            done += 1
     return done
