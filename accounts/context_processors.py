@@ -28,6 +28,7 @@ SECTIONS = (
     ("Upstream sync", ("billing-openrouter",), "billing:read"),
     ("Invoices", ("billing-documents",), "billing:read"),
     ("Statements", ("billing-statements",), "billing:read"),
+    ("Top-up", ("billing-topup",), "billing:read"),
     ("Settings", ("org-settings",), "org:read"),
 )
 

@@ -584,3 +584,104 @@ class ExportJob(models.Model):
     @property
     def finished(self) -> bool:
         return self.status in (self.Status.DONE, self.Status.FAILED)
+
+
+# Automatic top-up (billing.services.topup) --------------------------------------------------------
+
+
+class TopUpRule(models.Model):
+    """An organization's automatic top-up: when its pool's available credits fall below
+    `threshold`, charge its saved card (Stripe, off-session) either `amount` USD or the shortfall
+    up to `target_balance` (exactly one of the two), never more than `monthly_cap` USD in a
+    calendar month of the organization's time zone (totals charged, tax included). With
+    `requires_approval`, a billing member approves each top-up first. A decline backs off:
+    `failures` in a row, no new top-up before `next_attempt_at`."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="topup_rule"
+    )
+    enabled = models.BooleanField(default=False)
+    threshold = MoneyField(help_text="Credits: top up when the pool's available falls below.")
+    amount = MoneyField(null=True, blank=True, help_text="USD (credits) per top-up, fixed.")
+    target_balance = MoneyField(
+        null=True, blank=True, help_text="Credits: top up the whole shortfall to this balance."
+    )
+    monthly_cap = MoneyField(help_text="USD charged at most per calendar month (tax included).")
+    requires_approval = models.BooleanField(default=False)
+    failures = models.PositiveIntegerField(default=0, help_text="Declines in a row.")
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text="Back-off: no top-up starts before this time."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount__isnull=True, target_balance__isnull=False)
+                | Q(amount__isnull=False, target_balance__isnull=True),
+                name="topup_rule_amount_xor_target",
+            ),
+            models.CheckConstraint(condition=Q(threshold__gt=0), name="topup_rule_threshold_pos"),
+            models.CheckConstraint(condition=Q(monthly_cap__gt=0), name="topup_rule_cap_positive"),
+            models.CheckConstraint(
+                condition=Q(amount__isnull=True) | Q(amount__gt=0), name="topup_rule_amount_pos"
+            ),
+            models.CheckConstraint(
+                condition=Q(target_balance__isnull=True)
+                | Q(target_balance__gt=models.F("threshold")),
+                name="topup_rule_target_above_threshold",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"top-up rule of {self.organization_id}"
+
+
+class TopUp(models.Model):
+    """One automatic top-up: its order (purpose `topup`, provider `stripe`, whose public id is
+    the top-up's id and the charge's idempotency key), and where it stands. At most one per
+    organization is in flight (awaiting approval or charging): a partial unique constraint."""
+
+    class State(models.TextChoices):
+        AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
+        CHARGING = "charging", "Charging"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        REJECTED = "rejected", "Rejected"
+
+    IN_FLIGHT = (State.AWAITING_APPROVAL, State.CHARGING)
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="topups")
+    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="topup")
+    state = models.CharField(max_length=20, choices=State.choices)
+    available_before = MoneyField(
+        help_text="The pool's available credits that started it (rounded down to the cent)."
+    )
+    payment_intent = models.CharField(max_length=255, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Charge requests sent.")
+    retry_at = models.DateTimeField(
+        null=True, blank=True, help_text="Charging: when the sweep sends the charge (again)."
+    )
+    failure_code = models.CharField(max_length=100, blank=True)
+    failure_message = models.CharField(max_length=500, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(state__in=["awaiting_approval", "charging"]),
+                name="topup_one_in_flight",
+            ),
+        ]
+        indexes = [models.Index(fields=["state", "retry_at"], name="topup_state_retry")]
+
+    def __str__(self) -> str:
+        return f"top-up {self.order_id} ({self.state})"

@@ -10,10 +10,12 @@ from . import (
     apis_exports,
     apis_orders,
     apis_sync,
+    apis_topup,
     views_documents,
     views_exports,
     views_orders,
     views_sync,
+    views_topup,
 )
 
 api_patterns = [
@@ -108,6 +110,18 @@ api_patterns = [
         name="billing-export-download",
     ),
     # (end of billing exports)
+    # Automatic top-up (billing)
+    path("billing/topup", apis_topup.TopUpRuleApi.as_view(), name="billing-topup"),
+    path(
+        "billing/topup/payment-method",
+        apis_topup.TopUpPaymentMethodApi.as_view(),
+        name="billing-topup-payment-method",
+    ),
+    path(
+        "billing/topup/attempts",
+        apis_topup.TopUpAttemptListApi.as_view(),
+        name="billing-topup-attempts",
+    ),
 ]
 
 urlpatterns = [
@@ -164,4 +178,11 @@ urlpatterns = [
         name="billing-export-download",
     ),
     # (end of exports)
+    # Automatic top-up
+    path("billing/topup/", views_topup.topup, name="billing-topup"),
+    path("billing/topup/card/", views_topup.topup_card, name="billing-topup-card"),
+    path(
+        "billing/topup/<uuid:id>/approve/", views_topup.topup_approve, name="billing-topup-approve"
+    ),
+    path("billing/topup/<uuid:id>/reject/", views_topup.topup_reject, name="billing-topup-reject"),
 ]

@@ -24,6 +24,7 @@ class EventType:
 
 _MANAGERS = frozenset({"credits:write"})
 _FUNDERS = frozenset({"credits:write", "billing:write"})
+_BILLING = frozenset({"billing:write"})
 _DAY = timedelta(days=1)
 
 EVENT_TYPES: dict[str, EventType] = {
@@ -70,6 +71,16 @@ EVENT_TYPES: dict[str, EventType] = {
             _FUNDERS,
             email=True,
             once_per=_DAY,
+        ),
+        # Automatic top-up (billing.services.topup): billing members and owners.
+        EventType("topup.succeeded", "Automatic top-up", "billing:read", _BILLING),
+        EventType("topup.failed", "Automatic top-up failed", "billing:read", _BILLING, email=True),
+        EventType(
+            "topup.approval_required",
+            "Automatic top-up awaits approval",
+            "billing:read",
+            _BILLING,
+            email=True,
         ),
         # The portal's own: an endpoint disabled after failing for a day (admins, in-app).
         EventType(

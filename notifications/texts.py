@@ -30,6 +30,12 @@ BODIES = {
     "{portal_remaining}: a drift of {drift} credits, more than the {threshold} allowed.",
     "webhook.endpoint_disabled": "The webhook endpoint {url} failed for 24 hours and was "
     "disabled. Fix it, then enable it again on the webhooks page.",
+    "topup.succeeded": "{amount} credits were added to the pool: {total} USD charged to the "
+    "saved card.",
+    "topup.failed": "The automatic top-up of {amount} credits failed: {reason}. The next "
+    "attempt is not before {next_attempt_at}.",
+    "topup.approval_required": "An automatic top-up of {amount} credits ({total} USD) waits for "
+    "a billing member's approval on the top-up page.",
     TEST_EVENT_TYPE: "A test event.",
 }
 

@@ -288,6 +288,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.statements_generate_due",
         "schedule": crontab(minute=5),
     },
+    # Automatic top-up: rules below their threshold that no debit started, charges to resend.
+    "topup-sweep": {"task": "billing.tasks.topup_sweep", "schedule": timedelta(minutes=1)},
 }
 
 # The shared cache (see the module docstring): throttles and login lockouts, across processes.
@@ -411,6 +413,13 @@ BILLING_EXPORT_STREAM_MAX_ROWS = env.int("BILLING_EXPORT_STREAM_MAX_ROWS", defau
 BILLING_EXPORT_CHUNK_ROWS = env.int("BILLING_EXPORT_CHUNK_ROWS", default=2000)
 BILLING_EXPORT_PDF_ROWS = env.int("BILLING_EXPORT_PDF_ROWS", default=25)
 BILLING_EXPORT_QUEUE = env("BILLING_EXPORT_QUEUE", default="")
+# Automatic top-up (billing.services.topup): the back-off after a declined charge (doubling from
+# the base, capped), and how long a charge the provider did not answer is retried (same
+# idempotency key; Stripe keeps keys 24 hours).
+TOPUP_BACKOFF_SECONDS = env.int("TOPUP_BACKOFF_SECONDS", default=3600)
+TOPUP_BACKOFF_MAX_SECONDS = env.int("TOPUP_BACKOFF_MAX_SECONDS", default=86400)
+TOPUP_CHARGE_RETRY_SECONDS = env.int("TOPUP_CHARGE_RETRY_SECONDS", default=300)
+TOPUP_CHARGE_GIVE_UP_SECONDS = env.int("TOPUP_CHARGE_GIVE_UP_SECONDS", default=6 * 3600)
 
 LOGGING = {
     "version": 1,

@@ -38,12 +38,13 @@ from accounts.models import ApiKey, Invitation, Membership, Organization, Team, 
 from accounts.roles import Role, TeamRole
 from accounts.services import apikey_create, invitation_create, team_create, team_member_set
 from billing.exports import ExportFilters
-from billing.models import CreditNote, ExportJob, Invoice, Order, Statement
-from billing.services.documents import Line, credit_note_issue, invoice_issue
+from billing.models import CreditNote, ExportJob, Invoice, Order, Statement, TopUp
+from billing.services.documents import Line, billing_profile_of, credit_note_issue, invoice_issue
 from billing.services.exports import export_job_create, export_job_run
 from billing.services.orders import order_create
 from billing.services.statements import previous_month, statement_generate
 from billing.services.sync import openrouter_connection_set
+from billing.services.topup import RuleInput, topup_rule_set, topup_start
 from credits.models import Alert, Budget, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
 from credits.services.guardrails import (
@@ -282,6 +283,14 @@ def build_world(t: Tenant) -> World:
         principal=Principal.for_session(organization=t.org, user=users["owner"]), kind="usage",
         format="csv", filters=ExportFilters(), pseudonymize=False, actor=SYSTEM,
     ).pk)  # fmt: skip
+    # Automatic top-up: a saved card, a rule that asks for approval, a top-up awaiting it.
+    profile = billing_profile_of(t.org)
+    profile.stripe_customer_id, profile.stripe_payment_method_id = "cus_matrix", "pm_matrix"
+    profile.save()
+    topup_rule_set(organization=t.org, actor=SYSTEM, data=RuleInput(
+        enabled=True, threshold="1000", amount="20", monthly_cap="100", requires_approval=True,
+    ))  # fmt: skip
+    assert topup_start(organization_id=t.org.pk).state == TopUp.State.AWAITING_APPROVAL
     world = World(t, users, teams, keys, events, holds, invitation, clients)
     world.hidden = {p: world.markers(p) | {OPENROUTER_KEY[9:]} for p in PRINCIPALS}
     return world
@@ -493,6 +502,13 @@ def guardrail_id(w: World) -> dict:
     return {"id": str(Guardrail.objects.get(organization=w.org).public_id)}
 
 
+def topup_id(w: World) -> dict:
+    return {"id": str(TopUp.objects.get(organization=w.org).order.public_id)}
+
+
+TOPUP_RULE = {"enabled": False, "threshold": "10", "amount": "20", "monthly_cap": "100"}
+
+
 def hashes(*names: str) -> Fill:
     return lambda w: {"key_hashes": [w.keys[n].hash for n in names]}
 
@@ -552,7 +568,9 @@ def delivery_id(w: World) -> dict:
 
 def owners_notification(w: World) -> dict:
     return {
-        "id": Notification.objects.get(organization=w.org, recipient=w.users["owner"]).public_id
+        "id": Notification.objects.get(
+            organization=w.org, recipient=w.users["owner"], type="balance.low"
+        ).public_id
     }
 
 
@@ -563,7 +581,11 @@ def own_notifications(w: World, p: str, response) -> None:
     mine = Notification.objects.filter(organization=w.org, recipient=user) if user else []
     assert listed == {str(n.public_id) for n in mine}, (p, listed)
     if p in ("owner", "admin", "billing"):
-        assert listed and all(row["type"] == "balance.low" for row in _rows(response))
+        # balance.low; the owner and billing members are asked to approve the top-up too
+        assert listed and {row["type"] for row in _rows(response)} <= {
+            "balance.low",
+            "topup.approval_required",
+        }
 
 
 def export_id(w: World) -> dict:
@@ -983,6 +1005,20 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
         "PATCH": [P("200 403 200 403 403 403  200 403 403 403",
                     body=lambda w: {"tax_rate": "7.5"})],
     },
+    # Automatic top-up: read with billing:read (owner, admin, billing, a key of the whole
+    # organization), changed with billing:write (owner, billing; no admin). A bad session id is
+    # refused before Stripe is asked (not configured in this test).
+    "api/v1/billing/topup": {
+        "GET": [P("200 200 200 403 403 403  200 403 403 403")],
+        "PUT": [P("200 403 200 403 403 403  200 403 403 403", body=lambda w: TOPUP_RULE)],
+    },
+    "api/v1/billing/topup/payment-method": {
+        "POST": [P("400 403 400 403 403 403  400 403 403 403",
+                   body=lambda w: {"session_id": "not-a-session"})],
+    },
+    "api/v1/billing/topup/attempts": {
+        "GET": [P("200 200 200 403 403 403  200 403 403 403")],
+    },
     # Pages: the same principal (`accounts.pages.organization_page`); a page whose scope the role
     # lacks does not exist for it (404). Keys do not open pages (302 to the login).
     **{f"o/<slug:org>/{page}": {"GET": [P(codes, path=path)]} for page, codes, path in [
@@ -1051,6 +1087,9 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
         ("billing/exports/jobs/",        "200 200 200 404 404 404  302 302 302 302", None),
         ("billing/exports/<uuid:id>/download/", "200 404 404 404 404 404  302 302 302 302",
          export_id),
+        ("billing/topup/",               "200 200 200 404 404 404  302 302 302 302", None),
+        ("billing/topup/<uuid:id>/reject/", "200 404 200 404 404 404  302 302 302 302",
+         topup_id),
     ]},
 }
 # Forms of the pages: the writes they make, and who may make them.
@@ -1169,6 +1208,20 @@ PAGE_POSTS: dict[str, list[Probe]] = {
     "billing/exports/": [
         P("200 200 200 404 404 404  302 302 302 302",
           body=lambda w: {"kind": "usage", "format": "csv"}, writers=())],
+    "billing/topup/": [
+        P("302 302 302 404 404 404  302 302 302 302",
+          body=lambda w: {"threshold": "10", "mode": "amount", "amount": "20",
+                          "monthly_cap": "100"},
+          writers=("owner", "billing"))],
+    # Stripe is not configured here: the card's checkout is refused with a message, no write.
+    "billing/topup/card/": [
+        P("302 302 302 404 404 404  302 302 302 302", writers=())],
+    "billing/topup/<uuid:id>/approve/": [
+        P("302 302 302 404 404 404  302 302 302 302", path=topup_id,
+          writers=("owner", "billing"))],
+    "billing/topup/<uuid:id>/reject/": [
+        P("302 302 302 404 404 404  302 302 302 302", path=topup_id,
+          writers=("owner", "billing"))],
     "settings/": [
         P("302 302 403 403 403 403  302 302 302 302",
           body=lambda w: {"name": "Renamed", "currency": "USD", "time_zone": "UTC"},
@@ -1190,6 +1243,8 @@ for _page, _codes in [
     ("webhooks/<str:id>/test/",                   "405 405 404 404 404 404  302 302 302 302"),
     ("budgets/alerts/<uuid:id>/acknowledge/",      "405 405 405 405 405 405  302 302 302 302"),
     ("billing/openrouter/sync/",                   "405 404 405 404 404 404  302 302 302 302"),
+    ("billing/topup/card/",                       "405 405 405 404 404 404  302 302 302 302"),
+    ("billing/topup/<uuid:id>/approve/",          "405 405 405 404 404 404  302 302 302 302"),
     ("webhooks/<str:id>/deliveries/<str:message_id>/resend/",
      "405 405 404 404 404 404  302 302 302 302"),
 ]:

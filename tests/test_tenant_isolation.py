@@ -33,10 +33,20 @@ from accounts.models import AuditEvent, Membership, Organization
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_create, team_member_set
 from billing.exports import ExportFilters
-from billing.models import CreditNote, ExportJob, Invoice, OpenRouterSnapshot, Order, Statement
+from billing.models import (
+    CreditNote,
+    ExportJob,
+    Invoice,
+    OpenRouterSnapshot,
+    Order,
+    Statement,
+    TopUp,
+)
+from billing.services.documents import billing_profile_of
 from billing.services.exports import export_job_create, export_job_run
 from billing.services.orders import order_create
 from billing.services.sync import openrouter_connection_set, openrouter_sync
+from billing.services.topup import RuleInput, topup_rule_set, topup_start
 from credits.models import Alert, Budget, CreditLot, Guardrail, Hold, LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
 from credits.services.guardrails import (
@@ -172,6 +182,8 @@ class World:
         }
         found |= {str(j) for j in ExportJob.objects.filter(organization=self.a.org)
                   .values_list("public_id", flat=True)}  # fmt: skip
+        found |= {str(t.order.public_id) for t in TopUp.objects.filter(organization=self.a.org)}
+        found |= {"cus_acme", "pm_acme"}
         return found
 
     def a_ids(self, model: type[models.Model]) -> set[int]:
@@ -242,6 +254,15 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
         principal=Principal.for_session(organization=a.org, user=a.owner), kind="usage",
         format="csv", filters=ExportFilters(), pseudonymize=False, actor=SYSTEM,
     ).pk)  # fmt: skip
+
+    # A's automatic top-up: a saved card, a rule asking for approval, a top-up awaiting it.
+    profile = billing_profile_of(a.org)
+    profile.stripe_customer_id, profile.stripe_payment_method_id = "cus_acme", "pm_acme"
+    profile.save()
+    topup_rule_set(organization=a.org, actor=SYSTEM, data=RuleInput(
+        enabled=True, threshold="1000", amount="20", monthly_cap="100", requires_approval=True,
+    ))  # fmt: skip
+    assert topup_start(organization_id=a.org.pk).state == TopUp.State.AWAITING_APPROVAL
 
     b = other_tenant
     b.grant("7")
@@ -431,6 +452,17 @@ def until_a_event(world: World) -> dict:
     return {"to": (world.a_event.occurred_at + timedelta(microseconds=1)).isoformat()}
 
 
+def a_topup(world: World) -> str:
+    found = TopUp.objects.filter(organization=world.a.org).select_related("order").first()
+    return str(found.order.public_id) if found else "00000000-0000-4000-8000-000000000000"
+
+
+def b_topup_rule(world: World, response) -> None:
+    """B's own rule (none, or the one B set), never A's threshold of 1000."""
+    body = response.json()
+    assert body["threshold"] in (None, "10.00") and body["card_saved"] is False, body
+
+
 def a_notification(world: World) -> Notification:
     return Notification.objects.filter(organization=world.a.org).first()
 
@@ -489,6 +521,8 @@ def _page_params(world: World, route: str, org: str) -> dict:
         params["number"] = a_credit_note(world)
     elif "billing/exports/<uuid:id>" in route:
         params["id"] = a_export(world).public_id
+    elif "billing/topup/<uuid:id>" in route:
+        params["id"] = a_topup(world)
     if "members/<int:pk>" in route:
         membership = world.a.org.memberships.filter(user=world.a_member).first()
         params["pk"] = membership.pk if membership else 987654321  # gone in the leak self-test
@@ -842,6 +876,17 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
     "api/v1/billing/exports/<uuid:id>/download": {
         "GET": [Probe(404, path=lambda w: {"id": a_export(w).public_id})],
     },
+    # Automatic top-up: B reads and sets its own rule; A's top-ups are not among B's; a card
+    # session id B does not own is refused (here before Stripe is asked).
+    "api/v1/billing/topup": {
+        "GET": [Probe(200, check=b_topup_rule)],
+        "PUT": [Probe(200, check=b_topup_rule, body=lambda w: {
+            "enabled": False, "threshold": "10", "amount": "20", "monthly_cap": "100"})],
+    },
+    "api/v1/billing/topup/payment-method": {
+        "POST": [Probe(400, body=lambda w: {"session_id": "not-a-session"})],
+    },
+    "api/v1/billing/topup/attempts": {"GET": [Probe(200, check=empty)]},
     # Pages, as B's owner (logged in)
     "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
     "o/<slug:org>/": {
@@ -866,7 +911,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/members/<int:pk>/remove/", "o/<slug:org>/invitations/<int:pk>/revoke/",
         "o/<slug:org>/keys/", "o/<slug:org>/keys/new/", "o/<slug:org>/keys/<str:hash>/",
         "o/<slug:org>/keys/<str:hash>/created/", "o/<slug:org>/keys/<str:hash>/delete/",
-        "o/<slug:org>/audit/", "o/<slug:org>/settings/",
+        "o/<slug:org>/audit/", "o/<slug:org>/settings/", "o/<slug:org>/billing/topup/",
         "o/<slug:org>/notifications/preferences/", "o/<slug:org>/webhooks/new/",
         "o/<slug:org>/webhooks/<str:id>/", "o/<slug:org>/webhooks/<str:id>/rotate/",
         "o/<slug:org>/webhooks/<str:id>/delete/",
@@ -877,6 +922,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/billing/buy/", "o/<slug:org>/billing/orders/<uuid:id>/confirm/",
         "o/<slug:org>/billing/statements/", "o/<slug:org>/billing/settings/",
         "o/<slug:org>/budgets/<uuid:id>/delete/", "o/<slug:org>/billing/exports/",
+        "o/<slug:org>/billing/topup/<uuid:id>/reject/",
     )},
     **{route: page_probes(route, only="POST") for route in (
         "o/<slug:org>/teams/<slug:slug>/members/",
@@ -888,6 +934,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/webhooks/<str:id>/deliveries/<str:message_id>/resend/",
         "o/<slug:org>/budgets/alerts/<uuid:id>/acknowledge/",
         "o/<slug:org>/billing/openrouter/sync/",
+        "o/<slug:org>/billing/topup/card/", "o/<slug:org>/billing/topup/<uuid:id>/approve/",
     )},
     **{route: page_probes(route, only="GET") for route in (
         "o/<slug:org>/team-balances/", "o/<slug:org>/balance/", "o/<slug:org>/usage/",

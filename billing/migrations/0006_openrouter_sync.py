@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0006_user_phone'),
-        ('billing', '0004_exports'),
+        ('billing', '0005_topup'),
     ]
 
     operations = [

@@ -22,6 +22,7 @@ def stripe_client() -> stripe.StripeClient:
     return stripe.StripeClient(
         settings.STRIPE_SECRET_KEY,
         base_addresses={"api": settings.STRIPE_API_BASE},
+        # allow_sync_methods: without it the library's httpx client refuses synchronous calls
         http_client=stripe.HTTPXClient(
             timeout=settings.PAYMENT_PROVIDER_TIMEOUT_SECONDS, allow_sync_methods=True
         ),

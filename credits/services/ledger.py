@@ -359,6 +359,7 @@ def hold_authorize(
     )
     if created:
         LedgerAccount.objects.filter(pk=locked.pk).update(held=F("held") + amount)
+        locked.held += amount  # the row as committed (credits.hooks reads it)
     return hold, created
 
 

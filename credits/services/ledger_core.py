@@ -23,6 +23,7 @@ from accounts.models import Organization, Team
 from portal.errors import IdempotencyConflict, InsufficientCredits, NotFound, ValidationFailed
 from portal.money import format_credits
 
+from ..hooks import pool_locked
 from ..models import CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
 
 Kind = LedgerAccount.Kind
@@ -127,6 +128,9 @@ def _lock(accounts: Iterable[LedgerAccount]) -> dict[int, LedgerAccount]:
     locked = {a.pk: a for a in rows}
     if len(locked) != len(ids):
         raise NotFound("No such account.")
+    for row in locked.values():
+        if row.kind == Kind.POOL:
+            pool_locked(row)  # after commit: the pool's available, for billing's top-up
     return locked
 
 
