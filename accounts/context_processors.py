@@ -15,22 +15,17 @@ SECTIONS = (
     ("Usage", ("usage", "usage-explorer"), "usage:read"),
     ("Ledger", ("ledger",), "credits:read"),
     ("Budgets", ("budgets",), "credits:read"),
-    # The billing area: billing members, admins and owners (billing:read).
-    ("Exports", ("billing-exports",), "billing:read"),
     ("My usage", ("me",), "usage:read"),
     ("Teams", ("teams",), "teams"),
     ("Members", ("members",), "members:read"),
     ("Keys", ("keys",), "keys:read"),
     ("Audit", ("audit",), "audit:read"),
-    ("Notifications", ("notifications",), "org:read"),
     ("Webhooks", ("webhooks",), "org:write"),
+    # The billing area (billing members, admins and owners): its pages in a second row.
     ("Billing", ("billing-orders",), "billing:read"),
-    ("Upstream sync", ("billing-openrouter",), "billing:read"),
-    ("Invoices", ("billing-documents",), "billing:read"),
-    ("Statements", ("billing-statements",), "billing:read"),
-    ("Top-up", ("billing-topup",), "billing:read"),
     ("Settings", ("org-settings",), "org:read"),
 )
+# Notifications are reached from the bell in the header (every member).
 
 # URL names of each section's pages: the current section is marked for screen readers too.
 SECTION_PREFIXES = {
@@ -38,13 +33,29 @@ SECTION_PREFIXES = {
     "Members": ("member", "invitation"),
     "Keys": ("key",),
     "Budgets": ("budget",),
-    "Exports": ("billing-export",),
-    "Notifications": ("notification",),
     "Webhooks": ("webhook",),
     "Billing": ("billing",),
-    "Invoices": ("billing-invoice", "billing-credit-note", "billing-settings"),
-    "Statements": ("billing-statement",),
 }
+
+# The second row of a section: (label, URL name, who may open it, URL-name prefixes it covers).
+SUBSECTIONS = {
+    "Billing": (
+        ("Orders", "billing-orders", "billing:read", ("billing-order",)),
+        ("Buy credits", "billing-buy", "billing:write", ()),
+        ("Invoices", "billing-documents", "billing:read", ("billing-invoice", "billing-credit")),
+        ("Statements", "billing-statements", "billing:read", ("billing-statement",)),
+        ("Top-up", "billing-topup", "billing:read", ()),
+        ("Exports", "billing-exports", "billing:read", ("billing-export",)),
+        ("Upstream sync", "billing-openrouter", "billing:read", ()),
+        ("Billing settings", "billing-settings", "billing:read", ()),
+    ),
+}
+
+
+def _active(current: str, names) -> bool:
+    return bool(current) and any(
+        current == name or current.startswith(f"{name}-") for name in names
+    )
 
 
 def may_open_teams(principal) -> bool:
@@ -69,6 +80,8 @@ def _allowed(principal, rule: str) -> bool:
 
 
 def navigation(request) -> list[dict]:
+    """The sections the principal may open, each `{"label", "url", "active", "children"}`; the
+    active section's `children` are its second row (the billing pages), in the same shape."""
     principal = getattr(request, "principal", None)
     organization = getattr(request, "organization", None)
     if principal is None or organization is None:
@@ -82,11 +95,20 @@ def navigation(request) -> list[dict]:
         url = _reverse(names, organization.slug)
         if url is None:
             continue
-        prefixes = names + SECTION_PREFIXES.get(label, ())
-        active = bool(current) and any(
-            current == name or current.startswith(f"{name}-") for name in prefixes
-        )
-        items.append({"label": label, "url": url, "active": active})
+        active = _active(current, names + SECTION_PREFIXES.get(label, ()))
+        item = {"label": label, "url": url, "active": active, "children": []}
+        if active:
+            for sub_label, name, sub_rule, covers in SUBSECTIONS.get(label, ()):
+                sub_url = _reverse((name,), organization.slug) if principal.has(sub_rule) else None
+                if sub_url is not None:
+                    item["children"].append(
+                        {
+                            "label": sub_label,
+                            "url": sub_url,
+                            "active": _active(current, (name, *covers)),
+                        }
+                    )
+        items.append(item)
     return items
 
 

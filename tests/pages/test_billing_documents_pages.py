@@ -62,7 +62,8 @@ def download(page, link) -> bytes:
 
 def test_invoices_statements_and_settings_as_a_billing_member(page, documents):
     log_in(page, documents.billing_user.email)
-    nav = page.get_by_role("navigation", name="Sections")
+    page.get_by_role("navigation", name="Sections").get_by_role("link", name="Billing").click()
+    nav = page.get_by_role("navigation", name="Billing")
     nav.get_by_role("link", name="Invoices").click()
     expect(page.get_by_role("heading", name="Invoices and credit notes", level=1)).to_be_visible()
     expect(page.get_by_test_id("invoices-table").locator("tbody tr")).to_have_count(3)

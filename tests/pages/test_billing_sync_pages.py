@@ -58,9 +58,8 @@ def _backdate(hours: float) -> None:
 def test_connect_sync_and_read_the_drift(page, tenant, openrouter):
     tenant.grant("250")
     log_in(page, tenant.owner.email)
-    page.get_by_role("navigation", name="Sections").get_by_role(
-        "link", name="Upstream sync"
-    ).click()
+    page.get_by_role("navigation", name="Sections").get_by_role("link", name="Billing").click()
+    page.get_by_role("navigation", name="Billing").get_by_role("link", name="Upstream sync").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Upstream sync")
     expect(page.get_by_role("heading", name="Not connected")).to_be_visible()
     page.get_by_test_id("connect").click()

@@ -59,7 +59,8 @@ def test_exports_stream_small_and_queue_large_with_a_live_progress_bar(
     page, acme, settings, tmp_path
 ):
     log_in(page, acme.owner.email)
-    page.get_by_test_id("sections").get_by_role("link", name="Exports").click()
+    page.get_by_test_id("sections").get_by_role("link", name="Billing").click()
+    page.get_by_test_id("subsections").get_by_role("link", name="Exports").click()
     expect(page).to_have_url(re.compile(r"/o/acme/billing/exports/$"))
     expect(page.get_by_role("heading", level=1)).to_have_text("Exports")
 
@@ -117,6 +118,6 @@ def test_a_member_has_no_exports_page(page, acme):
     acme.member_user.set_password("member-password")
     acme.member_user.save()
     log_in(page, "member@acme.test", "member-password")
-    expect(page.get_by_test_id("sections").get_by_role("link", name="Exports")).to_have_count(0)
+    expect(page.get_by_test_id("sections").get_by_role("link", name="Billing")).to_have_count(0)
     response = page.goto("/o/acme/billing/exports/")
     assert response.status == 404

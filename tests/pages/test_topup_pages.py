@@ -60,7 +60,8 @@ def test_a_billing_member_saves_a_card_sets_the_rule_and_approves(page, tenant, 
     billing = tenant.member(Role.BILLING, email="billing@acme.test")
     log_in(page, billing.email, PASSWORD)
     page.goto("/o/acme/")
-    page.get_by_role("navigation", name="Sections").get_by_role("link", name="Top-up").click()
+    page.get_by_role("navigation", name="Sections").get_by_role("link", name="Billing").click()
+    page.get_by_role("navigation", name="Billing").get_by_role("link", name="Top-up").click()
     expect(page.get_by_role("heading", name="Automatic top-up", exact=True)).to_be_visible()
     shoot(page, "empty")
 
