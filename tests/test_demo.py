@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from accounts.audit import audit_verify
 from accounts.models import ApiKey, AuditEvent, Membership, Organization, TeamMembership, User
+from billing.models import Invoice, Order
 from credits.models import CreditLot, LedgerAccount, LedgerTransaction, UsageEvent
 from credits.verify import ledger_verify
 
@@ -42,6 +43,8 @@ def state() -> dict:
             LedgerTransaction,
             CreditLot,
             UsageEvent,
+            Order,
+            Invoice,
         )
     }
 
@@ -52,6 +55,11 @@ def test_demo_load_builds_acme_and_a_second_run_changes_nothing():
     first = demo_load()
     org = Organization.objects.get(slug="acme")
     assert org.name == "Acme AI"
+    # billing: one paid bank-transfer order with its paid invoice, one awaiting the money
+    statuses = sorted(Order.objects.filter(organization=org).values_list("status", flat=True))
+    assert statuses == ["paid", "pending"]
+    invoice = Invoice.objects.get(organization=org)
+    assert (invoice.status, invoice.total, invoice.order.status) == ("paid", 500, "paid")
     roles = dict(Membership.objects.filter(organization=org).values_list("user__email", "role"))
     for role in ("owner", "admin", "billing", "member", "viewer"):
         assert roles[f"{role}@acme.example"] == role

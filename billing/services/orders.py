@@ -205,7 +205,7 @@ def order_settle(
             organization=organization,
             lines=[
                 Line(
-                    description=f"AI credits ({order.get_provider_display()})",
+                    description=f"AI credits · {order.get_provider_display()}",
                     quantity=order.amount,
                     unit_price=Decimal("1.00"),
                 )

@@ -295,7 +295,7 @@ def test_sample_documents_render_to_png(tenant, settings):
                                "email": "billing@portal.test"}  # fmt: skip
     _buyer(tenant)
     billing_profile_update(organization=tenant.org, tax_rate="19", actor=SYSTEM)
-    lines = [Line(description="AI credits (Card (Stripe))", quantity=Decimal("500"),
+    lines = [Line(description="AI credits · Card (Stripe)", quantity=Decimal("500"),
                   unit_price=Decimal("1.00"))]  # fmt: skip
     lines += [
         Line(description=f"Support hours, week {i}", quantity=Decimal("1.5"),

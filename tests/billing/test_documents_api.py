@@ -57,7 +57,7 @@ def test_invoices_list_detail_and_pdf(tenant, api):
     }]  # fmt: skip
     detail = api.get(f"/api/v1/billing/invoices/{invoice.number}").json()
     assert detail["lines"] == [
-        {"position": 1, "description": "AI credits (Bank transfer (manual))",
+        {"position": 1, "description": "AI credits · Bank transfer (manual)",
          "quantity": "25.0000", "unit_price": "1.00", "amount": "25.00"}
     ]  # fmt: skip
     assert detail["buyer"]["name"] == tenant.org.name and detail["credit_notes"] == [note.number]

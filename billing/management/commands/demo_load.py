@@ -14,6 +14,10 @@ idempotent (a second run adds nothing and fails on nothing).
   through `usage_record_many`, the metering path of the API's batches. Event ids are
   `demo:<end of the window>:<source>:<n>`: a second run reads the window back from them and
   regenerates the same requests, which are all already recorded.
+- Billing: a bank-transfer purchase of 500 credits confirmed by billing@ (its paid invoice, with
+  its PDF), and a second one still waiting for the money.
+
+It lives in `billing`, the app at the top of the imports, because it builds every app's data.
 """
 
 from __future__ import annotations
@@ -126,12 +130,37 @@ class Command(BaseCommand):
             keys = self._keys(organization, teams)
             self._traffic(organization, keys, per_day, days, quiet=options["verbosity"] < 1)
             self._budgets(organization, teams)
+            self._billing(organization)
         seconds = (timezone.now() - started).total_seconds()
         self.stdout.write(
             f"Demo organization {SLUG} ready in {seconds:.0f} s. Log in as {OWNER} "
             f"(or admin@, billing@, member@, viewer@acme.example) with password "
             f"{PASSWORD}."
         )
+
+    def _billing(self, organization: Organization) -> None:
+        """A paid bank-transfer order (its invoice) and a pending one, through the services the
+        purchase page uses (idempotency keys `demo:order:<n>`: a second run finds them)."""
+        from billing.models import Order
+        from billing.services.payments import manual_payment_confirm, purchase_start
+
+        billing = Actor(user=User.objects.get(email="billing@acme.example"))
+        for key, amount, confirm in (
+            ("demo:order:1", "500.00", True),
+            ("demo:order:2", "250.00", False),
+        ):
+            order, created = purchase_start(
+                organization=organization,
+                amount=amount,
+                provider=Order.Provider.MANUAL,
+                idempotency_key=key,
+                actor=billing,
+            )
+            if confirm and order.status == Order.Status.PENDING:
+                manual_payment_confirm(order=order, actor=billing)
+                self.stdout.write(f"Bought {amount} credits by bank transfer (invoice issued).")
+            elif created:
+                self.stdout.write(f"Ordered {amount} credits by bank transfer (awaiting payment).")
 
     def _budgets(self, organization: Organization, teams: dict[str, Team]) -> None:
         """Budgets at three levels, made after the traffic so that their windows show what
