@@ -7,7 +7,7 @@ gunicorn server).
     make bench-budgets
     # or, choosing the database and the sizes:
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_budgets_bench \\
-        .venv/bin/python bench/budgets.py [--rounds 6] [--events 200] [--history 1000000]
+        .venv/bin/python bench/budgets.py [--rounds 20] [--events 50] [--history 1000000]
 
 It migrates the database (created when missing) and makes two organizations alike (time zone
 Europe/Berlin, a team with its own allocation, the owner on it, a usage key of both, 1,000,000
@@ -257,8 +257,8 @@ def git(*args: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6, help="Rounds per phase (A B each).")
-    parser.add_argument("--events", type=int, default=200, help="Events per scenario per round.")
+    parser.add_argument("--rounds", type=int, default=20, help="Rounds per phase (A B each).")
+    parser.add_argument("--events", type=int, default=50, help="Events per scenario per round.")
     parser.add_argument("--history", type=int, default=1_000_000, help="Events in the windows.")
     parser.add_argument("--no-http", action="store_true", help="Skip the HTTP phase.")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -291,8 +291,13 @@ def main() -> None:
     from accounts.audit import Actor
     from accounts.roles import Role
     from accounts.services import apikey_create, organization_create, team_create, team_member_set
-    from credits.services import Attribution, UsageInput, credits_allocate, credits_grant
-    from credits.services import usage_record
+    from credits.services import (
+        Attribution,
+        UsageInput,
+        credits_allocate,
+        credits_grant,
+        usage_record,
+    )
     from credits.services.budgets import budget_create
 
     call_command("migrate", verbosity=0)
@@ -363,14 +368,18 @@ def main() -> None:
         for r in range(args.rounds):
             row = {"round": r + 1}
             for who in (none, four):
-                times, seconds, statements = measure(who, f"{run}:{name}:{r}:{who['name']}", args.events)
+                label = f"{run}:{name}:{r}:{who['name']}"
+                times, seconds, statements = measure(who, label, args.events)
                 all_times, all_seconds, all_statements = everything[who["name"]]
                 everything[who["name"]] = (
-                    all_times + times, all_seconds + seconds, all_statements + (statements or [])
+                    all_times + times,
+                    all_seconds + seconds,
+                    all_statements + (statements or []),
                 )
                 s = summary(times, seconds)
                 row[who["name"]] = {"p50_ms": s["p50_ms"], "events_per_s": s["events_per_s"]}
             row["p50_ratio"] = round(row["four"]["p50_ms"] / row["none"]["p50_ms"], 3)
+            row["load_average_1m"] = round(os.getloadavg()[0], 2)
             rounds.append(row)
             print(f"  {name} round {r + 1}: {json.dumps(row)}", flush=True)
         out = {who: summary(*everything[who]) for who in ("none", "four")}
@@ -378,9 +387,8 @@ def main() -> None:
         out["four_vs_none"] = {
             "p50_ratio": round(out["four"]["p50_ms"] / out["none"]["p50_ms"], 3),
             "mean_ratio": round(out["four"]["mean_ms"] / out["none"]["mean_ms"], 3),
-            "throughput_ratio": round(
-                out["four"]["events_per_s"] / out["none"]["events_per_s"], 3
-            ),
+            "throughput_ratio": round(out["four"]["events_per_s"] / out["none"]["events_per_s"], 3),
+            "round_p50_ratio_median": round(statistics.median(ratios), 3),
             "round_p50_ratio_min": min(ratios),
             "round_p50_ratio_max": max(ratios),
         }

@@ -14,9 +14,11 @@ then the hold row, then rows nobody else locks (usage events, alerts). Windows a
 (budget id, window start) order before being locked, so two first debits of a new window wait
 for each other instead of deadlocking.
 
-Statements per debit, whatever the history: one SELECT of the budgets, one INSERT of missing
-windows, one SELECT ... FOR UPDATE of the windows, one UPDATE of their counters, and one INSERT
-of alerts when a threshold was crossed. Without budgets: one SELECT.
+Statements per debit, whatever the history: one SELECT of the budgets, one SELECT ... FOR
+UPDATE of the windows, one UPDATE of their counters, and one INSERT of alerts when a threshold
+was crossed; plus one INSERT ... ON CONFLICT DO NOTHING before the lock when a window is new or
+not yet seen committed by this process (`_KNOWN`, PostgreSQL only: elsewhere always). Without
+budgets: one SELECT. Measured in bench/budgets.py (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -119,7 +121,11 @@ UPDATE {_WINDOW_TABLE} AS w SET spent = w.spent + d.spent, held = w.held + d.hel
 
 def _lock_known(wanted, extra_ids) -> list[BudgetWindow] | None:
     """PostgreSQL, every wanted window known: lock them and `extra_ids` in ascending id in one
-    statement. None (nothing locked) when one is unknown or no longer what it was."""
+    statement. None when one is unknown or no longer the window of its (budget, start): then
+    the statement locked nothing (its count did not match), so the caller's INSERT of the
+    missing ones comes before any window lock, as the lock order wants. (Only a window deleted
+    between the count and the lock, i.e. its budget deleted meanwhile, leaves the others
+    locked; the fallback then locks them again, which is a no-op.)"""
     if connection.vendor != "postgresql":
         return None
     ids = [_KNOWN.get((b.pk, s)) for b, s, _ in wanted]
@@ -133,7 +139,7 @@ def _lock_known(wanted, extra_ids) -> list[BudgetWindow] | None:
         )  # fmt: skip
         rows = [BudgetWindow.from_db(connection.alias, _WINDOW_COLUMNS, r) for r in cursor]
     found = {(w.budget_id, w.window_start) for w in rows}
-    if any((b.pk, s) not in found for b, s, _ in wanted):  # (deleted meanwhile: no lock kept)
+    if any((b.pk, s) not in found for b, s, _ in wanted):  # deleted since the count
         for b, s, _ in wanted:
             _KNOWN.pop((b.pk, s), None)
         return None
