@@ -7,7 +7,7 @@ gunicorn server).
     make bench-budgets
     # or, choosing the database and the sizes:
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_budgets_bench \\
-        .venv/bin/python bench/budgets.py [--rounds 20] [--events 50] [--history 1000000]
+        .venv/bin/python bench/budgets.py [--rounds 40] [--events 25] [--history 1000000]
 
 It migrates the database (created when missing) and makes two organizations alike (time zone
 Europe/Berlin, a team with its own allocation, the owner on it, a usage key of both, 1,000,000
@@ -31,11 +31,14 @@ Then, in one sitting:
 
 Every event costs 0.0012 credits (a reported upstream cost, so no price lookup) and has a new
 id. Per scenario it writes the events, p50, p99 and mean latency (ms), events/s (events over the
-time spent in the calls, one client), the SQL statements per event (typical and most, counted by
-a `connection.execute_wrapper`, not by Django's debug cursor, which would slow every statement),
-and per round the p50 and events/s; then the ratios: `four` against `none` in the same phase,
-and `four` with history against `four` with empty windows. All go to bench/results/budgets.json
-with the date, the commit, the machine and its load average.
+time spent in the calls, one client), the CPU time per event of the processes doing the work
+(this one and its PostgreSQL backend; over HTTP also the gunicorn worker and its backend; from
+`/proc/<pid>/schedstat`, so time spent waiting for a core taken by other work is not counted),
+the SQL statements per event in process (typical and most, counted by a
+`connection.execute_wrapper`, not by Django's debug cursor, which would slow every statement;
+plus BEGIN and COMMIT), and per round the p50 and events/s; then the ratios: `four` against
+`none` in the same phase, and `four` with history against `four` with empty windows. All go to
+bench/results/budgets.json with the date, the commit, the machine and its load average.
 """
 
 from __future__ import annotations
@@ -90,7 +93,9 @@ def percentile(ordered: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
-def summary(times: list[float], seconds: float, statements: list[int] | None = None) -> dict:
+def summary(
+    times: list[float], seconds: float, statements: list[int] | None = None, cpu: int | None = None
+) -> dict:
     ordered = sorted(times)
     out = {
         "events": len(times),
@@ -99,10 +104,22 @@ def summary(times: list[float], seconds: float, statements: list[int] | None = N
         "mean_ms": round(statistics.fmean(ordered), 3),
         "events_per_s": round(len(times) / seconds, 1),
     }
-    if statements:
-        out["statements_per_event"] = sorted(statements)[len(statements) // 2]
-        out["statements_max"] = max(statements)
+    if cpu is not None:
+        out["cpu_ms_per_event"] = round(cpu / 1e6 / len(times), 3)
+    if statements:  # + BEGIN and COMMIT, which psycopg sends outside the cursor
+        out["statements_per_event"] = sorted(statements)[len(statements) // 2] + 2
+        out["statements_max"] = max(statements) + 2
     return out
+
+
+def cpu_ns(pids) -> int | None:
+    """CPU time (ns) the processes `pids` have run so far (Linux `/proc/<pid>/schedstat`), or
+    None where there is no such file. Unlike wall time, it does not grow while a process waits
+    for a core that other work holds."""
+    try:
+        return sum(int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) for pid in pids)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Counter:
@@ -257,8 +274,8 @@ def git(*args: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=20, help="Rounds per phase (A B each).")
-    parser.add_argument("--events", type=int, default=50, help="Events per scenario per round.")
+    parser.add_argument("--rounds", type=int, default=40, help="Rounds per phase (A B each).")
+    parser.add_argument("--events", type=int, default=25, help="Events per scenario per round.")
     parser.add_argument("--history", type=int, default=1_000_000, help="Events in the windows.")
     parser.add_argument("--no-http", action="store_true", help="Skip the HTTP phase.")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -361,20 +378,25 @@ def main() -> None:
                     raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
         return times, sum(times) / 1000, None
 
-    def phase(name: str, measure) -> dict:
-        """Interleaved rounds: none, four, none, four, ... (`measure(who, label, n)`)."""
-        everything = {"none": ([], 0.0, []), "four": ([], 0.0, [])}
+    def phase(name: str, measure, pids) -> dict:
+        """Interleaved rounds: none, four, none, four, ... (`measure(who, label, n)`); CPU time
+        of `pids` (this process, the database backend(s) and server serving it) per scenario."""
+        everything = {"none": ([], 0.0, [], 0), "four": ([], 0.0, [], 0)}
         rounds = []
         for r in range(args.rounds):
             row = {"round": r + 1}
             for who in (none, four):
                 label = f"{run}:{name}:{r}:{who['name']}"
+                cpu_before = cpu_ns(pids)
                 times, seconds, statements = measure(who, label, args.events)
-                all_times, all_seconds, all_statements = everything[who["name"]]
+                cpu_after = cpu_ns(pids)
+                cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+                all_times, all_seconds, all_statements, all_cpu = everything[who["name"]]
                 everything[who["name"]] = (
                     all_times + times,
                     all_seconds + seconds,
                     all_statements + (statements or []),
+                    None if cpu is None or all_cpu is None else all_cpu + cpu,
                 )
                 s = summary(times, seconds)
                 row[who["name"]] = {"p50_ms": s["p50_ms"], "events_per_s": s["events_per_s"]}
@@ -392,12 +414,19 @@ def main() -> None:
             "round_p50_ratio_min": min(ratios),
             "round_p50_ratio_max": max(ratios),
         }
+        if "cpu_ms_per_event" in out["four"] and "cpu_ms_per_event" in out["none"]:
+            out["four_vs_none"]["cpu_ratio"] = round(
+                out["four"]["cpu_ms_per_event"] / out["none"]["cpu_ms_per_event"], 3
+            )
         out["rounds"] = rounds
         return out
 
     results = {}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        here = [os.getpid(), cursor.fetchone()[0]]
     with connection.execute_wrapper(counter):
-        results["empty"] = phase("empty", singles)
+        results["empty"] = phase("empty", singles, here)
     load.append(round(os.getloadavg()[0], 2))
     started = time.perf_counter()
     for who in (four, none):
@@ -407,7 +436,7 @@ def main() -> None:
     vacuum(url)
     print(f"  history loaded and checked in {loaded_in} s: {checked}", flush=True)
     with connection.execute_wrapper(counter):
-        results["history"] = phase("history", singles)
+        results["history"] = phase("history", singles, here)
     load.append(round(os.getloadavg()[0], 2))
     if not args.no_http:
         port = free_port()
@@ -424,7 +453,20 @@ def main() -> None:
                         raise
                     time.sleep(0.3)
             over_http(base, four, f"{run}:warm", 1)
-            results["http"] = phase("http", lambda who, label, n: over_http(base, who, label, n))
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+            workers = children.read_text().split() if children.exists() else []
+            with connection.cursor() as cursor:  # the worker's (persistent) connection
+                cursor.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+                backends = [row[0] for row in cursor.fetchall()]
+            results["http"] = phase(
+                "http",
+                lambda who, label, n: over_http(base, who, label, n),
+                [os.getpid(), *map(int, workers), *backends],
+            )
+            results["http"]["cpu_of"] = "client, gunicorn worker and its PostgreSQL backend"
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
@@ -460,6 +502,7 @@ def main() -> None:
             "history_p50_goal": "at most 1.20 (four budgets, history against empty windows)",
             "throughput_ratio": results["history"]["four_vs_none"]["throughput_ratio"],
             "throughput_goal": "at least 0.75 (four budgets against none, in process)",
+            "cpu_ratio": results["history"]["four_vs_none"].get("cpu_ratio"),
         },
         "results": results,
     }
