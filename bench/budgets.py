@@ -260,7 +260,15 @@ def server_start(env: dict, port: int):
     gunicorn = Path(sys.executable).with_name("gunicorn")
     cmd = [str(gunicorn), "portal.wsgi", "-w", "1", "-b", f"127.0.0.1:{port}"]
     cmd += ["--log-level", "warning", "--timeout", "300"]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env)
+    # One database connection for the whole phase, so that its backend's CPU time is counted.
+    return subprocess.Popen(cmd, cwd=ROOT, env={**env, "CONN_MAX_AGE": "3600"})
+
+
+def _ppid(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def free_port() -> int:
@@ -323,6 +331,8 @@ def main() -> None:
     actor = Actor(system="bench")
     run = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     load = [round(os.getloadavg()[0], 2)]
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
 
     def tenant(name: str, with_budgets: bool) -> dict:
         slug = f"bb{run}{name}"
@@ -460,8 +470,11 @@ def main() -> None:
                     time.sleep(0.3)
             over_http(base, four, f"{run}:warm", 1)
             over_http(base, fresh, f"{run}:warm", 1)
-            children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-            workers = children.read_text().split() if children.exists() else []
+            workers = [
+                stat.parent.name
+                for stat in Path("/proc").glob("[0-9]*/stat")
+                if _ppid(stat) == process.pid
+            ]
             with connection.cursor() as cursor:  # the worker's (persistent) connection
                 cursor.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
@@ -487,8 +500,8 @@ def main() -> None:
         "benchmark": "one usage event, budgets at four levels against none, before and after "
         f"{args.history:,} events in the windows (PostgreSQL; in process and over HTTP)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "commit": commit,
+        "uncommitted_changes": dirty,  # when it started
         "machine": {
             "cores": os.cpu_count(),
             "shared": "the cores were shared with other work while it ran (see load average)",
