@@ -240,14 +240,14 @@ def test_a_known_window_that_is_gone_or_another_falls_back_to_the_full_path(
 ):
     tenant, who, budgets = four_known
     usage_record(attribution=who, event=ev("a", "0.5"))
-    key = {b: (b.pk, window(b).window_start) for b in ("team", "member") for b in [budgets[b]]}
+    member = budgets["member"]
     # The team's window is gone (deleted with nothing else), and the member's hint names a
     # window of another organization's budget: both are checked, neither is trusted.
     other_tenant.grant("10")
     elsewhere = budget(other_tenant, "organization", "5")
     usage_record(attribution=Attribution(organization=other_tenant.org), event=ev("o", "0.1"))
     BudgetWindow.objects.filter(pk=window(budgets["team"]).pk).delete()
-    budgets_service._KNOWN[key[budgets["member"]]] = window(elsewhere).pk
+    budgets_service._KNOWN[(member.pk, window(member).window_start)] = window(elsewhere).pk
     usage_record(attribution=who, event=ev("b", "0.25"))
     assert window(budgets["team"]).spent == D("0.25")  # a new window
     assert window(budgets["member"]).spent == window(budgets["api_key"]).spent == D("0.75")
