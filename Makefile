@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal
 DEMO_DATABASE_URL ?= sqlite:///$(CURDIR)/demo.sqlite3
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_bench
 
-.PHONY: install static lock demo demo-data serve worker test lint schema pg-check bench clean \
+.PHONY: install static lock demo demo-data serve worker test lint schema pg-check bench bench-budgets clean \
 	system-packages
 
 # Debian packages the portal needs besides Python's: Pango and fonts for WeasyPrint (invoice,
@@ -93,6 +93,11 @@ test: lint pg-check schema
 
 bench: install  ## figures in bench/results/, described in docs/performance.md
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/ingest.py
+
+# Budgets on the debit path: four levels against none, with 0 and 1,000,000 events in the windows.
+BENCH_BUDGETS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_budgets_bench
+bench-budgets: install  ## bench/results/budgets.json, described in docs/performance.md
+	DATABASE_URL=$(BENCH_BUDGETS_DATABASE_URL) PYTHONPATH=$(CURDIR) $(PY) bench/budgets.py
 
 clean:
 	rm -rf $(VENV) demo.sqlite3* node_modules $(VENDOR)

@@ -14,9 +14,11 @@ then the hold row, then rows nobody else locks (usage events, alerts). Windows a
 (budget id, window start) order before being locked, so two first debits of a new window wait
 for each other instead of deadlocking.
 
-Statements per debit, whatever the history: one SELECT of the budgets, one INSERT of missing
-windows, one SELECT ... FOR UPDATE of the windows, one UPDATE of their counters, and one INSERT
-of alerts when a threshold was crossed. Without budgets: one SELECT.
+Statements per debit, whatever the history: one SELECT of the budgets, one SELECT ... FOR
+UPDATE of the windows, one UPDATE of their counters, and one INSERT of alerts when a threshold
+was crossed; plus one INSERT ... ON CONFLICT DO NOTHING before the lock when a window is new or
+not yet seen committed by this process (`_KNOWN`, PostgreSQL only: elsewhere always). Without
+budgets: one SELECT. Measured in bench/budgets.py (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -88,29 +90,106 @@ def budgets_applying(
     return sorted(budgets, key=check_rank)
 
 
+# (budget id, window start) -> window id of windows known to be committed, in this process: a
+# debit whose windows are all known locks them in one statement instead of two (INSERT ... ON
+# CONFLICT DO NOTHING, then SELECT ... FOR UPDATE). A hint only: `_lock_known` checks every id
+# against its (budget, start) in the same statement and falls back when one does not match.
+_KNOWN: dict[tuple[int, datetime], int] = {}
+KNOWN_MAX = 10_000
+_WINDOW_COLUMNS = [f.attname for f in BudgetWindow._meta.concrete_fields]
+_WINDOW_TABLE = BudgetWindow._meta.db_table
+# Lock the windows `ids` (the wanted ones and a hold's) in ascending id, but only when every
+# wanted id still is the window of its (budget, start); otherwise lock and return nothing.
+_LOCK_KNOWN_SQL = f"""
+WITH wanted (id, budget_id, window_start) AS (
+    SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[])
+)
+SELECT {", ".join(f"w.{c}" for c in _WINDOW_COLUMNS)}
+  FROM {_WINDOW_TABLE} w
+ WHERE w.id = ANY(%s::bigint[])
+   AND (SELECT count(*) FROM {_WINDOW_TABLE} k JOIN wanted USING (id, budget_id, window_start))
+       = %s
+ ORDER BY w.id
+   FOR UPDATE OF w
+"""  # noqa: S608  (names from the model, values as parameters)
+_FLUSH_SQL = f"""
+UPDATE {_WINDOW_TABLE} AS w SET spent = w.spent + d.spent, held = w.held + d.held
+  FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[]) AS d (id, spent, held)
+ WHERE w.id = d.id
+"""  # noqa: S608
+
+
+def _lock_known(wanted, extra_ids) -> list[BudgetWindow] | None:
+    """PostgreSQL, every wanted window known: lock them and `extra_ids` in ascending id in one
+    statement. None when one is unknown or no longer the window of its (budget, start): then
+    the statement locked nothing (its count did not match), so the caller's INSERT of the
+    missing ones comes before any window lock, as the lock order wants. (Only a window deleted
+    between the count and the lock, i.e. its budget deleted meanwhile, leaves the others
+    locked; the fallback then locks them again, which is a no-op.)"""
+    if connection.vendor != "postgresql":
+        return None
+    ids = [_KNOWN.get((b.pk, s)) for b, s, _ in wanted]
+    if None in ids:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _LOCK_KNOWN_SQL,
+            [ids, [b.pk for b, _, _ in wanted], [s for _, s, _ in wanted],
+             sorted({*ids, *extra_ids}), len(ids)],
+        )  # fmt: skip
+        rows = [BudgetWindow.from_db(connection.alias, _WINDOW_COLUMNS, r) for r in cursor]
+    found = {(w.budget_id, w.window_start) for w in rows}
+    if any((b.pk, s) not in found for b, s, _ in wanted):  # deleted since the count
+        for b, s, _ in wanted:
+            _KNOWN.pop((b.pk, s), None)
+        return None
+    return rows
+
+
+def _remember(rows: list[BudgetWindow], wanted) -> None:
+    """Know the ids of the `wanted` windows among `rows` once the transaction that locked (maybe
+    created) them commits."""
+    keys = {(b.pk, s) for b, s, _ in wanted}
+    known = {(w.budget_id, w.window_start): w.pk for w in rows}
+    known = {k: pk for k, pk in known.items() if k in keys}
+    if not known:
+        return
+
+    def remember():
+        if len(_KNOWN) > KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN.update(known)
+
+    transaction.on_commit(remember)
+
+
 def _lock_windows(
     organization_id: int, wanted: list[tuple[Budget, datetime, datetime | None]], extra_ids=()
 ) -> dict:
     """Create the missing windows of `wanted` (budget, start, end) in (budget id, start) order,
     then lock them and the windows `extra_ids` in ascending id. Returns {id: window} and
-    {(budget id, start): window}."""
+    {(budget id, start): window}. When all were seen committed before (`_KNOWN`, PostgreSQL),
+    none is missing: one SELECT ... FOR UPDATE (`_lock_known`) does it."""
     wanted = sorted(
         {(b.pk, s): (b, s, e) for b, s, e in wanted}.values(), key=lambda w: (w[0].pk, w[1])
     )
-    if wanted:
-        BudgetWindow.objects.bulk_create(
-            [
-                BudgetWindow(
-                    organization_id=organization_id, budget=b, window_start=s, window_end=e
-                )
-                for b, s, e in wanted
-            ],
-            ignore_conflicts=True,
-        )
-    condition = Q(pk__in=list(extra_ids)) if extra_ids else Q(pk__in=[])
-    for budget, start, _ in wanted:
-        condition |= Q(budget_id=budget.pk, window_start=start)
-    rows = list(BudgetWindow.objects.select_for_update().filter(condition).order_by("pk"))
+    rows = _lock_known(wanted, extra_ids) if wanted else None
+    if rows is None:
+        if wanted:
+            BudgetWindow.objects.bulk_create(
+                [
+                    BudgetWindow(
+                        organization_id=organization_id, budget=b, window_start=s, window_end=e
+                    )
+                    for b, s, e in wanted
+                ],
+                ignore_conflicts=True,
+            )
+        condition = Q(pk__in=list(extra_ids)) if extra_ids else Q(pk__in=[])
+        for budget, start, _ in wanted:
+            condition |= Q(budget_id=budget.pk, window_start=start)
+        rows = list(BudgetWindow.objects.select_for_update().filter(condition).order_by("pk"))
+        _remember(rows, wanted)
     return {w.pk: w for w in rows}, {(w.budget_id, w.window_start): w for w in rows}
 
 
@@ -211,7 +290,16 @@ class BudgetGate:
             {pk for pk, d in self.spent_delta.items() if d}
             | {pk for pk, d in self.held_delta.items() if d}
         )
-        if ids:
+        if ids and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _FLUSH_SQL,
+                    [ids, [self.spent_delta.get(pk, ZERO) for pk in ids],
+                     [self.held_delta.get(pk, ZERO) for pk in ids]],
+                )  # fmt: skip
+            self.spent_delta.clear()
+            self.held_delta.clear()
+        elif ids:
 
             def delta(deltas):
                 return Case(

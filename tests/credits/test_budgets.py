@@ -26,6 +26,7 @@ from credits.services import (
     usage_record,
     usage_record_many,
 )
+from credits.services import budgets as budgets_service
 from credits.services.budgets import budget_create, key_limit_set
 from portal.errors import BudgetExceeded, ValidationFailed
 
@@ -52,6 +53,24 @@ def four(tenant):
     return tenant, Attribution.of_key(key), budgets
 
 
+@pytest.fixture
+def four_known(four, django_capture_on_commit_callbacks):
+    """`four`, with its windows created by a committed debit, so this process knows their ids:
+    later debits lock them in one statement (`budgets._lock_known`) instead of INSERT ... ON
+    CONFLICT DO NOTHING then SELECT ... FOR UPDATE. The outcome must be the same."""
+    tenant, who, budgets = four
+    with django_capture_on_commit_callbacks(execute=True):
+        usage_record(attribution=who, event=ev("warm", "0"))
+    assert all(
+        budgets_service._KNOWN.get((b.pk, window(b).window_start)) == window(b).pk
+        for b in budgets.values()
+    )
+    return four
+
+
+WINDOWS = pytest.mark.parametrize("setup", ["four", "four_known"])
+
+
 def budget(tenant, scope, limit, **kwargs):
     kwargs.setdefault("period", "daily")
     return budget_create(organization=tenant.org, scope=scope, limit=limit, actor=SYSTEM, **kwargs)
@@ -65,8 +84,9 @@ def window(b: Budget) -> BudgetWindow:
     return BudgetWindow.objects.get(budget=b)
 
 
-def test_every_level_counts_a_debit_and_the_strictest_refuses(four):
-    tenant, who, budgets = four
+@WINDOWS
+def test_every_level_counts_a_debit_and_the_strictest_refuses(setup, request):
+    tenant, who, budgets = request.getfixturevalue(setup)
     usage_record(attribution=who, event=ev("a", "1.5"))
     assert {s: window(b).spent for s, b in budgets.items()} == dict.fromkeys(budgets, D("1.5"))
     with pytest.raises(BudgetExceeded) as refused:
@@ -85,8 +105,9 @@ def test_every_level_counts_a_debit_and_the_strictest_refuses(four):
     assert refused.value.status_code == 402 and refused.value.type == "budget_exceeded"
 
 
-def test_a_batch_is_checked_as_one_by_one(four):
-    tenant, who, budgets = four
+@WINDOWS
+def test_a_batch_is_checked_as_one_by_one(setup, request):
+    tenant, who, budgets = request.getfixturevalue(setup)
     events = [ev(f"e{i}", "0.75") for i in range(4)]  # the key's 2: two pass, then refused
     outcomes = usage_record_many(attribution=who, events=events)
     assert [type(o).__name__ for o in outcomes] == [
@@ -97,8 +118,9 @@ def test_a_batch_is_checked_as_one_by_one(four):
     assert counted_in == {window(b).pk for b in budgets.values()}
 
 
-def test_holds_reserve_and_captures_count_the_actual_cost(four):
-    tenant, who, budgets = four
+@WINDOWS
+def test_holds_reserve_and_captures_count_the_actual_cost(setup, request):
+    tenant, who, budgets = request.getfixturevalue(setup)
     hold, _ = authorization_create(attribution=who, id="h1", amount=D("1.5"))
     assert window(budgets["team"]).held == D("1.5")
     with pytest.raises(BudgetExceeded):  # 1.5 held + 0.6 > the key's 2
@@ -121,8 +143,9 @@ def test_holds_reserve_and_captures_count_the_actual_cost(four):
     assert window(budgets["organization"]).held == 0
 
 
-def test_a_reversal_gives_back_to_the_windows_it_was_counted_in(four):
-    tenant, who, budgets = four
+@WINDOWS
+def test_a_reversal_gives_back_to_the_windows_it_was_counted_in(setup, request):
+    tenant, who, budgets = request.getfixturevalue(setup)
     result = usage_record(attribution=who, event=ev("r", "2"))
     with pytest.raises(BudgetExceeded):
         usage_record(attribution=who, event=ev("s", "0.1"))
@@ -193,17 +216,45 @@ def test_validation(tenant, other_tenant):
 
 
 def test_statements_of_a_usage_event_with_four_budgets_are_constant(
-    four, django_assert_max_num_queries
+    four_known, django_assert_max_num_queries
 ):
-    tenant, who, budgets = four
-    usage_record(attribution=who, event=ev("warm", "0.001"))
-    with django_assert_max_num_queries(23) as first:  # 4 of them for the four budgets
+    tenant, who, budgets = four_known
+    usage_record(attribution=who, event=ev("sink", "0.001"))  # the usage sink made on first use
+    with django_assert_max_num_queries(22) as first:  # 3 of them for the four budgets
         usage_record(attribution=who, event=ev("one", "0.001"))
     usage_record_many(attribution=who, events=[ev(f"h{i}", "0.001") for i in range(300)])
-    with django_assert_max_num_queries(23) as later:
+    with django_assert_max_num_queries(22) as later:
         usage_record(attribution=who, event=ev("two", "0.001"))
     assert len(later) == len(first)  # whatever the history in the windows
     assert window(budgets["team"]).spent == D("0.303")
+    # Windows this process has not seen committed (new, or made by another process): one more,
+    # the INSERT ... ON CONFLICT DO NOTHING of the missing ones.
+    budgets_service._KNOWN.clear()
+    with django_assert_max_num_queries(23) as unknown:
+        usage_record(attribution=who, event=ev("three", "0.001"))
+    assert len(unknown) == len(first) + 1
+
+
+def test_a_known_window_that_is_gone_or_another_falls_back_to_the_full_path(
+    four_known, other_tenant
+):
+    tenant, who, budgets = four_known
+    usage_record(attribution=who, event=ev("a", "0.5"))
+    member = budgets["member"]
+    # The team's window is gone (deleted with nothing else), and the member's hint names a
+    # window of another organization's budget: both are checked, neither is trusted.
+    other_tenant.grant("10")
+    elsewhere = budget(other_tenant, "organization", "5")
+    usage_record(attribution=Attribution(organization=other_tenant.org), event=ev("o", "0.1"))
+    BudgetWindow.objects.filter(pk=window(budgets["team"]).pk).delete()
+    budgets_service._KNOWN[(member.pk, window(member).window_start)] = window(elsewhere).pk
+    usage_record(attribution=who, event=ev("b", "0.25"))
+    assert window(budgets["team"]).spent == D("0.25")  # a new window
+    assert window(budgets["member"]).spent == window(budgets["api_key"]).spent == D("0.75")
+    assert window(elsewhere).spent == D("0.1")
+    assert set(UsageEvent.objects.get(event_id="b").budget_windows) == {
+        window(b).pk for b in budgets.values()
+    }
 
 
 # Key limits are budgets ---------------------------------------------------------------------
