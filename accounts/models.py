@@ -5,6 +5,8 @@ Data and database constraints only; every write goes through `accounts.services`
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.db import models
@@ -72,6 +74,12 @@ class Organization(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The organization's time zone (UTC when unset): pages show times in it, budget
+        windows and statements count days in it."""
+        return ZoneInfo(self.time_zone or "UTC")
 
 
 class Team(models.Model):

@@ -12,6 +12,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
+from django.utils import timezone
 
 from portal.api import SESSION_ORGANIZATION
 from portal.errors import ApplicationError
@@ -27,7 +28,8 @@ def organization_page(view=None, *, scope: str | None = None):
     non-members), set `request.organization`, `request.membership` and `request.principal`
     (`accounts.access.Principal`, the same layer the API asks), and remember the organization
     for the API's session authentication. With `scope`, a member whose role lacks it gets 404:
-    the page does not exist for them, as its API answers nothing they may read."""
+    the page does not exist for them, as its API answers nothing they may read. The view runs
+    in the organization's time zone: templates show times in it."""
 
     def decorate(view):
         @login_required
@@ -47,7 +49,9 @@ def organization_page(view=None, *, scope: str | None = None):
             request.principal = principal
             if request.session.get(SESSION_ORGANIZATION) != organization.slug:
                 request.session[SESSION_ORGANIZATION] = organization.slug  # no write per poll
-            return view(request, *args, **kwargs)
+            # Times on the page (and naive times in its forms) are the organization's.
+            with timezone.override(organization.zone):
+                return view(request, *args, **kwargs)
 
         return wrapper
 

@@ -29,7 +29,7 @@ SPEND_DIMENSIONS = {"team": "team__name", "model": "model", "operation": "operat
 def organization_tz(organization: Organization) -> tzinfo:
     """The organization's IANA time zone (UTC when unknown)."""
     try:
-        return zoneinfo.ZoneInfo(organization.time_zone or "UTC")
+        return organization.zone
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return zoneinfo.ZoneInfo("UTC")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -109,7 +108,7 @@ class Line:
 
 
 def _issue_year(organization: Organization, at) -> int:
-    return at.astimezone(ZoneInfo(organization.time_zone or "UTC")).year
+    return at.astimezone(organization.zone).year
 
 
 @transaction.atomic

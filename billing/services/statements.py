@@ -58,7 +58,7 @@ def month_bounds(time_zone: str, year: int, month: int) -> tuple[datetime, datet
 
 def previous_month(organization: Organization, now: datetime | None = None) -> tuple[int, int]:
     """The calendar month before the current one in the organization's time zone."""
-    local = (now or timezone.now()).astimezone(ZoneInfo(organization.time_zone or "UTC"))
+    local = (now or timezone.now()).astimezone(organization.zone)
     return (local.year - 1, 12) if local.month == 1 else (local.year, local.month - 1)
 
 

@@ -14,7 +14,6 @@ database uniqueness constraint on the event's key and day, not a check here).
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
@@ -89,7 +88,7 @@ def daily_summaries_send(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     told = 0
     for organization in Organization.objects.all():
-        tz = ZoneInfo(organization.time_zone or "UTC")
+        tz = organization.zone
         day = now.astimezone(tz).date() - timedelta(days=1)
         start = datetime.combine(day, time.min, tzinfo=tz)
         end = start + timedelta(days=1)
