@@ -9,6 +9,7 @@ from decimal import Decimal
 import environ
 import pytest
 from axes.handlers.proxy import AxesProxyHandler
+from celery._state import _set_task_join_will_block
 from django.core.cache import cache
 from django.test import override_settings
 from rest_framework.test import APIClient
@@ -64,6 +65,16 @@ def test_cache_and_static_files(tmp_path_factory):
     ):
         AxesProxyHandler.get_implementation(force=True)  # it holds the cache it was made with
         yield
+
+
+@pytest.fixture(autouse=True)
+def eager_tasks_leave_no_flag():
+    """Eager tasks mark "a task is running" in a process-wide flag (Celery's
+    `denied_join_result`), saved and restored around each: threads running eager tasks at once
+    (the concurrency tests) can leave it set, and a later `AsyncResult.get()` in this process
+    (the real-worker tests) would refuse to wait. Cleared after every test."""
+    yield
+    _set_task_join_will_block(False)
 
 
 @pytest.fixture(autouse=True)

@@ -469,7 +469,7 @@ TEAM = {"alpha": lambda w: {"slug": "alpha"}, "beta": lambda w: {"slug": "beta"}
 
 
 def order_id(w: World) -> dict:
-    return {"id": str(Order.objects.get(organization=w.org).public_id)}
+    return {"id": str(Order.objects.get(organization=w.org, purpose="purchase").public_id)}
 
 
 def member_pk(user: str) -> Fill:

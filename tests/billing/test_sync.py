@@ -500,8 +500,10 @@ def test_who_sees_the_page_and_who_may_sync(tenant, openrouter):
     assert _page_client(tenant.member(Role.MEMBER)).get(page).status_code == 404
     assert not OpenRouterSnapshot.objects.exists()
     owner = _page_client(tenant.owner)
+    # the billing area's second row links it
     assert (
-        'href="/o/acme/billing/openrouter/"' in owner.get(f"/o/{tenant.org.slug}/").content.decode()
+        'href="/o/acme/billing/openrouter/"'
+        in owner.get("/o/acme/billing/orders/").content.decode()
     )
     owner.post(page + "sync/")
     assert OpenRouterSnapshot.objects.get().status == "ok"

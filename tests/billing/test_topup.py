@@ -11,7 +11,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from celery._state import _set_task_join_will_block
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
@@ -411,19 +410,8 @@ def test_a_rejected_top_up_charges_nothing_and_rests(
 # Concurrency ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def eager_tasks_in_threads():
-    """Eager tasks mark "a task is running" in a process-wide flag (Celery's
-    `denied_join_result`), saved and restored around each: threads running eager tasks at once
-    can leave it set, and a later `AsyncResult.get()` in this process would refuse to wait."""
-    yield
-    _set_task_join_will_block(False)
-
-
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_debits_charge_exactly_what_the_rule_allows(
-    tenant, stripe_server, eager_tasks_in_threads
-):
+def test_concurrent_debits_charge_exactly_what_the_rule_allows(tenant, stripe_server):
     """20 threads debit 1 credit at a time from a pool of 100 (threshold 50, top-ups of 20, a
     cap of 100 USD a month: five top-ups). Each top-up lifts the pool above the threshold and
     the debits take it below again, many times over; every debit's commit asks for a top-up.

@@ -228,5 +228,7 @@ def test_rejecting_on_the_page(tenant, stripe_server):
 def test_the_navigation_links_the_page_for_billing_readers(tenant):
     billing = tenant.member(Role.BILLING)
     member = tenant.member(Role.MEMBER)
-    assert b'href="/o/acme/billing/topup/"' in page(billing).get("/o/acme/").content
-    assert b'href="/o/acme/billing/topup/"' not in page(member).get("/o/acme/").content
+    # the Billing section for billing readers; its second row links the page
+    assert b'href="/o/acme/billing/orders/"' in page(billing).get("/o/acme/").content
+    assert b'href="/o/acme/billing/topup/"' in page(billing).get("/o/acme/billing/orders/").content
+    assert b'href="/o/acme/billing/orders/"' not in page(member).get("/o/acme/").content
