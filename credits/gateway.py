@@ -446,6 +446,20 @@ def _sse(document: dict) -> bytes:
     return b"data: " + json.dumps(document, separators=(",", ":")).encode() + b"\n\n"
 
 
+def _streamed_bytes(choices) -> int:
+    """UTF-8 bytes of the text, reasoning and tool calls in a chunk's deltas."""
+    total = 0
+    for choice in choices if isinstance(choices, list) else []:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict):
+            for key in ("content", "reasoning", "refusal"):
+                if isinstance(delta.get(key), str):
+                    total += len(delta[key].encode())
+            if delta.get("tool_calls") is not None:
+                total += _bytes(delta["tool_calls"])
+    return total
+
+
 def chat_stream(held: Held, response: httpx.Response) -> Iterator[bytes]:
     """Server-sent events of an open upstream stream, chunk by chunk as they come, each with the
     generation id and the model served; the usage chunk gets `usage.cost` once captured. When
@@ -455,12 +469,15 @@ def chat_stream(held: Held, response: httpx.Response) -> Iterator[bytes]:
     captured = False
     streamed = 0
     created = int(time.time())
+    failure = None
     try:
+        done = False
         for line in response.iter_lines():
             if not line.startswith("data:"):
                 continue  # comments (": keep-alive"), event names
             data = line[5:].strip()
             if data == "[DONE]":
+                done = True
                 break
             try:
                 chunk = json.loads(data)
@@ -472,14 +489,7 @@ def chat_stream(held: Held, response: httpx.Response) -> Iterator[bytes]:
             chunk.setdefault("object", "chat.completion.chunk")
             chunk.setdefault("created", created)
             chunk.setdefault("choices", [])
-            for choice in chunk["choices"]:
-                delta = choice.get("delta") if isinstance(choice, dict) else None
-                if isinstance(delta, dict):
-                    for key in ("content", "reasoning", "refusal"):
-                        if isinstance(delta.get(key), str):
-                            streamed += len(delta[key].encode())
-                    if delta.get("tool_calls") is not None:
-                        streamed += _bytes(delta["tool_calls"])
+            streamed += _streamed_bytes(chunk["choices"])
             usage = chunk.get("usage")
             if isinstance(usage, dict) and not captured:
                 cost = chat_capture(held, usage)
@@ -488,9 +498,22 @@ def chat_stream(held: Held, response: httpx.Response) -> Iterator[bytes]:
             elif "usage" in chunk and usage is None:
                 del chunk["usage"]
             yield _sse(chunk)
-    except httpx.HTTPError as exc:
-        timeout = isinstance(exc, httpx.TimeoutException)
-        error = UpstreamTimeout if timeout else UpstreamFailed
+        if not done:  # the connection closed before the stream's end
+            failure = (UpstreamFailed, "The upstream dropped the connection mid-stream.")
+    except httpx.TimeoutException:
+        failure = (UpstreamTimeout, "The upstream timed out mid-stream.")
+    except httpx.HTTPError:
+        failure = (UpstreamFailed, "The upstream dropped the connection mid-stream.")
+    finally:
+        response.close()
+        if not captured:
+            captured = True
+            try:
+                chat_capture(held, None, streamed)
+            except ApplicationError:  # e.g. the excess over an expired hold is not available
+                logger.exception("gateway: capture of %s failed", held.generation_id)
+    if failure is not None:
+        error, message = failure
         yield _sse(
             {
                 "id": held.generation_id,
@@ -500,19 +523,9 @@ def chat_stream(held: Held, response: httpx.Response) -> Iterator[bytes]:
                 "choices": [],
                 "error": {
                     "code": error.status_code,
-                    "message": "The upstream timed out mid-stream."
-                    if timeout
-                    else "The upstream dropped the connection mid-stream.",
+                    "message": message,
                     "metadata": {"error_type": "provider_unavailable"},
                 },
             }
         )
-    finally:
-        response.close()
-        if not captured:
-            captured = True
-            try:
-                chat_capture(held, None, streamed)
-            except ApplicationError:  # charged nothing more than the hold allowed: logged
-                logger.exception("gateway: capture of %s failed", held.generation_id)
     yield b"data: [DONE]\n\n"
