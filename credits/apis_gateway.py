@@ -14,6 +14,7 @@ from decimal import Decimal
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from portal.api import OrganizationAPIView, StrictSerializer, error_responses
@@ -192,6 +193,12 @@ ChatRequestInput = inline_serializer(
 
 class ChatCompletionsApi(OrganizationAPIView):
     scope_map = {"POST": "usage:write"}
+
+    def perform_content_negotiation(self, request, force=False):
+        """JSON whatever the Accept header: streaming clients send `text/event-stream`, and an
+        error (402 before the stream starts) must still be the JSON error format, which is what
+        the SDKs parse. Streams are not rendered by DRF."""
+        return (JSONRenderer(), JSONRenderer.media_type)
 
     @extend_schema(
         operation_id="chat_completions",

@@ -27,6 +27,7 @@ class FakeUpstream:
         self.modes: dict[str, str] = {}
         self.cost = "0.000123"  # OpenRouter's usage.cost (credits)
         self.delay = 0.0  # seconds before every answer
+        self.chunk_delay = 0.0  # seconds between streamed chunks
         self.hang = 5.0
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -120,6 +121,7 @@ class FakeUpstream:
         for i, word in enumerate(WORDS):
             delta = {"content": word} if i else {"role": "assistant", "content": word}
             event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            time.sleep(self.chunk_delay)
             if mode == "drop":
                 handler.close_connection = True
                 handler.connection.shutdown(2)
