@@ -61,7 +61,7 @@ _MODELS = serializers.ListField(
 
 class UpstreamCreateInput(StrictSerializer):
     name = serializers.CharField(max_length=100)
-    kind = serializers.ChoiceField(choices=Upstream.Kind.values)
+    kind = serializers.ChoiceField(choices=Upstream.Kind.choices)
     base_url = serializers.CharField(max_length=2000)
     api_key = serializers.CharField(
         max_length=4000, allow_blank=True, required=False, write_only=True
@@ -75,7 +75,7 @@ class UpstreamCreateInput(StrictSerializer):
 
 class UpstreamUpdateInput(StrictSerializer):
     name = serializers.CharField(max_length=100, required=False)
-    kind = serializers.ChoiceField(choices=Upstream.Kind.values, required=False)
+    kind = serializers.ChoiceField(choices=Upstream.Kind.choices, required=False)
     base_url = serializers.CharField(max_length=2000, required=False)
     api_key = serializers.CharField(
         max_length=4000, allow_blank=True, required=False, write_only=True,

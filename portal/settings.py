@@ -219,6 +219,7 @@ SPECTACULAR_SETTINGS = {
         "AccountKindEnum": "credits.models.LedgerAccount.Kind",
         # daily, weekly, monthly: a key's limit_reset and a guardrail's reset_interval
         "ResetIntervalEnum": "credits.models.Guardrail.Interval",
+        "UpstreamKindEnum": "credits.models.Upstream.Kind",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
