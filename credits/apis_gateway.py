@@ -17,7 +17,7 @@ from rest_framework import serializers, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from portal.api import OrganizationAPIView, StrictSerializer, error_responses
+from portal.api import ErrorSerializer, OrganizationAPIView, StrictSerializer, error_responses
 from portal.errors import ApplicationError, NotFound
 
 from . import gateway
@@ -210,8 +210,8 @@ class ChatCompletionsApi(OrganizationAPIView):
                 "chat.completion.chunk objects ending with the usage chunk and `[DONE]`.",
             ),
             **error_responses(402),
-            502: OpenApiResponse(description="The upstream failed (error format)."),
-            504: OpenApiResponse(description="The upstream timed out (error format)."),
+            502: OpenApiResponse(ErrorSerializer, description="The upstream failed."),
+            504: OpenApiResponse(ErrorSerializer, description="The upstream timed out."),
         },
         description="OpenAI's and OpenRouter's chat completions through the organization's "
         "upstreams: the worst case is held first (402 when the credits, a budget or the key's "
