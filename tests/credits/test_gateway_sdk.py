@@ -5,10 +5,13 @@ cases; a client that goes away mid-stream."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -191,3 +194,30 @@ def test_client_gone_mid_stream_is_charged_and_leaves_no_hold(live_server, tenan
     assert event.completion_tokens < len("".join(WORDS).encode())
     assert event.cost > 0 and pool(tenant).held == 0
     assert pool(tenant).balance == Decimal("5") - event.cost
+
+
+def test_typescript_sdk_chat_stream_and_402(live_server, tenant, fake, prices):
+    """`openrouter_sdk_ts_gateway.mjs` with `node`: chat, streamed chat, a typed 402."""
+    from .test_openrouter_sdk_ts import ROOT, node
+
+    tenant.grant("0.5")  # a 120,000-token worst case of gpt-4o (1.2 credits) does not fit
+    make_upstream(tenant, fake)
+    _, secret = tenant.key("usage")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENROUTER_")}
+    environment.update(
+        PORTAL_API_URL=f"{live_server.url}/api/v1", PORTAL_USAGE_KEY=secret, PORTAL_MODEL="gpt-4o"
+    )
+    script = Path(__file__).with_name("openrouter_sdk_ts_gateway.mjs")
+    run = subprocess.run([node(), str(script)], cwd=ROOT, env=environment, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    cost = fake_cost("gpt-4o")
+    assert out["chat"]["model"] == "gpt-4o" and out["chat"]["content"] == "".join(WORDS)
+    assert Decimal(str(out["chat"]["cost"])) == cost
+    assert out["stream"]["text"] == "".join(WORDS) and out["stream"]["model"] == "gpt-4o"
+    assert Decimal(str(out["stream"]["cost"])) == cost and len(out["stream"]["ids"]) == 1
+    assert out["refused"] == {"status": 402, "type": "insufficient_credits"}
+    ids = {out["chat"]["id"], out["stream"]["ids"][0]}
+    assert set(UsageEvent.objects.values_list("event_id", flat=True)) == ids
+    assert len(fake.requests) == 2 and pool(tenant).held == 0
