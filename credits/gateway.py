@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -350,7 +350,10 @@ def _usage_input(held: Held, usage: dict | None, streamed_bytes: int = 0) -> Usa
         cached = _count((usage.get("prompt_tokens_details") or {}).get("cached_tokens"))
         reasoning = _count((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
         if upstream.kind == Upstream.Kind.OPENROUTER and usage.get("cost") is not None:
-            cost = parse_credits(Decimal(str(usage["cost"])), allow_zero=True)
+            try:
+                cost = parse_credits(Decimal(str(usage["cost"])), allow_zero=True)
+            except (ArithmeticError, ValueError, ValidationFailed):  # not an amount: priced
+                metadata["reported_cost_refused"] = str(usage["cost"])[:50]
     else:
         prompt, completion, cached, reasoning = held.request.prompt_bound, streamed_bytes, 0, 0
         metadata["usage_estimated"] = True
@@ -373,11 +376,22 @@ def _count(value) -> int:
 
 def chat_capture(held: Held, usage: dict | None, streamed_bytes: int = 0) -> Decimal:
     """Capture the hold with the request's actual cost (recording its usage event through the
-    metering path). A hold that expired meanwhile is charged by a plain debit (`usage_record`).
-    Returns the cost in credits."""
+    metering path) and return it (credits). The hold is always resolved:
+
+    - a cost above the hold whose excess the credits or a budget do not allow is charged the
+      hold's amount (the most that was reserved; `metadata.cost_above_hold` keeps the actual);
+    - a hold that expired meanwhile (a stream longer than HOLD_TIMEOUT) is charged by a plain
+      debit (`usage_record`)."""
     event = _usage_input(held, usage, streamed_bytes)
     try:
         return authorization_capture(hold=held.hold, event=event).event.cost
+    except (InsufficientCredits, BudgetExceeded):
+        capped = replace(
+            event,
+            cost=held.hold.amount,
+            metadata={**(event.metadata or {}), "cost_above_hold": True},
+        )
+        return authorization_capture(hold=held.hold, event=capped).event.cost
     except HoldNotPending:
         attribution = Attribution(
             organization=held.hold.organization,
@@ -428,7 +442,8 @@ def chat_complete(held: Held) -> dict:
         chat_void(held)
         raise
     usage = document.get("usage")
-    cost = chat_capture(held, usage)
+    # Without usage (a server that omits it): the prompt bound and the bytes of the answer.
+    cost = chat_capture(held, usage, _message_bytes(document["choices"]))
     document.update(
         {
             "id": held.generation_id,
@@ -444,6 +459,11 @@ def chat_complete(held: Held) -> dict:
 
 def _sse(document: dict) -> bytes:
     return b"data: " + json.dumps(document, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _message_bytes(choices) -> int:
+    """UTF-8 bytes of the text, reasoning and tool calls of a completion's messages."""
+    return _streamed_bytes([{"delta": c.get("message")} for c in choices if isinstance(c, dict)])
 
 
 def _streamed_bytes(choices) -> int:

@@ -5,7 +5,7 @@ carries `cost`).
 
 What it does per model id (`modes`, default "ok"): "ok" answers; "429" and "500" answer that
 error; "timeout" sleeps `hang` seconds before answering; "drop" closes the connection without an
-answer (streaming: after the first chunk); "nousage" streams without a usage chunk."""
+answer (streaming: after the first chunk); "nousage" answers without usage."""
 
 from __future__ import annotations
 
@@ -105,6 +105,8 @@ class FakeUpstream:
                 "usage": self.usage(),
                 "system_fingerprint": "fp_fake",
             }
+            if mode == "nousage":
+                del document["usage"]
             self._send(handler, 200, json.dumps(document).encode(), "application/json")
             return
         handler.send_response(200)

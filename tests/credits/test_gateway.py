@@ -323,6 +323,43 @@ def test_stream_without_usage_is_charged_what_was_streamed(tenant, fake, prices)
     assert pool(tenant).held == 0
 
 
+def test_completion_without_usage_is_charged_the_bound_and_the_answer(tenant, fake, prices):
+    tenant.grant("10")
+    make_upstream(tenant, fake)
+    fake.modes["gpt-4o"] = "nousage"
+    _, secret = tenant.key("usage")
+    response = chat(tenant.client(secret), model="gpt-4o", max_tokens=100)
+    assert response.status_code == 200
+    event = UsageEvent.objects.get(organization=tenant.org)
+    bound = prompt_bound({"messages": MESSAGES})
+    assert (event.prompt_tokens, event.completion_tokens) == (bound, len("".join(WORDS)))
+    assert Decimal(str(response.json()["usage"]["cost"])) == event.cost > 0
+    assert pool(tenant).held == 0
+
+
+def test_reported_cost_above_an_uncoverable_hold_is_charged_the_hold(tenant, fake_openrouter,
+                                                                      prices):  # fmt: skip
+    """OpenRouter reports more than the worst case and the pool cannot cover the excess: the
+    hold's amount is charged (the most reserved), the hold is resolved, the actual is kept."""
+    make_upstream(tenant, fake_openrouter, models=("openai/",), kind="openrouter")
+    worst = authorization_estimate(model="openai/gpt-4o", at=timezone.now(), max_tokens=100,
+                                   prompt_tokens=prompt_bound({"messages": MESSAGES}))  # fmt: skip
+    tenant.grant(worst)
+    fake_openrouter.cost = str(worst * 3)
+    _, secret = tenant.key("usage")
+    for stream in (False, True):
+        response = chat(tenant.client(secret), model="openai/gpt-4o", max_tokens=100,
+                        stream=stream)  # fmt: skip
+        assert response.status_code == (200 if not stream else 402), response
+        if not stream:
+            assert Decimal(str(response.json()["usage"]["cost"])) == worst
+    event = UsageEvent.objects.get(organization=tenant.org)
+    assert event.cost == worst and event.metadata["cost_above_hold"] is True
+    assert not Hold.objects.filter(status=Hold.Status.PENDING).exists()
+    assert pool(tenant).balance == 0 and pool(tenant).held == 0
+    assert ledger_verify(tenant.org.pk) == []
+
+
 # Refusals before anyone is called ----------------------------------------------------------------
 
 
