@@ -13,6 +13,7 @@ from django.utils import timezone
 from accounts.models import AuditEvent
 from credits.gateway import prompt_bound
 from credits.models import Hold, LedgerAccount, Upstream, UsageEvent
+from credits.services.guardrails import guardrail_assign_keys, guardrail_create
 from credits.services.prices import Tokens, cost_compute, price_for
 from credits.services.upstreams import upstream_create
 from credits.services.usage import authorization_estimate
@@ -431,6 +432,21 @@ def test_a_key_limit_refuses_with_402(tenant, fake, prices):
     assert response.status_code == 402
     assert response.json()["error"]["metadata"]["type"] == "budget_exceeded"
     assert not fake.requests
+
+
+def test_a_guardrail_refuses_a_model_and_the_fallback_uses_an_allowed_one(tenant, fake, prices):
+    tenant.grant("10")
+    make_upstream(tenant, fake)
+    key, secret = tenant.key("usage")
+    fields = {"name": "mini only", "allowed_models": ["gpt-4o-mini"]}
+    guardrail = guardrail_create(organization=tenant.org, actor=SYSTEM, fields=fields)
+    guardrail_assign_keys(guardrail=guardrail, keys=[key], actor=SYSTEM)
+    client = tenant.client(secret)
+    refused = chat(client, model="gpt-4o", max_tokens=10)
+    assert refused.status_code == 403 and not fake.requests
+    served = chat(client, models=["gpt-4o", "gpt-4o-mini"], max_tokens=10)
+    assert served.status_code == 200 and served.json()["model"] == "gpt-4o-mini"
+    assert [r["body"]["model"] for r in fake.requests] == ["gpt-4o-mini"]
 
 
 # Models -----------------------------------------------------------------------------------------
