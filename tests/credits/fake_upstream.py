@@ -21,6 +21,10 @@ REASONING_TOKENS = 2
 WORDS = ["Hel", "lo", " wor", "ld"]
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the benchmark's bursts (bench/gateway.py)
+
+
 class FakeUpstream:
     def __init__(self, *, openrouter: bool = False):
         self.openrouter = openrouter
@@ -49,7 +53,7 @@ class FakeUpstream:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
