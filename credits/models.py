@@ -645,3 +645,57 @@ class Alert(models.Model):
         if self.threshold is None:
             return f"{self.type} of budget {self.budget_id}"
         return f"{self.type} {self.threshold}% of budget {self.budget_id}"
+
+
+class Upstream(models.Model):
+    """A provider connection of an organization that the gateway (`POST /api/v1/chat/completions`)
+    forwards requests to: OpenRouter, or any OpenAI-compatible base URL (OpenAI, Azure OpenAI,
+    vLLM, Ollama, a LiteLLM proxy). `models` lists the model ids it serves, exact (`gpt-4o`) or
+    provider prefixes ending in `/` (`openai/`). Its API key is stored encrypted (Fernet,
+    `FIELD_ENCRYPTION_KEY`, as webhook secrets) and never shown again."""
+
+    class Kind(models.TextChoices):
+        OPENROUTER = "openrouter", "OpenRouter"
+        OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="upstreams"
+    )
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    base_url = models.URLField(max_length=2000)
+    api_key_encrypted = models.TextField(blank=True)
+    timeout = models.PositiveIntegerField(default=60, help_text="Seconds.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    # Last: the name shadows the `models` module in this class body.
+    models = models.JSONField(default=list, help_text="Exact ids or provider prefixes ('openai/').")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="upstream_name_unique"),
+            models.CheckConstraint(
+                condition=Q(kind__in=["openrouter", "openai_compatible"]), name="upstream_kind"
+            ),
+            models.CheckConstraint(
+                condition=Q(timeout__gte=1, timeout__lte=600), name="upstream_timeout_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    @property
+    def api_key(self) -> str:
+        from notifications import crypto
+
+        return crypto.decrypt(self.api_key_encrypted) if self.api_key_encrypted else ""
+
+    @api_key.setter
+    def api_key(self, value: str) -> None:
+        from notifications import crypto
+
+        self.api_key_encrypted = crypto.encrypt(value) if value else ""

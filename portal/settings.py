@@ -23,6 +23,8 @@ Variables (all optional unless said):
   `DEBUG` on, derived from `SECRET_KEY`.
 - `WEBHOOK_ALLOW_PRIVATE_NETWORKS` (default off): allow webhook URLs on loopback, private and
   link-local addresses (tests and local development only).
+- `GATEWAY_ALLOW_PRIVATE_UPSTREAMS` (default off): allow gateway upstreams (`/api/v1/upstreams`)
+  on loopback, private and link-local addresses (a vLLM or Ollama on the operator's network).
 - `WEBHOOK_TIMEOUT_SECONDS` (default 10), `WEBHOOK_RETRY_DELAYS` (seconds between attempts,
   comma-separated; default Standard Webhooks' schedule over about a day).
 - `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`, `TWILIO_FROM`, `TWILIO_API_BASE`: SMS notifications.
@@ -228,6 +230,7 @@ SPECTACULAR_SETTINGS = {
         # daily, weekly, monthly: a key's limit_reset and a guardrail's reset_interval
         "ResetIntervalEnum": "credits.models.Guardrail.Interval",
         "InvoiceStatusEnum": "billing.models.Invoice.Status",
+        "UpstreamKindEnum": "credits.models.Upstream.Kind",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -346,6 +349,7 @@ if not FIELD_ENCRYPTION_KEY and DEBUG:
         base64.urlsafe_b64encode(hashlib.sha256(f"fernet:{SECRET_KEY}".encode()).digest()).decode()
     ]
 WEBHOOK_ALLOW_PRIVATE_NETWORKS = env.bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=False)
+GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default=False)
 WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 # Seconds before each retry (Standard Webhooks / Svix: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h;
 # eight attempts over about 27 hours). The message is dead after the last.

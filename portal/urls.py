@@ -12,7 +12,7 @@ from accounts import apis_keys, views
 from accounts import apis_openrouter as accounts_openrouter
 from billing import urls as billing_urls
 from credits import apis as credits_apis
-from credits import apis_budgets, apis_guardrails, apis_openrouter, apis_usage
+from credits import apis_budgets, apis_gateway, apis_guardrails, apis_openrouter, apis_usage
 from notifications import apis as notifications_apis
 
 api_v1 = [
@@ -40,6 +40,10 @@ api_v1 = [
     path("credits", apis_openrouter.CreditsApi.as_view(), name="credits"),
     path("generation", apis_openrouter.GenerationApi.as_view(), name="generation"),
     path("activity", apis_openrouter.ActivityApi.as_view(), name="activity"),
+    path("chat/completions", apis_gateway.ChatCompletionsApi.as_view(), name="chat-completions"),
+    path("models", apis_gateway.ModelsApi.as_view(), name="models"),
+    path("upstreams", apis_gateway.UpstreamListApi.as_view(), name="upstreams"),
+    path("upstreams/<str:id>", apis_gateway.UpstreamDetailApi.as_view(), name="upstream"),
     path(
         "organization/members",
         accounts_openrouter.OrganizationMembersApi.as_view(),

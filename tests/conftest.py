@@ -104,6 +104,7 @@ def notification_settings(settings):
     (tests of the SSRF rules turn WEBHOOK_ALLOW_PRIVATE_NETWORKS off again)."""
     settings.FIELD_ENCRYPTION_KEY = [TEST_FIELD_ENCRYPTION_KEY]
     settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
+    settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS = True  # the fake upstreams of the tests: loopback
 
 
 @pytest.fixture(autouse=True)

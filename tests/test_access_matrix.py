@@ -45,13 +45,14 @@ from billing.services.orders import order_create
 from billing.services.statements import previous_month, statement_generate
 from billing.services.sync import openrouter_connection_set
 from billing.services.topup import RuleInput, topup_rule_set, topup_start
-from credits.models import Alert, Budget, Guardrail, Hold, LedgerAccount, UsageEvent
+from credits.models import Alert, Budget, Guardrail, Hold, LedgerAccount, Upstream, UsageEvent
 from credits.services.budgets import budget_create
 from credits.services.guardrails import (
     guardrail_assign_keys,
     guardrail_assign_members,
     guardrail_create,
 )
+from credits.services.upstreams import upstream_create
 from notifications.models import Notification, OutboxMessage, WebhookEndpoint
 from notifications.services import notify, webhook_endpoint_create
 
@@ -291,6 +292,10 @@ def build_world(t: Tenant) -> World:
         enabled=True, threshold="1000", amount="20", monthly_cap="100", requires_approval=True,
     ))  # fmt: skip
     assert topup_start(organization_id=t.org.pk).state == TopUp.State.AWAITING_APPROVAL
+    upstream_create(
+        organization=t.org, name="matrix-upstream", kind="openai_compatible",
+        base_url="https://llm.matrix.test/v1", models=["gpt-4o"], actor=SYSTEM,
+    )  # fmt: skip
     world = World(t, users, teams, keys, events, holds, invitation, clients)
     world.hidden = {p: world.markers(p) | {OPENROUTER_KEY[9:]} for p in PRINCIPALS}
     return world
@@ -496,6 +501,15 @@ def alert_id(scope: str) -> Fill:
     return lambda w: {
         "id": str(Alert.objects.get(organization=w.org, budget__scope=scope).public_id)
     }
+
+
+def upstream_id(w: World) -> dict:
+    return {"id": str(Upstream.objects.get(organization=w.org).public_id)}
+
+
+def gateway_models(w: World, p: str, response) -> None:
+    """What the organization's upstream serves, whoever asks."""
+    assert [m["id"] for m in response.json()["data"]] == ["gpt-4o"], response.content
 
 
 def guardrail_id(w: World) -> dict:
@@ -1018,6 +1032,30 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     },
     "api/v1/billing/topup/attempts": {
         "GET": [P("200 200 200 403 403 403  200 403 403 403")],
+    },
+    # The gateway. Upstreams hold the organization's provider keys: `org:write`, as webhooks.
+    # Chat completions spend: `usage:write` (a model no upstream serves is a 400 that holds
+    # nothing; the request path itself is tests/credits/test_gateway*.py). Models: `usage:read`.
+    "api/v1/upstreams": {
+        "GET":  [P("200 200 403 403 403 403  200 403 403 403")],
+        "POST": [P("201 201 403 403 403 403  201 403 403 403",
+                   body=lambda w: {"name": "matrix-new", "kind": "openai_compatible",
+                                   "base_url": "https://llm2.matrix.test/v1",
+                                   "models": ["openai/"]})],
+    },
+    "api/v1/upstreams/<str:id>": {
+        "GET":    [P("200 200 403 403 403 403  200 403 403 403", path=upstream_id)],
+        "PATCH":  [P("200 200 403 403 403 403  200 403 403 403", path=upstream_id,
+                     body=lambda w: {"enabled": False})],
+        "DELETE": [P("204 204 403 403 403 403  204 403 403 403", path=upstream_id)],
+    },
+    "api/v1/chat/completions": {
+        "POST": [P("400 400 403 400 403 400  400 400 400 400",
+                   body=lambda w: {"model": "gpt-3.5-turbo", "max_tokens": 10,
+                                   "messages": [{"role": "user", "content": "hi"}]})],
+    },
+    "api/v1/models": {
+        "GET": [P("200 200 200 200 200 200  200 200 200 200", check=gateway_models)],
     },
     # Pages: the same principal (`accounts.pages.organization_page`); a page whose scope the role
     # lacks does not exist for it (404). Keys do not open pages (302 to the login).

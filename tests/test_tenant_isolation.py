@@ -47,13 +47,23 @@ from billing.services.exports import export_job_create, export_job_run
 from billing.services.orders import order_create
 from billing.services.sync import openrouter_connection_set, openrouter_sync
 from billing.services.topup import RuleInput, topup_rule_set, topup_start
-from credits.models import Alert, Budget, CreditLot, Guardrail, Hold, LedgerAccount, UsageEvent
+from credits.models import (
+    Alert,
+    Budget,
+    CreditLot,
+    Guardrail,
+    Hold,
+    LedgerAccount,
+    Upstream,
+    UsageEvent,
+)
 from credits.services.budgets import budget_create
 from credits.services.guardrails import (
     guardrail_assign_keys,
     guardrail_assign_members,
     guardrail_create,
 )
+from credits.services.upstreams import upstream_create
 from notifications.models import Notification, OutboxMessage, WebhookEndpoint
 from notifications.services import notify, webhook_endpoint_create
 
@@ -139,6 +149,8 @@ class World:
         found = {"acme", self.a_team.slug, self.a_event.event_id, self.a_hold.idempotency_key}
         for endpoint in WebhookEndpoint.objects.filter(organization=self.a.org):
             found |= {str(endpoint.public_id), endpoint.url}
+        for upstream in Upstream.objects.filter(organization=self.a.org):
+            found |= {str(upstream.public_id), upstream.name, upstream.base_url}
         found |= {
             str(n)
             for n in Notification.objects.filter(organization=self.a.org).values_list(
@@ -263,6 +275,11 @@ def build_world(tenant: Tenant, other_tenant: Tenant) -> World:
         enabled=True, threshold="1000", amount="20", monthly_cap="100", requires_approval=True,
     ))  # fmt: skip
     assert topup_start(organization_id=a.org.pk).state == TopUp.State.AWAITING_APPROVAL
+    upstream_create(
+        organization=a.org, name="Acme Secret Upstream", kind="openai_compatible",
+        base_url="https://llm.acme-secret.test/v1", models=["gpt-4o", "acme-secret-model"],
+        api_key="sk-acme-secret", actor=SYSTEM,
+    )  # fmt: skip
 
     b = other_tenant
     b.grant("7")
@@ -431,6 +448,12 @@ def a_endpoint(world: World) -> WebhookEndpoint:
     return found or WebhookEndpoint(public_id="00000000-0000-4000-8000-000000000000")
 
 
+def a_upstream(world: World) -> Upstream:
+    """A's upstream (a stand-in id once deleted, as in the leak self-test)."""
+    found = Upstream.objects.filter(organization=world.a.org).first()
+    return found or Upstream(public_id="00000000-0000-4000-8000-000000000000")
+
+
 def a_alert(world: World) -> Alert:
     """A's budget alert (a stand-in id once deleted, as in the leak self-test)."""
     found = Alert.objects.filter(organization=world.a.org).first()
@@ -557,6 +580,7 @@ A_KEY = {"hash": lambda w: w.a_key.hash}
 # Holds by their public id (B reuses A's client id for a hold of its own: see the POST probe).
 A_HOLD = {"id": lambda w: w.a_hold.public_id}
 A_ENDPOINT = {"id": lambda w: a_endpoint(w).public_id}
+A_UPSTREAM = {"id": lambda w: a_upstream(w).public_id}
 A_DELIVERY = {**A_ENDPOINT, "message_id": lambda w: a_message(w).message_id}
 A_BUDGET = {"id": lambda w: Budget.objects.filter(organization=w.a.org).order_by("id")[0].public_id}
 
@@ -887,6 +911,28 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "POST": [Probe(400, body=lambda w: {"session_id": "not-a-session"})],
     },
     "api/v1/billing/topup/attempts": {"GET": [Probe(200, check=empty)]},
+    # The gateway: B's upstreams only; a model only A's upstream serves is not B's (400, nothing
+    # held, A's upstream never called); the models list is B's (its upstream made above serves
+    # `openai/`; A's serves `gpt-4o`, which B must not see).
+    "api/v1/upstreams": {
+        "GET": [Probe(200, check=empty_data)],
+        "POST": [Probe(201, body=lambda w: {"name": "Globex", "kind": "openrouter",
+                                            "base_url": "https://openrouter.globex.test/api/v1",
+                                            "models": ["openai/"]})],
+    },
+    "api/v1/upstreams/<str:id>": {
+        "GET": [Probe(404, path=_params(A_UPSTREAM))],
+        "PATCH": [Probe(404, path=_params(A_UPSTREAM), body=lambda w: {"enabled": False})],
+        "DELETE": [Probe(404, path=_params(A_UPSTREAM))],
+    },
+    "api/v1/chat/completions": {
+        "POST": [Probe(400, body=lambda w: {"model": "gpt-4o", "max_tokens": 10,
+                                            "messages": [{"role": "user", "content": "hi"}]})],
+    },
+    "api/v1/models": {
+        "GET": [Probe(200, check=expect(lambda w, r: r.json()["data"] and all(
+            m["id"].startswith("openai/") for m in r.json()["data"])))],
+    },
     # Pages, as B's owner (logged in)
     "": {"GET": [Probe(302, check=to_b_dashboard)], "POST": [Probe(302, check=to_b_dashboard)]},
     "o/<slug:org>/": {

@@ -673,3 +673,26 @@ def cost_compute(price: ModelPrice, tokens: Tokens, *, operation: str = "chat") 
         + (price.per_request or zero)
     )
     return quantize_credits(total)
+
+
+_context_windows: dict[str, int | None] = {}
+
+
+def model_context_window(model: str) -> int | None:
+    """The context window in tokens of `model` (resolved by `model_key`), from the genai-prices
+    data the keys come from; None when unknown (a model loaded from a LiteLLM file only, or one
+    the data gives none). The gateway takes it as the bound on a request's output tokens: a
+    model never writes more than its context holds. Cached per key in the process."""
+    key = model_key(model)
+    if key is None:
+        return None
+    if key not in _context_windows:
+        snapshot = get_snapshot()
+        refs = {k: ref for ref, k in _snapshot_keys(snapshot).items()}
+        window = None
+        if (ref := refs.get(key)) is not None:
+            provider = find_provider_by_id(snapshot.providers, ref[0])
+            found = next((m for m in provider.models if m.id == ref[1]), None) if provider else None
+            window = getattr(found, "context_window", None)
+        _context_windows[key] = window
+    return _context_windows[key]

@@ -1,0 +1,188 @@
+"""Gateway overhead: `POST /api/v1/chat/completions` through a real server (gunicorn, gthread
+workers) on PostgreSQL against calling the same loopback upstream directly.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_bench .venv/bin/python bench/gateway.py
+
+The upstream is the tests' fake OpenAI-compatible server (tests/credits/fake_upstream.py) in this
+process; the organization `bench` (as bench/ingest.py makes it) gets an upstream serving gpt-4o.
+Each scenario sends requests open-loop at `--rate` per second for `--seconds` (from a pool of
+threads), and measures per request: the whole answer (non-streaming), or the time to the first
+content chunk (streaming). Written to bench/results/gateway.json: p50 and p99 of each, direct
+and through the gateway, and their difference (the overhead: authentication, validation, the
+hold, the upstream call, the capture and the usage event)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+import ingest  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "gateway.json"
+MESSAGES = [{"role": "user", "content": "Say hello, in four tokens."}]
+
+
+def scenario(name: str, url: str, headers: dict, body: dict, rate: float, seconds: float) -> dict:
+    """Open-loop requests at `rate`/s for `seconds`; latency in ms (streams: to the first
+    content chunk)."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    local = threading.local()
+
+    def one(due: float) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(headers=headers, timeout=60)
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        began = time.perf_counter()
+        try:
+            if body.get("stream"):
+                took = None
+                with client.stream("POST", url, json=body) as response:
+                    for line in response.iter_lines():
+                        if took is None and '"content"' in line:
+                            took = (time.perf_counter() - began) * 1000
+                    status = response.status_code
+            else:
+                response = client.post(url, json=body)
+                took = (time.perf_counter() - began) * 1000
+                status = response.status_code
+        except httpx.HTTPError as exc:
+            took, status = None, repr(exc)
+        with lock:
+            if status == 200 and took is not None:
+                latencies.append(took)
+            else:
+                errors.append(str(status))
+
+    count = int(rate * seconds)
+    start = time.perf_counter() + 0.5
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        list(pool.map(one, [start + i / rate for i in range(count)]))
+    result = {
+        "scenario": name,
+        "requests": count,
+        "ok": len(latencies),
+        "errors": len(errors),
+        "p50_ms": round(ingest.percentile(latencies, 50), 2) if latencies else None,
+        "p99_ms": round(ingest.percentile(latencies, 99), 2) if latencies else None,
+    }
+    print(f"{name:>24}: p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
+          f"({len(latencies)} ok, {len(errors)} errors {errors[:1]})", flush=True)  # fmt: skip
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=100.0, help="Requests per second.")
+    parser.add_argument("--seconds", type=float, default=10.0, help="Per scenario.")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    database_url = os.environ.get("DATABASE_URL", ingest.DEFAULT_DATABASE_URL)
+    if urlparse(database_url).hostname not in ("127.0.0.1", "localhost", "::1", None):
+        sys.exit("bench/gateway.py runs on loopback only")
+    from cryptography.fernet import Fernet
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DEBUG": "0",
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_hex(32),
+        "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "GATEWAY_ALLOW_PRIVATE_UPSTREAMS": "1",
+        "SECURE_SSL_REDIRECT": "0",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "LOG_LEVEL": "ERROR",
+        "PYTHONPATH": str(ROOT),
+    }
+    from tests.credits.fake_upstream import FakeUpstream
+
+    upstream = FakeUpstream()
+    run = datetime.now(tz=UTC).strftime("%Y%m%d%H%M%S")
+    load_before = round(os.getloadavg()[0], 2)
+    ingest.database_create(database_url)
+    secret = ingest.setup(env, run, credits=1000)
+    ingest.manage(
+        "shell",
+        "-c",
+        "from accounts.audit import Actor; from accounts.models import Organization; "
+        "from credits.models import Upstream; "
+        "from credits.services.upstreams import upstream_create; "
+        "org = Organization.objects.get(slug='bench'); "
+        "Upstream.objects.filter(organization=org).delete(); "
+        f"upstream_create(organization=org, name='fake', kind='openai_compatible', "
+        f"base_url='{upstream.url}', models=['gpt-4o'], timeout=30, actor=Actor(system='bench'))",
+        env=env,
+    )
+    port = ingest.free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = ingest.server_start(env, port, args.workers, args.threads)
+    auth = {"Authorization": f"Bearer {secret}"}
+    body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 64}
+    results = []
+    try:
+        ingest.server_wait(url, secret, process)
+        for _ in range(20):  # warm-up: each worker's price cache, connections
+            httpx.post(f"{url}/api/v1/chat/completions", json=body, headers=auth, timeout=60)
+        for stream in (False, True):
+            kind = "stream_ttft" if stream else "non_streaming"
+            sent = {**body, "stream": stream}
+            if stream:
+                sent["stream_options"] = {"include_usage": True}
+            results.append(scenario(f"direct {kind}", f"{upstream.url}/chat/completions", {},
+                                    sent, args.rate, args.seconds))  # fmt: skip
+            results.append(scenario(f"gateway {kind}", f"{url}/api/v1/chat/completions", auth,
+                                    sent, args.rate, args.seconds))  # fmt: skip
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        upstream.close()
+    overhead = {}
+    for kind in ("non_streaming", "stream_ttft"):
+        direct = next(r for r in results if r["scenario"] == f"direct {kind}")
+        gateway = next(r for r in results if r["scenario"] == f"gateway {kind}")
+        overhead[kind] = {
+            p: round(gateway[p] - direct[p], 2) for p in ("p50_ms", "p99_ms") if gateway[p]
+        }
+    document = {
+        "date": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+        "commit": ingest.git("rev-parse", "--short", "HEAD"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_before": load_before,
+        "load_after": round(os.getloadavg()[0], 2),
+        "server": f"gunicorn portal.wsgi -w {args.workers} --threads {args.threads}",
+        "rate_per_s": args.rate,
+        "seconds_per_scenario": args.seconds,
+        "results": results,
+        "overhead_ms": overhead,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(document, indent=2) + "\n")
+    print(json.dumps(overhead))
+
+
+if __name__ == "__main__":
+    main()
