@@ -12,7 +12,8 @@ The request path (docs/api.md, "Gateway"):
    (`prompt_bound`: UTF-8 bytes, never fewer than its tokens) plus the output bound (`max_tokens`,
    else the model's context window), at the model's price. When it cannot be held, the next
    candidate (`models` list) is tried; none: the first refusal (402) is raised.
-3. Call the upstream over the pooled httpx client (`UPSTREAM_CLIENT`, retries on connection
+3. Call the upstream over a pooled httpx client (`upstream_client`), connected to the address
+   its host was checked at (`notifications.urlcheck.pin_url`), retrying connection
    errors only, the upstream's timeout), asking for the final usage chunk when streaming.
 4. `chat_capture`: capture the actual cost with `authorization_capture` (the one metering path:
    it records the usage event and posts its cost): an OpenRouter upstream's `usage.cost` as
@@ -25,16 +26,20 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import httpx
+from django.conf import settings
 from django.utils import timezone
 
+from notifications.urlcheck import UrlRefused, pin_url
 from portal.errors import (
     ApplicationError,
     BudgetExceeded,
@@ -68,13 +73,31 @@ MAX_CANDIDATES = 10
 HOLD_TIMEOUT = timedelta(minutes=30)  # the backstop: a stream longer than this pays by debit
 CONNECT_TIMEOUT = 10.0  # seconds, at most the upstream's own timeout
 
-# One pooled client per process (connection reuse across requests); `retries` retries failed
-# connection attempts only (httpx's transport), never a request that reached the upstream.
-UPSTREAM_CLIENT = httpx.Client(
-    transport=httpx.HTTPTransport(retries=2),
-    limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-    follow_redirects=False,
-)
+# Pooled clients, one per upstream origin (scheme, host, port) and process (connection reuse
+# across requests); `retries` retries failed connection attempts only (httpx's transport), never
+# a request that reached the upstream. A request goes to the address its host was checked at
+# (`pin_url`, DNS rebinding), so a client's pool is keyed by address: one client per origin
+# keeps a TLS connection made (and verified) for one host name from serving another name that
+# resolves to the same address.
+_CLIENTS: dict[tuple[str, str, int | None], httpx.Client] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def upstream_client(url: str) -> httpx.Client:
+    """The pooled client of `url`'s origin (created on first use, kept for the process)."""
+    parts = urlsplit(url)
+    key = (parts.scheme, (parts.hostname or "").lower(), parts.port)
+    client = _CLIENTS.get(key)
+    if client is None:
+        with _CLIENTS_LOCK:
+            client = _CLIENTS.get(key)
+            if client is None:
+                client = _CLIENTS[key] = httpx.Client(
+                    transport=httpx.HTTPTransport(retries=2),
+                    limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                    follow_redirects=False,
+                )
+    return client
 
 
 class UpstreamFailed(ApplicationError):
@@ -295,15 +318,28 @@ def upstream_send(held: Held) -> httpx.Response:
     UpstreamTimeout (504) or UpstreamFailed (502: an error status, a dropped connection)."""
     upstream = held.candidate.upstream
     timeout = httpx.Timeout(upstream.timeout, connect=min(CONNECT_TIMEOUT, upstream.timeout))
-    request = UPSTREAM_CLIENT.build_request(
+    url = f"{upstream.base_url}/chat/completions"
+    try:
+        # Checked again now (DNS may point elsewhere since the upstream was saved), and the
+        # connection goes to the address checked, not to a second resolution (DNS rebinding).
+        pinned = pin_url(
+            url, allow_private=settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS, portal_ok=True
+        )
+    except UrlRefused as exc:  # also UrlUnresolved
+        raise UpstreamFailed(
+            f"The upstream '{upstream.name}' was refused: {exc}", upstream=upstream.name
+        ) from None
+    client = upstream_client(url)
+    request = client.build_request(
         "POST",
-        f"{upstream.base_url}/chat/completions",
+        pinned.url,
         json=_upstream_body(held),
-        headers=_headers(upstream),
+        headers={**_headers(upstream), "Host": pinned.host_header},
         timeout=timeout,
+        extensions=pinned.extensions,
     )
     try:
-        response = UPSTREAM_CLIENT.send(request, stream=True)
+        response = client.send(request, stream=True)
     except httpx.TimeoutException:
         raise UpstreamTimeout(
             f"The upstream '{upstream.name}' did not answer within {upstream.timeout} s.",

@@ -65,8 +65,8 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
-def _check_addresses(addresses: list[str]) -> None:
-    if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS:
+def _check_addresses(addresses: list[str], allow_private: bool | None = None) -> None:
+    if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS if allow_private is None else allow_private:
         return
     if not addresses or any(_refused_address(a) for a in addresses):
         raise UrlRefused(
@@ -111,15 +111,20 @@ def _host_header(host: str, port: int | None) -> str:
     return name if port is None else f"{name}:{port}"
 
 
-def pin_url(url: str) -> Pinned:
+def pin_url(url: str, *, allow_private: bool | None = None, portal_ok: bool = False) -> Pinned:
     """Check `url` as `check_url` does, resolving its host once (also under
     `WEBHOOK_ALLOW_PRIVATE_NETWORKS`, which only lifts the address rule), and pin the request to
     the first address it resolved to. Raises UrlRefused, UrlUnresolved (the host does not
-    resolve now)."""
+    resolve now).
+
+    Other callers than webhook delivery (the gateway's upstreams, `credits.gateway`) pass their
+    own `allow_private` (None: `WEBHOOK_ALLOW_PRIVATE_NETWORKS`) and `portal_ok=True` when the
+    portal's own host is not refused (it is for webhooks only)."""
     host, port = _host_port(url)
-    _not_the_portal(host)
+    if not portal_ok:
+        _not_the_portal(host)
     addresses = resolve(host, port)
-    _check_addresses(addresses)
+    _check_addresses(addresses, allow_private)
     address = addresses[0]
     parts = urlsplit(url.strip())
     literal = f"[{address}]" if ":" in address else address

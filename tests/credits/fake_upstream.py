@@ -26,7 +26,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeUpstream:
-    def __init__(self, *, openrouter: bool = False):
+    def __init__(self, *, openrouter: bool = False, address: str = "127.0.0.1", port: int = 0):
         self.openrouter = openrouter
         self.modes: dict[str, str] = {}
         self.cost = "0.000123"  # OpenRouter's usage.cost (credits)
@@ -53,7 +53,7 @@ class FakeUpstream:
             def log_message(self, *args):
                 pass
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.server = _Server((address, port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
