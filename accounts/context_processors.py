@@ -21,6 +21,7 @@ SECTIONS = (
     ("Keys", ("keys",), "keys:read"),
     ("Audit", ("audit",), "audit:read"),
     ("Webhooks", ("webhooks",), "org:write"),
+    ("Upstreams", ("upstreams",), "org:write"),
     # The billing area (billing members, admins and owners): its pages in a second row.
     ("Billing", ("billing-orders",), "billing:read"),
     ("Settings", ("org-settings",), "org:read"),
@@ -34,6 +35,7 @@ SECTION_PREFIXES = {
     "Keys": ("key",),
     "Budgets": ("budget",),
     "Webhooks": ("webhook",),
+    "Upstreams": ("upstream",),
     "Billing": ("billing",),
 }
 

@@ -1,4 +1,5 @@
-"""Forms of the credits pages: the usage explorer's filters and the team allocation."""
+"""Forms of the credits pages: the usage explorer's filters, the team allocation, budgets and
+the gateway's upstreams."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.db.models import F, Q, QuerySet
 
 from accounts.forms import PageForm
 
-from .models import Budget, UsageEvent
+from .models import Budget, Upstream, UsageEvent
 from .reports import Identities
 
 
@@ -224,4 +225,66 @@ class BudgetCreateForm(BudgetEditForm):
         scope = data.get("scope")
         if scope and scope != "organization" and not data.get(scope):
             self.add_error(scope if scope in self.fields else "scope", "Choose the target.")
+        return data
+
+
+# Upstreams --------------------------------------------------------------------------------------
+
+
+class UpstreamForm(PageForm):
+    """An upstream of the gateway (`credits.services.upstreams`, which checks the rules: a
+    public http(s) base URL, 1 to 600 seconds, at most 500 models). The API key is write-only:
+    never rendered back; on edit a blank key keeps the stored one."""
+
+    name = forms.CharField(label="Name", max_length=100)
+    kind = forms.ChoiceField(label="Kind", choices=Upstream.Kind.choices)
+    base_url = forms.CharField(
+        label="Base URL",
+        max_length=2000,
+        help_text="The API's base, e.g. https://openrouter.ai/api/v1 or https://api.openai.com/v1"
+        " (the gateway calls <base URL>/chat/completions).",
+        widget=forms.URLInput(attrs={"autocomplete": "url", "spellcheck": "false"}),
+    )
+    models = forms.CharField(
+        label="Models",
+        help_text="One per line: exact model ids (gpt-4o) or provider prefixes ending in / "
+        "(openai/).",
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+    )
+    api_key = forms.CharField(
+        label="API key",
+        max_length=4000,
+        required=False,
+        strip=False,
+        help_text="Stored encrypted and never shown again.",
+        widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    timeout = forms.IntegerField(label="Timeout (seconds)", min_value=1, max_value=600, initial=60)
+    enabled = forms.BooleanField(label="Enabled", required=False, initial=True)
+
+    def clean_models(self) -> list[str]:
+        lines = self.cleaned_data["models"].replace(",", "\n").splitlines()
+        return [line.strip() for line in lines if line.strip()]
+
+
+class UpstreamEditForm(UpstreamForm):
+    remove_api_key = forms.BooleanField(label="Remove the stored API key", required=False)
+
+    def __init__(self, *args, key_set: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["api_key"].help_text = (
+            "Leave blank to keep the stored key." if key_set else "No key is stored."
+        )
+        if not key_set:
+            del self.fields["remove_api_key"]
+
+    def changes(self) -> dict:
+        """The service's fields: `api_key` only when a new one is given or removal is asked."""
+        data = dict(self.cleaned_data)
+        remove = data.pop("remove_api_key", False)
+        key = data.pop("api_key", "")
+        if key:
+            data["api_key"] = key
+        elif remove:
+            data["api_key"] = ""
         return data

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import views, views_budgets
+from . import views, views_budgets, views_upstreams
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -22,4 +22,8 @@ urlpatterns = [
         views_budgets.alert_acknowledge,
         name="budget-alert-acknowledge",
     ),
+    path("upstreams/", views_upstreams.upstream_list, name="upstreams"),
+    path("upstreams/new/", views_upstreams.upstream_new, name="upstream-create"),
+    path("upstreams/<uuid:id>/", views_upstreams.upstream_edit, name="upstream-edit"),
+    path("upstreams/<uuid:id>/delete/", views_upstreams.upstream_remove, name="upstream-delete"),
 ]

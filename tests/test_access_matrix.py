@@ -1102,6 +1102,10 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
         ("webhooks/<str:id>/delete/",    "200 200 404 404 404 404  302 302 302 302", endpoint_id),
         ("webhooks/<str:id>/deliveries/", "200 200 404 404 404 404  302 302 302 302",
          endpoint_id),
+        ("upstreams/",                   "200 200 404 404 404 404  302 302 302 302", None),
+        ("upstreams/new/",               "200 200 404 404 404 404  302 302 302 302", None),
+        ("upstreams/<uuid:id>/",         "200 200 404 404 404 404  302 302 302 302", upstream_id),
+        ("upstreams/<uuid:id>/delete/",  "200 200 404 404 404 404  302 302 302 302", upstream_id),
         ("budgets/",                     "200 200 200 200 200 200  302 302 302 302", None),
         ("budgets/<uuid:id>/edit/",      "200 200 404 404 404 404  302 302 302 302",
          budget_id("team")),
@@ -1203,6 +1207,21 @@ PAGE_POSTS: dict[str, list[Probe]] = {
           writers=("owner", "admin"))],
     "webhooks/<str:id>/deliveries/<str:message_id>/resend/": [
         P("302 302 404 404 404 404  302 302 302 302", path=delivery_id,
+          writers=("owner", "admin"))],
+    "upstreams/new/": [
+        P("302 302 404 404 404 404  302 302 302 302",
+          body=lambda w: {"name": "matrix-page", "kind": "openai_compatible",
+                          "base_url": "https://llm3.matrix.test/v1", "models": "gpt-4o",
+                          "timeout": "30", "enabled": "on"},
+          writers=("owner", "admin"))],
+    "upstreams/<uuid:id>/": [
+        P("302 302 404 404 404 404  302 302 302 302", path=upstream_id,
+          body=lambda w: {"name": "matrix-upstream", "kind": "openai_compatible",
+                          "base_url": "https://llm.matrix.test/v1", "models": "gpt-4o\nopenai/",
+                          "timeout": "30"},
+          writers=("owner", "admin"))],
+    "upstreams/<uuid:id>/delete/": [
+        P("302 302 404 404 404 404  302 302 302 302", path=upstream_id,
           writers=("owner", "admin"))],
     "budgets/": [
         P("302 302 404 404 404 302  302 302 302 302",

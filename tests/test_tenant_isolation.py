@@ -530,6 +530,8 @@ def _page_params(world: World, route: str, org: str) -> dict:
         params["message_id"] = a_message(world).message_id
     elif "notifications/<str:id>" in route:
         params["id"] = a_notification(world).public_id
+    elif "upstreams/<uuid:id>" in route:
+        params["id"] = a_upstream(world).public_id
     elif "budgets/alerts/<uuid:id>" in route:
         params["id"] = a_alert(world).public_id
     elif "budgets/<uuid:id>" in route:
@@ -961,6 +963,8 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/notifications/preferences/", "o/<slug:org>/webhooks/new/",
         "o/<slug:org>/webhooks/<str:id>/", "o/<slug:org>/webhooks/<str:id>/rotate/",
         "o/<slug:org>/webhooks/<str:id>/delete/",
+        "o/<slug:org>/upstreams/new/", "o/<slug:org>/upstreams/<uuid:id>/",
+        "o/<slug:org>/upstreams/<uuid:id>/delete/",
         "o/<slug:org>/budgets/", "o/<slug:org>/budgets/<uuid:id>/edit/",
         "o/<slug:org>/budgets/<uuid:id>/delete/",
         "o/<slug:org>/billing/openrouter/connection/",
@@ -988,6 +992,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
         "o/<slug:org>/ledger/accounts/<int:pk>/", "o/<slug:org>/me/",
         "o/<slug:org>/notifications/", "o/<slug:org>/notifications/bell/",
         "o/<slug:org>/webhooks/", "o/<slug:org>/webhooks/<str:id>/secret/",
+        "o/<slug:org>/upstreams/",
         "o/<slug:org>/webhooks/<str:id>/deliveries/",
         "o/<slug:org>/billing/openrouter/",
         "o/<slug:org>/billing/orders/", "o/<slug:org>/billing/orders/<uuid:id>/",
