@@ -242,7 +242,7 @@ class UpstreamForm(PageForm):
         label="Base URL",
         max_length=2000,
         help_text="The API's base, e.g. https://openrouter.ai/api/v1 or https://api.openai.com/v1"
-        " (the gateway calls <base URL>/chat/completions).",
+        " (the gateway adds /chat/completions).",
         widget=forms.URLInput(attrs={"autocomplete": "url", "spellcheck": "false"}),
     )
     models = forms.CharField(

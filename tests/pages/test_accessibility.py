@@ -12,6 +12,7 @@ from django.urls import NoReverseMatch, reverse
 from accounts.models import Invitation, Membership
 from accounts.roles import Role
 from accounts.services import invitation_create, team_member_set
+from credits.services.upstreams import upstream_create
 
 from ..conftest import SYSTEM
 from .test_pages import PASSWORD, log_in
@@ -40,6 +41,8 @@ ORG_PAGES = [
     ("billing-openrouter", {}),
     ("billing-openrouter-connection", {}),
     ("billing-exports", {}),
+    ("upstreams", {}),
+    ("upstream-create", {}),
 ]
 MEMBER_PAGES = ["dashboard", "usage", "me", "keys", "key-create", "org-settings"]
 
@@ -68,12 +71,18 @@ def violations(page, path: str) -> list[str]:
 
 @pytest.fixture
 def data(tenant):
-    """A tenant with something on every page: a member on the team, keys, an invitation."""
+    """A tenant with something on every page: a member on the team, keys, an invitation, an
+    upstream."""
     member = tenant.member(email="member@acme.test")
     team_member_set(team=tenant.team, user=member, actor=SYSTEM)
     tenant.key("usage", user=member)
     tenant.key("management")
     invitation_create(organization=tenant.org, email="invitee@acme.test", actor=SYSTEM)
+    upstream_create(
+        organization=tenant.org, name="OpenRouter", kind="openrouter",
+        base_url="https://openrouter.ai/api/v1", models=["openai/"], api_key="sk-or-x",
+        actor=SYSTEM,
+    )  # fmt: skip
     return tenant, member
 
 
@@ -85,7 +94,10 @@ def test_axe_on_every_page_as_owner(page, data):
     key = tenant.org.keys.first()
     invitation = Invitation.objects.first()
     member = Membership.objects.get(user__email="member@acme.test")
+    upstream = tenant.org.upstreams.get()
     paths += [
+        url_of("upstream-edit", org="acme", id=upstream.public_id),
+        url_of("upstream-delete", org="acme", id=upstream.public_id),
         url_of("key-edit", org="acme", hash=key.hash),
         url_of("key-delete", org="acme", hash=key.hash),
         url_of("member-remove", org="acme", pk=member.pk),
