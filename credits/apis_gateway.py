@@ -21,6 +21,7 @@ from portal.api import ErrorSerializer, OrganizationAPIView, StrictSerializer, e
 from portal.errors import ApplicationError, NotFound
 
 from . import gateway
+from .apis_openrouter import Number
 from .models import ModelPrice, Upstream
 from .services.prices import model_context_window, price_for
 from .services.upstreams import (
@@ -159,7 +160,7 @@ ChatUsageOutput = inline_serializer(
         "prompt_tokens": serializers.IntegerField(),
         "completion_tokens": serializers.IntegerField(),
         "total_tokens": serializers.IntegerField(),
-        "cost": serializers.FloatField(help_text="Credits (USD) charged."),
+        "cost": Number(help_text="Credits (USD) charged."),
         "is_byok": serializers.BooleanField(),
     },
 )

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 from django.utils import timezone
+from rest_framework.utils.encoders import JSONEncoder
 
 from notifications.urlcheck import UrlRefused, pin_url
 from portal.errors import (
@@ -451,7 +452,7 @@ def _usage_out(usage: dict | None, cost: Decimal) -> dict:
     for key in ("prompt_tokens", "completion_tokens"):
         usage[key] = _count(usage.get(key))
     usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
-    usage["cost"] = float(cost)  # a JSON number, as OpenRouter sends it
+    usage["cost"] = cost  # Decimal; a JSON number at the boundary (DRF's encoder), as OpenRouter
     usage.setdefault("is_byok", False)
     return usage
 
@@ -494,7 +495,9 @@ def chat_complete(held: Held) -> dict:
 
 
 def _sse(document: dict) -> bytes:
-    return b"data: " + json.dumps(document, separators=(",", ":")).encode() + b"\n\n"
+    return (
+        b"data: " + json.dumps(document, separators=(",", ":"), cls=JSONEncoder).encode() + b"\n\n"
+    )
 
 
 def _message_bytes(choices) -> int:
