@@ -4,6 +4,9 @@ Variables (all optional unless said):
 - `DEBUG` (default off). With it off, `SECRET_KEY` is required.
 - `DATABASE_URL`: the database of record, PostgreSQL in production and tests. Unset, a SQLite file
   (`demo.sqlite3`, WAL, `transaction_mode=IMMEDIATE`) serves the one-command demo only.
+- `CONN_MAX_AGE` (seconds, default 60): how long a process keeps its PostgreSQL connection between
+  requests (checked before reuse: `CONN_HEALTH_CHECKS`). The ASGI entry point makes it 0 unless it
+  is set (`portal/asgi.py` says why).
 - `CELERY_BROKER_URL` (Redis or RabbitMQ), `CELERY_RESULT_BACKEND`. Unset, tasks run eagerly.
 - `ALLOWED_HOSTS`, `CSRF_TRUSTED_ORIGINS` (comma-separated), `SECURE_SSL_REDIRECT`.
 - `EMAIL_URL` (for example `smtp+tls://user:pass@host:587`), `DEFAULT_FROM_EMAIL`.
