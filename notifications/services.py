@@ -114,7 +114,9 @@ def _queue(messages: list[OutboxMessage]) -> None:
     from .tasks import outbox_deliver
 
     ids = [m.pk for m in messages]
-    transaction.on_commit(lambda: [outbox_deliver.delay(pk) for pk in ids])
+    # Robust: with the broker down the messages wait in the outbox (committed), and the sweep
+    # queues them when it is back; the change that made them stands and its caller gets its answer.
+    transaction.on_commit(lambda: [outbox_deliver.delay(pk) for pk in ids], robust=True)
 
 
 def webhook_payload(type: str, data: dict, at: datetime | None = None) -> dict:

@@ -8,22 +8,35 @@ counts.
 - Browser logins: django-axes with its cache handler, per account and per client IP; a locked-out
   login answers 429 with `Retry-After` (`portal.views.login_locked_out`).
 Client IPs come from `portal.net.client_ip` (X-Forwarded-For only behind trusted proxies).
+
+When the shared cache is unreachable (Redis down: `CACHE_DOWN`), a write throttle lets the write
+through (logged): it only counts, and none of the writes it limits moves money. A login is refused
+instead (503 with `Retry-After`, `portal.views.LoginView`): its lockout counter guards the accounts,
+so a login it cannot count is not let through. Usage, holds and the ledger never read the cache
+(docs/faults.md).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from types import SimpleNamespace
 
+import redis
 from axes.backends import AxesStandaloneBackend
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
+from django_redis.exceptions import ConnectionInterrupted
 from rest_framework import throttling
 from rest_framework.settings import api_settings
 
 from .net import client_ip
 
+logger = logging.getLogger(__name__)
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What the shared cache raises when Redis cannot be reached (django-redis wraps redis-py's errors).
+CACHE_DOWN = (ConnectionInterrupted, redis.ConnectionError, redis.TimeoutError)
 
 
 class ScopedRateThrottle(throttling.ScopedRateThrottle):
@@ -34,7 +47,11 @@ class ScopedRateThrottle(throttling.ScopedRateThrottle):
     def allow_request(self, request, view):
         if request.method in SAFE_METHODS:
             return True
-        return super().allow_request(request, view)
+        try:
+            return super().allow_request(request, view)
+        except CACHE_DOWN:  # fails open: it only counts (module docstring)
+            logger.warning("Throttle %r not counted: the shared cache is unreachable.", self.scope)
+            return True
 
     def get_rate(self):
         try:

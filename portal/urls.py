@@ -15,6 +15,8 @@ from credits import apis as credits_apis
 from credits import apis_budgets, apis_gateway, apis_guardrails, apis_openrouter, apis_usage
 from notifications import apis as notifications_apis
 
+from .views import LoginView
+
 api_v1 = [
     path("organization", accounts_apis.OrganizationApi.as_view(), name="organization"),
     path("teams", accounts_apis.TeamListApi.as_view(), name="teams"),
@@ -163,7 +165,7 @@ api_v1 = [
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
     path(

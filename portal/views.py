@@ -1,11 +1,18 @@
-"""Error handlers: the API's error format under /api/, plain pages elsewhere; the login lockout
-page."""
+"""Error handlers: the API's error format under /api/, plain pages elsewhere; the login page and
+its lockout page."""
 
+import logging
+
+from django.contrib.auth import views as auth_views
 from django.shortcuts import render
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as html_server_error
 
 from .errors import json_error_response
+from .throttling import CACHE_DOWN
+
+logger = logging.getLogger(__name__)
+LOGINS_PAUSED_SECONDS = 30
 
 
 def not_found(request, exception=None):
@@ -31,3 +38,18 @@ def login_locked_out(request, response=None, credentials=None):
     page = render(request, "registration/locked_out.html", {"minutes": minutes}, status=429)
     page["Retry-After"] = str(seconds)
     return page
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login view; while the shared cache that counts failed logins (django-axes) is
+    unreachable, a login is refused with 503, `Retry-After` and a page saying so: it fails closed
+    (portal/throttling.py)."""
+
+    def post(self, request, *args, **kwargs):
+        try:
+            return super().post(request, *args, **kwargs)
+        except CACHE_DOWN:
+            logger.error("Login refused: the shared cache (login lockouts) is unreachable.")
+            page = render(request, "registration/logins_paused.html", status=503)
+            page["Retry-After"] = str(LOGINS_PAUSED_SECONDS)
+            return page

@@ -177,6 +177,7 @@ class Worker:
             "WEBHOOK_TIMEOUT_SECONDS": "2",
             **extra_env,
         }
+        self.broker = self.env["CELERY_BROKER_URL"]  # another Redis (tests/faults) may be given
         self.process = None
 
     def start(self):
@@ -188,12 +189,12 @@ class Worker:
         )  # fmt: skip
 
     def send(self, task: str, *args):
-        with app.connection_for_write(BROKER) as conn:
+        with app.connection_for_write(self.broker) as conn:
             return app.send_task(task, args=args, queue=self.queue, connection=conn)
 
     def run(self, task: str, *args, timeout: float = 60):
         """Send `task` and wait for its result."""
-        backend = RedisBackend(app=app, url=BROKER)
+        backend = RedisBackend(app=app, url=self.broker)
         return AsyncResult(self.send(task, *args).id, app=app, backend=backend).get(timeout=timeout)
 
     def kill(self):

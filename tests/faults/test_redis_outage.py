@@ -1,0 +1,123 @@
+"""Redis stopped and started again: the portal's shared cache (throttles, login lockouts) and the
+Celery broker are a redis-server of the test's own (tests/faults/conftest.py), which the test
+stops in the middle.
+
+While it is down: usage is still recorded and charged (the ledger needs PostgreSQL only; a budget
+alert's messages wait in the outbox, their queueing after the commit fails and is logged); the
+write throttles, which only count, let writes through; a login, whose lockout counter guards the
+accounts, is refused with 503 rather than let through uncounted. Once Redis is back, the outbox
+sweep on a real Celery worker delivers the waiting webhook, once."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import environ
+import pytest
+from axes.handlers.proxy import AxesProxyHandler
+from django.test import Client, override_settings
+
+from credits.models import Alert, UsageEvent
+from credits.services.budgets import budget_create
+from credits.verify import ledger_verify
+from notifications.models import OutboxMessage
+from notifications.services import webhook_endpoint_create
+from portal.celery import app
+from tests.conftest import SYSTEM
+from tests.notifications.conftest import Receiver, Worker, portal_elsewhere  # noqa: F401
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+USAGE = "/api/v1/credits/usage"
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture
+def on_test_redis(redis_server):
+    """The cache (db 1) and the Celery broker (db 0) on the test's redis-server, as production
+    has them on one Redis; the app's producer pool made anew for that broker."""
+    cache = environ.Env.cache_url_config(redis_server.url(1) + "?key_prefix=faults")
+    saved = {k: app.conf[k] for k in ("broker_url", "result_backend", "task_always_eager")}
+
+    def fresh_pools():  # as Celery does after a fork
+        app._after_fork()
+
+    app.conf.update(broker_url=redis_server.url(0), result_backend=None, task_always_eager=False)
+    fresh_pools()
+    with override_settings(CACHES={"default": cache}):
+        AxesProxyHandler.get_implementation(force=True)  # it holds the cache it was made with
+        try:
+            yield redis_server
+        finally:
+            app.conf.update(saved)
+            fresh_pools()
+    AxesProxyHandler.get_implementation(force=True)
+
+
+def login(password: str = "correct-horse-battery"):
+    return Client().post("/login/", {"username": "owner@acme.test", "password": password})
+
+
+def test_usage_is_recorded_while_redis_is_down_and_the_outbox_delivers_after(
+    tenant, prices, receiver, on_test_redis
+):
+    redis_server = on_test_redis
+    tenant.grant("10")
+    budget_create(
+        organization=tenant.org, scope="organization", period="monthly", limit="1", actor=SYSTEM
+    )
+    endpoint, secret = webhook_endpoint_create(
+        organization=tenant.org, url=receiver.url, events=["budget.threshold_crossed"], actor=SYSTEM
+    )
+    receiver.secret = secret
+    _, usage_secret = tenant.key("usage")
+    api = tenant.client(usage_secret)
+    management = tenant.client(tenant.key("management")[1])
+    assert api.post(USAGE, {"id": "before", "model": "gpt-4o", "cost": "0.1"}).status_code == 201
+    assert login().status_code == 302
+
+    redis_server.stop()
+    started = time.monotonic()
+    # 0.1 + 0.7 crosses 75 % of the 1-credit budget: an alert, and a webhook in the outbox.
+    during = api.post(USAGE, {"id": "during", "model": "gpt-4o", "cost": "0.7"})
+    assert during.status_code == 201, during.content
+    retry = api.post(USAGE, {"id": "during", "model": "gpt-4o", "cost": "0.7"})
+    assert retry.status_code == 200 and retry.json() == during.json()
+    assert Decimal(during.json()["cost"]) == Decimal("0.7")
+    assert UsageEvent.objects.filter(organization=tenant.org).count() == 2
+    assert Alert.objects.filter(budget__organization=tenant.org, threshold=75).exists()
+    message = OutboxMessage.objects.get(organization=tenant.org, channel="webhook")
+    assert message.status == "pending" and message.attempts == 0
+    # A throttled write (API keys: 60 an hour per organization) only counts: let through.
+    created = management.post("/api/v1/keys", {"name": "during the outage", "kind": "usage"})
+    assert created.status_code == 201, created.content
+    # A login's lockout counter cannot be read: refused, not let through uncounted.
+    refused = login()
+    assert refused.status_code == 503 and "_auth_user_id" not in refused.client.session
+    assert int(refused["Retry-After"]) > 0
+    assert time.monotonic() - started < 30  # no call waits long for the missing Redis
+    assert receiver.requests == []
+
+    redis_server.start()  # empty, on the same port
+    assert login().status_code == 302
+    worker = Worker({"CELERY_BROKER_URL": redis_server.url(0), "CELERY_RESULT_BACKEND": ""})
+    worker.start()
+    try:
+        deadline = time.monotonic() + 40
+        while message.status != "delivered" and time.monotonic() < deadline:
+            worker.send("notifications.tasks.outbox_sweep")
+            time.sleep(1)
+            message.refresh_from_db()
+    finally:
+        worker.stop()
+    assert message.status == "delivered", (message.status, message.last_error)
+    assert [r["headers"]["webhook-id"] for r in receiver.accepted()] == [message.message_id]
+    assert receiver.accepted()[0]["verified"] is True
+    assert ledger_verify() == []
