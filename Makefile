@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal
 DEMO_DATABASE_URL ?= sqlite:///$(CURDIR)/demo.sqlite3
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_bench
 
-.PHONY: install static lock demo demo-data serve worker test lint schema pg-check bench bench-budgets clean \
+.PHONY: install static lock demo demo-data serve worker test lint schema pg-check bench bench-budgets bench-soak clean \
 	system-packages
 
 # Debian packages the portal needs besides Python's: Pango and fonts for WeasyPrint (invoice,
@@ -101,6 +101,13 @@ bench: install  ## figures in bench/results/, described in docs/performance.md
 BENCH_BUDGETS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_budgets_bench
 bench-budgets: install  ## bench/results/budgets.json, described in docs/performance.md
 	DATABASE_URL=$(BENCH_BUDGETS_DATABASE_URL) PYTHONPATH=$(CURDIR) $(PY) bench/budgets.py
+
+# Soak: mixed traffic at half the probed capacity for SOAK_MINUTES against the ASGI server.
+BENCH_SOAK_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_soak
+SOAK_MINUTES ?= 10
+bench-soak: install  ## bench/results/soak.json, described in docs/performance.md
+	DATABASE_URL=$(BENCH_SOAK_DATABASE_URL) PYTHONPATH=$(CURDIR) $(PY) bench/soak.py \
+		--minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) demo.sqlite3* node_modules $(VENDOR)

@@ -66,6 +66,7 @@ BATCH = 20
 USAGE = "/api/v1/credits/usage"
 RSS_EVERY = 10  # seconds
 CLIENTS = 16
+KEEPALIVE_SECONDS = float(os.environ.get("SOAK_KEEPALIVE_SECONDS", "1"))
 PROBE_CLIENTS = 8
 
 
@@ -106,10 +107,14 @@ class Traffic:
 
     def __init__(self, url: str, secret: str, password: str, run: str):
         self.run = run
+        # Idle connections are dropped after 1 s, before the server drops them (gunicorn's
+        # keep-alive, 2 s): with httpx's default of 5 s a request sent on a connection the server
+        # is closing at that moment is reset (docs/performance.md, "Soak").
+        limits = httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS)
         self.api = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=60
+            base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=60, limits=limits
         )
-        self.pages = httpx.Client(base_url=url, timeout=60, follow_redirects=False)
+        self.pages = httpx.Client(base_url=url, timeout=60, follow_redirects=False, limits=limits)
         login = self.pages.get("/login/")
         token = self.pages.cookies.get("csrftoken")
         if login.status_code != 200 or not token:
@@ -340,6 +345,9 @@ def minutes_table(records, late_count: int, seconds: float) -> list[dict]:
     for minute in range(int((seconds + 59) // 60)):
         inside = [r for r in records if minute * 60 <= r[0] < (minute + 1) * 60]
         ms = [r[1] for r in inside]
+        by: dict[str, list[float]] = {}
+        for r in inside:
+            by.setdefault(r[3].split(":")[0], []).append(r[1])
         rows.append(
             {
                 "minute": minute + 1,
@@ -348,6 +356,7 @@ def minutes_table(records, late_count: int, seconds: float) -> list[dict]:
                 "p50_ms": round(percentile(ms, 50), 1),
                 "p99_ms": round(percentile(ms, 99), 1),
                 "max_ms": round(max(ms), 1) if ms else 0.0,
+                "p50_ms_by_kind": {k: round(percentile(v, 50), 1) for k, v in sorted(by.items())},
             }
         )
     return rows
@@ -454,6 +463,10 @@ def main() -> None:
             server.kill()
             server.wait()
 
+    import psycopg
+
+    with psycopg.connect(database_url.replace("postgres://", "postgresql://", 1)) as conn:
+        usage_events = conn.execute("SELECT count(*) FROM credits_usageevent").fetchone()[0]
     verified = {}
     for command in ("ledger_verify", "audit_verify"):
         try:
@@ -485,6 +498,8 @@ def main() -> None:
         "minutes": args.minutes,
         "warmup_seconds": warmup,
         "requests": len(records),
+        "usage_events_in_database_at_end": usage_events,
+        "client_keepalive_seconds": KEEPALIVE_SECONDS,
         "errors": len(errors),
         "first_errors": errors[:5],
         "operations_started_late": len(result["late"]),
