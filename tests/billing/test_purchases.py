@@ -525,9 +525,9 @@ def test_coinbase_underpaid_or_failed_charges_grant_nothing(tenant, api, coinbas
 
 
 @pytest.mark.parametrize("provider", ["stripe", "coinbase"])
-@pytest.mark.parametrize("outage", ["closed", "500", "slow"])
+@pytest.mark.parametrize("outage", ["closed", "500", "slow", "proxy page"])
 def test_a_provider_that_is_down_answers_503_and_leaves_no_order(
-    tenant, api, stripe_server, coinbase_server, settings, provider, outage
+    tenant, api, stripe_server, coinbase_server, settings, provider, outage, monkeypatch
 ):
     server = stripe_server if provider == "stripe" else coinbase_server
     settings.PAYMENT_PROVIDER_TIMEOUT_SECONDS = 0.5
@@ -535,8 +535,10 @@ def test_a_provider_that_is_down_answers_503_and_leaves_no_order(
         server.close()
     elif outage == "500":
         server.fail_with = 500
-    else:
+    elif outage == "slow":
         server.hang = 1.5
+    else:  # a proxy in front of the provider answers 200 with its own HTML page
+        monkeypatch.setattr(server, "handle", lambda *args: (200, "<html>Bad gateway</html>"))
     before = written(tenant)
 
     started = time.monotonic()
