@@ -7,6 +7,9 @@ export DJANGO_SETTINGS_MODULE ?= portal.settings
 # Tests run on PostgreSQL (row locks and CHECK constraints are part of what is tested).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal
 DEMO_DATABASE_URL ?= sqlite:///$(CURDIR)/demo.sqlite3
+# pytest-xdist processes (each its own test database, `<name>_gw0`, ...; tests that need a real
+# server or worker start their own on a free port or queue).
+TEST_WORKERS ?= 2
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_bench
 
 .PHONY: install static lock demo demo-data serve worker test lint schema pg-check bench bench-budgets clean \
@@ -92,7 +95,7 @@ test pg-check schema: export SECRET_KEY ?= test-only-secret-key-not-for-producti
 test pg-check schema: export SECURE_SSL_REDIRECT = 0
 test: lint pg-check schema
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(TEST_DATABASE_URL) $(VENV)/bin/pytest --create-db
+	DATABASE_URL=$(TEST_DATABASE_URL) $(VENV)/bin/pytest --create-db -n $(TEST_WORKERS) --dist worksteal
 
 bench: install  ## figures in bench/results/, described in docs/performance.md
 	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/ingest.py
