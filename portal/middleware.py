@@ -1,15 +1,108 @@
-"""Refuse input that no view can store: a NUL character (PostgreSQL refuses it in text and jsonb,
-which answered 500) in the path, the query string, a header or a submitted form field.
+"""Middleware of the base layer.
 
-Answers 400 before any view runs: in the API's error format under /api/, Django's plain 400 page
-elsewhere. JSON bodies of the API are checked by `portal.parsers.LimitedJSONParser`."""
+- `RequestContextMiddleware` (first): the request id (`X-Request-ID`, taken when sane, else
+  made, echoed in the response), the access log line, the request metrics.
+- `NoStoreMiddleware`: `Cache-Control: no-store` on every response of the portal's views.
+- `RejectNulMiddleware`: refuse input that no view can store: a NUL character (PostgreSQL
+  refuses it in text and jsonb, which answered 500) in the path, the query string, a header or a
+  submitted form field. Answers 400 before any view runs: in the API's error format under /api/,
+  Django's plain 400 page elsewhere. JSON bodies of the API are checked by
+  `portal.parsers.LimitedJSONParser`."""
 
 from __future__ import annotations
+
+import logging
+import time
 
 from django.http import HttpRequest
 from django.views.defaults import bad_request
 
 from .errors import ValidationFailed, json_error_response
+from .logs import key_prefix_var, organization_var, request_id_from, request_id_var
+from .metrics import HTTP_LATENCY, HTTP_REQUESTS
+
+access_log = logging.getLogger("portal.access")
+
+# Probes and scrapes: counted in the metrics, never written to the access log.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# URL parameters that are credentials: never in a logged path.
+SECRET_KWARGS = frozenset({"token", "uidb64"})
+
+
+def _logged_path(request: HttpRequest) -> str:
+    """The path, without its query string, with credential segments masked."""
+    path = request.path
+    match = request.resolver_match
+    if match is not None:
+        for name in SECRET_KWARGS & set(match.kwargs):
+            path = path.replace(str(match.kwargs[name]), "[redacted]")
+    return path
+
+
+class RequestContextMiddleware:
+    """Gives each request an id and its log context, then writes one access log line
+    (`portal.access`, INFO: method, route, path, status, duration_ms, and the request id,
+    organization and key prefix of `portal.logs`) and counts the request in
+    `portal_http_requests_total` and `portal_http_request_duration_seconds`. Unresolved paths
+    count under the route `unmatched`."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest):
+        request_id = request_id_from(request.headers.get("X-Request-ID"))
+        request.request_id = request_id
+        tokens = (
+            request_id_var.set(request_id),
+            organization_var.set(None),
+            key_prefix_var.set(None),
+        )
+        started = time.perf_counter()
+        try:
+            response = self.get_response(request)
+            elapsed = time.perf_counter() - started
+            match = request.resolver_match
+            route = match.route if match is not None else "unmatched"
+            HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+            HTTP_LATENCY.labels(route, request.method).observe(elapsed)
+            response["X-Request-ID"] = request_id
+            if request.path not in QUIET_PATHS:
+                access_log.info(
+                    "%s %s %s",
+                    request.method,
+                    _logged_path(request),
+                    response.status_code,
+                    extra={
+                        "method": request.method,
+                        "route": route,
+                        "path": _logged_path(request),
+                        "status": response.status_code,
+                        "duration_ms": round(elapsed * 1000, 1),
+                    },
+                )
+            return response
+        finally:
+            for var, token in zip(
+                (request_id_var, organization_var, key_prefix_var), tokens, strict=True
+            ):
+                var.reset(token)
+
+
+class NoStoreMiddleware:
+    """`Cache-Control: no-store` on every response that sets no Cache-Control of its own: pages
+    and API answers may carry secrets (a new API key, a webhook signing secret, an invitation
+    link) or one organization's data, which no shared or browser cache may keep. Static files
+    (WhiteNoise, before this middleware) keep their long cache lifetimes."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest):
+        response = self.get_response(request)
+        if not response.has_header("Cache-Control"):
+            response["Cache-Control"] = "no-store"
+        return response
+
 
 NUL = "\x00"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
