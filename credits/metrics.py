@@ -49,8 +49,9 @@ def usage_recorded(cost) -> None:
     transaction.on_commit(count)
 
 
-def usage_refused(error: ApplicationError) -> None:
-    USAGE_REFUSED.labels(error.type).inc()
+def usage_refused(error: ApplicationError | str) -> None:
+    """Count a refused event by its error (or the error's type)."""
+    USAGE_REFUSED.labels(error if isinstance(error, str) else error.type).inc()
 
 
 def usage_outcomes_count(outcomes: Iterable) -> None:

@@ -27,11 +27,11 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 # What must never reach a log line, and what replaces it.
 _SECRETS = [
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [redacted]"),
     # API keys of the portal (accounts.authentication.KEY_PREFIX): keep the visible prefix.
     (re.compile(r"(sk-cp-v1-[A-Za-z0-9_-]{3})[A-Za-z0-9_-]*"), r"\1…"),
-    # Other providers' keys that may be echoed by an upstream (sk-or-…, sk-…, whsec_…).
-    (re.compile(r"\b(sk-[A-Za-z0-9]{0,4}-?|whsec_)[A-Za-z0-9_-]{8,}"), r"\1…"),
-    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [redacted]"),
+    # Other providers' keys that an upstream may echo (sk-or-v1-…, sk-proj-…, whsec_…).
+    (re.compile(r"\b(sk-(?!cp-v1-)|whsec_)[A-Za-z0-9_-]{8,}"), r"\1…"),
     # Paths whose segments are credentials (accounts invitations, Django's password reset).
     (re.compile(r"/invitations/[^/\s?\"']+"), "/invitations/[redacted]"),
     (re.compile(r"/reset/[^/\s?\"']+/[^/\s?\"']+"), "/reset/[redacted]/[redacted]"),
