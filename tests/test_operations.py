@@ -338,3 +338,37 @@ def test_every_response_carries_the_content_security_policy(client, funded):
         assert directives["default-src"] == "'self'" and directives["script-src"] == "'self'"
         assert directives["style-src"] == "'self'" and directives["frame-ancestors"] == "'none'"
         assert "unsafe" not in policy
+
+
+# Dependency audit -------------------------------------------------------------------------------
+
+
+def test_the_audit_fails_on_fixable_vulnerabilities_only(tmp_path, capsys):
+    from portal.auditcheck import main
+
+    pip = {"dependencies": [
+        {"name": "django", "version": "4.2.0",
+         "vulns": [{"id": "GHSA-1", "fix_versions": ["4.2.1"]}]},
+        {"name": "x", "version": "1", "vulns": [{"id": "PYSEC-2", "fix_versions": []}]},
+        {"name": "y", "version": "2", "vulns": []},
+    ]}  # fmt: skip
+    npm = {
+        "vulnerabilities": {"chart.js": {"severity": "high", "range": "<4", "fixAvailable": True}}
+    }
+    clean_npm = {
+        "vulnerabilities": {"zod": {"severity": "low", "range": "*", "fixAvailable": False}}
+    }
+    refused = {"message": "405 Method Not Allowed - POST .../advisories/bulk", "error": {}}
+
+    def run(pip_report, npm_report) -> int:
+        (tmp_path / "pip.json").write_text(json.dumps(pip_report))
+        (tmp_path / "npm.json").write_text(json.dumps(npm_report))
+        return main(["auditcheck", str(tmp_path / "pip.json"), str(tmp_path / "npm.json")])
+
+    assert run(pip, npm) == 1
+    assert "django==4.2.0: GHSA-1 (fixed in 4.2.1)" in capsys.readouterr().err
+    assert run({"dependencies": pip["dependencies"][1:]}, clean_npm) == 0
+    assert "no fix yet: x==1: PYSEC-2" in capsys.readouterr().out
+    assert run({"dependencies": []}, npm) == 1
+    assert run({"dependencies": []}, refused) == 2  # unreachable: fails, never passes
+    assert "405 Method Not Allowed" in capsys.readouterr().err
