@@ -372,3 +372,69 @@ def test_the_audit_fails_on_fixable_vulnerabilities_only(tmp_path, capsys):
     assert run({"dependencies": []}, npm) == 1
     assert run({"dependencies": []}, refused) == 2  # unreachable: fails, never passes
     assert "405 Method Not Allowed" in capsys.readouterr().err
+
+
+# Error reports ----------------------------------------------------------------------------------
+
+SENTRY_SCRIPT = """
+import sys
+import django
+django.setup()
+import sentry_sdk
+from django.conf import settings
+active = sentry_sdk.get_client().is_active()
+print("active" if active else "inactive")
+if active:
+    try:
+        raise RuntimeError("upstream refused key " + sys.argv[1] + " with Bearer " + sys.argv[1])
+    except RuntimeError:
+        sentry_sdk.capture_exception()
+    sentry_sdk.flush(timeout=10)
+"""
+
+
+def test_sentry_reports_only_when_configured_and_never_a_key(tmp_path):
+    import gzip
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import brotli
+
+    received: list[bytes] = []
+
+    class Sentry(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["content-length"]))
+            encoding = self.headers.get("content-encoding", "")
+            body = gzip.decompress(body) if encoding == "gzip" else body
+            received.append(brotli.decompress(body) if encoding == "br" else body)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sentry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = "sk-cp-v1-" + "3fa9" * 16
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base = {**os.environ, "SECRET_KEY": "x", "PYTHONPATH": root,
+            "DJANGO_SETTINGS_MODULE": "portal.settings"}  # fmt: skip
+    base.pop("SENTRY_DSN", None)
+    try:
+        off = subprocess.run([sys.executable, "-c", SENTRY_SCRIPT, secret], env=base,
+                             cwd=root, capture_output=True, text=True)  # fmt: skip
+        dsn = f"http://public@127.0.0.1:{server.server_address[1]}/1"
+        on = subprocess.run([sys.executable, "-c", SENTRY_SCRIPT, secret],
+                            env={**base, "SENTRY_DSN": dsn}, cwd=root,
+                            capture_output=True, text=True)  # fmt: skip
+    finally:
+        server.shutdown()
+    assert off.stdout.strip() == "inactive", off.stderr
+    assert on.stdout.strip() == "active", on.stderr
+    assert received, "no event reached the loopback Sentry"
+    sent = b"".join(received).decode()
+    assert "upstream refused key sk-cp-v1-3fa" in sent and "RuntimeError" in sent
+    assert secret not in sent and secret[12:] not in sent
