@@ -63,9 +63,12 @@ demo: demo-data
 	@echo "  Portal:  http://127.0.0.1:8000/   (log in as owner@acme.example / demo-password)"
 	@echo "  API:     http://127.0.0.1:8000/api/v1/schema/swagger/"
 	@echo
-	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py runserver 127.0.0.1:8000
+	@# The production server (README, "Running in production"): ASGI, gunicorn with a uvicorn
+	@# worker; one worker, as the demo's cache is per process.
+	DATABASE_URL=$(DEMO_DATABASE_URL) $(VENV)/bin/gunicorn portal.asgi:application \
+		-k uvicorn_worker.UvicornWorker -w 1 -b 127.0.0.1:8000
 
-serve: install
+serve: install  ## Django's development server (reloads on change)
 	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py runserver 127.0.0.1:8000
 
 worker: install

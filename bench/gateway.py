@@ -1,5 +1,6 @@
-"""Gateway overhead: `POST /api/v1/chat/completions` through a real server (gunicorn, gthread
-workers) on PostgreSQL against calling the same loopback upstream directly.
+"""Gateway overhead: `POST /api/v1/chat/completions` through a real server (gunicorn: uvicorn
+workers serving `portal.asgi`, as in production, or `--server wsgi` gthread workers) on
+PostgreSQL against calling the same loopback upstream directly.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_bench .venv/bin/python bench/gateway.py
 
@@ -96,7 +97,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="Requests per second.")
     parser.add_argument("--seconds", type=float, default=10.0, help="Per scenario.")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=16, help="gthread workers' threads (wsgi).")
+    parser.add_argument("--server", choices=["asgi", "wsgi"], default="asgi")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -139,7 +141,7 @@ def main() -> None:
     )
     port = ingest.free_port()
     url = f"http://127.0.0.1:{port}"
-    process = ingest.server_start(env, port, args.workers, args.threads)
+    process = ingest.server_start(env, port, args.workers, args.threads, asgi=args.server == "asgi")
     auth = {"Authorization": f"Bearer {secret}"}
     body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 64}
     results = []
@@ -173,7 +175,10 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_before": load_before,
         "load_after": round(os.getloadavg()[0], 2),
-        "server": f"gunicorn portal.wsgi -w {args.workers} --threads {args.threads}",
+        "server": f"gunicorn portal.asgi:application -k uvicorn_worker.UvicornWorker "
+        f"-w {args.workers}"
+        if args.server == "asgi"
+        else f"gunicorn portal.wsgi -w {args.workers} --threads {args.threads}",
         "rate_per_s": args.rate,
         "seconds_per_scenario": args.seconds,
         "results": results,

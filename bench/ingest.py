@@ -108,11 +108,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_start(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:
+def server_start(
+    env: dict, port: int, workers: int, threads: int, *, asgi: bool = False
+) -> subprocess.Popen:
+    """gunicorn on `port`: `portal.wsgi` (sync or gthread workers), or with `asgi`
+    `portal.asgi:application` on uvicorn workers (README, "Running in production")."""
     gunicorn = Path(PY).with_name("gunicorn")
     cmd = [
         str(gunicorn),
-        "portal.wsgi",
+        *(
+            ["portal.asgi:application", "-k", "uvicorn_worker.UvicornWorker"]
+            if asgi
+            else ["portal.wsgi"]
+        ),  # fmt: skip
         "-w",
         str(workers),
         "-b",
@@ -122,7 +130,7 @@ def server_start(env: dict, port: int, workers: int, threads: int) -> subprocess
         "--timeout",
         "300",
     ]
-    if threads > 1:
+    if threads > 1 and not asgi:
         cmd += ["--threads", str(threads)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
+from asgiref.sync import async_to_sync
+from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -224,13 +226,20 @@ class ChatCompletionsApi(OrganizationAPIView):
         held = gateway.chat_hold(attribution=Attribution.of_principal(self.principal), request=chat)
         if not chat.stream:
             return Response(gateway.chat_complete(held))
+        # Under ASGI the stream runs on the event loop (httpx's async client): an open stream holds
+        # neither a worker nor a thread. Under WSGI (runserver, gthread workers) it is a thread.
+        on_loop = isinstance(request._request, ASGIRequest)
         try:
-            upstream_response = gateway.upstream_send(held)
+            if on_loop:
+                upstream_response = async_to_sync(gateway.upstream_send_async)(held)
+            else:
+                upstream_response = gateway.upstream_send(held)
         except ApplicationError:
             gateway.chat_void(held)
             raise
+        relay = gateway.chat_stream_async if on_loop else gateway.chat_stream
         response = StreamingHttpResponse(
-            gateway.chat_stream(held, upstream_response), content_type="text/event-stream"
+            relay(held, upstream_response), content_type="text/event-stream"
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass chunks through as they come

@@ -15,6 +15,9 @@ The request path (docs/api.md, "Gateway"):
 3. Call the upstream over a pooled httpx client (`upstream_client`), connected to the address
    its host was checked at (`notifications.urlcheck.pin_url`), retrying connection
    errors only, the upstream's timeout), asking for the final usage chunk when streaming.
+   Under the ASGI server a stream is relayed on the event loop (`upstream_send_async`,
+   `chat_stream_async`: httpx's async client); under WSGI by the request's thread
+   (`upstream_send`, `chat_stream`). Both drive the one `_Relay`.
 4. `chat_capture`: capture the actual cost with `authorization_capture` (the one metering path:
    it records the usage event and posts its cost): an OpenRouter upstream's `usage.cost` as
    reported, else the price table prices the reported usage. Upstream errors and timeouts void
@@ -24,18 +27,22 @@ The request path (docs/api.md, "Gateway"):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
 from urllib.parse import urlsplit
 
 import httpx
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
@@ -82,22 +89,46 @@ CONNECT_TIMEOUT = 10.0  # seconds, at most the upstream's own timeout
 # resolves to the same address.
 _CLIENTS: dict[tuple[str, str, int | None], httpx.Client] = {}
 _CLIENTS_LOCK = threading.Lock()
+_CLIENT_OPTIONS = {
+    "limits": httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    "follow_redirects": False,
+}
 
 
 def upstream_client(url: str) -> httpx.Client:
     """The pooled client of `url`'s origin (created on first use, kept for the process)."""
-    parts = urlsplit(url)
-    key = (parts.scheme, (parts.hostname or "").lower(), parts.port)
+    key = _client_key(url)
     client = _CLIENTS.get(key)
     if client is None:
         with _CLIENTS_LOCK:
             client = _CLIENTS.get(key)
             if client is None:
                 client = _CLIENTS[key] = httpx.Client(
-                    transport=httpx.HTTPTransport(retries=2),
-                    limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-                    follow_redirects=False,
+                    transport=httpx.HTTPTransport(retries=2), **_CLIENT_OPTIONS
                 )
+    return client
+
+
+# The ASGI server's clients: one `httpx.AsyncClient` per origin and event loop (an async client is
+# bound to the loop it first ran on).
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _client_key(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return (parts.scheme, (parts.hostname or "").lower(), parts.port)
+
+
+def upstream_async_client(url: str) -> httpx.AsyncClient:
+    """The pooled async client of `url`'s origin on the running event loop (created on first
+    use, kept while the loop lives); the same pooling and retries as `upstream_client`."""
+    clients = _ASYNC_CLIENTS.setdefault(asyncio.get_running_loop(), {})
+    key = _client_key(url)
+    client = clients.get(key)
+    if client is None:
+        client = clients[key] = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(retries=2), **_CLIENT_OPTIONS
+        )
     return client
 
 
@@ -313,12 +344,11 @@ def _headers(upstream: Upstream) -> dict:
     return headers
 
 
-def upstream_send(held: Held) -> httpx.Response:
-    """Send the request to the candidate's upstream (`<base_url>/chat/completions`), streaming
-    the response body. Returns the open response (status 2xx; the caller closes it). Raises
-    UpstreamTimeout (504) or UpstreamFailed (502: an error status, a dropped connection)."""
+def _upstream_request(held: Held) -> tuple[str, dict]:
+    """The URL and `build_request` arguments of the call to the candidate's upstream
+    (`<base_url>/chat/completions`), connected to the address its host is checked at now.
+    Raises UpstreamFailed (502) when the address is refused."""
     upstream = held.candidate.upstream
-    timeout = httpx.Timeout(upstream.timeout, connect=min(CONNECT_TIMEOUT, upstream.timeout))
     url = f"{upstream.base_url}/chat/completions"
     try:
         # Checked again now (DNS may point elsewhere since the upstream was saved), and the
@@ -330,17 +360,21 @@ def upstream_send(held: Held) -> httpx.Response:
         raise UpstreamFailed(
             f"The upstream '{upstream.name}' was refused: {exc}", upstream=upstream.name
         ) from None
-    client = upstream_client(url)
-    request = client.build_request(
-        "POST",
-        pinned.url,
-        json=_upstream_body(held),
-        headers={**_headers(upstream), "Host": pinned.host_header},
-        timeout=timeout,
-        extensions=pinned.extensions,
-    )
+    return url, {
+        "method": "POST",
+        "url": pinned.url,
+        "json": _upstream_body(held),
+        "headers": {**_headers(upstream), "Host": pinned.host_header},
+        "timeout": httpx.Timeout(upstream.timeout, connect=min(CONNECT_TIMEOUT, upstream.timeout)),
+        "extensions": pinned.extensions,
+    }
+
+
+@contextmanager
+def _transport_errors(upstream: Upstream):
+    """httpx's transport errors as the gateway's: UpstreamTimeout (504), UpstreamFailed (502)."""
     try:
-        response = client.send(request, stream=True)
+        yield
     except httpx.TimeoutException:
         raise UpstreamTimeout(
             f"The upstream '{upstream.name}' did not answer within {upstream.timeout} s.",
@@ -351,19 +385,53 @@ def upstream_send(held: Held) -> httpx.Response:
             f"The upstream '{upstream.name}' could not be reached: {type(exc).__name__}.",
             upstream=upstream.name,
         ) from None
+
+
+def _status_failed(upstream: Upstream, status: int, detail: bytes) -> UpstreamFailed:
+    return UpstreamFailed(
+        f"The upstream '{upstream.name}' answered {status}.",
+        upstream=upstream.name,
+        upstream_status=status,
+        upstream_body=detail[:500].decode(errors="replace"),
+    )
+
+
+def upstream_send(held: Held) -> httpx.Response:
+    """Send the request to the candidate's upstream, streaming the response body. Returns the
+    open response (status 2xx; the caller closes it). Raises UpstreamTimeout (504) or
+    UpstreamFailed (502: an error status, a dropped connection, a refused address)."""
+    upstream = held.candidate.upstream
+    url, request = _upstream_request(held)
+    client = upstream_client(url)
+    with _transport_errors(upstream):
+        response = client.send(client.build_request(**request), stream=True)
     if response.status_code >= 400:
         try:
-            detail = response.read()[:500].decode(errors="replace")
+            detail = response.read()
         except httpx.HTTPError:
-            detail = ""
+            detail = b""
         finally:
             response.close()
-        raise UpstreamFailed(
-            f"The upstream '{upstream.name}' answered {response.status_code}.",
-            upstream=upstream.name,
-            upstream_status=response.status_code,
-            upstream_body=detail,
-        )
+        raise _status_failed(upstream, response.status_code, detail)
+    return response
+
+
+async def upstream_send_async(held: Held) -> httpx.Response:
+    """`upstream_send` on the event loop's pooled `httpx.AsyncClient` (the ASGI server): the
+    same request, errors and pinning. Returns the open response (the caller `aclose`s it)."""
+    upstream = held.candidate.upstream
+    url, request = await sync_to_async(_upstream_request, thread_sensitive=False)(held)
+    client = upstream_async_client(url)
+    with _transport_errors(upstream):
+        response = await client.send(client.build_request(**request), stream=True)
+    if response.status_code >= 400:
+        try:
+            detail = await response.aread()
+        except httpx.HTTPError:
+            detail = b""
+        finally:
+            await response.aclose()
+        raise _status_failed(upstream, response.status_code, detail)
     return response
 
 
@@ -519,72 +587,147 @@ def _streamed_bytes(choices) -> int:
     return total
 
 
+class _Relay:
+    """One stream's state between the upstream's server-sent events and the client's, shared by
+    the synchronous (WSGI) and asynchronous (ASGI) drivers: each upstream line becomes at most
+    one chunk with the generation id and the model served; the first usage chunk is captured."""
+
+    def __init__(self, held: Held):
+        self.held = held
+        self.created = int(time.time())
+        self.streamed = 0  # UTF-8 bytes of text, reasoning and tool calls sent
+        self.captured = False
+        self.done = False  # the upstream's `[DONE]`
+        self.failure: tuple[type[ApplicationError], str] | None = None
+
+    def chunk(self, line: str) -> dict | None:
+        """The chunk of an upstream line, or None (comments, event names, `[DONE]`, not JSON)."""
+        if not line.startswith("data:"):
+            return None  # comments (": keep-alive"), event names
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self.done = True
+            return None
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(chunk, dict):
+            return None
+        chunk.update({"id": self.held.generation_id, "model": self.held.candidate.model})
+        chunk.setdefault("object", "chat.completion.chunk")
+        chunk.setdefault("created", self.created)
+        chunk.setdefault("choices", [])
+        self.streamed += _streamed_bytes(chunk["choices"])
+        if "usage" in chunk and chunk["usage"] is None:
+            del chunk["usage"]
+        return chunk
+
+    def usage(self, chunk: dict) -> dict | None:
+        """The usage to capture, when `chunk` is the first that reports it."""
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and not self.captured:
+            self.captured = True
+            return usage
+        return None
+
+    def capture_rest(self) -> None:
+        """At the end: a stream that reported no usage is charged its estimate (prompt bound plus
+        the bytes streamed). Never raises: the stream is over."""
+        if self.captured:
+            return
+        self.captured = True
+        try:
+            chat_capture(self.held, None, self.streamed)
+        except ApplicationError:  # e.g. the excess over an expired hold is not available
+            logger.exception("gateway: capture of %s failed", self.held.generation_id)
+
+    def ended(self) -> None:
+        if not self.done and self.failure is None:  # the connection closed before the end
+            self.failure = (UpstreamFailed, "The upstream dropped the connection mid-stream.")
+
+    def failed(self, exc: httpx.HTTPError) -> None:
+        if isinstance(exc, httpx.TimeoutException):
+            self.failure = (UpstreamTimeout, "The upstream timed out mid-stream.")
+        else:
+            self.failure = (UpstreamFailed, "The upstream dropped the connection mid-stream.")
+
+    def tail(self) -> Iterator[bytes]:
+        """OpenRouter's error chunk when the upstream failed mid-stream, then `[DONE]`."""
+        if self.failure is not None:
+            error, message = self.failure
+            yield _sse(
+                {
+                    "id": self.held.generation_id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.held.candidate.model,
+                    "choices": [],
+                    "error": {
+                        "code": error.status_code,
+                        "message": message,
+                        "metadata": {"error_type": "provider_unavailable"},
+                    },
+                }
+            )
+        yield b"data: [DONE]\n\n"
+
+
 def chat_stream(held: Held, response: httpx.Response) -> Iterator[bytes]:
     """Server-sent events of an open upstream stream, chunk by chunk as they come, each with the
     generation id and the model served; the usage chunk gets `usage.cost` once captured. When
     the stream ends without usage (upstream dropped, timed out, or the client went away and the
     server closed this generator), the hold is captured at the prompt bound plus the bytes
     streamed; an upstream failure mid-stream ends with an error chunk (OpenRouter's)."""
-    captured = False
-    streamed = 0
-    created = int(time.time())
-    failure = None
+    relay = _Relay(held)
     try:
-        done = False
         for line in response.iter_lines():
-            if not line.startswith("data:"):
-                continue  # comments (": keep-alive"), event names
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
+            chunk = relay.chunk(line)
+            if relay.done:
                 break
-            try:
-                chunk = json.loads(data)
-            except ValueError:
+            if chunk is None:
                 continue
-            if not isinstance(chunk, dict):
-                continue
-            chunk.update({"id": held.generation_id, "model": held.candidate.model})
-            chunk.setdefault("object", "chat.completion.chunk")
-            chunk.setdefault("created", created)
-            chunk.setdefault("choices", [])
-            streamed += _streamed_bytes(chunk["choices"])
-            usage = chunk.get("usage")
-            if isinstance(usage, dict) and not captured:
-                cost = chat_capture(held, usage)
-                captured = True
-                chunk["usage"] = _usage_out(usage, cost)
-            elif "usage" in chunk and usage is None:
-                del chunk["usage"]
+            if (usage := relay.usage(chunk)) is not None:
+                chunk["usage"] = _usage_out(usage, chat_capture(held, usage))
             yield _sse(chunk)
-        if not done:  # the connection closed before the stream's end
-            failure = (UpstreamFailed, "The upstream dropped the connection mid-stream.")
-    except httpx.TimeoutException:
-        failure = (UpstreamTimeout, "The upstream timed out mid-stream.")
-    except httpx.HTTPError:
-        failure = (UpstreamFailed, "The upstream dropped the connection mid-stream.")
+        relay.ended()
+    except httpx.HTTPError as exc:
+        relay.failed(exc)
     finally:
         response.close()
-        if not captured:
-            captured = True
-            try:
-                chat_capture(held, None, streamed)
-            except ApplicationError:  # e.g. the excess over an expired hold is not available
-                logger.exception("gateway: capture of %s failed", held.generation_id)
-    if failure is not None:
-        error, message = failure
-        yield _sse(
-            {
-                "id": held.generation_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": held.candidate.model,
-                "choices": [],
-                "error": {
-                    "code": error.status_code,
-                    "message": message,
-                    "metadata": {"error_type": "provider_unavailable"},
-                },
-            }
-        )
-    yield b"data: [DONE]\n\n"
+        relay.capture_rest()
+    yield from relay.tail()
+
+
+async def chat_stream_async(held: Held, response: httpx.Response) -> AsyncIterator[bytes]:
+    """`chat_stream` on the event loop (the ASGI server): the same chunks, capture and errors;
+    the ledger work runs in the request's thread (`sync_to_async`), so an open stream holds no
+    worker and no thread while it waits for the upstream. A client that disconnects cancels
+    this generator; the capture of what was streamed still runs."""
+    relay = _Relay(held)
+    try:
+        async for line in response.aiter_lines():
+            chunk = relay.chunk(line)
+            if relay.done:
+                break
+            if chunk is None:
+                continue
+            if (usage := relay.usage(chunk)) is not None:
+                cost = await sync_to_async(chat_capture)(held, usage)
+                chunk["usage"] = _usage_out(usage, cost)
+            yield _sse(chunk)
+        relay.ended()
+    except httpx.HTTPError as exc:
+        relay.failed(exc)
+    finally:
+        # Shielded: a disconnect cancels the response task, and the capture must still finish.
+        await asyncio.shield(_close_and_capture(response, relay))
+    for part in relay.tail():
+        yield part
+
+
+async def _close_and_capture(response: httpx.Response, relay: _Relay) -> None:
+    try:
+        await response.aclose()
+    finally:
+        await sync_to_async(relay.capture_rest)()

@@ -11,6 +11,7 @@ import pytest
 from axes.handlers.proxy import AxesProxyHandler
 from celery._state import _set_task_join_will_block
 from django.core.cache import cache
+from django.core.servers.basehttp import ThreadedWSGIServer
 from django.test import override_settings
 from rest_framework.test import APIClient
 
@@ -24,6 +25,11 @@ from credits.services.prices import prices_cache_clear, prices_load
 from .factories import MembershipFactory, UserFactory
 
 SYSTEM = Actor(system="tests")
+
+# pytest-django's `live_server` is Django's ThreadedWSGIServer, whose listen backlog is
+# socketserver's 5: fifty clients connecting at once (the gateway's concurrency test) are reset
+# on a busy machine. A production server's backlog (gunicorn's default is 2048) is what is meant.
+ThreadedWSGIServer.request_queue_size = 128
 
 # Models of the genai-prices data used by tests (chat, code, reasoning, embedding, and OpenRouter
 # ids); `codex-mini-latest` is an alias of `codex-mini`.

@@ -5,7 +5,8 @@ carries `cost`).
 
 What it does per model id (`modes`, default "ok"): "ok" answers; "429" and "500" answer that
 error; "timeout" sleeps `hang` seconds before answering; "drop" closes the connection without an
-answer (streaming: after the first chunk); "nousage" answers without usage."""
+answer (streaming: after the first chunk); "nousage" answers without usage. With a `barrier`,
+every stream waits after its first chunk until the barrier's number of streams are open at once."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class FakeUpstream:
         self.delay = 0.0  # seconds before every answer
         self.chunk_delay = 0.0  # seconds between streamed chunks
         self.hang = 5.0
+        self.barrier: threading.Barrier | None = None  # streams wait here after their first chunk
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         fake = self
@@ -128,6 +130,11 @@ class FakeUpstream:
             delta = {"content": word} if i else {"role": "assistant", "content": word}
             event({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
             time.sleep(self.chunk_delay)
+            if i == 0 and self.barrier is not None:
+                try:
+                    self.barrier.wait()
+                except threading.BrokenBarrierError:
+                    pass  # the test reads `barrier.broken`
             if mode == "drop":
                 handler.close_connection = True
                 handler.connection.shutdown(2)
