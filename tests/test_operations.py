@@ -290,6 +290,17 @@ def test_a_page_logs_its_organization_and_a_request_id_is_made_when_none_is_sane
     assert too_long != "a" * 65
 
 
+def test_under_asgi_the_request_id_no_store_and_access_line_hold(settings):
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    with log_lines("portal.access") as lines:
+        response = async_to_sync(AsyncClient().get)("/login/", headers={"X-Request-ID": "asgi-1"})
+    assert response.status_code == 200 and response["X-Request-ID"] == "asgi-1"
+    assert "no-store" in response["Cache-Control"]  # the login view's own never_cache
+    assert [(line["request_id"], line["route"]) for line in lines] == [("asgi-1", "login/")]
+
+
 def test_tokens_in_paths_and_messages_never_reach_the_log(client, funded):
     _tenant, _key, secret, _api = funded
     token = "Zq8XcBq3tokenOfAnInvitation"
