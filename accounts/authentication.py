@@ -8,6 +8,8 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from portal.logs import log_context_set
+
 from .models import ApiKey
 
 KEY_PREFIX = "sk-cp-v1-"
@@ -55,6 +57,7 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
             ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
             key.last_used_at = now
         request.organization = key.organization
+        log_context_set(key=key)  # the log lines of this request name the key's prefix
         return (key.user, key)
 
     def authenticate_header(self, request):

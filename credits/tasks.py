@@ -4,6 +4,7 @@ budget checks (recovered budgets, forecasts past a limit)."""
 
 from celery import shared_task
 
+from .metrics import ledger_verify_result_store
 from .services import ledger as ledger_services
 from .services.prices import prices_sync as sync
 from .verify import ledger_verify as verify
@@ -27,6 +28,7 @@ def ledger_verify() -> int:
     mismatches = verify()
     for m in mismatches:
         logging.getLogger("credits.verify").error("ledger mismatch: %s", m)
+    ledger_verify_result_store(len(mismatches))  # for /metrics
     return len(mismatches)
 
 
