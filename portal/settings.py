@@ -4,6 +4,9 @@ Variables (all optional unless said):
 - `DEBUG` (default off). With it off, `SECRET_KEY` is required.
 - `DATABASE_URL`: the database of record, PostgreSQL in production and tests. Unset, a SQLite file
   (`demo.sqlite3`, WAL, `transaction_mode=IMMEDIATE`) serves the one-command demo only.
+- `DATABASE_POOL_MAX_SIZE` (default 16): PostgreSQL connections per process, pooled (psycopg_pool);
+  `DATABASE_POOL_TIMEOUT` (default 10 s) how long a request waits for one. 0 turns the pool off
+  for a persistent connection per thread (`CONN_MAX_AGE`, default 60 s; WSGI servers only).
 - `CELERY_BROKER_URL` (Redis or RabbitMQ), `CELERY_RESULT_BACKEND`. Unset, tasks run eagerly.
 - `ALLOWED_HOSTS`, `CSRF_TRUSTED_ORIGINS` (comma-separated), `SECURE_SSL_REDIRECT`.
 - `EMAIL_URL` (for example `smtp+tls://user:pass@host:587`), `DEFAULT_FROM_EMAIL`.
@@ -147,7 +150,19 @@ if SQLITE:
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;", "timeout": 30}
     )
-else:
+elif DATABASE_POOL_MAX_SIZE := env.int("DATABASE_POOL_MAX_SIZE", default=16):
+    # PostgreSQL through a pool per process (psycopg_pool, Django's `pool` option): the ASGI
+    # server runs each request in a thread of its own, and a persistent connection per thread
+    # would outlive its thread (PostgreSQL runs out of connections under load). A request takes
+    # a connection when it first queries and gives it back when it ends; one waits at most
+    # DATABASE_POOL_TIMEOUT seconds for one. Connections: workers x DATABASE_POOL_MAX_SIZE.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+    }
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool checks a connection it lends
+else:  # DATABASE_POOL_MAX_SIZE=0: a persistent connection per thread (WSGI servers only)
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
