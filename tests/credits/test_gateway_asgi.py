@@ -1,8 +1,9 @@
 """The gateway under the ASGI server of production (gunicorn with one uvicorn worker, serving
 `portal.asgi`, against the test database): the official SDK's streamed and plain chat calls, many
 streams open at once in one worker process with fewer database connections than streams,
-upstream failures before and during a stream, and a client that goes away mid-stream. The same request path as under WSGI (test_gateway_sdk.py);
-here the stream runs on the event loop with httpx's async client."""
+upstream failures before and during a stream, and a client that goes away mid-stream. The same
+request path as under WSGI (test_gateway_sdk.py); here the stream runs on the event loop with
+httpx's async client."""
 
 from __future__ import annotations
 
