@@ -218,7 +218,7 @@ def assert_equivalent(history: History) -> int:
     compared = 0
     for principal in history.principals().values():
         for start, end in history.windows():
-            for fields, time in history.rng.sample(GROUPINGS, 3):
+            for fields, time in history.rng.sample(GROUPINGS, 2):
                 zone = ZoneInfo(history.rng.choice(ZONES))
                 kwargs = {"start": start, "end": end, "fields": fields, "time": time, "tz": zone}
                 expected = raw_sums(principal, **kwargs)
@@ -233,6 +233,8 @@ def reads(history: History, zone: str) -> dict:
     out = {}
     start = now - timedelta(days=30)
     for name, principal in history.principals().items():
+        if name == "member key":  # the same reads as the member's, of their key's usage
+            continue
         with timezone.override(tz):
             report = usage_report(principal=principal, period="daily", start=start, end=now, top=8)
             weekly = usage_report(
@@ -272,7 +274,7 @@ def test_rollup_and_tail_equal_the_raw_aggregate_at_every_mark(tenant, seed):
     assert UsageRollupMark.objects.get().rolled_to == mark
     assert UsageRollup.objects.filter(organization=tenant.org).exists()
     assert UsageEvent.objects.filter(recorded_at__gte=mark).count() == 20
-    assert assert_equivalent(history) > 100
+    assert assert_equivalent(history) == 5 * 8 * 2  # principals x windows x groupings
     rolled = reads(history, "Asia/Kolkata")
     assert all(r["report"]["totals"]["events"] for r in rolled.values())
     assert rolled == reads_unrolled(history, "Asia/Kolkata")
