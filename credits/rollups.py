@@ -2,7 +2,8 @@
 
 Every aggregate read of usage (the dashboard, the usage report, `/activity`, the forecast, the
 balance summary's usage figures) goes through `usage_sums`, which adds, in one SQL statement (one
-snapshot, so a roll committing meanwhile cannot count a row twice or miss it):
+snapshot, so a roll committing meanwhile cannot count a row twice or miss it; the mark read just
+before only narrows the tail's index range, as the mark never moves back):
 
 1. `UsageRollup` rows whose 15-minute bucket lies inside the window (`credits.services.rollups`
    keeps them, up to the mark);
@@ -87,6 +88,14 @@ def _mark():
     )
 
 
+def _mark_now() -> datetime:
+    """The mark as it is now: a lower bound of the mark any later statement sees (it only moves
+    forward), given as a constant so that the planner reads the tail on the (organization,
+    recorded_at) index; the statement's own subquery of the mark decides."""
+    mark = UsageRollupMark.objects.order_by("pk").values_list("rolled_to", flat=True).first()
+    return mark or _NEVER
+
+
 def _within(column: str, start: datetime | None, end: datetime | None) -> Q:
     condition = Q()
     if start is not None:
@@ -118,7 +127,8 @@ def usage_sums(
     `visible` (a `Principal.row_filter()`) and `where` filter on `team`, `member`, `api_key`,
     `model`, `operation` or `account`. `since` names window starts on bucket boundaries (such
     as UTC midnights) inside the window: each adds `cost_<name>`, the group's cost from then on.
-    Groups without usage are left out; rows come in no particular order. One SQL statement."""
+    Groups without usage are left out; rows come in no particular order. One SQL statement,
+    after a read of the mark."""
     condition = (visible or Q()) & (where or Q())
     lo = _ceil(start) if start is not None else None
     hi = _floor(end) if end is not None else None
@@ -163,13 +173,15 @@ def usage_sums(
             condition, _within("bucket", lo, hi)
         )
         parts.append(shaped(rollup, "bucket", 1, rollup_sums))
-        added = raw.filter(inside, recorded_at__gte=_mark())
+        floor = _mark_now()
+        added = raw.filter(inside, Q(recorded_at__gte=floor), Q(recorded_at__gte=_mark()))
         parts.append(shaped(added, "occurred_at", 2, raw_sums))
         reversed_ = raw.filter(
             inside,
+            Q(transaction__reversed_by__created_at__gte=floor),
+            Q(transaction__reversed_by__created_at__gte=_mark()),
             transaction__reversed_by__organization=organization,
             transaction__reversed_by__kind="reversal",
-            transaction__reversed_by__created_at__gte=_mark(),
         )
         parts.append(shaped(reversed_, "occurred_at", 3, raw_sums))
         edges = Q()
