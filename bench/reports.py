@@ -9,9 +9,9 @@ It migrates the database (created when missing) and makes one organization (UTC)
 teams and 20 members, each with a usage key on one of the teams. `--events` usage events are
 written with SQL (`INSERT ... SELECT ... FROM generate_series`, in chunks of 500,000), spread
 evenly over the last 30 days, over 5 models and 3 operations, a conversation id per 5 events,
-recorded a few seconds after they occurred. They have no ledger transaction (the reads do not
-need one: such events count, and have no paying account, so the forecast's per-account rates
-are empty). VACUUM ANALYZE follows. Then each read is timed `--repeat` times before and after
+recorded now (as a trace replayed now: the roll takes them by insert time). They have no ledger
+transaction (the reads do not need one: such events count, and have no paying account, so the
+forecast's per-account rates are empty). VACUUM ANALYZE follows. Then each read is timed `--repeat` times before and after
 `usage_rollup_advance` (its time and rows are reported too); the dashboard is a GET of the page
 through Django's test client (server time: view, selectors and template). Results go to
 bench/results/reports.json with the date, the commit and the load average.
@@ -150,8 +150,7 @@ def main() -> None:
             (%(ops)s::text[])[1 + (i / 7) %% 3], (%(models)s::text[])[1 + (i / 3) %% 5],
             1000 + i %% 500, 200 + i %% 100, i %% 300, i %% 50, 0,
             0.000001 * (1 + i %% 997), 'reported', 'conv-' || (i / 5), '{{}}', '[]',
-            %(start)s + make_interval(secs => %(span)s * i / %(n)s),
-            %(start)s + make_interval(secs => %(span)s * i / %(n)s + 3)
+            %(start)s + make_interval(secs => %(span)s * i / %(n)s), now()
         FROM generate_series(%(lo)s, %(hi)s) AS i
     """  # noqa: S608 - names from the models, values as parameters
     params = {
