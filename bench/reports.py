@@ -11,10 +11,11 @@ written with SQL (`INSERT ... SELECT ... FROM generate_series`, in chunks of 500
 evenly over the last 30 days, over 5 models and 3 operations, a conversation id per 5 events,
 recorded now (as a trace replayed now: the roll takes them by insert time). They have no ledger
 transaction (the reads do not need one: such events count, and have no paying account, so the
-forecast's per-account rates are empty). VACUUM ANALYZE follows. Then each read is timed `--repeat` times before and after
-`usage_rollup_advance` (its time and rows are reported too); the dashboard is a GET of the page
-through Django's test client (server time: view, selectors and template). Results go to
-bench/results/reports.json with the date, the commit and the load average.
+forecast's per-account rates are empty). VACUUM ANALYZE follows. Then each read is timed
+`--repeat` times before and after `usage_rollup_advance` (its time and rows are reported too);
+the dashboard is a GET of the page through Django's test client (server time: view, selectors
+and template). Results go to bench/results/reports.json with the date, the commit and the load
+average.
 """
 
 from __future__ import annotations
