@@ -77,3 +77,13 @@ def budgets_forecast_check() -> int:
     from .services.alerts import budgets_forecast_check as check
 
     return len(check())
+
+
+@shared_task
+def usage_rollup() -> int:
+    """Every minute: roll the usage recorded since the mark into the rollups read by the
+    dashboard, reports, activity and forecast (`credits.services.rollups`). Returns the rollup
+    rows written."""
+    from .services.rollups import usage_rollup_advance
+
+    return usage_rollup_advance().rows

@@ -290,6 +290,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # CELERY_BEAT_SCHEDULE there (the migration of `notifications` runs it once).
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CREDITS_EXPIRING_DAYS = env.int("CREDITS_EXPIRING_DAYS", default=7)  # credits.expiring
+# Usage rollups (credits.services.rollups): events recorded more than USAGE_ROLLUP_LAG_SECONDS
+# ago (longer than any transaction that records usage) are rolled, at most
+# USAGE_ROLLUP_STEP_HOURS of recorded time per transaction; reads add the rest from raw events.
+USAGE_ROLLUP_LAG = timedelta(seconds=env.int("USAGE_ROLLUP_LAG_SECONDS", default=120))
+USAGE_ROLLUP_STEP = timedelta(hours=env.int("USAGE_ROLLUP_STEP_HOURS", default=6))
 CELERY_BEAT_SCHEDULE = {
     "holds-expire": {"task": "credits.tasks.holds_expire", "schedule": timedelta(minutes=1)},
     "lots-expire": {"task": "credits.tasks.lots_expire", "schedule": timedelta(minutes=5)},
@@ -320,6 +325,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "credits.tasks.budgets_forecast_check",
         "schedule": crontab(minute=27),
     },
+    # Usage into its rollups for reads, up to a lag behind now (credits.services.rollups).
+    "usage-rollup": {"task": "credits.tasks.usage_rollup", "schedule": timedelta(minutes=1)},
     # Pending purchase orders past their age (billing.tasks.orders_expire).
     "orders-expire": {"task": "billing.tasks.orders_expire", "schedule": timedelta(minutes=15)},
     # Outbox messages a lost worker left pending (notifications.tasks.outbox_sweep).
