@@ -2,16 +2,69 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import threading
+import time
 from datetime import timedelta
 
+from django.db import transaction
 from django.utils import timezone
 from rest_framework import authentication, exceptions
+
+from portal.logs import log_context_set
 
 from .models import ApiKey
 
 KEY_PREFIX = "sk-cp-v1-"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+# Keys looked up in the last KEY_CACHE_SECONDS, per process ({hash: (until, key)}, `until` on
+# time.monotonic()): a key that is disabled or deleted, or whose member leaves, stops working
+# within that time on every worker, and at once in the process that made the change
+# (`apikey_cache_evict`, called by the services that change keys and memberships).
+KEY_CACHE_SECONDS = 1.0
+_KEYS: dict[str, tuple[float, ApiKey]] = {}
+_KEYS_LOCK = threading.Lock()
+
+
+def apikey_cache_evict() -> None:
+    """Forget the cached keys of this process, now and again when the current transaction
+    commits (a request that read the old row meanwhile must not keep it)."""
+    with _KEYS_LOCK:
+        _KEYS.clear()
+    transaction.on_commit(apikey_cache_evict_now)
+
+
+def apikey_cache_evict_now() -> None:
+    with _KEYS_LOCK:
+        _KEYS.clear()
+
+
+def _key_lookup(hashed: str) -> ApiKey | None:
+    """The live key of this hash with its organization, user and team, or None. A key whose
+    member has left the organization is None. Served from the cache when seen less than
+    KEY_CACHE_SECONDS ago (a copy: requests never share an instance)."""
+    now = time.monotonic()
+    hit = _KEYS.get(hashed)
+    if hit is not None and hit[0] > now:
+        return copy.deepcopy(hit[1]) if hit[1] is not None else None
+    key = (
+        ApiKey.objects.select_related("organization", "user", "team")
+        .filter(hash=hashed, deleted_at__isnull=True)
+        .first()
+    )
+    if (
+        key is not None
+        and key.user_id is not None
+        and not key.user.memberships.filter(organization_id=key.organization_id).exists()
+    ):
+        key.member_left = True
+    with _KEYS_LOCK:
+        if len(_KEYS) > 10_000:  # a flood of unknown keys: start over rather than grow
+            _KEYS.clear()
+        _KEYS[hashed] = (now + KEY_CACHE_SECONDS, copy.deepcopy(key))
+    return key
 
 
 def hash_secret(secret: str) -> str:
@@ -34,11 +87,8 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
         parts = header.split()
         if len(parts) != 2 or parts[0] != self.keyword:
             raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <API key>'.")
-        key = (
-            ApiKey.objects.select_related("organization", "user", "team")
-            .filter(hash=hash_secret(parts[1]), deleted_at__isnull=True)
-            .first()
-        )
+        hashed = hash_secret(parts[1])
+        key = _key_lookup(hashed)
         now = timezone.now()
         if key is None:
             raise exceptions.AuthenticationFailed("Invalid API key.")
@@ -46,15 +96,16 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("This API key is disabled.")
         if key.expires_at is not None and key.expires_at <= now:
             raise exceptions.AuthenticationFailed("This API key has expired.")
-        if (
-            key.user_id is not None
-            and not key.user.memberships.filter(organization_id=key.organization_id).exists()
-        ):
+        if getattr(key, "member_left", False):
             raise exceptions.AuthenticationFailed("This API key's member left the organization.")
         if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
             ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
             key.last_used_at = now
+            with _KEYS_LOCK:
+                if (hit := _KEYS.get(hashed)) is not None and hit[1] is not None:
+                    hit[1].last_used_at = now  # one UPDATE per resolution, not per request
         request.organization = key.organization
+        log_context_set(key=key)  # the log lines of this request name the key's prefix
         return (key.user, key)
 
     def authenticate_header(self, request):

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from portal.api import SESSION_ORGANIZATION
 from portal.errors import ApplicationError
+from portal.logs import log_context_set
 from portal.throttling import write_throttled
 
 from .access import Principal
@@ -46,6 +47,7 @@ def organization_page(view=None, *, scope: str | None = None):
             if scope is not None and not principal.has(scope):
                 raise Http404("No such page")
             request.organization, request.membership = organization, membership
+            log_context_set(organization=organization)
             request.principal = principal
             if request.session.get(SESSION_ORGANIZATION) != organization.slug:
                 request.session[SESSION_ORGANIZATION] = organization.slug  # no write per poll

@@ -22,7 +22,7 @@ from portal.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from portal.money import parse_credits
 
 from .audit import Actor, audit_record
-from .authentication import KEY_PREFIX, hash_secret
+from .authentication import KEY_PREFIX, apikey_cache_evict, hash_secret
 from .models import ApiKey, Invitation, Membership, Organization, Team, TeamMembership, User
 from .roles import KIND_SCOPES, SCOPES, TEAM_MANAGER_PERMISSIONS, KeyKind, Role, TeamRole
 
@@ -324,6 +324,7 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
         before={"user": user.email, "role": membership.role},
     )
     membership.delete()
+    apikey_cache_evict()  # the member's keys stop now
 
 
 # Invitations ------------------------------------------------------------------------------------
@@ -585,6 +586,7 @@ def apikey_update(*, key: ApiKey, actor: Actor, **changes) -> ApiKey:
         key.expires_at = changes["expires_at"]
     key.updated_at = timezone.now()
     key.save()
+    apikey_cache_evict()
     audit_record(
         organization=key.organization,
         actor=actor,
@@ -605,6 +607,7 @@ def apikey_delete(*, key: ApiKey, actor: Actor) -> None:
     )
     if not updated:
         raise NotFound("No such API key in this organization.", resource="key")
+    apikey_cache_evict()
     audit_record(
         organization=key.organization,
         actor=actor,

@@ -118,6 +118,7 @@ def main() -> None:
         "ALLOWED_HOSTS": "127.0.0.1",
         "DJANGO_SETTINGS_MODULE": "portal.settings",
         "LOG_LEVEL": "ERROR",
+        "ACCESS_LOG": "0",
         "PYTHONPATH": str(ROOT),
     }
     from tests.credits.fake_upstream import FakeUpstream

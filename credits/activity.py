@@ -2,9 +2,10 @@
 UTC day and model, over the last 30 completed UTC days, as OpenRouter's `GET /activity` reports
 it. What it may see is `selectors.usage_visible` (for a key: `selectors.usage_for_key`).
 
-One aggregate query (GROUP BY day, model) over at most 30 days of the key's visible usage, on the
-(organization, occurred_at) index; the rows never leave the database. Days are UTC days of
-`occurred_at` (when the request ran), as in the usage report."""
+One read of the usage rollups and their tail (`credits.rollups.usage_sums`, by UTC day and
+model) over at most 30 days of the key's visible usage; reversed usage is left out, as
+everywhere else. Days are UTC days of `occurred_at` (when the request ran), as in the usage
+report."""
 
 from __future__ import annotations
 
@@ -13,13 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Sum
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.access import Principal
 
-from . import selectors
+from . import rollups
 from .models import ModelPrice
 
 ACTIVITY_DAYS = 30
@@ -64,33 +64,25 @@ def activity_for(
     first, last = activity_days(now)
     start = datetime.combine(day or first, time.min, tzinfo=UTC)
     end = datetime.combine((day or last) + timedelta(days=1), time.min, tzinfo=UTC)
-    usage = selectors.usage_visible(principal).filter(occurred_at__gte=start, occurred_at__lt=end)
+    where = Q()
     if api_key_hash is not None:
-        usage = usage.filter(api_key__hash=api_key_hash)
+        where &= Q(api_key__hash=api_key_hash)
     if member_id is not None:
-        usage = usage.filter(member_id=member_id)
-    rows = list(
-        usage.order_by()
-        .annotate(day=TruncDate("occurred_at", tzinfo=UTC))
-        .values("day", "model")
-        .annotate(
-            requests=Count("id"),
-            usage=Coalesce(Sum("cost"), ZERO),
-            prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
-            completion_tokens=Coalesce(Sum("completion_tokens"), 0),
-            reasoning_tokens=Coalesce(Sum("reasoning_tokens"), 0),
-            cached_tokens=Coalesce(Sum("cached_tokens"), 0),
-        )
-        .order_by("-day", "model")
+        where &= Q(member_id=member_id)
+    rows = sorted(
+        rollups.usage_sums_visible(
+            principal, start=start, end=end, where=where, fields=["model"], time="date"
+        ),
+        key=lambda r: (-r["date"].toordinal(), r["model"]),
     )
     providers = _providers({row["model"] for row in rows})
     return [
         ActivityRow(
-            date=row["day"],
+            date=row["date"],
             model=row["model"],
             provider=providers.get(row["model"]) or _provider_prefix(row["model"]),
-            requests=row["requests"],
-            usage=row["usage"],
+            requests=row["events"],
+            usage=row["cost"],
             prompt_tokens=row["prompt_tokens"],
             completion_tokens=row["completion_tokens"],
             reasoning_tokens=row["reasoning_tokens"],

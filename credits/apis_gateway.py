@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from asgiref.sync import async_to_sync
 from django.core.handlers.asgi import ASGIRequest
+from django.db import connection
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -237,6 +238,10 @@ class ChatCompletionsApi(OrganizationAPIView):
         except ApplicationError:
             gateway.chat_void(held)
             raise
+        if on_loop:
+            # The stream may last minutes: its request thread gives its database connection back
+            # to the pool now and takes one again for the capture.
+            connection.close()
         relay = gateway.chat_stream_async if on_loop else gateway.chat_stream
         response = StreamingHttpResponse(
             relay(held, upstream_response), content_type="text/event-stream"

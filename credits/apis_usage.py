@@ -41,6 +41,7 @@ from portal.spreadsheet import csv_lines
 
 from . import selectors, services
 from .apis import Credits
+from .metrics import usage_refused
 from .models import UsageEvent
 from .periods import window_end, window_start
 from .services.refusals import authorization_refused_record
@@ -368,7 +369,9 @@ class UsageApi(OrganizationListAPIView):
         if isinstance(body, dict) and "events" in body:
             return self._batch(body, attribution)
         serializer = UsageEventInput(data=body)
-        serializer.is_valid(raise_exception=True)
+        if not serializer.is_valid():
+            usage_refused(ValidationFailed.type)  # the service counts its own refusals
+            raise serializers.ValidationError(serializer.errors)
         result = services.usage_record(attribution=attribution, event=serializer.to_usage())
         return recorded_response(result, self.principal)
 
@@ -388,6 +391,7 @@ class UsageApi(OrganizationListAPIView):
                 valid.append((index, serializer.to_usage()))
             else:
                 outcomes[index] = ValidationFailed(_drf_field_errors(serializer.errors))
+                usage_refused(outcomes[index])
         recorded = services.usage_record_many(
             attribution=attribution, events=[event for _, event in valid]
         )

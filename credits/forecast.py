@@ -10,8 +10,8 @@
 - For every budget the principal may see, its current window and the projected spend at the
   window's end (`budget_projection`, from the window's counter: see the rule there).
 
-Reads the usage of the last 30 days and its ledger entries (raw rows, by when the usage occurred;
-an hourly rollup will serve this when history grows: see docs/performance.md).
+Reads the usage rollups and their tail (`credits.rollups.usage_sums`) of the last 30 days, by when
+the usage occurred, and per account by the account its cost was debited from.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Min, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.access import Principal
@@ -35,8 +34,9 @@ from .analytics import (
     project_depletion,
     spend_by_hour_of_day,
 )
-from .models import Budget, BudgetWindow, LedgerAccount, LedgerEntry, LedgerTransaction
+from .models import Budget, BudgetWindow, LedgerAccount
 from .reports import organization_tz, spend_by_hour, spend_in_windows
+from .rollups import first_usages, usage_sums
 from .selectors import available_for, budgets_visible, draw_accounts
 
 ZERO = Decimal(0)
@@ -136,32 +136,34 @@ def budget_projections(budgets, now: datetime | None = None) -> list[BudgetProje
 
 
 def _account_spend(accounts: list[LedgerAccount], now: datetime) -> dict[int, tuple[dict, int]]:
-    """{account id: (credits its usage entries took in each trailing window, hours since its
-    first usage in the last 30 days)}, by when the usage occurred (reversed usage left out)."""
-    occurred = "transaction__usage__occurred_at"
-    since = {name: now - timedelta(hours=hours) for name, hours in WINDOW_HOURS.items()}
-    rows = (
-        LedgerEntry.objects.filter(
-            account__in=accounts,
-            transaction__kind=LedgerTransaction.Kind.USAGE,
-            transaction__reversed_by__isnull=True,
-            **{f"{occurred}__gte": since["30d"], f"{occurred}__lte": now},
+    """{account id: (credits its usage took in each trailing window, hours since its first
+    usage in the last 30 days)}, by when the usage occurred (reversed usage left out), from the
+    usage rollups and their tail by paying account (`credits.rollups.usage_sums`)."""
+    if not accounts:
+        return {}
+    organization = accounts[0].organization
+    where = Q(account__in=[a.pk for a in accounts])
+    end = now + MICROSECOND  # up to now, inclusive
+    spent: dict[int, dict] = {}
+    firsts: dict[int, datetime] = {}
+    for name, hours in WINDOW_HOURS.items():
+        since = now - timedelta(hours=hours)
+        rows = usage_sums(
+            organization=organization,
+            where=where,
+            start=since,
+            end=end,
+            fields=["account"],
+            first=name == "30d",
         )
-        .values("account_id")
-        .annotate(
-            first=Min(occurred),
-            **{
-                name: Coalesce(Sum("amount", filter=Q(**{f"{occurred}__gte": start})), ZERO)
-                for name, start in since.items()
-            },
-        )
-        .order_by()
-    )
+        for row in rows:
+            spent.setdefault(row["account"], {})[name] = row["cost"]
+            if name == "30d":
+                firsts[row["account"]] = max(row["first"], since)
     out = {}
-    for row in rows:
-        spent = {name: -row[name] for name in WINDOW_HOURS}
-        observed = int((now - row["first"]).total_seconds() // 3600) + 1
-        out[row["account_id"]] = (spent, observed)
+    for pk, first in first_usages(organization, field="account", after=firsts, end=end).items():
+        observed = int((now - first).total_seconds() // 3600) + 1
+        out[pk] = ({name: spent[pk].get(name, ZERO) for name in WINDOW_HOURS}, observed)
     return out
 
 

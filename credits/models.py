@@ -122,6 +122,14 @@ class LedgerTransaction(models.Model):
                 fields=["organization", "idempotency_key"], name="transaction_idempotency_unique"
             )
         ]
+        indexes = [
+            # Reversals by time: the rollup of usage (`UsageRollup`) nets out reversed usage.
+            models.Index(
+                fields=["organization", "created_at"],
+                name="transaction_reversal_time",
+                condition=Q(kind="reversal"),
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk}"
@@ -354,10 +362,87 @@ class UsageEvent(models.Model):
             models.Index(fields=["organization", "occurred_at"], name="usage_org_time"),
             models.Index(fields=["team", "occurred_at"], name="usage_team_time"),
             models.Index(fields=["api_key", "recorded_at"], name="usage_key_recorded"),
+            # The not-yet-rolled tail of `UsageRollup` (events recorded at or after the mark).
+            models.Index(fields=["organization", "recorded_at"], name="usage_org_recorded"),
         ]
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.model} {self.cost}"
+
+
+class UsageRollup(models.Model):
+    """Counted usage per `bucket` (the start, UTC, of a `ROLLUP_BUCKET` of 15 minutes of
+    `occurred_at`) and organization, team, member, API key, model, operation and the account
+    the cost was debited from: events, the four token counts and cost (credits). Written only by
+    `credits.services.rollups.usage_rollup_advance`, set-wise, from the events recorded before
+    `UsageRollupMark.rolled_to`, less the events whose usage transaction was reversed before it
+    (so a row may net to zero). Reads add the events past the mark: `credits.rollups`."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    bucket = models.DateTimeField()
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False
+    )
+    member = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False
+    )
+    model = models.CharField(max_length=200)
+    operation = models.CharField(max_length=16)
+    account = models.ForeignKey(
+        LedgerAccount,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    events = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost = CreditField(default=0)
+
+    class Meta:
+        ordering = ["bucket", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "organization",
+                    "bucket",
+                    "team",
+                    "member",
+                    "api_key",
+                    "model",
+                    "operation",
+                    "account",
+                ],
+                name="usage_rollup_unique",
+                nulls_distinct=False,
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.bucket:%Y-%m-%d %H:%M} {self.model} {self.events} events {self.cost}"
+
+
+class UsageRollupMark(models.Model):
+    """The one row that says how far `UsageRollup` goes: every usage event recorded (and every
+    reversal created) before `rolled_to` is in it, none at or after."""
+
+    rolled_to = models.DateTimeField()
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"usage rolled up to {self.rolled_to:%Y-%m-%d %H:%M:%S}"
 
 
 class Budget(models.Model):

@@ -10,14 +10,15 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 
-from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce, ExtractHour, TruncDay
+from django.db.models import Count, F, Max, Min, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.access import Principal
 from accounts.models import ApiKey, Membership, Organization
 
 from .models import UsageEvent
+from .rollups import first_usage, usage_sums_visible
 from .selectors import COUNTED, usage_visible
 
 ZERO = Decimal(0)
@@ -42,29 +43,30 @@ def spend_by_day(
     *, principal: Principal, start: datetime, end: datetime, tz: tzinfo, dimension: str | None
 ) -> list[dict]:
     """Rows of `day` (a date in `tz`), `key` (the dimension's value; None without one), `events`
-    and `cost`, for counted usage between `start` and `end`."""
-    qs = _counted(principal, start, end).annotate(bucket=TruncDay("occurred_at", tzinfo=tz))
-    group = ["bucket"] + ([SPEND_DIMENSIONS[dimension]] if dimension else [])
-    rows = qs.values(*group).annotate(events=Count("id"), cost=Coalesce(Sum("cost"), ZERO))
-    return [
+    and `cost`, for counted usage between `start` and `end` (rollups and their tail:
+    `credits.rollups.usage_sums`), by day."""
+    field = SPEND_DIMENSIONS[dimension] if dimension else None
+    rows = usage_sums_visible(
+        principal, start=start, end=end, fields=[field] if field else [], time="day", tz=tz
+    )
+    out = [
         {
-            "day": r["bucket"].astimezone(tz).date(),
-            "key": r[SPEND_DIMENSIONS[dimension]] if dimension else None,
+            "day": r["day"].astimezone(tz).date(),
+            "key": r[field] if field else None,
             "events": r["events"],
             "cost": r["cost"],
         }
-        for r in rows.order_by("bucket")
+        for r in rows
     ]
+    return sorted(out, key=lambda r: (r["day"], r["key"] is None, r["key"] or ""))
 
 
 def spend_by_hour(*, principal: Principal, start: datetime, end: datetime, tz: tzinfo) -> list:
-    """Rows of `hour` (0-23 in `tz`), `events` and `cost`."""
-    return list(
-        _counted(principal, start, end)
-        .annotate(hour=ExtractHour("occurred_at", tzinfo=tz))
-        .values("hour")
-        .annotate(events=Count("id"), cost=Coalesce(Sum("cost"), ZERO))
-        .order_by("hour")
+    """Rows of `hour` (0-23 in `tz`), `events` and `cost`, by hour."""
+    rows = usage_sums_visible(principal, start=start, end=end, time="hour", tz=tz)
+    return sorted(
+        ({"hour": r["hour"], "events": r["events"], "cost": r["cost"]} for r in rows),
+        key=lambda r: r["hour"],
     )
 
 
@@ -72,20 +74,25 @@ def spend_in_windows(
     *, principal: Principal, now: datetime
 ) -> tuple[dict[str, Decimal], int | None]:
     """Credits spent in the trailing 24 hours, 7 days and 30 days (keys "24h", "7d", "30d"), and
-    the whole hours since the first usage the principal sees in the last 30 days (None: none)."""
-    since = {"24h": now - timedelta(hours=24), "7d": now - timedelta(days=7)}
-    qs = _counted(principal, now - timedelta(days=30), now + timedelta(seconds=1))
-    sums = qs.aggregate(
-        first=Min("occurred_at"),
-        **{
-            name: Coalesce(Sum("cost", filter=Q(occurred_at__gte=start)), ZERO)
-            for name, start in since.items()
-        },
-        **{"30d": Coalesce(Sum("cost"), ZERO)},
-    )
-    first = sums.pop("first")
+    the whole hours since the first usage the principal sees in the last 30 days (None: none).
+    Four statements (rollups and their tail: `credits.rollups.usage_sums`)."""
+    end = now + timedelta(seconds=1)
+    spent: dict[str, Decimal] = {}
+    first = None
+    for name, since in (("24h", timedelta(hours=24)), ("7d", timedelta(days=7))):
+        rows = usage_sums_visible(principal, start=now - since, end=end)
+        spent[name] = rows[0]["cost"] if rows else ZERO
+    rows = usage_sums_visible(principal, start=now - timedelta(days=30), end=end, first=True)
+    spent["30d"] = rows[0]["cost"] if rows else ZERO
+    if rows:
+        first = first_usage(
+            principal.organization,
+            visible=principal.row_filter(),
+            after=max(rows[0]["first"], now - timedelta(days=30)),
+            end=end,
+        )
     observed = None if first is None else int((now - first).total_seconds() // 3600) + 1
-    return sums, observed
+    return spent, observed
 
 
 def top_conversations(

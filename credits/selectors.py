@@ -17,6 +17,7 @@ from accounts.access import Principal
 from accounts.models import ApiKey, Organization, Team
 from portal.errors import NotFound
 
+from . import rollups
 from .models import CreditLot, Hold, LedgerAccount, LedgerEntry, UsageEvent
 from .periods import window_start
 
@@ -87,7 +88,7 @@ def usage_list(*, organization: Organization) -> QuerySet[UsageEvent]:
 
 
 # A usage event counts towards spend unless its debit was reversed (the ledger's view).
-COUNTED = Q(transaction__reversed_by__isnull=True)
+COUNTED = rollups.COUNTED
 
 
 def usage_visible(principal: Principal) -> QuerySet[UsageEvent]:
@@ -185,6 +186,26 @@ def key_usage_totals(keys: Iterable[ApiKey], now: datetime | None = None) -> dic
     return result
 
 
+_PERIODS = ("daily", "weekly", "monthly")
+
+
+def _used_rows(organization, visible, now: datetime, **kwargs) -> list[dict]:
+    """Counted usage in total and since the start of the current UTC day, week and month (by
+    occurred_at), as rows of `total`, `daily`, `weekly`, `monthly` (rollups and their tail)."""
+    since = {p: window_start(p, now) for p in _PERIODS}
+    rows = rollups.usage_sums(organization=organization, visible=visible, since=since, **kwargs)
+    for row in rows:
+        row["total"] = row["cost"]
+        for p in _PERIODS:
+            row[p] = row[f"cost_{p}"]
+    return rows
+
+
+def _used(organization, visible, now: datetime) -> dict:
+    rows = _used_rows(organization, visible, now)
+    return rows[0] if rows else {"total": ZERO, **{p: ZERO for p in _PERIODS}}
+
+
 @dataclass(frozen=True)
 class TeamBalance:
     team: Team
@@ -221,19 +242,16 @@ def balance_summary(
     *, organization: Organization, teams: QuerySet[Team] | None = None, now: datetime | None = None
 ) -> BalanceSummary:
     """The organization's balance summary, per team for `teams` (default: all). O(accounts +
-    one aggregate over the usage index)."""
+    two reads of the usage rollups and their tail)."""
     now = now or timezone.now()
     accounts = list(account_list(organization=organization))
     spendable = [a for a in accounts if a.kind in LedgerAccount.HOLDS_LOTS]
     credited = -sum((a.balance for a in accounts if a.kind in (Kind.GRANTS, Kind.PURCHASES)), ZERO)
     expired_acc = next((a for a in accounts if a.kind == Kind.EXPIRY), None)
-    usage = usage_list(organization=organization).filter(COUNTED)
-    totals = usage.aggregate(**_spend_sums("occurred_at", now))
+    totals = _used(organization, None, now)
     by_team = {
         r["team"]: r
-        for r in usage.filter(team__isnull=False)
-        .values("team")
-        .annotate(**_spend_sums("occurred_at", now))
+        for r in _used_rows(organization, None, now, fields=["team"], where=Q(team__isnull=False))
     }
     expiring = (
         CreditLot.objects.filter(
@@ -345,7 +363,7 @@ def balance_for(principal: Principal, now: datetime | None = None) -> BalanceSum
     now = now or timezone.now()
     if principal.org_wide and principal.member_id is None:
         return balance_summary(organization=principal.organization, now=now)
-    used = usage_visible(principal).filter(COUNTED).aggregate(**_spend_sums("occurred_at", now))
+    used = _used(principal.organization, principal.row_filter(), now)
     if principal.org_wide:
         summary = balance_summary(organization=principal.organization, now=now)
         return dataclasses.replace(
@@ -398,42 +416,65 @@ def usage_report(
     usage excluded, as in the ledger): totals, a series per `period` bucket (daily, weekly from
     Monday, monthly) and breakdowns by operation, team, member, model, conversation and key (the
     `top` largest by cost). Members and keys it may not identify are summed into one row
-    (`OTHERS`)."""
-    from django.db.models.functions import TruncDay, TruncMonth, TruncWeek
+    (`OTHERS`). Periods are those of the current time zone. Reads the usage rollups and their
+    tail (`credits.rollups.usage_sums`), one statement per figure; the conversation breakdown
+    reads the raw events of the range."""
+    tz = timezone.get_current_timezone()
+    visible = principal.row_filter()
+    bucket = _REPORT_PERIODS[period]
 
-    qs = usage_visible(principal).filter(COUNTED, occurred_at__gte=start, occurred_at__lt=end)
-    sums = {
-        "events": Count("id"),
-        "cost": Coalesce(Sum("cost"), ZERO),
-        "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
-        "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
-        "cached_tokens": Coalesce(Sum("cached_tokens"), 0),
-        "reasoning_tokens": Coalesce(Sum("reasoning_tokens"), 0),
-    }
-    trunc = {"daily": TruncDay, "weekly": TruncWeek, "monthly": TruncMonth}[period]
+    def sums(**kwargs) -> list[dict]:
+        return rollups.usage_sums(
+            organization=principal.organization, visible=visible, start=start, end=end, **kwargs
+        )
+
     series = [
-        {"start": r["bucket"], **{k: r[k] for k in sums}}
-        for r in qs.annotate(bucket=trunc("occurred_at"))
-        .values("bucket")
-        .annotate(**sums)
-        .order_by("bucket")
+        {"start": r[bucket], **{k: r[k] for k in rollups.SUMS}}
+        for r in sorted(sums(time=bucket, tz=tz), key=lambda r: r[bucket])
     ]
+    totals = sums()
     breakdowns = {}
     for name, field in REPORT_DIMENSIONS.items():
         id_field = _IDENTITY_DIMENSIONS.get(name)
         group = [field, id_field] if id_field else [field]
-        rows = qs.values(*group).annotate(**sums).order_by("-cost", *group)
+        if name == "conversation":  # not a rollup dimension: the raw events of the range
+            qs = usage_visible(principal).filter(
+                COUNTED, occurred_at__gte=start, occurred_at__lt=end
+            )
+            rows = list(qs.values(*group).annotate(**_RAW_SUMS))
+        else:
+            rows = sums(fields=group)
+        rows.sort(key=lambda r: (-r["cost"], *(_nulls_last(r[g]) for g in group)))
         if id_field:
-            rows = _identified(principal, name, list(rows), id_field, list(sums))
-        breakdowns[name] = [{"key": r[field], **{k: r[k] for k in sums}} for r in rows[:top]]
+            rows = _identified(principal, name, rows, id_field, list(rollups.SUMS))
+        breakdowns[name] = [
+            {"key": r[field], **{k: r[k] for k in rollups.SUMS}} for r in rows[:top]
+        ]
     return {
         "period": period,
         "start": start,
         "end": end,
-        "totals": qs.aggregate(**sums),
+        "totals": totals[0] if totals else {k: _RAW_ZERO[k] for k in rollups.SUMS},
         "series": series,
         "breakdowns": breakdowns,
     }
+
+
+_REPORT_PERIODS = {"daily": "day", "weekly": "week", "monthly": "month"}
+_RAW_SUMS = {
+    "events": Count("id"),
+    "cost": Coalesce(Sum("cost"), ZERO),
+    "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
+    "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
+    "cached_tokens": Coalesce(Sum("cached_tokens"), 0),
+    "reasoning_tokens": Coalesce(Sum("reasoning_tokens"), 0),
+}
+_RAW_ZERO = {k: ZERO if k == "cost" else 0 for k in rollups.SUMS}
+
+
+def _nulls_last(value) -> tuple:
+    """A sort key that puts None after every value (as PostgreSQL orders ascending)."""
+    return (value is None, "" if value is None else value)
 
 
 def _identified(principal: Principal, name: str, rows: list[dict], id_field: str, sums) -> list:

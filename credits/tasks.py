@@ -4,6 +4,7 @@ budget checks (recovered budgets, forecasts past a limit)."""
 
 from celery import shared_task
 
+from .metrics import ledger_verify_result_store
 from .services import ledger as ledger_services
 from .services.prices import prices_sync as sync
 from .verify import ledger_verify as verify
@@ -27,6 +28,7 @@ def ledger_verify() -> int:
     mismatches = verify()
     for m in mismatches:
         logging.getLogger("credits.verify").error("ledger mismatch: %s", m)
+    ledger_verify_result_store(len(mismatches))  # for /metrics
     return len(mismatches)
 
 
@@ -75,3 +77,13 @@ def budgets_forecast_check() -> int:
     from .services.alerts import budgets_forecast_check as check
 
     return len(check())
+
+
+@shared_task
+def usage_rollup() -> int:
+    """Every minute: roll the usage recorded since the mark into the rollups read by the
+    dashboard, reports, activity and forecast (`credits.services.rollups`). Returns the rollup
+    rows written."""
+    from .services.rollups import usage_rollup_advance
+
+    return usage_rollup_advance().rows

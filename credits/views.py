@@ -16,8 +16,7 @@ from functools import wraps
 
 from django.contrib import messages
 from django.core.exceptions import BadRequest
-from django.db.models import Count, F, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import F, Q
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -51,8 +50,8 @@ from .reports import (
     spend_in_windows,
     top_conversations,
 )
+from .rollups import usage_sums_visible
 from .selectors import (
-    COUNTED,
     account_balance,
     account_history,
     account_visible_get,
@@ -436,12 +435,15 @@ def me(request):
     tz = timezone.get_current_timezone()
     own = usage_visible(principal).filter(member_id=user.pk)
     month_start = _local_day_start(today.replace(day=1), tz)
-    totals = own.filter(COUNTED).aggregate(
-        total=Coalesce(Sum("cost"), ZERO),
-        events=Count("id"),
-        today=Coalesce(Sum("cost", filter=Q(occurred_at__gte=_local_day_start(today, tz))), ZERO),
-        month=Coalesce(Sum("cost", filter=Q(occurred_at__gte=month_start)), ZERO),
-    )
+    since = {"today": _local_day_start(today, tz), "month": month_start}
+    rows = usage_sums_visible(principal, where=Q(member_id=user.pk), since=since)
+    row = rows[0] if rows else {"cost": ZERO, "events": 0, "cost_today": ZERO, "cost_month": ZERO}
+    totals = {
+        "total": row["cost"],
+        "events": row["events"],
+        "today": row["cost_today"],
+        "month": row["cost_month"],
+    }
     summary = balance_for(principal, now=now)
     mine = principal.member_team_ids | principal.managed_team_ids
     teams = [t for t in summary.teams if t.team.pk in mine]

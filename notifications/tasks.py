@@ -22,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .delivery import Outcome, send
+from .metrics import delivery_count
 from .models import DeliveryAttempt, OutboxMessage, WebhookEndpoint
 
 SWEEP_BATCH = 500
@@ -136,7 +137,9 @@ def outbox_deliver(message_id: int) -> str:
         return "skipped"
     started = timezone.now()
     outcome = send(message)
-    return _record(message, outcome, started)
+    status = _record(message, outcome, started)
+    delivery_count(channel=message.channel, status=status)  # for /metrics
+    return status
 
 
 @shared_task

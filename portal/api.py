@@ -20,6 +20,8 @@ from accounts.access import Principal
 from accounts.audit import Actor
 from accounts.models import ApiKey, Organization
 
+from .logs import log_context_set
+
 
 class StrictSerializer(serializers.Serializer):
     """A plain input serializer that refuses unknown fields (400 naming them)."""
@@ -118,6 +120,7 @@ def _principal(request) -> Principal | None:
         organization = only[0] if len(only) == 1 else None
     if organization is None:
         return None
+    log_context_set(organization=organization)
     return Principal.for_session(organization=organization, user=user)
 
 

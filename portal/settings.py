@@ -4,9 +4,9 @@ Variables (all optional unless said):
 - `DEBUG` (default off). With it off, `SECRET_KEY` is required.
 - `DATABASE_URL`: the database of record, PostgreSQL in production and tests. Unset, a SQLite file
   (`demo.sqlite3`, WAL, `transaction_mode=IMMEDIATE`) serves the one-command demo only.
-- `CONN_MAX_AGE` (seconds, default 60): how long a process keeps its PostgreSQL connection between
-  requests (checked before reuse: `CONN_HEALTH_CHECKS`). The ASGI entry point makes it 0 unless it
-  is set (`portal/asgi.py` says why).
+- `DATABASE_POOL_MAX_SIZE` (default 16): PostgreSQL connections per process, pooled (psycopg_pool);
+  `DATABASE_POOL_TIMEOUT` (default 10 s) how long a request waits for one. 0 turns the pool off
+  for a persistent connection per thread (`CONN_MAX_AGE`, default 60 s; WSGI servers only).
 - `CELERY_BROKER_URL` (Redis or RabbitMQ), `CELERY_RESULT_BACKEND`. Unset, tasks run eagerly.
 - `ALLOWED_HOSTS`, `CSRF_TRUSTED_ORIGINS` (comma-separated), `SECURE_SSL_REDIRECT`.
 - `EMAIL_URL` (for example `smtp+tls://user:pass@host:587`), `DEFAULT_FROM_EMAIL`.
@@ -35,6 +35,26 @@ Variables (all optional unless said):
   and with hashed names when `DEBUG` is off).
 - `MEDIA_ROOT` (default `media/`), `MEDIA_URL`: the default storage of generated files (invoice,
   credit note and statement PDFs); private, downloaded through the portal only.
+
+Operations (docs/operations.md):
+- `METRICS_TOKEN`: turns on `/metrics` (Prometheus), readable with
+  `Authorization: Bearer <METRICS_TOKEN>` (401 without it). Unset, `/metrics` answers 404.
+- `PROMETHEUS_MULTIPROC_DIR`: an empty directory shared by the gunicorn workers of one machine
+  (emptied before each start), so that a scrape adds up every worker's counters
+  (prometheus-client's multiprocess mode). Unset, each process counts its own.
+- `LOG_FORMAT` (`json`, the default with `DEBUG` off; `text` with it on): JSON lines with the
+  request id, organization and API key prefix (`portal.logs`). `LOG_LEVEL` (default `WARNING`)
+  of the root logger; `ACCESS_LOG` (default on): one INFO line per request (`portal.access`;
+  not the health and metrics endpoints).
+- `SENTRY_DSN`: report errors to Sentry (sentry-sdk, initialised only when set), with
+  `SENTRY_ENVIRONMENT` (default `production`), `SENTRY_RELEASE`, `SENTRY_TRACES_SAMPLE_RATE`
+  (default 0: errors only). No personal data is sent, and secrets are masked.
+- `CSP_REPORT_URI`: where browsers report Content-Security-Policy violations (optional). The
+  policy itself (same-origin scripts, styles, images and connections; no inline script or style;
+  no framing) holds whatever `DEBUG` is.
+- `SECURE_SSL_REDIRECT` also turns on HSTS (`SECURE_HSTS_SECONDS`, default a year) and secure
+  session and CSRF cookies; `/healthz`, `/readyz` and `/metrics` are exempt from the redirect
+  (probes and scrapes often speak plain HTTP inside the network).
 """
 
 from datetime import timedelta
@@ -74,6 +94,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",  # a fragment and its page in one template (pages)
     "django_celery_beat",  # the beat schedule in the database
+    "csp",  # the Content-Security-Policy header (django-csp 4); its checks catch old settings
     "portal",
     "accounts",
     "notifications",
@@ -84,6 +105,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "portal.middleware.RequestContextMiddleware",  # request id, access log, request metrics
+    "portal.middleware.NoStoreMiddleware",  # no-store unless a view says otherwise
+    "csp.middleware.CSPMiddleware",
     "portal.middleware.RejectNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -126,7 +150,19 @@ if SQLITE:
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;", "timeout": 30}
     )
-else:
+elif DATABASE_POOL_MAX_SIZE := env.int("DATABASE_POOL_MAX_SIZE", default=16):
+    # PostgreSQL through a pool per process (psycopg_pool, Django's `pool` option): the ASGI
+    # server runs each request in a thread of its own, and a persistent connection per thread
+    # would outlive its thread (PostgreSQL runs out of connections under load). A request takes
+    # a connection when it first queries and gives it back when it ends; one waits at most
+    # DATABASE_POOL_TIMEOUT seconds for one. Connections: workers x DATABASE_POOL_MAX_SIZE.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+    }
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True  # the pool checks a connection it lends
+else:  # DATABASE_POOL_MAX_SIZE=0: a persistent connection per thread (WSGI servers only)
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -254,6 +290,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # CELERY_BEAT_SCHEDULE there (the migration of `notifications` runs it once).
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CREDITS_EXPIRING_DAYS = env.int("CREDITS_EXPIRING_DAYS", default=7)  # credits.expiring
+# Usage rollups (credits.services.rollups): events recorded more than USAGE_ROLLUP_LAG_SECONDS
+# ago (longer than any transaction that records usage) are rolled, at most
+# USAGE_ROLLUP_STEP_HOURS of recorded time per transaction; reads add the rest from raw events.
+USAGE_ROLLUP_LAG = timedelta(seconds=env.int("USAGE_ROLLUP_LAG_SECONDS", default=120))
+USAGE_ROLLUP_STEP = timedelta(hours=env.int("USAGE_ROLLUP_STEP_HOURS", default=6))
 CELERY_BEAT_SCHEDULE = {
     "holds-expire": {"task": "credits.tasks.holds_expire", "schedule": timedelta(minutes=1)},
     "lots-expire": {"task": "credits.tasks.lots_expire", "schedule": timedelta(minutes=5)},
@@ -284,6 +325,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "credits.tasks.budgets_forecast_check",
         "schedule": crontab(minute=27),
     },
+    # Usage into its rollups for reads, up to a lag behind now (credits.services.rollups).
+    "usage-rollup": {"task": "credits.tasks.usage_rollup", "schedule": timedelta(minutes=1)},
     # Pending purchase orders past their age (billing.tasks.orders_expire).
     "orders-expire": {"task": "billing.tasks.orders_expire", "schedule": timedelta(minutes=15)},
     # Outbox messages a lost worker left pending (notifications.tasks.outbox_sweep).
@@ -337,6 +380,29 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
 SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Load balancer probes and Prometheus scrapes inside the network: no HTTPS redirect.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+
+# Content-Security-Policy (django-csp 4), whatever DEBUG is, so that the page tests run under
+# it: scripts, styles, images, fonts and connections from the portal only; no inline script,
+# inline style or eval (htmx: `includeIndicatorStyles` and `allowEval` off in base.html); no
+# framing. `data:` images are Swagger UI's icons. No `form-action`: it would also block the
+# redirects to a payment provider's checkout after a form is posted.
+_CSP_SELF = ["'self'"]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": _CSP_SELF,
+        "script-src": _CSP_SELF,
+        "style-src": _CSP_SELF,
+        "img-src": [*_CSP_SELF, "data:"],
+        "font-src": _CSP_SELF,
+        "connect-src": _CSP_SELF,
+        "object-src": ["'none'"],
+        "base-uri": _CSP_SELF,
+        "frame-ancestors": ["'none'"],
+        **({"report-uri": env("CSP_REPORT_URI")} if env("CSP_REPORT_URI", default="") else {}),
+    }
+}
 
 # Invitations and API keys.
 INVITATION_MAX_AGE = timedelta(days=env.int("INVITATION_MAX_AGE_DAYS", default=7))
@@ -428,9 +494,41 @@ TOPUP_BACKOFF_MAX_SECONDS = env.int("TOPUP_BACKOFF_MAX_SECONDS", default=86400)
 TOPUP_CHARGE_RETRY_SECONDS = env.int("TOPUP_CHARGE_RETRY_SECONDS", default=300)
 TOPUP_CHARGE_GIVE_UP_SECONDS = env.int("TOPUP_CHARGE_GIVE_UP_SECONDS", default=6 * 3600)
 
+# Operations (docs/operations.md): metrics, logs, error reports.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
+LOG_FORMAT = env("LOG_FORMAT", default="text" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "json": {"()": "portal.logs.JsonFormatter"},
+        "text": {
+            "()": "portal.logs.TextFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="WARNING")},
+    "loggers": {
+        "portal.access": {"level": "INFO" if env.bool("ACCESS_LOG", default=True) else "WARNING"}
+    },
 }
+
+SENTRY_DSN = env("SENTRY_DSN", default="")
+if SENTRY_DSN:
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    from portal.logs import sentry_before_send
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        integrations=[DjangoIntegration(), CeleryIntegration()],
+        environment=env("SENTRY_ENVIRONMENT", default="production"),
+        release=env("SENTRY_RELEASE", default=None),
+        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+        send_default_pii=False,
+        before_send=sentry_before_send,
+    )

@@ -1,11 +1,12 @@
-"""URLs: the pages (`/`, `/o/<org-slug>/...`), Django admin (`/admin/`), and the REST API under
-`/api/v1/` with its OpenAPI schema. API paths have no trailing slash (OpenRouter's SDKs send
+"""URLs: the pages (`/`, `/o/<org-slug>/...`), Django admin (`/admin/`), the REST API under
+`/api/v1/` with its OpenAPI schema, and the operators' endpoints (`/healthz`, `/readyz`,
+`/metrics`: docs/operations.md). API paths have no trailing slash (OpenRouter's SDKs send
 none)."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from accounts import apis as accounts_apis
 from accounts import apis_keys, views
@@ -14,6 +15,7 @@ from billing import urls as billing_urls
 from credits import apis as credits_apis
 from credits import apis_budgets, apis_gateway, apis_guardrails, apis_openrouter, apis_usage
 from notifications import apis as notifications_apis
+from portal import health, metrics
 
 from .views import LoginView
 
@@ -160,7 +162,12 @@ api_v1 = [
     ),
     *billing_urls.api_patterns,
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
+    # The split view serves its start-up script as a file: no inline script (the CSP).
+    path(
+        "schema/swagger/",
+        SpectacularSwaggerSplitView.as_view(url_name="api:schema"),
+        name="swagger",
+    ),
 ]
 
 urlpatterns = [
@@ -190,6 +197,9 @@ urlpatterns = [
     path("o/<slug:org>/", include("billing.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_v1, "api"))),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics, name="metrics"),
 ]
 
 handler404 = "portal.views.not_found"

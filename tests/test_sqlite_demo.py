@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +30,25 @@ window = BudgetWindow.objects.get(budget__organization=org, budget__scope="organ
 cost = window.budget.limit * Decimal("0.76") - window.spent  # to just past 75 %
 result = usage_record(attribution=Attribution(organization=org),
                       event=UsageInput(id="sqlite-crossing", model="gpt-4o", cost=cost))
+# The reads of the pages: no rollup on SQLite (nothing is rolled), the raw events are the tail.
+from datetime import timedelta
+from django.db.models import Sum
+from django.utils import timezone
+from accounts.access import Principal
+from credits.models import UsageEvent
+from credits.reports import spend_by_hour
+from credits.selectors import COUNTED, balance_summary
+from credits.services.rollups import usage_rollup_advance
+assert usage_rollup_advance().steps == 0
+used = balance_summary(organization=org).total_used
+hours = spend_by_hour(principal=Principal(organization=org, scopes=frozenset()),
+                      start=timezone.now() - timedelta(days=400), end=timezone.now(),
+                      tz=org.zone)
+raw = UsageEvent.objects.filter(COUNTED, organization=org).aggregate(s=Sum("cost"))["s"]
 print(json.dumps({"alerts": [a.threshold for a in result.alerts],
                   "ids": [str(a.public_id) for a in Alert.objects.all()],
-                  "notifications": Notification.objects.count()}))
+                  "notifications": Notification.objects.count(),
+                  "used": [str(used), str(sum(h["cost"] for h in hours)), str(raw)]}))
 """
 
 
@@ -61,3 +78,4 @@ def test_the_demo_on_sqlite_builds_and_alerts(tmp_path):
     out = json.loads(_manage(env, "shell", "-c", SCRIPT).strip().splitlines()[-1])
     assert out["alerts"] == [75] and len(out["ids"]) == len(set(out["ids"])) == 1
     assert out["notifications"] >= 1
+    assert len({Decimal(u) for u in out["used"]}) == 1 and Decimal(out["used"][0]) > 0

@@ -1013,6 +1013,9 @@ EXEMPT: dict[str, str] = {
     "reset/done/": "static confirmation page",
     "api/v1/schema/": "the OpenAPI document, the same for everyone",
     "api/v1/schema/swagger/": "the Swagger UI page, the same for everyone",
+    "healthz": "operators: liveness, no data (tests/test_operations.py)",
+    "readyz": "operators: readiness of the database, cache and migrations, no tenant data",
+    "metrics": "operators: Prometheus totals of the installation, behind METRICS_TOKEN",
 }
 EXEMPT_PREFIXES: dict[str, str] = {
     "admin/": "Django admin: operators of the installation (staff) only, not tenants",

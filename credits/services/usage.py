@@ -16,6 +16,7 @@ from accounts.models import ApiKey, Organization, Team, User
 from portal.errors import IdempotencyConflict, ValidationFailed
 from portal.money import parse_credits
 
+from ..metrics import metered
 from ..models import Hold, LedgerAccount, UsageEvent
 from .budgets import BudgetGate
 from .guardrails import guardrail_check_model
@@ -202,6 +203,7 @@ def _usage_event(
     )
 
 
+@metered  # counts recorded and refused events (credits.metrics), no statement more
 @transaction.atomic
 def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
     """Price, check and record one usage event, debiting its cost from the team's allocation or
@@ -336,6 +338,7 @@ def authorization_create(
     return hold, created
 
 
+@metered
 @transaction.atomic
 def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
     """Capture a hold with the request's actual usage: records the usage event (priced as

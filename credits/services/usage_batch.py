@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from portal.errors import ApplicationError, IdempotencyConflict
 
+from ..metrics import usage_outcomes_count
 from ..models import CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction, UsageEvent
 from .budgets import BudgetGate
 from .ledger_core import (
@@ -67,9 +68,11 @@ def usage_record_many(*, attribution: Attribution, events: Sequence[UsageInput])
     record nothing; the others are committed together."""
     try:
         with transaction.atomic():
-            return _record_many(attribution, events)
+            outcomes = _record_many(attribution, events)
     except IntegrityError:  # a concurrent request took one of the ids: settle them one by one
-        return [_record_one(attribution, event) for event in events]
+        return [_record_one(attribution, event) for event in events]  # usage_record counts
+    usage_outcomes_count(outcomes)
+    return outcomes
 
 
 def _record_one(attribution: Attribution, event: UsageInput) -> Outcome:

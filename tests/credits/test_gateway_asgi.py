@@ -1,8 +1,9 @@
 """The gateway under the ASGI server of production (gunicorn with one uvicorn worker, serving
 `portal.asgi`, against the test database): the official SDK's streamed and plain chat calls, many
-streams open at once in one worker process, upstream failures before and during a stream, and a
-client that goes away mid-stream. The same request path as under WSGI (test_gateway_sdk.py);
-here the stream runs on the event loop with httpx's async client."""
+streams open at once in one worker process with fewer database connections than streams,
+upstream failures before and during a stream, and a client that goes away mid-stream. The same
+request path as under WSGI (test_gateway_sdk.py); here the stream runs on the event loop with
+httpx's async client."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAMS = 24  # open at once in the one worker process
+POOL = 4  # database connections of that process: an open stream holds none
 
 
 def _free_port() -> int:
@@ -62,6 +64,7 @@ def asgi_server(transactional_db, tmp_path_factory):
         "GATEWAY_ALLOW_PRIVATE_UPSTREAMS": "1",
         "CACHE_URL": "redis://127.0.0.1:6379/15?key_prefix=asgi-" + str(port),
         "CELERY_BROKER_URL": "",
+        "DATABASE_POOL_MAX_SIZE": str(POOL),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "portal.asgi:application",
@@ -136,7 +139,7 @@ def test_sdk_chat_streamed_and_plain(asgi_server, tenant, fake, prices):
 def test_one_worker_process_serves_many_streams_at_once(asgi_server, tenant, fake, prices):
     """Every stream waits at the upstream, after its first chunk, until STREAMS of them are open:
     a worker that held one stream at a time could never get there (the barrier breaks after its
-    timeout and the test fails)."""
+    timeout and the test fails), nor one whose streams each kept one of its POOL connections."""
     tenant.grant("50")
     make_upstream(tenant, fake)
     fake.barrier = threading.Barrier(STREAMS, timeout=20)

@@ -185,8 +185,10 @@ print(json.dumps({"secret": out.getvalue().strip().splitlines()[-1]}))
 def server_env(database_url: str, **extra: str) -> dict[str, str]:
     from tests.conftest import TEST_FIELD_ENCRYPTION_KEY
 
+    environment = dict(os.environ)
+    environment.pop("DATABASE_POOL_MAX_SIZE", None)  # the tests' own (pyproject): production's
     return {
-        **os.environ,
+        **environment,
         "DATABASE_URL": database_url,
         "DEBUG": "0",
         "SECRET_KEY": "faults-test-secret-key",

@@ -1,7 +1,8 @@
 """PostgreSQL restarted (`pg_ctl restart -m fast`) in the middle of a burst of usage events posted
 by several clients to two servers on the same database: the production one (gunicorn with
-uvicorn workers, `portal.asgi`: a connection per request) and gunicorn's sync WSGI workers
-(persistent connections, `CONN_MAX_AGE` 60, checked before reuse: `CONN_HEALTH_CHECKS`). Each
+uvicorn workers, `portal.asgi`, connections from a pool per process) and gunicorn's sync WSGI
+workers without the pool (`DATABASE_POOL_MAX_SIZE=0`: a persistent connection, `CONN_MAX_AGE`
+60, checked before reuse: `CONN_HEALTH_CHECKS`). Each
 client retries an event with the same id until it gets an answer that is not a 5xx: every event
 is charged exactly once, every 5xx is cured by its retry, no request that began once the database
 was back failed, the ledger and the audit log verify.
@@ -45,8 +46,10 @@ def portal(postgres_cluster, tmp_path):
     env = server_env(url, CACHE_URL="locmemcache://")
     secret = database_setup(env, "100")
     servers = {
-        kind: Server(env, tmp_path / f"{kind}.log", workers=1, asgi=kind == "asgi")
-        for kind in ("asgi", "wsgi")
+        "asgi": Server(env, tmp_path / "asgi.log", workers=1),
+        "wsgi": Server(
+            {**env, "DATABASE_POOL_MAX_SIZE": "0"}, tmp_path / "wsgi.log", workers=1, asgi=False
+        ),
     }
     try:
         for server in servers.values():
@@ -117,7 +120,7 @@ def test_every_event_is_charged_once_across_a_database_restart(portal):
     for kind in servers:  # the restart hit requests of both servers
         assert any(t[0][0] == kind for t in failed.values()), f"no {kind} request failed"
     # Requests that began once the database was back were not failed by dead connections (WSGI:
-    # checked before their first use in a request; ASGI: a new one per request).
+    # checked before their first use in a request; ASGI: the pool's, checked as it lends them).
     after = [(k, o) for t in tries.values() for k, began, o in t if began > restarted_at[0] + 0.05]
     assert not [(k, o) for k, o in after if o not in (200, 201)], after
 

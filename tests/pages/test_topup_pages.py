@@ -19,7 +19,7 @@ from credits.models import LedgerAccount
 
 from ..billing.stripe_topup_server import StripeServer
 from .conftest import SCREENSHOTS
-from .test_accessibility import AXE, SERIOUS
+from .test_accessibility import SERIOUS, axe_inject
 from .test_pages import PASSWORD, log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,7 +50,7 @@ def shoot(page, name: str) -> None:
 
 
 def axe(page) -> list[str]:
-    page.add_script_tag(path=str(AXE))
+    axe_inject(page)
     result = page.evaluate("axe.run()")
     return [v["id"] for v in result["violations"] if v["impact"] in SERIOUS]
 

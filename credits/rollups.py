@@ -1,0 +1,285 @@
+"""Usage sums for reads (a selector): rollup plus tail, in one statement.
+
+Every aggregate read of usage (the dashboard, the usage report, `/activity`, the forecast, the
+balance summary's usage figures) goes through `usage_sums`, which adds, in one SQL statement (one
+snapshot, so a roll committing meanwhile cannot count a row twice or miss it; the mark read just
+before only narrows the tail's index range, as the mark never moves back):
+
+1. `UsageRollup` rows whose 15-minute bucket lies inside the window (`credits.services.rollups`
+   keeps them, up to the mark);
+2. plus the tail: the raw events recorded at or after the mark that occurred inside those buckets;
+3. minus the raw events of those buckets whose usage transaction was reversed at or after the
+   mark (the rollup counted them; they no longer count);
+4. plus, when the window's start or end is not on a bucket boundary, the counted raw events of
+   the partial buckets at either end (at most 15 minutes of usage each).
+
+(1) + (2) - (3) is exactly the counted usage of the aligned part of the window: the rollup is the
+events recorded before the mark less those reversed before it, the tail the rest. The buckets are
+15 minutes of UTC time, so days and hours of day in any time zone (every zone's offset is a
+multiple of 15 minutes: Asia/Kolkata +5:30, Asia/Kathmandu +5:45) are unions of whole buckets.
+
+The dimensions a read may group by are the columns the rollup shares with the raw events
+(`team`, `member`, `api_key`, `model`, `operation` and their related fields, such as
+`team__slug`, `member__email`, `api_key__name`), `account` (the account the cost was debited
+from), and one time grouping in a time zone. The same row filter (`Principal.row_filter`, on
+`team`, `member`, `api_key`) scopes both sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
+
+from django.db.models import Count, Min, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import (
+    Coalesce,
+    ExtractHour,
+    TruncDate,
+    TruncDay,
+    TruncMonth,
+    TruncWeek,
+)
+
+from accounts.access import Principal
+from accounts.models import Organization
+
+from .models import LedgerEntry, UsageEvent, UsageRollup, UsageRollupMark
+
+ZERO = Decimal(0)
+ROLLUP_BUCKET = timedelta(minutes=15)
+_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # as credits.services.rollups.BUCKET_ORIGIN
+_NEVER = datetime(1, 1, 1, tzinfo=UTC)  # the mark before anything was rolled
+SUMS = ("events", "cost", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+_COUNTS = frozenset(SUMS) - {"cost"}
+COUNTED = Q(transaction__reversed_by__isnull=True)  # as credits.selectors.COUNTED
+
+# Time groupings: the name of the value in each row and how it is computed from a time column.
+TIME_GROUPS = {
+    "day": lambda column, tz: TruncDay(column, tzinfo=tz),  # a datetime at local midnight
+    "date": lambda column, tz: TruncDate(column, tzinfo=tz),  # a date
+    "week": lambda column, tz: TruncWeek(column, tzinfo=tz),  # Monday, local midnight
+    "month": lambda column, tz: TruncMonth(column, tzinfo=tz),
+    "hour": lambda column, tz: ExtractHour(column, tzinfo=tz),  # hour of day, 0-23
+}
+
+
+def _floor(moment: datetime) -> datetime:
+    return moment - (moment - _ORIGIN) % ROLLUP_BUCKET
+
+
+def _ceil(moment: datetime) -> datetime:
+    floor = _floor(moment)
+    return floor if floor == moment else floor + ROLLUP_BUCKET
+
+
+def _paying_account():
+    """The account a raw usage event's cost was debited from (as the roll computes it)."""
+    return Subquery(
+        LedgerEntry.objects.filter(transaction_id=OuterRef("transaction_id"), amount__lt=0)
+        .order_by("id")
+        .values("account_id")[:1]
+    )
+
+
+def _mark():
+    return Coalesce(
+        Subquery(UsageRollupMark.objects.order_by("pk").values("rolled_to")[:1]), Value(_NEVER)
+    )
+
+
+def _mark_now() -> datetime:
+    """The mark as it is now: a lower bound of the mark any later statement sees (it only moves
+    forward), given as a constant so that the planner reads the tail on the (organization,
+    recorded_at) index; the statement's own subquery of the mark decides."""
+    mark = UsageRollupMark.objects.order_by("pk").values_list("rolled_to", flat=True).first()
+    return mark or _NEVER
+
+
+def _within(column: str, start: datetime | None, end: datetime | None) -> Q:
+    condition = Q()
+    if start is not None:
+        condition &= Q(**{f"{column}__gte": start})
+    if end is not None:
+        condition &= Q(**{f"{column}__lt": end})
+    return condition
+
+
+def usage_sums(
+    *,
+    organization: Organization,
+    visible: Q | None = None,
+    where: Q | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    fields: Sequence[str] = (),
+    time: str | None = None,
+    tz: tzinfo = UTC,
+    first: bool = False,
+    since: dict[str, datetime] | None = None,
+) -> list[dict]:
+    """Counted usage (reversed usage left out, as in the ledger) of `organization` that
+    occurred in [`start`, `end`) (None: unbounded), grouped by `fields` and, with `time`, by one
+    of `TIME_GROUPS` in `tz` (the row's value under the key `time`). Rows hold the group's
+    values and `events`, `cost` (credits), `prompt_tokens`, `completion_tokens`,
+    `cached_tokens`, `reasoning_tokens`; with `first`, also `first`: a time at or before the
+    group's earliest usage, within its earliest 15-minute bucket (`first_usage` makes it exact).
+    `visible` (a `Principal.row_filter()`) and `where` filter on `team`, `member`, `api_key`,
+    `model`, `operation` or `account`. `since` names window starts on bucket boundaries (such
+    as UTC midnights) inside the window: each adds `cost_<name>`, the group's cost from then on.
+    Groups without usage are left out; rows come in no particular order. One SQL statement,
+    after a read of the mark."""
+    condition = (visible or Q()) & (where or Q())
+    lo = _ceil(start) if start is not None else None
+    hi = _floor(end) if end is not None else None
+    aligned = lo is None or hi is None or lo < hi
+    names = [*fields, *([time] if time else [])]
+
+    def shaped(qs, column: str, source: int, aggregates: dict):
+        annotations = {"src": Value(source)}
+        if time:
+            annotations[time] = TIME_GROUPS[time](column, tz)
+        # Sums over a window first: after `cost=Sum("cost")`, "cost" names that sum.
+        ordered = dict(sorted(aggregates.items(), key=lambda item: not item[0].startswith("cost_")))
+        return qs.annotate(**annotations).values(*names, "src").annotate(**ordered).order_by()
+
+    raw_sums = {
+        "events": Count("id"),
+        "cost": Coalesce(Sum("cost"), ZERO),
+        "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
+        "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
+        "cached_tokens": Coalesce(Sum("cached_tokens"), 0),
+        "reasoning_tokens": Coalesce(Sum("reasoning_tokens"), 0),
+    }
+    rollup_sums = {k: Coalesce(Sum(k), ZERO if k == "cost" else 0) for k in SUMS}
+    if first:
+        raw_sums["first"] = Min("occurred_at")
+        rollup_sums["first"] = Min("bucket")
+    windows = since or {}
+    for name, moment in windows.items():
+        if _floor(moment) != moment or (start is not None and moment < start):
+            raise ValueError(f"The window '{name}' does not start on a bucket inside the range.")
+        raw_sums[f"cost_{name}"] = Coalesce(Sum("cost", filter=Q(occurred_at__gte=moment)), ZERO)
+        rollup_sums[f"cost_{name}"] = Coalesce(Sum("cost", filter=Q(bucket__gte=moment)), ZERO)
+    sums = (*SUMS, *(f"cost_{name}" for name in windows))
+    raw = UsageEvent.objects.filter(organization=organization)
+    if "account" in fields or _mentions_account(condition):
+        raw = raw.annotate(account=_paying_account())
+    raw = raw.filter(condition)
+    parts = []
+    if aligned:
+        inside = _within("occurred_at", lo, hi)
+        rollup = UsageRollup.objects.filter(organization=organization).filter(
+            condition, _within("bucket", lo, hi)
+        )
+        parts.append(shaped(rollup, "bucket", 1, rollup_sums))
+        floor = _mark_now()
+        added = raw.filter(inside, Q(recorded_at__gte=floor), Q(recorded_at__gte=_mark()))
+        parts.append(shaped(added, "occurred_at", 2, raw_sums))
+        reversed_ = raw.filter(
+            inside,
+            Q(transaction__reversed_by__created_at__gte=floor),
+            Q(transaction__reversed_by__created_at__gte=_mark()),
+            transaction__reversed_by__organization=organization,
+            transaction__reversed_by__kind="reversal",
+        )
+        parts.append(shaped(reversed_, "occurred_at", 3, raw_sums))
+        edges = Q()
+        if start is not None and start < lo:
+            edges |= _within("occurred_at", start, lo)
+        if end is not None and hi < end:
+            edges |= _within("occurred_at", hi, end)
+        if edges:
+            parts.append(shaped(raw.filter(COUNTED, edges), "occurred_at", 4, raw_sums))
+    else:
+        window = _within("occurred_at", start, end)
+        parts.append(shaped(raw.filter(COUNTED, window), "occurred_at", 4, raw_sums))
+    combined = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+    merged: dict[tuple, dict] = {}
+    for row in combined:
+        key = tuple(row[n] for n in names)
+        sign = -1 if row["src"] == 3 else 1
+        into = merged.get(key)
+        if into is None:
+            into = merged[key] = {n: row[n] for n in names}
+            for k in sums:
+                into[k] = 0 if k in _COUNTS else ZERO
+            if first:
+                into["first"] = None
+        for k in sums:
+            into[k] += sign * (int(row[k]) if k in _COUNTS else row[k])
+        if first and sign > 0 and row["first"] is not None:
+            seen = into["first"]
+            into["first"] = row["first"] if seen is None else min(seen, row["first"])
+    return [row for row in merged.values() if row["events"] != 0]
+
+
+def _mentions_account(condition: Q) -> bool:
+    for child in condition.children:
+        if isinstance(child, Q):
+            if _mentions_account(child):
+                return True
+        elif child[0].split("__")[0] == "account":
+            return True
+    return False
+
+
+def usage_sums_visible(principal: Principal, **kwargs) -> list[dict]:
+    """`usage_sums` of the usage `principal` may see (`Principal.row_filter`, as
+    `credits.selectors.usage_visible`)."""
+    return usage_sums(organization=principal.organization, visible=principal.row_filter(), **kwargs)
+
+
+def first_usage(
+    organization: Organization,
+    *,
+    after: datetime,
+    end: datetime | None = None,
+    visible: Q | None = None,
+    where: Q | None = None,
+) -> datetime | None:
+    """When the earliest counted usage of `organization` (filtered by `visible` and `where`)
+    at or after `after` and before `end` occurred: one query on the (organization,
+    occurred_at) index from `after` on (`after` is a `usage_sums` row's `first`, which lies in
+    the earliest bucket with usage, so the walk is short)."""
+    qs = UsageEvent.objects.filter(organization=organization)
+    condition = (visible or Q()) & (where or Q())
+    if _mentions_account(condition):
+        qs = qs.annotate(account=_paying_account())
+    qs = qs.filter(condition, COUNTED, _within("occurred_at", after, end))
+    return qs.order_by("occurred_at").values_list("occurred_at", flat=True).first()
+
+
+def first_usages(
+    organization: Organization,
+    *,
+    field: str,
+    after: dict,
+    end: datetime | None = None,
+    visible: Q | None = None,
+) -> dict:
+    """`first_usage` of each group (`field` = key) of `after` (a group's `usage_sums` `first`),
+    in one query of each group's earliest bucket (plus, in the rare case that every event of
+    that bucket was reversed, one `first_usage` for that group)."""
+    if not after:
+        return {}
+    qs = UsageEvent.objects.filter(organization=organization)
+    if field == "account":
+        qs = qs.annotate(account=_paying_account())
+    ranges = Q()
+    for key, moment in after.items():
+        until = _floor(moment) + ROLLUP_BUCKET
+        until = min(until, end) if end is not None else until
+        ranges |= Q(**{field: key}) & _within("occurred_at", moment, until)
+    rows = (
+        qs.filter(visible or Q(), COUNTED, ranges)
+        .values(field)
+        .annotate(first=Min("occurred_at"))
+        .order_by()
+    )
+    found = {row[field]: row["first"] for row in rows}
+    for key in set(after) - set(found):
+        found[key] = first_usage(
+            organization, after=after[key], end=end, visible=visible, where=Q(**{field: key})
+        )
+    return found

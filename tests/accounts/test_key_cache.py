@@ -1,0 +1,56 @@
+"""API keys are looked up once per KEY_CACHE_SECONDS per process: a request within that time
+makes no key query, a change through the services takes effect at once in the process that made
+it, and a change made elsewhere (another worker: here a plain UPDATE, which evicts nothing) takes
+effect within KEY_CACHE_SECONDS."""
+
+import time
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from accounts.authentication import KEY_CACHE_SECONDS
+from accounts.models import ApiKey
+from accounts.services import apikey_delete, apikey_update, membership_remove
+from tests.conftest import SYSTEM
+
+BALANCE = "/api/v1/credits/balance"
+
+
+def key_queries(client) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(BALANCE).status_code == 200
+    return sum('FROM "accounts_apikey"' in q["sql"] for q in queries.captured_queries)
+
+
+def test_a_second_request_within_the_cache_time_makes_no_key_query(tenant):
+    _, secret = tenant.key("management")
+    client = tenant.client(secret)
+    assert key_queries(client) == 1
+    assert key_queries(client) == 0
+
+
+def test_a_change_elsewhere_takes_effect_within_the_cache_time(tenant):
+    key, secret = tenant.key("management")
+    client = tenant.client(secret)
+    assert client.get(BALANCE).status_code == 200
+    ApiKey.objects.filter(pk=key.pk).update(disabled=True)  # another worker's change
+    time.sleep(KEY_CACHE_SECONDS + 0.05)
+    response = client.get(BALANCE)
+    assert response.status_code == 401
+    assert "disabled" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("change", ["disable", "delete", "member_leaves"])
+def test_a_change_through_the_services_takes_effect_at_once(tenant, change):
+    member = tenant.member()
+    key, secret = tenant.key("usage", team=tenant.team, user=member)
+    client = tenant.client(secret)
+    assert client.get("/api/v1/key").status_code == 200
+    if change == "disable":
+        apikey_update(key=key, actor=SYSTEM, disabled=True)
+    elif change == "delete":
+        apikey_delete(key=key, actor=SYSTEM)
+    else:
+        membership_remove(membership=member.memberships.get(organization=tenant.org), actor=SYSTEM)
+    assert client.get("/api/v1/key").status_code == 401
