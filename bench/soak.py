@@ -10,7 +10,8 @@ STATIC_ROOT: pages need their manifest), makes the organization `soak` (an owner
 password, a team `load` on the pool, 100,000 credits, a usage key bound to the team; as
 bench/ingest.py does, through manage.py), starts `gunicorn portal.asgi:application -k
 uvicorn_worker.UvicornWorker -w 2` on a free loopback port, and sends this mix of operations
-(each one or two requests):
+(each one or two requests), while a process rolls the usage rollups every minute as beat does
+(`credits.tasks.usage_rollup`):
 
 | share | operation |
 |---|---|
@@ -42,6 +43,7 @@ import random
 import secrets
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -65,6 +67,15 @@ PAGES = [f"/o/{ORG}/", f"/o/{ORG}/usage/", f"/o/{ORG}/ledger/"]
 BATCH = 20
 USAGE = "/api/v1/credits/usage"
 RSS_EVERY = 10  # seconds
+# What beat does every minute for the reads (credits.tasks.usage_rollup), in a process of its own.
+ROLL_EVERY_MINUTE = """
+import time, django
+django.setup()
+from credits.tasks import usage_rollup
+while True:
+    usage_rollup()
+    time.sleep(60)
+"""
 CLIENTS = 16
 KEEPALIVE_SECONDS = float(os.environ.get("SOAK_KEEPALIVE_SECONDS", "1"))
 PROBE_CLIENTS = 8
@@ -445,6 +456,8 @@ def main() -> None:
     port = ingest.free_port()
     url = f"http://127.0.0.1:{port}"
     server = ingest.server_start(env, port, args.workers, 1, asgi=True)
+    # The rollups the dashboard and reports read are rolled every minute by beat in production.
+    roller = subprocess.Popen([ingest.PY, "-c", ROLL_EVERY_MINUTE], cwd=ROOT, env=env)
     seconds = args.minutes * 60
     warmup = min(60.0, seconds / 10)
     try:
@@ -456,6 +469,8 @@ def main() -> None:
         print(f"soak: {rate} operations/s for {args.minutes} min", flush=True)
         result = soak(url, secret, password, run, rate, seconds, server, database_url)
     finally:
+        roller.terminate()
+        roller.wait(timeout=30)
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=30)
