@@ -100,7 +100,8 @@ BASE_COLUMNS = (
 
 def base_load(conn, events) -> dict:
     """Price `events` (UsageInputs) as the metering path does and COPY them into
-    `bench_history_base` (replacing it). Returns the base's size, cost and span in seconds."""
+    `bench_history_base` (replacing it; `conn` in autocommit). Returns the base's size, cost and
+    span in seconds."""
     import json
 
     from credits.services.usage import usage_price
@@ -127,7 +128,6 @@ def base_load(conn, events) -> dict:
     )
     with conn.cursor().copy(f"COPY bench_history_base ({', '.join(BASE_COLUMNS)}) FROM STDIN") as c:
         c.write(buffer.getvalue())
-    conn.commit()
     span = (events[-1].occurred_at - first).total_seconds()
     return {"events": len(events), "cost": str(total), "span_s": round(span, 1)}
 
@@ -169,7 +169,9 @@ def history_load(
 ) -> dict:  # fmt: skip
     """Load `events` usage events (whole copies of the base, rounded down) for `target`,
     spread over the `days` days before `end`, `chunk` events (rounded to copies) per
-    transaction. Returns the events loaded, their cost and the seconds it took."""
+    transaction (`conn` in autocommit, so that each chunk commits: the ledger's deferred
+    trigger checks its entries then). Returns the events loaded, their cost and the seconds
+    it took."""
     base, base_cost = conn.execute("SELECT count(*), sum(cost) FROM bench_history_base").fetchone()
     copies = events // base
     if copies < 1:
