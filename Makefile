@@ -12,15 +12,17 @@ DEMO_DATABASE_URL ?= sqlite:///$(CURDIR)/demo.sqlite3
 TEST_WORKERS ?= 2
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_bench
 
-.PHONY: install static lock demo demo-data serve worker test lint schema pg-check bench bench-budgets bench-soak clean \
+.PHONY: install static lock demo demo-data serve worker test lint schema pg-check bench bench-ingest \
+	bench-budgets bench-soak clean \
 	system-packages audit
 
 # Debian packages the portal needs besides Python's: Pango and fonts for WeasyPrint (invoice,
 # credit note and statement PDFs), Chromium for the page tests, poppler-utils (`pdftoppm`) for
-# the tests that render PDF pages to PNG. `.ci/run` installs them; elsewhere:
+# the tests that render PDF pages to PNG, postgresql-client (pgbench) and wrk for `make bench`.
+# `.ci/run` installs them; elsewhere:
 #   sudo apt-get install $$(make -s system-packages)
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fontconfig \
-	fonts-dejavu-core chromium poppler-utils postgresql-client
+	fonts-dejavu-core chromium poppler-utils postgresql-client wrk
 
 system-packages:
 	@echo $(SYSTEM_PACKAGES)
@@ -117,8 +119,22 @@ audit: $(AUDIT_VENV)/.installed  # npm audit reads package-lock.json: nothing to
 	npm audit --json > "$$reports/npm.json" ; \
 	$(PY) -m portal.auditcheck "$$reports/pip.json" "$$reports/npm.json"
 
-bench: install  ## figures in bench/results/, described in docs/performance.md
-	DATABASE_URL=$(BENCH_DATABASE_URL) $(PY) bench/ingest.py
+# The figures against their goals and against pgbench's limits on the same PostgreSQL, in one
+# sitting (bench/run.py: wrk, the paced client, the Azure hour, bench/gateway.py, a history of
+# BENCH_HISTORY usage events loaded by SQL, the reads over it, profiles of the figures that miss
+# their goal). It drops and recreates BENCH_DATABASE_URL's database. Needs pgbench and wrk
+# (SYSTEM_PACKAGES). Results: bench/results/bench.json and docs/performance.md.
+BENCH_SECONDS ?= 20
+BENCH_HISTORY ?= 10000000
+bench: install  ## figures vs goals in bench/results/bench.json and docs/performance.md
+	@command -v wrk >/dev/null && command -v pgbench >/dev/null || \
+		{ echo "make bench needs wrk and pgbench: apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; }
+	DATABASE_URL=$(BENCH_DATABASE_URL) PYTHONPATH=$(CURDIR) $(PY) bench/run.py \
+		--seconds $(BENCH_SECONDS) --history $(BENCH_HISTORY) $(BENCH_ARGS)
+
+# Ingest scenarios alone (single events from 1, 8 and 32 Python clients, batches of 100 and 1,000).
+bench-ingest: install  ## bench/results/ingest.json
+	DATABASE_URL=$(BENCH_DATABASE_URL) PYTHONPATH=$(CURDIR) $(PY) bench/ingest.py
 
 # Budgets on the debit path: four levels against none, with 0 and 1,000,000 events in the windows.
 BENCH_BUDGETS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/portal_budgets_bench
