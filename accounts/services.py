@@ -331,8 +331,11 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
 
 
 def invitation_token(invitation: Invitation) -> str:
-    """The signed token of an invitation (what the e-mail link carries)."""
-    return signing.dumps({"i": invitation.pk, "n": invitation.nonce}, salt=_INVITATION_SALT)
+    """The signed token of an invitation (what the e-mail link carries). The same invitation
+    always gives the same token: the expiry is the row's `expires_at`, not a signed timestamp."""
+    return signing.Signer(salt=_INVITATION_SALT).sign_object(
+        {"i": invitation.pk, "n": invitation.nonce}
+    )
 
 
 @transaction.atomic
@@ -381,8 +384,8 @@ def invitation_from_token(token: str) -> Invitation:
     """The pending invitation a token names. Raises NotFound for a bad signature, and
     ValidationFailed for an accepted, revoked or expired invitation."""
     try:
-        data = signing.loads(token, salt=_INVITATION_SALT)
-    except signing.BadSignature:
+        data = signing.Signer(salt=_INVITATION_SALT).unsign_object(token)
+    except (signing.BadSignature, ValueError):
         raise NotFound("This invitation link is not valid.", resource="invitation") from None
     invitation = Invitation.objects.filter(pk=data.get("i"), nonce=data.get("n")).first()
     if invitation is None:

@@ -4,9 +4,10 @@ team role; the e-mail with the accept link, sent only after the write commits.""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
 from django.db import transaction
 from django.utils import timezone
 from guardian.shortcuts import get_perms
@@ -18,6 +19,7 @@ from accounts.services import (
     invitation_create,
     invitation_from_token,
     invitation_revoke,
+    invitation_token,
 )
 from portal.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 
@@ -167,3 +169,12 @@ def test_no_email_when_the_write_rolls_back(tenant, mailoutbox, django_capture_o
             raise RuntimeError("rolled back")
     assert callbacks == [] and mailoutbox == []
     assert not Invitation.objects.filter(email="new@example.test").exists()
+
+
+def test_the_token_is_the_same_whenever_it_is_made(tenant):
+    """The e-mail is built after commit, maybe seconds later: its link must be the token the
+    API answered (a token that signed the time would differ across a second)."""
+    with time_machine.travel(datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC), tick=False):
+        invitation, token = invite(tenant)
+    with time_machine.travel(datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC), tick=False):
+        assert invitation_token(invitation) == token
