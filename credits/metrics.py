@@ -1,6 +1,6 @@
 """Metrics of the credits app (served at `/metrics`, `portal.metrics`).
 
-Counted on the metering path, without a statement more (`metered`, `usage_outcomes_count`):
+Counted on the metering path, without a statement more (`usage_outcomes_count`, `usage_refused`):
 - `portal_usage_events_recorded_total`: usage events recorded (new ones, not retries), counted
   when their transaction commits;
 - `portal_usage_events_refused_total{reason}`: refused events, by the error's `metadata.type`
@@ -17,8 +17,7 @@ Read at scrape time (`CreditsCollector`, one indexed query and one cache read):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from functools import wraps
+from collections.abc import Iterable
 
 from django.db import transaction
 from django.db.models import Count, Sum
@@ -61,23 +60,6 @@ def usage_outcomes_count(outcomes: Iterable) -> None:
             usage_refused(outcome)
         elif outcome.created:
             usage_recorded(outcome.event.cost)
-
-
-def metered(service: Callable) -> Callable:
-    """Count what a metering service (returning a `UsageResult`) records or refuses."""
-
-    @wraps(service)
-    def wrapper(*args, **kwargs):
-        try:
-            result = service(*args, **kwargs)
-        except ApplicationError as exc:
-            usage_refused(exc)
-            raise
-        if result.created:
-            usage_recorded(result.event.cost)
-        return result
-
-    return wrapper
 
 
 def ledger_verify_result_store(mismatches: int) -> None:

@@ -49,8 +49,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from portal.errors import ApplicationError, ValidationFailed
 from portal.money import quantize_credits
 
-from .services.usage import Attribution, UsageInput, usage_price
-from .services.usage_batch import usage_record_many
+from .services.usage import Attribution, UsageInput, usage_price, usage_record_many
 
 AZURE = "azure"
 BURSTGPT_1 = "burstgpt_1"

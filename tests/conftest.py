@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass
 from decimal import Decimal
@@ -72,6 +73,20 @@ def test_cache_and_static_files(tmp_path_factory):
     ):
         AxesProxyHandler.get_implementation(force=True)  # it holds the cache it was made with
         yield
+
+
+@pytest.fixture
+def many_connections(tmp_path_factory):
+    """For a test that opens tens of database connections at once (threads released together):
+    one such test at a time across the pytest-xdist processes, so that two of them never pass
+    PostgreSQL's `max_connections` (100 by default) together."""
+    shared = tmp_path_factory.getbasetemp().parent  # the same for every xdist process
+    with open(shared / "many-connections.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)

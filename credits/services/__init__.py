@@ -23,5 +23,5 @@ from .usage import (  # noqa: F401
     authorization_capture,
     authorization_create,
     usage_record,
+    usage_record_many,
 )
-from .usage_batch import usage_record_many  # noqa: F401, E402

@@ -79,6 +79,14 @@ def budgets_applying(
 ) -> list[Budget]:
     """Budgets of the organization that apply to a request of this team, member and key, in
     the order they are checked and listed (`check_rank`). One query."""
+    query = budgets_applying_query(
+        organization_id, team_id=team_id, member_id=member_id, api_key_id=api_key_id
+    )
+    return sorted(query, key=check_rank)
+
+
+def budgets_applying_query(organization_id: int, *, team_id=None, member_id=None, api_key_id=None):
+    """`budgets_applying`'s queryset (unsorted: sort by `check_rank`)."""
     condition = Q(scope=Budget.Scope.ORGANIZATION)
     if team_id is not None:
         condition |= Q(scope=Budget.Scope.TEAM, team_id=team_id)
@@ -86,8 +94,7 @@ def budgets_applying(
         condition |= Q(scope=Budget.Scope.MEMBER, member_id=member_id)
     if api_key_id is not None:
         condition |= Q(scope=Budget.Scope.API_KEY, api_key_id=api_key_id)
-    budgets = list(Budget.objects.filter(condition, organization_id=organization_id))
-    return sorted(budgets, key=check_rank)
+    return Budget.objects.filter(condition, organization_id=organization_id)
 
 
 # (budget id, window start) -> window id of windows known to be committed, in this process: a
@@ -216,14 +223,17 @@ class BudgetGate:
         api_key_id=None,
         now: datetime | None = None,
         extra_window_ids=(),
+        budgets: list[Budget] | None = None,
     ) -> BudgetGate:
         """Lock the current windows of every budget applying to the request (the caller holds
-        its ledger accounts' locks already), and the windows `extra_window_ids` (a hold's)."""
+        its ledger accounts' locks already), and the windows `extra_window_ids` (a hold's).
+        `budgets`: those budgets read already (`budgets_applying`), else they are read here."""
         now = now or timezone.now()
         gate = cls(organization=organization, now=now)
-        budgets = budgets_applying(
-            organization.pk, team_id=team_id, member_id=member_id, api_key_id=api_key_id
-        )
+        if budgets is None:
+            budgets = budgets_applying(
+                organization.pk, team_id=team_id, member_id=member_id, api_key_id=api_key_id
+            )
         if not budgets and not extra_window_ids:
             return gate
         wanted = [(b, *budget_window_bounds(b, now, organization.time_zone)) for b in budgets]
@@ -232,15 +242,26 @@ class BudgetGate:
         return gate
 
     @classmethod
-    def of(cls, attribution, now: datetime | None = None, extra_window_ids=()) -> BudgetGate:
+    def of(
+        cls, attribution, now: datetime | None = None, extra_window_ids=(), budgets=None
+    ) -> BudgetGate:
         return cls.open(
             organization=attribution.organization,
-            team_id=attribution.team.pk if attribution.team else None,
-            member_id=attribution.member.pk if attribution.member else None,
-            api_key_id=attribution.api_key.pk if attribution.api_key else None,
+            **cls.principals(attribution),
             now=now,
             extra_window_ids=extra_window_ids,
+            budgets=budgets,
         )
+
+    @staticmethod
+    def principals(attribution) -> dict:
+        """The team, member and key ids of an attribution, as `open` and `budgets_applying`
+        take them."""
+        return {
+            "team_id": attribution.team.pk if attribution.team else None,
+            "member_id": attribution.member.pk if attribution.member else None,
+            "api_key_id": attribution.api_key.pk if attribution.api_key else None,
+        }
 
     def applicable(self, operation: str, model: str) -> list[tuple[Budget, BudgetWindow]]:
         return [(b, w) for b, w in self.pairs if budget_matches(b, operation, model)]
@@ -277,29 +298,41 @@ class BudgetGate:
             window.held += amount
             self.held_delta[window.pk] += amount
 
-    def release_in_memory(self, window_ids, amount: Decimal) -> None:
-        """A hold's `held` leaving its windows, as `ledger._release` writes it."""
+    def release(self, window_ids, amount: Decimal) -> None:
+        """A hold's `held` leaving its windows (locked by `open`: `extra_window_ids`)."""
         for pk in window_ids:
             if pk in self.windows:
                 self.windows[pk].held -= amount
+                self.held_delta[pk] -= amount
 
-    def flush(self) -> list:
-        """Write the counters' deltas in one UPDATE and the crossings' alerts in one INSERT ...
-        ON CONFLICT DO NOTHING. Returns the alerts that fired (created now)."""
+    def counters_sql(self) -> tuple[str, list] | None:
+        """PostgreSQL: the counters' deltas as one UPDATE (SQL, parameters) for the caller to
+        run, e.g. inside its own statement (`usage_store.write`); they are then taken as
+        written. None elsewhere or when nothing changed (`flush` writes them)."""
         ids = sorted(
             {pk for pk, d in self.spent_delta.items() if d}
             | {pk for pk, d in self.held_delta.items() if d}
         )
-        if ids and connection.vendor == "postgresql":
+        if not ids or connection.vendor != "postgresql":
+            return None
+        params = [ids, [self.spent_delta.get(pk, ZERO) for pk in ids],
+                  [self.held_delta.get(pk, ZERO) for pk in ids]]  # fmt: skip
+        self.spent_delta.clear()
+        self.held_delta.clear()
+        return _FLUSH_SQL, params
+
+    def flush(self) -> list:
+        """Write the counters' deltas in one UPDATE and the crossings' alerts in one INSERT ...
+        ON CONFLICT DO NOTHING. Returns the alerts that fired (created now)."""
+        counters = self.counters_sql()
+        if counters is not None:
             with connection.cursor() as cursor:
-                cursor.execute(
-                    _FLUSH_SQL,
-                    [ids, [self.spent_delta.get(pk, ZERO) for pk in ids],
-                     [self.held_delta.get(pk, ZERO) for pk in ids]],
-                )  # fmt: skip
-            self.spent_delta.clear()
-            self.held_delta.clear()
-        elif ids:
+                cursor.execute(*counters)
+        ids = sorted(
+            {pk for pk, d in self.spent_delta.items() if d}
+            | {pk for pk, d in self.held_delta.items() if d}
+        )
+        if ids:  # not PostgreSQL
 
             def delta(deltas):
                 return Case(

@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, Subquery, Value, When
 
 from accounts.models import Organization, Team
 from portal.errors import IdempotencyConflict, InsufficientCredits, NotFound, ValidationFailed
@@ -27,7 +27,6 @@ from ..hooks import pool_locked
 from ..models import CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
 
 Kind = LedgerAccount.Kind
-LOT_FETCH = 50
 MAX_KEY_LENGTH = 255  # the idempotency_key columns
 
 
@@ -134,6 +133,43 @@ def _lock(accounts: Iterable[LedgerAccount]) -> dict[int, LedgerAccount]:
     return locked
 
 
+def spending_account_lock(
+    organization: Organization, team: Team | None, account_id: int | None = None, **annotations
+) -> LedgerAccount:
+    """`spending_account` locked (`_lock`), in one statement once it exists: SELECT ... FOR
+    UPDATE of the pool or the team's account, which also reads the id of the organization's
+    usage sink (`sink_id`, None before its first use) and the caller's `annotations` (read
+    with the statement's snapshot, before the lock is had: only for what the lock does not
+    guard). `account_id`: that account of the organization instead (a hold's). Raises NotFound
+    for a team of another organization, or an account not there."""
+    if team is not None and team.organization_id != organization.pk:
+        raise NotFound("No such team.")
+    if account_id is not None:
+        rows = LedgerAccount.objects.filter(organization_id=organization.pk, pk=account_id)
+    elif team is None or team.funding == Team.Funding.POOL:
+        rows = LedgerAccount.objects.filter(organization_id=organization.pk, kind=Kind.POOL)
+    else:
+        rows = LedgerAccount.objects.filter(team=team)
+    sink = LedgerAccount.objects.filter(organization_id=organization.pk, kind=Kind.USAGE)
+    account = (
+        rows.select_for_update(of=("self",))
+        .annotate(sink_id=Subquery(sink.values("pk")[:1]), **annotations)
+        .first()
+    )
+    if account is None and account_id is not None:
+        raise NotFound("No such account.")
+    if account is None:  # first use: create it, then lock it as any account
+        created = spending_account(organization, team)
+        account = (
+            rows.select_for_update()
+            .annotate(sink_id=Subquery(sink.values("pk")[:1]), **annotations)
+            .get(pk=created.pk)
+        )
+    if account.kind == Kind.POOL:
+        pool_locked(account)
+    return account
+
+
 def _first_result(model, organization_id: int | None, key: str, digest: str):
     """The earlier result of an idempotency key, or None; IdempotencyConflict on another request."""
     existing = model.objects.filter(organization_id=organization_id, idempotency_key=key).first()
@@ -184,35 +220,57 @@ def _burn(
     """Take `amount` from the account's lots in burn order; the account is locked by the caller,
     which guards its lots. Returns the (lot, portion) pairs taken. (After `_expire_due`, lots
     past expiry are left only while pending holds need them, and then nothing is available: only
-    a capture ever meets them.)"""
-    taken: list[tuple[CreditLot, Decimal]] = []
-    left = amount
-    lots_qs = _burn_order(
-        CreditLot.objects.filter(account=account, remaining__gt=0), expired_first_at
-    )
-    while left > 0:
-        lots = list(lots_qs.exclude(pk__in=[lot.pk for lot, _ in taken])[:LOT_FETCH])
-        if not lots:
-            raise AssertionError(f"lots of account {account.pk} do not cover its balance")
-        for lot in lots:
-            portion = min(lot.remaining, left)
-            lot.remaining -= portion
-            lot.save(update_fields=["remaining"])
-            taken.append((lot, portion))
-            left -= portion
-            if left == 0:
-                break
+    a capture ever meets them.) Two statements: the lots, then one UPDATE of those taken."""
+    lots = _burn_order(CreditLot.objects.filter(account=account, remaining__gt=0), expired_first_at)
+    touched: dict[int, CreditLot] = {}
+    taken = burn_lots(list(lots), amount, touched)
+    CreditLot.objects.bulk_update(list(touched.values()), ["remaining"])
     return taken
 
 
-def _expire_due(account: LedgerAccount, now: datetime) -> LedgerTransaction | None:
+def burn_lots(
+    lots: list[CreditLot], amount: Decimal, touched: dict[int, CreditLot]
+) -> list[tuple[CreditLot, Decimal]]:
+    """The one lot-burning rule, in memory: take `amount` from `lots` (read in burn order, the
+    account locked) first to last, lowering their `remaining`; the lots changed go in `touched`
+    (by id) for the caller to write. Returns the (lot, portion) pairs taken. The caller checked
+    that the balance covers `amount`; lots that do not are a broken ledger (AssertionError)."""
+    taken = []
+    left = amount
+    for lot in lots:
+        if left <= 0:
+            break
+        if lot.remaining <= 0:
+            continue
+        portion = min(lot.remaining, left)
+        lot.remaining -= portion
+        touched[lot.pk] = lot
+        taken.append((lot, portion))
+        left -= portion
+    if left > 0:
+        raise AssertionError(
+            f"lots of account {lots[0].account_id if lots else '?'} do not cover its balance"
+        )
+    return taken
+
+
+def _expire_due(
+    account: LedgerAccount, now: datetime, lots: list[CreditLot] | None = None
+) -> LedgerTransaction | None:
     """Post one expiry transaction for the account's lots past `expires_at` (the account is
     locked). Only what no pending hold needs expires now (the balance never drops below `held`);
-    the rest goes once the holds are resolved. Returns the transaction, or None."""
-    due = CreditLot.objects.filter(account=account, remaining__gt=0, expires_at__lte=now)
+    the rest goes once the holds are resolved. Returns the transaction, or None. `lots`: the
+    account's lots with something left, read already (then nothing is read, and nothing is
+    written unless one is due)."""
+    if lots is None:
+        due = list(CreditLot.objects.filter(account=account, remaining__gt=0, expires_at__lte=now))
+    else:
+        due = [lot for lot in lots if lot.expires_at is not None and lot.expires_at <= now]
     free = account.balance - account.held
     legs: list[tuple[LedgerAccount, Decimal, CreditLot | None]] = []
-    for lot in due.order_by("expires_at", "id"):
+    for lot in sorted(due, key=lambda lot: (lot.expires_at, lot.pk)):
+        if lot.remaining <= 0:
+            continue
         portion = min(lot.remaining, free)
         if portion <= 0:
             break

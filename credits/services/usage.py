@@ -5,6 +5,7 @@ Keep these names: `POST /api/v1/credits/usage` and the authorization endpoints c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -13,21 +14,28 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Organization, Team, User
-from portal.errors import IdempotencyConflict, ValidationFailed
+from portal.errors import ApplicationError, IdempotencyConflict, ValidationFailed
 from portal.money import parse_credits
 
-from ..metrics import metered
-from ..models import Hold, LedgerAccount, UsageEvent
+from ..metrics import usage_outcomes_count, usage_refused
+from ..models import Hold, LedgerAccount, LedgerEntry, LedgerTransaction, UsageEvent
+from . import usage_store
 from .budgets import BudgetGate
 from .guardrails import guardrail_check_model
 from .ledger import (
+    HoldNotPending,
     _lock,
     hold_authorize,
-    hold_capture,
-    ledger_debit,
     request_hash,
     spending_account,
     system_account_of,
+)
+from .ledger_core import (
+    Kind,
+    _check_key,
+    _ensure_available,
+    _expire_due,
+    burn_lots,
 )
 from .prices import Tokens, cost_compute, model_suggestions, price_for
 
@@ -203,11 +211,15 @@ def _usage_event(
     )
 
 
-@metered  # counts recorded and refused events (credits.metrics), no statement more
-@transaction.atomic
+RACE_ATTEMPTS = 3  # a concurrent request took one of a batch's ids: roll back and run again
+
+Outcome = UsageResult | ApplicationError
+
+
 def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
     """Price, check and record one usage event, debiting its cost from the team's allocation or
-    the pool. A retry with the same `id` and body returns the first result (created=False).
+    the pool: `usage_record_many` with one event (the one metering path). A retry with the same
+    `id` and body returns the first result (created=False).
 
     Every budget that applies (organization, team, member, key; matching operation and model)
     is checked and counted in the same transaction, after the account's lock (the strictest
@@ -216,51 +228,211 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
     Raises ValidationFailed (unknown model, future time), IdempotencyConflict (same id, other
     body), InsufficientCredits, BudgetExceeded (a hard budget, a soft one past its grace, or the
     key's limit); nothing is recorded then."""
+    outcome = usage_record_many(attribution=attribution, events=[event])[0]
+    if isinstance(outcome, ApplicationError):
+        raise outcome
+    return outcome
+
+
+def usage_record_many(*, attribution: Attribution, events: Sequence[UsageInput]) -> list[Outcome]:
+    """Record `events` in order, each as if alone: one outcome per event, a UsageResult (created,
+    or the first result of a retry) or the ApplicationError that refused it (ValidationFailed,
+    IdempotencyConflict, InsufficientCredits, BudgetExceeded). Refused events record nothing;
+    the others are committed together. Every metering write goes through here: single events,
+    batches, trace replays (captures share its pricing and rows: `authorization_capture`).
+
+    One transaction, no savepoint, a constant number of statements whatever the batch's size
+    (PostgreSQL; `usage_store`): the paying account locked (with the usage sink's id), the
+    budgets that apply, their windows locked (when there are budgets), one read (lots, earlier
+    events, new ids), one write; alerts when a threshold was crossed. Without budgets: 4.
+
+    Idempotency: the account's lock orders requests that pay from it; a request paying from
+    another account that records one of the ids first makes the insert fail on the unique
+    index, and then the whole transaction is rolled back and run again (at most RACE_ATTEMPTS),
+    finding that event recorded."""
+    return _run(attribution, events)
+
+
+def _run(attribution: Attribution, events: Sequence[UsageInput], hold: Hold | None = None):
+    """`_record` in a transaction of its own (a savepoint only inside a caller's), run again
+    when it lost a race on a unique index; counts the outcomes (credits.metrics)."""
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                outcomes = _record(attribution, events, hold)
+        except IntegrityError:
+            if attempt == RACE_ATTEMPTS:
+                raise
+            continue
+        except ApplicationError as exc:  # a capture refused (rolled back), NotFound
+            usage_refused(exc)
+            raise
+        usage_outcomes_count(outcomes)
+        return outcomes
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class _Priced:
+    index: int
+    event: UsageInput
+    digest: str
+    cost: Decimal
+    price: object
+    source: str
+    occurred_at: datetime
+
+
+def _record(
+    attribution: Attribution, events: Sequence[UsageInput], hold: Hold | None = None
+) -> list[Outcome]:
+    """The metering path (see `usage_record_many`). With `hold`, `events` is the one event that
+    captures it (`authorization_capture`): paid from the hold's account, the hold's reservation
+    released, its transaction keyed by the hold, lots past expiry that it kept burned first."""
     organization = attribution.organization
-    account = spending_account(organization, attribution.team)
-    digest = event.digest()
-    existing = _existing(organization, event, digest)
-    if existing is not None:
-        return UsageResult(existing, False, _available_now(account.pk))
     now = timezone.now()
-    occurred_at = _occurred_at(event, now)
-    cost, price, source = usage_price(event, occurred_at)
-    txn = None
-    if cost > 0:
-        txn, created = ledger_debit(
-            account=account,
-            amount=cost,
-            digest=digest,
-            idempotency_key=f"usage:{event.id}",
-            metadata={"event_id": event.id},
-        )
-        if not created:  # a concurrent duplicate committed first
-            return UsageResult(_existing(organization, event, digest), False, _available(account))
-    gate = BudgetGate.of(attribution, now)
-    pairs = gate.applicable(event.operation, event.model)
-    gate.check(pairs, cost)
-    gate.charge(pairs, cost)
-    usage = _usage_event(
-        attribution,
-        event,
-        digest,
-        price=price,
-        cost=cost,
-        source=source,
-        txn=txn,
-        occurred_at=occurred_at,
-        now=now,
-        budget_windows=[w.pk for _, w in pairs] if cost > 0 else [],
+    outcomes: list[Outcome | None] = [None] * len(events)
+    priced: list[_Priced] = []
+    for index, event in enumerate(events):
+        try:
+            occurred_at = _occurred_at(event, now)
+            cost, price, source = usage_price(event, occurred_at)
+        except ApplicationError as exc:
+            if hold is not None:
+                raise
+            outcomes[index] = exc
+            continue
+        priced.append(_Priced(index, event, event.digest(), cost, price, source, occurred_at))
+    if not priced:
+        return outcomes
+
+    account, budgets = usage_store.lock_spending(
+        attribution, account_id=hold.account_id if hold else None
     )
-    try:
-        with transaction.atomic():
-            usage.save(force_insert=True)
-    except IntegrityError:
-        return UsageResult(_existing(organization, event, digest), False, _available(account))
-    alerts = gate.flush()
-    if txn is None:
-        account.refresh_from_db(fields=["balance", "held"])
-    return UsageResult(usage, True, _available(account), tuple(alerts))
+    sink_id = account.sink_id or system_account_of(organization.pk, Kind.USAGE).pk
+    # The lock order of every debit: the account, the budget windows (and a hold's), the hold.
+    gate = BudgetGate.of(
+        attribution, now, extra_window_ids=hold.budget_windows if hold else (), budgets=budgets
+    )
+    if hold is not None:
+        hold = Hold.objects.select_for_update().get(pk=hold.pk)
+    keys = {
+        p.index: _check_key(
+            f"capture:{hold.idempotency_key}" if hold else f"usage:{p.event.id}", derived=True
+        )
+        for p in priced
+    }
+    locked = usage_store.read_locked(
+        account,
+        organization.pk,
+        [p.event.id for p in priced],
+        list(keys.values()),
+        expired_first_at=now if hold else None,
+    )
+    if hold is None:
+        _expire_due(account, now, locked.lots)
+    transaction_ids, usage_ids = iter(locked.transaction_ids), iter(locked.usage_ids)
+    writes = usage_store.Writes(account=account, spent=Decimal(0))
+    touched: dict[int, object] = {}
+    new: dict[str, UsageEvent] = {}
+    crossings: dict[int, list] = {}
+
+    for item in priced:
+        event = item.event
+        refusal = _refusal(item, keys[item.index], locked, new, hold, now)
+        if isinstance(refusal, ApplicationError) and hold is not None:
+            raise refusal  # a capture refused: its transaction rolls back whole
+        if refusal is not None:
+            outcomes[item.index] = (
+                UsageResult(refusal, False, account.available)
+                if isinstance(refusal, UsageEvent)
+                else refusal
+            )
+            continue
+        pairs = gate.applicable(event.operation, event.model)
+        try:
+            if hold is not None:  # its reservation leaves the account and its windows
+                account.held -= hold.amount
+                writes.released += hold.amount
+                gate.release(hold.budget_windows, hold.amount)
+            _ensure_available(account, item.cost)
+            if hold is None or item.cost > hold.amount:  # beyond a hold: as a new debit
+                gate.check(pairs, item.cost)
+        except ApplicationError as exc:
+            if hold is not None:
+                raise  # the hold's release above rolls back with it
+            outcomes[item.index] = exc
+            continue
+        txn = None
+        if item.cost > 0:
+            txn = LedgerTransaction(
+                pk=next(transaction_ids, None),
+                organization=organization,
+                kind=LedgerTransaction.Kind.USAGE,
+                idempotency_key=keys[item.index],
+                request_hash=request_hash(hold=hold.pk, amount=item.cost) if hold else item.digest,
+                metadata={"event_id": event.id},
+            )
+            writes.transactions.append(txn)
+            writes.entries += [
+                LedgerEntry(transaction=txn, account=account, amount=-portion, lot=lot)
+                for lot, portion in burn_lots(locked.lots, item.cost, touched)
+            ]
+            writes.entries.append(
+                LedgerEntry(transaction=txn, account_id=sink_id, amount=item.cost)
+            )
+            account.balance -= item.cost
+            writes.spent += item.cost
+        crossings[item.index] = gate.charge(pairs, item.cost)
+        row = _usage_event(
+            attribution, event, item.digest, price=item.price, cost=item.cost,
+            source=item.source, txn=txn, occurred_at=item.occurred_at, now=now,
+            budget_windows=[w.pk for _, w in pairs] if item.cost > 0 else [],
+            extra_metadata={"authorization": hold.idempotency_key} if hold else None,
+        )  # fmt: skip
+        row.pk = next(usage_ids, None)
+        writes.usage.append(row)
+        new[event.id] = row
+        outcomes[item.index] = UsageResult(row, True, account.available)
+        if hold is not None:
+            hold.status, hold.resolved_at = Hold.Status.CAPTURED, now
+            hold.captured_amount, hold.transaction = item.cost, txn
+            writes.hold = hold
+
+    writes.lots = list(touched.values())
+    writes.windows = gate.counters_sql()
+    usage_store.write(writes)
+    if hold is not None:  # what the hold kept of lots past expiry goes now (rows as written)
+        _expire_due(account, now, locked.lots)
+    fired = {(a.budget_id, a.window_start, a.threshold): a for a in gate.flush()}
+    for index, crossed in crossings.items():
+        alerts = [fired[k] for c in crossed if (k := (c.budget.pk, c.window.window_start,
+                                                      c.threshold)) in fired]  # fmt: skip
+        if alerts:
+            result = outcomes[index]
+            outcomes[index] = UsageResult(result.event, True, result.balance_after, tuple(alerts))
+    return outcomes
+
+
+def _refusal(item: _Priced, key: str, locked, new: dict, hold: Hold | None, now: datetime):
+    """Why an event is not recorded now, before its amounts are looked at: the event recorded
+    before (a retry: its first result) or an ApplicationError; None to go on."""
+    event = item.event
+    earlier = locked.existing.get(event.id) or new.get(event.id)
+    if earlier is not None:  # whichever request recorded it (the API hides others' events)
+        if earlier.request_hash != item.digest:
+            return IdempotencyConflict(
+                f"Usage event '{event.id}' was recorded with a different body.", event_id=event.id
+            )
+        return earlier
+    if hold is not None and (hold.status != Hold.Status.PENDING or hold.expires_at <= now):
+        state = hold.status if hold.status != Hold.Status.PENDING else "expired"
+        return HoldNotPending(f"This hold is {state}.", hold_status=state)
+    if key in locked.keys_taken:  # a ledger debit of another request
+        return IdempotencyConflict(
+            f"Usage event '{event.id}' was recorded by another request.", event_id=event.id
+        )
+    return None
 
 
 # Credit-aware requests: authorize, capture, void -------------------------------------------------
@@ -338,63 +510,23 @@ def authorization_create(
     return hold, created
 
 
-@metered
-@transaction.atomic
 def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
     """Capture a hold with the request's actual usage: records the usage event (priced as
-    `usage_record` does) and posts its cost, releasing the rest of the hold. A retry of the
-    same capture returns the first result.
+    `usage_record` does, through the same path) and posts its cost, releasing the rest of the
+    hold. A retry of the same capture returns the first result. It spends first the lots the
+    hold kept past their expiry; what remains of those expires right after.
 
-    The hold's reservation leaves its budget windows; the cost is counted in the current windows
-    of every budget that applies. Beyond the hold, a capture is checked like a new debit.
+    The hold's reservation leaves its account and its budget windows; the cost is counted in the
+    current windows of every budget that applies. Beyond the hold, a capture is checked like a
+    new debit.
 
-    Raises HoldNotPending, InsufficientCredits (cost above the hold and not available),
-    BudgetExceeded (cost above the hold and past a budget), ValidationFailed,
-    IdempotencyConflict."""
-    organization = hold.organization
-    digest = event.digest()
-    existing = _existing(organization, event, digest)
-    if existing is not None:
-        return UsageResult(existing, False, _available_now(hold.account_id))
-    now = timezone.now()
-    occurred_at = _occurred_at(event, now)
-    cost, price, source = usage_price(event, occurred_at)
+    Raises HoldNotPending (voided, expired, captured), InsufficientCredits (cost above the hold
+    and not available), BudgetExceeded (cost above the hold and past a budget),
+    ValidationFailed, IdempotencyConflict (the event id taken by another request)."""
     attribution = Attribution(
-        organization=organization, api_key=hold.api_key, team=hold.team, member=hold.member
+        organization=hold.organization, api_key=hold.api_key, team=hold.team, member=hold.member
     )
-    # The lock order of every debit: the account, the budget windows (current ones and the
-    # hold's), then the hold row. The usage sink is created (first use) before any lock.
-    system_account_of(organization.pk, LedgerAccount.Kind.USAGE)
-    _lock([hold.account])
-    gate = BudgetGate.of(attribution, now, extra_window_ids=hold.budget_windows)
-    locked = Hold.objects.select_for_update().get(pk=hold.pk)
-    pairs = gate.applicable(event.operation, event.model)
-    fresh = locked.status == Hold.Status.PENDING and locked.expires_at > now
-    if fresh:
-        gate.release_in_memory(locked.budget_windows, locked.amount)  # hold_capture writes it
-        if cost > locked.amount:  # beyond the hold: checked like a new debit
-            gate.check(pairs, cost)
-        gate.charge(pairs, cost)
-    txn = hold_capture(hold=locked, amount=cost, metadata={"event_id": event.id})
-    usage = _usage_event(
-        attribution,
-        event,
-        digest,
-        price=price,
-        cost=cost,
-        source=source,
-        txn=txn,
-        occurred_at=occurred_at,
-        now=now,
-        extra_metadata={"authorization": hold.idempotency_key},
-        budget_windows=[w.pk for _, w in pairs] if fresh and cost > 0 else [],
-    )
-    try:
-        with transaction.atomic():
-            usage.save(force_insert=True)
-    except IntegrityError:  # the id was taken by a concurrent event: refuse, nothing posted
-        raise IdempotencyConflict(
-            f"Usage event '{event.id}' was recorded by another request.", event_id=event.id
-        ) from None
-    alerts = gate.flush() if fresh else []
-    return UsageResult(usage, True, _available_now(hold.account_id), tuple(alerts))
+    outcome = _run(attribution, [event], hold=hold)[0]
+    if isinstance(outcome, ApplicationError):
+        raise outcome
+    return outcome

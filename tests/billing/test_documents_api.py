@@ -229,6 +229,7 @@ def test_pages_list_download_generate_and_settings(tenant):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("many_connections")
 def test_20_concurrent_invoice_issues_get_20_distinct_gapless_numbers(tenant):
     count = 20
     barrier = threading.Barrier(count)

@@ -26,7 +26,10 @@ from .conftest import (
     stripe_signed,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("many_connections"),
+]
 
 
 def in_threads(count: int, work) -> list:

@@ -26,7 +26,10 @@ from portal.errors import BudgetExceeded
 from ..conftest import SYSTEM
 from .test_concurrency import in_threads
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("many_connections"),
+]
 
 D = Decimal
 

@@ -35,7 +35,10 @@ from portal.errors import InsufficientCredits
 
 from ..conftest import SYSTEM
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("many_connections"),
+]
 
 D = Decimal
 Kind = LedgerAccount.Kind

@@ -122,6 +122,7 @@ def test_sdk_models_list(live_server, tenant, fake, prices):
     assert listed.total_count == len(ids)
 
 
+@pytest.mark.usefixtures("many_connections")
 def test_50_concurrent_requests_never_spend_past_the_pool(live_server, tenant, fake_openrouter,
                                                          prices):  # fmt: skip
     """Each request's worst case is W; the pool holds exactly N x W and the upstream reports a

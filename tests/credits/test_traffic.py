@@ -13,8 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from credits.models import UsageEvent
-from credits.services.usage import Attribution
-from credits.services.usage_batch import usage_record_many
+from credits.services.usage import Attribution, usage_record_many
 from credits.traffic import (
     CHAT,
     CODE,

@@ -1,0 +1,260 @@
+"""The statements of the metering path (`credits.services.usage.usage_record_many`): what it
+reads once the paying account is locked, and how it writes what it decided, in as few round trips
+as the database allows. The rules (prices, budgets, burn order, idempotency) are decided by the
+caller; this module only reads and writes rows.
+
+On PostgreSQL, after the account's lock (and the budget windows', `budgets.BudgetGate`):
+- one SELECT reads the account's lots in burn order, the events among the batch's ids recorded
+  before, and ids for the new transactions and usage rows from their sequences;
+- one statement writes everything: the transactions, their entries and the usage rows (Django's
+  own bulk INSERTs, each a data-modifying WITH clause), the lots' and the account's new figures
+  and the budget windows' counters.
+Elsewhere (SQLite: the demo), the same rows in one statement per table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import connection
+from django.db.models import sql
+from django.db.models.expressions import RawSQL
+
+from ..models import (
+    Budget,
+    CreditLot,
+    Hold,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    UsageEvent,
+)
+from .budgets import BudgetGate, budgets_applying_query, check_rank
+from .ledger_core import _burn_order, spending_account_lock
+
+# What burning and expiring need of a lot, in the model's field order (`Model.from_db`).
+_LOT_COLUMNS = tuple(
+    f.attname
+    for f in CreditLot._meta.concrete_fields
+    if f.attname in {"id", "organization_id", "account_id", "remaining", "expires_at", "priority"}
+)
+
+
+_BUDGET_COLUMNS = [f.attname for f in Budget._meta.concrete_fields]
+
+
+def lock_spending(
+    attribution, account_id: int | None = None
+) -> tuple[LedgerAccount, list[Budget] | None]:
+    """Lock the account `attribution` pays from (`spending_account_lock`), or the account
+    `account_id` (a hold's). PostgreSQL: the same statement reads the budgets that apply to it
+    (`budgets_applying`, in check order), which the account's lock does not guard (their
+    windows' locks do); elsewhere None (read them)."""
+    organization = attribution.organization
+    if connection.vendor != "postgresql":
+        return spending_account_lock(organization, attribution.team, account_id=account_id), None
+    query = budgets_applying_query(organization.pk, **BudgetGate.principals(attribution))
+    account = spending_account_lock(
+        organization,
+        attribution.team,
+        account_id=account_id,
+        budgets_json=RawSQL(*json_rows_sql(query.values(*_BUDGET_COLUMNS))),  # noqa: S611
+    )
+    return account, sorted(json_rows(Budget, account.budgets_json), key=check_rank)
+
+
+@dataclass
+class Locked:
+    """What a batch reads once its account is locked."""
+
+    lots: list[CreditLot]  # the account's lots with something left, in burn order
+    existing: dict[str, UsageEvent]  # event id -> the event recorded before
+    keys_taken: set[str]  # ledger idempotency keys among the batch's already used
+    transaction_ids: list[int] = field(default_factory=list)  # PostgreSQL: ids to give, in order
+    usage_ids: list[int] = field(default_factory=list)
+
+
+def read_locked(
+    account: LedgerAccount,
+    organization_id: int,
+    event_ids: list[str],
+    keys: list[str],
+    expired_first_at: datetime | None = None,
+) -> Locked:
+    """The lots of the locked `account`, the usage events of `event_ids` recorded before (full
+    rows: one more statement, only when there are some: a retry), and which ledger idempotency
+    `keys` are taken. PostgreSQL: one statement, which also takes one transaction id and one
+    usage id per event from their sequences. `expired_first_at`: the burn order of a capture
+    (`ledger_core._burn_order`)."""
+    lots = _burn_order(CreditLot.objects.filter(account=account, remaining__gt=0), expired_first_at)
+    earlier = UsageEvent.objects.filter(
+        organization_id=organization_id, event_id__in=event_ids
+    ).values_list("pk", flat=True)
+    taken = LedgerTransaction.objects.filter(
+        organization_id=organization_id, idempotency_key__in=keys
+    ).values_list("idempotency_key", flat=True)
+    if connection.vendor != "postgresql":
+        return Locked(
+            lots=list(lots.only(*_LOT_COLUMNS)),
+            existing=_existing_rows(list(earlier)),
+            keys_taken=set(taken),
+        )
+    lots_sql, lots_params = json_rows_sql(lots.values(*_LOT_COLUMNS))
+    earlier_sql, earlier_params = earlier.query.sql_with_params()
+    taken_sql, taken_params = taken.query.sql_with_params()
+    n = len(event_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT {lots_sql},
+                       ARRAY({earlier_sql}),
+                       ARRAY({taken_sql}),
+                       ARRAY(SELECT nextval(pg_get_serial_sequence(%s, 'id'))
+                               FROM generate_series(1, %s)),
+                       ARRAY(SELECT nextval(pg_get_serial_sequence(%s, 'id'))
+                               FROM generate_series(1, %s))""",  # noqa: S608 (ORM SQL)
+            [*lots_params, *earlier_params, *taken_params,
+             LedgerTransaction._meta.db_table, n, UsageEvent._meta.db_table, n],
+        )  # fmt: skip
+        lots_json, earlier_ids, keys_taken, transaction_ids, usage_ids = cursor.fetchone()
+    return Locked(
+        lots=json_rows(CreditLot, lots_json),
+        existing=_existing_rows(earlier_ids),
+        keys_taken=set(keys_taken),
+        transaction_ids=list(transaction_ids),
+        usage_ids=list(usage_ids),
+    )
+
+
+def json_rows_sql(queryset) -> tuple[str, list]:
+    """PostgreSQL: a scalar subquery giving the rows of `queryset` (a `values()` of the
+    model's columns) as one JSON text, in the queryset's order; to read rows of
+    another table in a statement that does something else (`json_rows` reads it back)."""
+    inner, params = queryset.query.sql_with_params()
+    return (
+        f"(SELECT coalesce(json_agg(r), '[]')::text FROM ({inner}) AS r)",  # noqa: S608 (ORM SQL)
+        list(params),
+    )
+
+
+def json_rows(model, text: str) -> list:
+    """The model instances of `json_rows_sql`'s JSON text: numbers as Decimal, times and ids as
+    their fields make them (`Field.to_python`); the columns not selected are deferred."""
+    rows = json.loads(text, parse_float=Decimal)
+    if not rows:
+        return []
+    fields = [f for f in model._meta.concrete_fields if f.attname in rows[0]]
+    names = [f.attname for f in fields]
+    convert = [f.target_field.to_python if f.is_relation else f.to_python for f in fields]
+    return [
+        model.from_db(
+            connection.alias,
+            names,
+            [to_python(row[name]) for name, to_python in zip(names, convert, strict=True)],
+        )
+        for row in rows
+    ]
+
+
+def _existing_rows(ids: list[int]) -> dict[str, UsageEvent]:
+    if not ids:
+        return {}
+    return {row.event_id: row for row in UsageEvent.objects.filter(pk__in=ids)}
+
+
+@dataclass
+class Writes:
+    """What a batch decided to write."""
+
+    account: LedgerAccount
+    spent: Decimal  # leaves the account's balance
+    released: Decimal = Decimal(0)  # leaves the account's `held` (a captured hold's amount)
+    hold: Hold | None = None  # captured: its new status, amount and transaction
+    transactions: list[LedgerTransaction] = field(default_factory=list)
+    entries: list[LedgerEntry] = field(default_factory=list)
+    usage: list[UsageEvent] = field(default_factory=list)
+    lots: list[CreditLot] = field(default_factory=list)  # with their new `remaining`
+    windows: tuple[str, list] | None = None  # the budget counters' UPDATE (BudgetGate)
+
+
+def write(writes: Writes) -> None:
+    """Write `writes`: one statement on PostgreSQL (rows carry the ids `read_locked` took), one
+    per table elsewhere."""
+    if connection.vendor != "postgresql":
+        _write_each(writes)
+        return
+    parts: list[tuple[str, list]] = [
+        _insert(LedgerTransaction, writes.transactions),
+        _insert(LedgerEntry, writes.entries),
+        _insert(UsageEvent, writes.usage),
+    ]
+    if writes.lots:
+        parts.append((
+            f"UPDATE {CreditLot._meta.db_table} AS l SET remaining = d.remaining"  # noqa: S608
+            "  FROM unnest(%s::bigint[], %s::numeric[]) AS d (id, remaining) WHERE l.id = d.id",
+            [[lot.pk for lot in writes.lots], [lot.remaining for lot in writes.lots]],
+        ))  # fmt: skip
+    if writes.spent or writes.released:
+        parts.append((
+            f"UPDATE {LedgerAccount._meta.db_table}"  # noqa: S608
+            "   SET balance = balance - %s, held = held - %s WHERE id = %s",
+            [writes.spent, writes.released, writes.account.pk],
+        ))  # fmt: skip
+    if writes.hold is not None:
+        hold = writes.hold
+        parts.append((
+            f"UPDATE {Hold._meta.db_table} SET status = %s, resolved_at = %s,"  # noqa: S608
+            "       captured_amount = %s, transaction_id = %s WHERE id = %s",
+            [hold.status, hold.resolved_at, hold.captured_amount,
+             hold.transaction.pk if hold.transaction else None, hold.pk],
+        ))  # fmt: skip
+    if writes.windows is not None:
+        parts.append(writes.windows)
+    parts = [(statement, params) for statement, params in parts if statement]
+    if not parts:
+        return
+    clauses = ", ".join(f"w{i} AS ({statement})" for i, (statement, _) in enumerate(parts))
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {clauses} SELECT 1", [p for _, params in parts for p in params])  # noqa: S608 (Django's SQL)
+    for row in [*writes.transactions, *writes.entries, *writes.usage]:
+        row._state.adding = False
+        row._state.db = connection.alias
+
+
+def _insert(model, objs) -> tuple[str, list]:
+    """Django's own bulk INSERT of `objs` (bulk_create's statement: UNNEST on PostgreSQL), as
+    SQL and parameters, to run as part of a larger statement. Rows without a primary key get one
+    from the sequence (and the caller does not learn it)."""
+    if not objs:
+        return "", []
+    opts = model._meta
+    fields = [f for f in opts.concrete_fields if not f.generated]
+    if objs[0].pk is None:
+        fields = [f for f in fields if f is not opts.auto_field]
+    for obj in objs:
+        obj._prepare_related_fields_for_save(operation_name="bulk_create")
+    query = sql.InsertQuery(model)
+    query.insert_values(fields, objs)
+    [(statement, params)] = query.get_compiler(connection=connection).as_sql()
+    return statement, list(params)
+
+
+def _write_each(writes: Writes) -> None:
+    from django.db.models import F
+
+    LedgerTransaction.objects.bulk_create(writes.transactions)
+    for entry in writes.entries:
+        entry.transaction_id = entry.transaction.pk
+    LedgerEntry.objects.bulk_create(writes.entries)
+    for row in writes.usage:
+        row.transaction_id = row.transaction.pk if row.transaction is not None else None
+    UsageEvent.objects.bulk_create(writes.usage)
+    CreditLot.objects.bulk_update(writes.lots, ["remaining"])
+    if writes.spent or writes.released:
+        LedgerAccount.objects.filter(pk=writes.account.pk).update(
+            balance=F("balance") - writes.spent, held=F("held") - writes.released
+        )
+    if writes.hold is not None:
+        writes.hold.save(update_fields=["status", "resolved_at", "captured_amount", "transaction"])

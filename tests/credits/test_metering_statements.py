@@ -1,0 +1,141 @@
+"""The metering path's statements, pinned: a single event in at most 6 (transaction control
+included) with no savepoint, over the service and over HTTP, with or without budgets; a batch in
+the same number whatever its size; a capture, the same path. Real top-level transactions
+(`transaction=True`), as a request has them."""
+
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from credits.models import Hold, LedgerAccount, UsageEvent
+from credits.services import (
+    Attribution,
+    UsageInput,
+    authorization_capture,
+    authorization_create,
+    usage_record,
+    usage_record_many,
+)
+from credits.verify import ledger_verify
+from portal.errors import InsufficientCredits
+
+from .test_budgets import four  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def ev(id: str, cost: str = "0.001") -> UsageInput:
+    return UsageInput(id=id, model="gpt-4o", cost=Decimal(cost))
+
+
+def recorded(call) -> list[str]:
+    with CaptureQueriesContext(connection) as ctx:
+        call()
+    return [q["sql"] for q in ctx.captured_queries]
+
+
+def plain(tenant) -> Attribution:
+    tenant.grant("100")
+    key, _ = tenant.key("usage")
+    who = Attribution.of_key(key)
+    usage_record(attribution=who, event=ev("first"))  # the usage sink is made on first use
+    return who
+
+
+def test_a_single_event_without_budgets(tenant):
+    who = plain(tenant)
+    sql = recorded(lambda: usage_record(attribution=who, event=ev("one")))
+    assert len(sql) <= 5, sql  # BEGIN, the lock, the read, the write, COMMIT
+    assert not [s for s in sql if "SAVEPOINT" in s]
+    assert UsageEvent.objects.get(event_id="one").cost == Decimal("0.001")
+
+
+def test_a_single_event_with_a_budget_at_each_of_four_levels(four):  # noqa: F811
+    tenant, who, budgets = four
+    usage_record(attribution=who, event=ev("warm"))  # their windows, seen committed
+    sql = recorded(lambda: usage_record(attribution=who, event=ev("one")))
+    assert len(sql) <= 6, sql  # and the windows' lock
+    assert not [s for s in sql if "SAVEPOINT" in s]
+    assert all(b.windows.get().spent == Decimal("0.002") for b in budgets.values())
+
+
+def test_a_batch_costs_the_same_statements_whatever_its_size(four):  # noqa: F811
+    tenant, who, _ = four
+    usage_record(attribution=who, event=ev("warm"))
+    counts = {}
+    for size in (1, 10, 500):
+        events = [ev(f"{size}-{i}", "0.0001") for i in range(size)]
+        sql = recorded(lambda events=events: usage_record_many(attribution=who, events=events))
+        assert not [s for s in sql if "SAVEPOINT" in s]
+        counts[size] = len(sql)
+    assert counts[1] == counts[10] == counts[500] <= 6, counts
+    assert UsageEvent.objects.count() == 1 + 1 + 10 + 500
+    assert ledger_verify() == []
+
+
+def test_over_http_a_usage_post_is_at_most_six_statements(tenant, prices):
+    tenant.grant("10")
+    _, secret = tenant.key("usage")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    body = {"id": "e0", "model": "gpt-4o", "prompt_tokens": 1000, "completion_tokens": 500}
+    assert client.post("/api/v1/credits/usage", body, format="json").status_code == 201
+    response = None
+
+    def post():
+        nonlocal response
+        response = client.post("/api/v1/credits/usage", {**body, "id": "e1"}, format="json")
+
+    sql = recorded(post)
+    assert response.status_code == 201, response.json()
+    assert len(sql) <= 6, sql  # the key is cached (accounts.authentication): no key query
+    assert not [s for s in sql if "SAVEPOINT" in s]
+    pool = LedgerAccount.objects.get(organization=tenant.org, kind="pool")
+    assert Decimal(response.json()["balance_after"]) == pool.available
+
+
+def test_a_retry_answers_the_first_result_without_writing(tenant):
+    who = plain(tenant)
+    first = usage_record(attribution=who, event=ev("one"))
+    sql = recorded(lambda: usage_record(attribution=who, event=ev("one")))
+    assert not [s for s in sql if s.startswith(("INSERT", "UPDATE", "WITH"))], sql
+    again = usage_record(attribution=who, event=ev("one"))
+    assert (again.created, again.event.pk) == (False, first.event.pk)
+
+
+def as_the_api_reads_it(hold: Hold) -> Hold:
+    """`selectors.hold_get`: with its organization, account, key, team and member."""
+    return Hold.objects.select_related("account", "organization", "api_key", "team", "member").get(
+        pk=hold.pk
+    )
+
+
+def test_a_capture_goes_the_same_way(tenant):
+    who = plain(tenant)
+    hold, _ = authorization_create(attribution=who, id="h1", amount=Decimal("1"))
+    hold = as_the_api_reads_it(hold)
+    sql = recorded(lambda: authorization_capture(hold=hold, event=ev("captured", "0.25")))
+    # BEGIN, the account's lock, the hold's lock, the read, the write, COMMIT
+    assert len(sql) <= 6, sql
+    assert not [s for s in sql if "SAVEPOINT" in s]
+    hold.refresh_from_db()
+    pool = LedgerAccount.objects.get(organization=tenant.org, kind="pool")
+    assert (hold.status, hold.captured_amount) == ("captured", Decimal("0.25"))
+    assert (pool.balance, pool.held) == (Decimal("100") - Decimal("0.251"), 0)
+    assert ledger_verify() == []
+
+
+def test_a_refused_capture_leaves_the_hold_and_its_reservation(tenant):
+    who = plain(tenant)
+    hold, _ = authorization_create(attribution=who, id="h1", amount=Decimal("90"))
+    with pytest.raises(InsufficientCredits):  # 9.999 beyond the hold, and 9.999 left
+        authorization_capture(hold=hold, event=ev("too-much", "100"))
+    hold.refresh_from_db()
+    pool = LedgerAccount.objects.get(organization=tenant.org, kind="pool")
+    assert (hold.status, pool.held, pool.balance) == ("pending", Decimal("90"), Decimal("99.999"))
+    assert not UsageEvent.objects.filter(event_id="too-much").exists()
+    result = authorization_capture(hold=hold, event=ev("within", "95"))
+    assert result.created and result.balance_after == Decimal("4.999")
