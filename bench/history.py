@@ -22,7 +22,8 @@ one statement per chunk of copies (data-modifying CTEs):
 The paying account's balance and its lot's remaining move by the chunk's total in the same
 transaction. The request hash is the base event's (its time is not the shifted one): a retry of
 a history event would be answered as a conflict, which no benchmark does. What the history
-does not have: budget windows (the organization has no budget) and rollups.
+does not have: budget windows (the organization has no budget); its rollups are made after
+loading, by `bench/run.py`, with the beat task's own function.
 """
 
 from __future__ import annotations
