@@ -182,9 +182,21 @@ class Invitation(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The e-mail as an outbox: set (to when it was asked for) by the write that wants the e-mail
+    # sent, cleared by the task that sent it; a sweep sends what a lost task or an unreachable
+    # broker left (accounts.tasks).
+    email_wanted_at = models.DateTimeField(null=True, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
+        indexes = [
+            models.Index(
+                fields=["email_wanted_at"],
+                condition=models.Q(email_wanted_at__isnull=False),
+                name="invitation_email_wanted",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"invitation of {self.email} to {self.organization_id}"

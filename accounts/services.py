@@ -366,6 +366,7 @@ def invitation_create(
         nonce=secrets.token_hex(16),
         invited_by=actor.user,
         expires_at=timezone.now() + settings.INVITATION_MAX_AGE,
+        email_wanted_at=timezone.now(),
     )
     audit_record(
         organization=organization,
@@ -374,10 +375,17 @@ def invitation_create(
         target=invitation,
         after={"email": email, "role": role},
     )
+    _email_after_commit(invitation)
+    return invitation, invitation_token(invitation)
+
+
+def _email_after_commit(invitation: Invitation) -> None:
+    """Queue the invitation's e-mail once the write commits. Its row says the e-mail is wanted
+    (`email_wanted_at`), so a broker that is down loses nothing: the queueing error is logged
+    (`robust`), the write stands, and `accounts.tasks.invitations_sweep` sends it later."""
     from .tasks import invitation_send
 
-    transaction.on_commit(lambda: invitation_send.delay(invitation.pk))
-    return invitation, invitation_token(invitation)
+    transaction.on_commit(lambda: invitation_send.delay(invitation.pk), robust=True)
 
 
 def invitation_from_token(token: str) -> Invitation:
@@ -453,9 +461,9 @@ def invitation_resend(*, invitation: Invitation, actor: Actor) -> Invitation:
         target=invitation,
         after={"email": invitation.email},
     )
-    from .tasks import invitation_send
-
-    transaction.on_commit(lambda: invitation_send.delay(invitation.pk))
+    invitation.email_wanted_at = timezone.now()
+    invitation.save(update_fields=["email_wanted_at"])
+    _email_after_commit(invitation)
     return invitation
 
 

@@ -62,6 +62,30 @@ def document_pdf_render(kind: str, pk: int) -> bool:
 
 
 @shared_task
+def documents_sweep(limit: int = 100) -> int:
+    """Every minute (beat): queue the rendering of issued documents still without a PDF
+    settings.SWEEP_AFTER after their issue (the task queued after commit was lost: a broker
+    that was down, a worker killed), at most `limit` of each kind. Rendering is idempotent
+    (`document_pdf_store` stores one file). Returns how many were queued."""
+    from django.utils import timezone
+
+    from .models import CreditNote, Invoice, Statement
+
+    before = timezone.now() - settings.SWEEP_AFTER
+    due = {
+        "invoice": Invoice.objects.filter(pdf="", issued_at__lte=before),
+        "credit_note": CreditNote.objects.filter(pdf="", issued_at__lte=before),
+        "statement": Statement.objects.filter(pdf="", generated_at__lte=before),
+    }
+    queued = 0
+    for kind, rows in due.items():
+        for pk in rows.order_by("pk").values_list("pk", flat=True)[:limit]:
+            document_pdf_render.delay(kind, pk)
+            queued += 1
+    return queued
+
+
+@shared_task
 def statements_generate_due() -> int:
     """Hourly: the statement of the month that has just ended in each organization's time zone
     (`billing.services.statements.statements_generate_due`)."""
@@ -74,6 +98,16 @@ def statements_generate_due() -> int:
 
 
 # Exports ------------------------------------------------------------------------------------------
+
+
+@shared_task
+def exports_sweep() -> int:
+    """Every minute (beat): send again the export jobs that no worker has: queued for longer
+    than settings.SWEEP_AFTER, or running for longer than BILLING_EXPORT_LEASE_SECONDS (its
+    worker was lost) (`billing.services.exports.exports_requeue`). Returns how many were sent."""
+    from .services.exports import exports_requeue
+
+    return exports_requeue()
 
 
 @shared_task

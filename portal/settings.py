@@ -281,13 +281,18 @@ SPECTACULAR_SETTINGS = {
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="")
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=CELERY_BROKER_URL or None)
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+# The broker and result store over Redis: a Redis that is down fails a send in seconds (and the
+# write that queued it stands: every side effect has a sweep or an outbox behind it).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 2}
+CELERY_REDIS_SOCKET_TIMEOUT = 5
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 2
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # The schedule lives in the database (django-celery-beat); `manage.py beat_schedule_sync` writes
-# CELERY_BEAT_SCHEDULE there (the migration of `notifications` runs it once).
+# CELERY_BEAT_SCHEDULE there (`make worker` and the README's upgrade steps run it).
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CREDITS_EXPIRING_DAYS = env.int("CREDITS_EXPIRING_DAYS", default=7)  # credits.expiring
 # Usage rollups (credits.services.rollups): events recorded more than USAGE_ROLLUP_LAG_SECONDS
@@ -295,6 +300,14 @@ CREDITS_EXPIRING_DAYS = env.int("CREDITS_EXPIRING_DAYS", default=7)  # credits.e
 # USAGE_ROLLUP_STEP_HOURS of recorded time per transaction; reads add the rest from raw events.
 USAGE_ROLLUP_LAG = timedelta(seconds=env.int("USAGE_ROLLUP_LAG_SECONDS", default=120))
 USAGE_ROLLUP_STEP = timedelta(hours=env.int("USAGE_ROLLUP_STEP_HOURS", default=6))
+# Group commit of single usage events (credits.services.group_commit): concurrent events of one
+# attribution in a process share one transaction, at most USAGE_GROUP_MAX events.
+USAGE_GROUP_COMMIT = env.bool("USAGE_GROUP_COMMIT", default=True)
+USAGE_GROUP_MAX = env.int("USAGE_GROUP_MAX", default=100)
+# Work queued after a commit (an invitation e-mail, a document's PDF, an export) and still not
+# done this long after is taken to be lost (a broker that was down, a worker killed): the beat
+# sweeps (accounts.tasks, billing.tasks) send it again.
+SWEEP_AFTER = timedelta(seconds=env.int("SWEEP_AFTER_SECONDS", default=60))
 CELERY_BEAT_SCHEDULE = {
     "holds-expire": {"task": "credits.tasks.holds_expire", "schedule": timedelta(minutes=1)},
     "lots-expire": {"task": "credits.tasks.lots_expire", "schedule": timedelta(minutes=5)},
@@ -329,6 +342,14 @@ CELERY_BEAT_SCHEDULE = {
     "usage-rollup": {"task": "credits.tasks.usage_rollup", "schedule": timedelta(minutes=1)},
     # Pending purchase orders past their age (billing.tasks.orders_expire).
     "orders-expire": {"task": "billing.tasks.orders_expire", "schedule": timedelta(minutes=15)},
+    # Invitation e-mails a broker that was down or a lost worker left unsent.
+    "invitations-sweep": {
+        "task": "accounts.tasks.invitations_sweep",
+        "schedule": timedelta(minutes=1),
+    },
+    # Documents without their PDF, export jobs no worker has (billing.tasks).
+    "documents-sweep": {"task": "billing.tasks.documents_sweep", "schedule": timedelta(minutes=1)},
+    "exports-sweep": {"task": "billing.tasks.exports_sweep", "schedule": timedelta(minutes=1)},
     # Outbox messages a lost worker left pending (notifications.tasks.outbox_sweep).
     "outbox-sweep": {"task": "notifications.tasks.outbox_sweep", "schedule": timedelta(minutes=1)},
     # Monthly statements: hourly, for the organizations whose month has just ended in their
@@ -352,6 +373,15 @@ CACHES = {
 }
 if not CACHE_URL:
     SILENCED_SYSTEM_CHECKS.append("axes.W001")  # the demo's LocMem, said above
+elif CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache":
+    # A Redis that is down or unreachable answers in a second, not in the OS's TCP timeouts:
+    # the callers fail open or closed at once (portal.throttling, portal.views.LoginView).
+    CACHES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "SOCKET_CONNECT_TIMEOUT": env.float("CACHE_SOCKET_TIMEOUT", default=1.0),
+            "SOCKET_TIMEOUT": env.float("CACHE_SOCKET_TIMEOUT", default=1.0),
+        }
+    )
 
 # Client IPs (audit log, throttles, lockouts): X-Forwarded-For only behind this many proxies.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
@@ -486,6 +516,9 @@ BILLING_EXPORT_STREAM_MAX_ROWS = env.int("BILLING_EXPORT_STREAM_MAX_ROWS", defau
 BILLING_EXPORT_CHUNK_ROWS = env.int("BILLING_EXPORT_CHUNK_ROWS", default=2000)
 BILLING_EXPORT_PDF_ROWS = env.int("BILLING_EXPORT_PDF_ROWS", default=25)
 BILLING_EXPORT_QUEUE = env("BILLING_EXPORT_QUEUE", default="")
+# A job running for longer than this has lost its worker: `billing.tasks.exports_sweep` queues it
+# again (an export that really runs this long is then run twice).
+BILLING_EXPORT_LEASE_SECONDS = env.int("BILLING_EXPORT_LEASE_SECONDS", default=3600)
 # Automatic top-up (billing.services.topup): the back-off after a declined charge (doubling from
 # the base, capped), and how long a charge the provider did not answer is retried (same
 # idempotency key; Stripe keeps keys 24 hours).

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import secrets
 import tempfile
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.files import File
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.access import Principal
@@ -92,8 +94,31 @@ def export_job_create(
                 "pseudonymize": pseudonymize,
             },  # fmt: skip
         )
-        transaction.on_commit(lambda: _enqueue(job.pk))
+        # A broker that is down does not undo the request (`robust`): the sweep sends it later.
+        transaction.on_commit(lambda: _enqueue(job.pk), robust=True)
     return job
+
+
+def exports_requeue(*, now=None) -> int:
+    """Send again to the workers the jobs no worker has: queued for longer than
+    settings.SWEEP_AFTER (the message was lost: a broker that was down), or running for longer
+    than BILLING_EXPORT_LEASE_SECONDS (the worker was lost; such a job is queued again first).
+    A job sent twice runs once (`export_job_run` claims it). Returns how many were sent."""
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.BILLING_EXPORT_LEASE_SECONDS)
+    ExportJob.objects.filter(status=ExportJob.Status.RUNNING, started_at__lte=stale).update(
+        status=ExportJob.Status.QUEUED, progress=0
+    )
+    due = ExportJob.objects.filter(
+        Q(started_at__isnull=True) | Q(started_at__lte=stale),
+        status=ExportJob.Status.QUEUED,
+        created_at__lte=now - settings.SWEEP_AFTER,
+    ).values_list("pk", flat=True)
+    sent = 0
+    for job_id in list(due[:100]):
+        _enqueue(job_id)
+        sent += 1
+    return sent
 
 
 def _enqueue(job_id: int) -> None:
@@ -124,13 +149,14 @@ def export_job_run(*, job_id: int) -> ExportJob:
     """Run a queued export: read as its requester with their rights of now, write the file to
     Django's storage (default_storage: the filesystem, or S3 and the like) chunk by chunk from a
     temporary file, updating `progress`; then `done` with `row_count` and the file, or `failed`
-    with the reason. A job already done or failed is left as it is (a redelivered task)."""
+    with the reason. Only a queued job runs: it is claimed (queued -> running) in one UPDATE,
+    so a job done, failed or running elsewhere is left as it is (a task sent twice)."""
     job = ExportJob.objects.select_related("organization", "api_key", "requested_by").get(pk=job_id)
-    if job.finished:
-        return job
-    ExportJob.objects.filter(pk=job.pk).update(
+    claimed = ExportJob.objects.filter(pk=job.pk, status=ExportJob.Status.QUEUED).update(
         status=ExportJob.Status.RUNNING, started_at=timezone.now(), progress=0
     )
+    if not claimed:  # finished, or another worker runs it (a job sent twice)
+        return job
     try:
         principal = principal_of_job(job)
         secret = None

@@ -473,7 +473,9 @@ def topup_approve(*, topup: TopUp, actor: Actor) -> TopUp:
     )
     from ..tasks import topup_charge_task
 
-    transaction.on_commit(lambda: topup_charge_task.delay(topup.pk))
+    # A broker that is down does not undo the approval (`robust`): the top-up is charging with
+    # its `retry_at`, and `topup_sweep` sends the charge then.
+    transaction.on_commit(lambda: topup_charge_task.delay(topup.pk), robust=True)
     return topup
 
 

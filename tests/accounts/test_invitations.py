@@ -21,6 +21,7 @@ from accounts.services import (
     invitation_revoke,
     invitation_token,
 )
+from accounts.tasks import invitation_send, invitations_sweep
 from portal.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 
 from ..conftest import SYSTEM
@@ -178,3 +179,34 @@ def test_the_token_is_the_same_whenever_it_is_made(tenant):
         invitation, token = invite(tenant)
     with time_machine.travel(datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC), tick=False):
         assert invitation_token(invitation) == token
+
+
+def test_an_email_whose_queueing_was_lost_is_sent_by_the_sweep_once(tenant, mailoutbox):
+    """The task queued after commit never ran (a broker that was down: `robust` on_commit logs
+    it): the row still wants its e-mail, and the sweep sends it a minute later, once."""
+    invitation, token = invite(tenant)  # the test's transaction never commits: nothing queued
+    assert mailoutbox == []
+    assert invitations_sweep() == 0  # not a minute old yet: the queued task may still run
+    later = timezone.now() + timedelta(minutes=2)
+    with time_machine.travel(later, tick=False):
+        assert invitations_sweep() == 1
+        assert invitations_sweep() == 0
+    assert len(mailoutbox) == 1 and token in mailoutbox[0].body
+    invitation.refresh_from_db()
+    assert invitation.email_wanted_at is None and invitation.emailed_at == later
+
+
+def test_the_task_and_the_sweep_never_both_send(
+    tenant, mailoutbox, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        invitation, _ = invite(tenant)
+    assert len(mailoutbox) == 1
+    assert invitation_send(invitation.pk) is False  # a task sent twice: nothing more
+    with time_machine.travel(timezone.now() + timedelta(minutes=2), tick=False):
+        assert invitations_sweep() == 0
+    revoked, _ = invite(tenant, email="other@example.test")
+    invitation_revoke(invitation=revoked, actor=SYSTEM)
+    with time_machine.travel(timezone.now() + timedelta(minutes=2), tick=False):
+        assert invitations_sweep() == 0  # a revoked invitation's e-mail is not wanted any more
+    assert len(mailoutbox) == 1

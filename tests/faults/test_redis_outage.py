@@ -6,7 +6,8 @@ While it is down: usage is still recorded and charged (the ledger needs PostgreS
 alert's messages wait in the outbox, their queueing after the commit fails and is logged); the
 write throttles, which only count, let writes through; a login, whose lockout counter guards the
 accounts, is refused with 503 rather than let through uncounted. Once Redis is back, the outbox
-sweep on a real Celery worker delivers the waiting webhook, once."""
+sweep on a real Celery worker delivers the waiting webhook, once; and the other work queued while
+it was down (an invitation's e-mail, an export, a PDF) is done by the beat sweeps."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from decimal import Decimal
 import environ
 import pytest
 from axes.handlers.proxy import AxesProxyHandler
+from django.conf import settings
 from django.test import Client, override_settings
 
+from accounts.models import Invitation
+from billing.models import ExportJob, Invoice
+from billing.services.documents import Line, invoice_issue
 from credits.models import Alert, UsageEvent
 from credits.services.budgets import budget_create
 from credits.verify import ledger_verify
@@ -121,3 +126,59 @@ def test_usage_is_recorded_while_redis_is_down_and_the_outbox_delivers_after(
     assert [r["headers"]["webhook-id"] for r in receiver.accepted()] == [message.message_id]
     assert receiver.accepted()[0]["verified"] is True
     assert ledger_verify() == []
+
+
+def test_work_queued_while_redis_is_down_is_done_once_it_is_back(tenant, tmp_path, on_test_redis):
+    """An invitation, an export job and an invoice made while Redis is down answer as usual (the
+    queueing after commit fails and is logged: `robust`); their e-mail, file and PDF are made
+    by the beat sweeps once Redis is back (here the sweeps are sent to a real worker, with
+    SWEEP_AFTER_SECONDS=0 so that it need not wait a minute)."""
+    redis_server = on_test_redis
+    management = tenant.client(tenant.key("management")[1])
+
+    redis_server.stop()
+    started = time.monotonic()
+    invited = management.post(
+        "/api/v1/invitations", {"email": "new@example.test", "role": "member"}
+    )
+    assert invited.status_code == 201, invited.content
+    export = management.post("/api/v1/billing/exports", {"kind": "usage", "format": "csv"})
+    assert export.status_code == 201, export.content
+    line = Line(description="AI credits", quantity=Decimal("5"), unit_price=Decimal("1.00"))
+    invoice = invoice_issue(organization=tenant.org, lines=[line], actor=SYSTEM)
+    assert time.monotonic() - started < 30  # no call waits long for the missing Redis
+    invitation = Invitation.objects.get(email="new@example.test")
+    job = ExportJob.objects.get(public_id=export.json()["id"])
+    assert invitation.email_wanted_at is not None and invitation.emailed_at is None
+    assert job.status == "queued" and not Invoice.objects.get(pk=invoice.pk).pdf
+
+    redis_server.start()
+    mail = tmp_path / "mail"
+    worker = Worker({
+        "CELERY_BROKER_URL": redis_server.url(0), "CELERY_RESULT_BACKEND": "",
+        "SWEEP_AFTER_SECONDS": "0", "EMAIL_URL": f"filemail:///{mail}",  # environ drops a /
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+    })  # fmt: skip
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for sweep in ("accounts.tasks.invitations_sweep", "billing.tasks.exports_sweep",
+                          "billing.tasks.documents_sweep"):  # fmt: skip
+                worker.send(sweep)
+            time.sleep(2)
+            invitation.refresh_from_db()
+            job.refresh_from_db()
+            if (
+                invitation.emailed_at
+                and job.status == "done"
+                and Invoice.objects.get(pk=invoice.pk).pdf
+            ):
+                break
+    finally:
+        worker.stop()
+    assert invitation.emailed_at is not None and invitation.email_wanted_at is None
+    sent = [p.read_text() for p in mail.iterdir()]
+    assert len(sent) == 1 and "new@example.test" in sent[0]  # once, whatever the sweeps sent
+    assert job.status == "done" and job.row_count == 0
+    assert Invoice.objects.get(pk=invoice.pk).pdf.read().startswith(b"%PDF-")
