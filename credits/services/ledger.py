@@ -14,6 +14,7 @@ then earliest expiry, then age); holds as TigerBeetle's pending transfers.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -322,12 +323,19 @@ def hold_authorize(
     timeout: timedelta | None = None,
     extra_digest: str = "",
     organization: Organization | None = None,
+    account_locked: bool = False,
+    check: Callable[[], None] | None = None,
     **context,
 ) -> tuple[Hold, bool]:
     """Reserve `amount` credits on a pool or team `account` until `now + timeout` (default
     10 min, from 1 s to 24 h). Returns (hold, created); a retry of `idempotency_key` with the same
     request returns the first hold, also when it raced this one. Raises InsufficientCredits,
-    ValidationFailed, IdempotencyConflict, NotFound (unknown or another organization's account)."""
+    ValidationFailed, IdempotencyConflict, NotFound (unknown or another organization's account).
+
+    `account_locked`: the caller has locked `account` in this transaction already (the row as
+    locked), so it is not locked again. `check`: called once a new hold is to be made (not for
+    a retry), after the balance is checked, to refuse it by raising (the budgets of
+    `credits.services.usage.authorization_create`)."""
     amount = parse_credits(amount)
     _check_key(idempotency_key)
     timeout = DEFAULT_HOLD_TIMEOUT if timeout is None else timeout
@@ -336,10 +344,13 @@ def hold_authorize(
     _check_organization(organization, account.organization_id, "account")
     _check_spendable(account)
     digest = request_hash(op="hold", amount=amount, account=account.pk, extra=extra_digest)
-    existing = _first_result(Hold, account.organization_id, idempotency_key, digest)
-    if existing is not None:
-        return existing, False
-    locked = _lock([account])[account.pk]
+    if account_locked:
+        locked = account
+    else:
+        existing = _first_result(Hold, account.organization_id, idempotency_key, digest)
+        if existing is not None:
+            return existing, False
+        locked = _lock([account])[account.pk]
     # A concurrent first use of the key may have committed while we waited for the lock: it must
     # be returned, not checked again against the credits it reserved.
     existing = _first_result(Hold, locked.organization_id, idempotency_key, digest)
@@ -347,6 +358,8 @@ def hold_authorize(
         return existing, False
     _expire_due(locked, timezone.now())
     _ensure_available(locked, amount)
+    if check is not None:
+        check()
     hold, created = _create_once(
         Hold,
         locked.organization_id,

@@ -21,13 +21,12 @@ from ..metrics import usage_outcomes_count, usage_refused
 from ..models import Hold, LedgerAccount, LedgerEntry, LedgerTransaction, UsageEvent
 from . import usage_store
 from .budgets import BudgetGate
+from .group_commit import record_grouped
 from .guardrails import guardrail_check_model
 from .ledger import (
     HoldNotPending,
-    _lock,
     hold_authorize,
     request_hash,
-    spending_account,
     system_account_of,
 )
 from .ledger_core import (
@@ -227,8 +226,11 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
 
     Raises ValidationFailed (unknown model, future time), IdempotencyConflict (same id, other
     body), InsufficientCredits, BudgetExceeded (a hard budget, a soft one past its grace, or the
-    key's limit); nothing is recorded then."""
-    outcome = usage_record_many(attribution=attribution, events=[event])[0]
+    key's limit); nothing is recorded then.
+
+    Concurrent calls of this process for the same attribution may share one transaction
+    (`group_commit`), each with its own outcome, as if recorded one after the other."""
+    outcome = record_grouped(attribution, event, usage_record_many)
     if isinstance(outcome, ApplicationError):
         raise outcome
     return outcome
@@ -482,18 +484,15 @@ def authorization_create(
             model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens, at=now
         )
     amount = parse_credits(amount)
-    account = spending_account(attribution.organization, attribution.team)
-    existing = Hold.objects.filter(
-        organization=attribution.organization, idempotency_key=id
-    ).first()
-    gate, pairs = None, []
-    if existing is None:
-        _lock([account])  # accounts first, then the budget windows: the order of every debit
-        gate = BudgetGate.of(attribution, now)
-        pairs = gate.applicable(operation, model)
-        gate.check(pairs, amount)
+    # Accounts first, then the budget windows: the order of every debit. The lock statement
+    # reads the budgets that apply too (`usage_store.lock_spending`).
+    account, budgets = usage_store.lock_spending(attribution)
+    gate = BudgetGate.of(attribution, now, budgets=budgets)
+    pairs = gate.applicable(operation, model)
     hold, created = hold_authorize(
         account=account,
+        account_locked=True,
+        check=lambda: gate.check(pairs, amount),
         amount=amount,
         idempotency_key=id,
         timeout=timeout,
@@ -504,7 +503,8 @@ def authorization_create(
         model=model,
         budget_windows=[w.pk for _, w in pairs],
     )
-    if created and gate is not None:
+    if created:
+        hold.organization = attribution.organization  # as loaded: a capture reads it
         gate.reserve(pairs, amount)
         gate.flush()
     return hold, created
