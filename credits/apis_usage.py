@@ -180,11 +180,15 @@ class UsageEventInput(StrictSerializer):
             raise serializers.ValidationError("At most 8,000 characters.")
         return value
 
+    def to_internal_value(self, data):
+        self._raw = data if isinstance(data, dict) else {}  # `validate` tells given from default
+        return super().to_internal_value(data)
+
     def validate(self, attrs):
         """Fold `usage` into the flat fields (refusing a count given both ways with two
         values), then check that each detail is within its total."""
         usage = attrs.pop("usage", None)
-        raw = self.initial_data if isinstance(self.initial_data, dict) else {}
+        raw = self._raw
         source = {field: field for field in _USAGE_PATHS}
         errors = {}
         for field, path in _USAGE_PATHS.items() if usage is not None else ():
@@ -212,6 +216,20 @@ class UsageEventInput(StrictSerializer):
 
     def to_usage(self) -> UsageInput:
         return UsageInput(**self.validated_data)
+
+    @classmethod
+    def parse_many(cls, items: list) -> list[UsageInput | ValidationFailed]:
+        """Each of `items` validated as one event (the same rules and errors), by one instance:
+        DRF deep-copies a serializer's declared fields for every instance, which for a batch of
+        1,000 cost more than recording it."""
+        one = cls()
+        parsed: list[UsageInput | ValidationFailed] = []
+        for raw in items:
+            try:
+                parsed.append(UsageInput(**one.run_validation(raw)))
+            except serializers.ValidationError as exc:
+                parsed.append(ValidationFailed(_drf_field_errors(exc.detail)))
+        return parsed
 
 
 class UsageEventOutput(serializers.Serializer):
@@ -385,13 +403,12 @@ class UsageApi(OrganizationListAPIView):
             )
         outcomes: list = [None] * len(events)
         valid: list[tuple[int, UsageInput]] = []
-        for index, raw in enumerate(events):
-            serializer = UsageEventInput(data=raw)
-            if serializer.is_valid():
-                valid.append((index, serializer.to_usage()))
+        for index, parsed in enumerate(UsageEventInput.parse_many(events)):
+            if isinstance(parsed, ValidationFailed):
+                outcomes[index] = parsed
+                usage_refused(parsed)
             else:
-                outcomes[index] = ValidationFailed(_drf_field_errors(serializer.errors))
-                usage_refused(outcomes[index])
+                valid.append((index, parsed))
         recorded = services.usage_record_many(
             attribution=attribution, events=[event for _, event in valid]
         )
