@@ -133,38 +133,56 @@ def _lock(accounts: Iterable[LedgerAccount]) -> dict[int, LedgerAccount]:
     return locked
 
 
-def spending_account_lock(
-    organization: Organization, team: Team | None, account_id: int | None = None, **annotations
-) -> LedgerAccount:
-    """`spending_account` locked (`_lock`), in one statement once it exists: SELECT ... FOR
-    UPDATE of the pool or the team's account, which also reads the id of the organization's
-    usage sink (`sink_id`, None before its first use) and the caller's `annotations` (read
-    with the statement's snapshot, before the lock is had: only for what the lock does not
-    guard). `account_id`: that account of the organization instead (a hold's). Raises NotFound
-    for a team of another organization, or an account not there."""
-    if team is not None and team.organization_id != organization.pk:
-        raise NotFound("No such team.")
+def spending_account_query(
+    *,
+    organization_id: int,
+    team_id: int | None = None,
+    account_id: int | None = None,
+    **annotations,
+):
+    """The statement that locks a spending account (unevaluated): SELECT ... FOR UPDATE of the
+    account `account_id` of the organization, else of the team's own account (`team_id`), else of
+    the pool; at most one row, which also reads the id of the organization's usage sink
+    (`sink_id`, None before its first use) and the caller's `annotations` (read with the
+    statement's snapshot, before the lock is had: only for what the lock does not guard)."""
     if account_id is not None:
-        rows = LedgerAccount.objects.filter(organization_id=organization.pk, pk=account_id)
-    elif team is None or team.funding == Team.Funding.POOL:
-        rows = LedgerAccount.objects.filter(organization_id=organization.pk, kind=Kind.POOL)
+        rows = LedgerAccount.objects.filter(organization_id=organization_id, pk=account_id)
+    elif team_id is None:
+        rows = LedgerAccount.objects.filter(organization_id=organization_id, kind=Kind.POOL)
     else:
-        rows = LedgerAccount.objects.filter(team=team)
-    sink = LedgerAccount.objects.filter(organization_id=organization.pk, kind=Kind.USAGE)
-    account = (
+        rows = LedgerAccount.objects.filter(team_id=team_id)
+    sink = LedgerAccount.objects.filter(organization_id=organization_id, kind=Kind.USAGE)
+    return (
         rows.select_for_update(of=("self",))
         .annotate(sink_id=Subquery(sink.values("pk")[:1]), **annotations)
-        .first()
+        .order_by("pk")[:1]
     )
+
+
+def spending_account_lock(
+    organization: Organization, team: Team | None, account_id: int | None = None, *, lock=None
+) -> LedgerAccount:
+    """`spending_account` locked (`_lock`), in one statement once it exists
+    (`spending_account_query`), or the account `account_id` of the organization (a hold's).
+    `lock(organization_id=, team_id=, account_id=)` runs that statement and returns its row or
+    None (default: as the ORM runs it; `usage_store.lock_spending` runs it compiled once, with
+    the budgets read in it). Raises NotFound for a team of another organization, or an account
+    not there."""
+    if team is not None and team.organization_id != organization.pk:
+        raise NotFound("No such team.")
+    own = team is not None and team.funding != Team.Funding.POOL
+    ids = {
+        "organization_id": organization.pk,
+        "team_id": team.pk if own and account_id is None else None,
+        "account_id": account_id,
+    }
+    lock = lock or (lambda **ids: next(iter(spending_account_query(**ids)), None))
+    account = lock(**ids)
     if account is None and account_id is not None:
         raise NotFound("No such account.")
     if account is None:  # first use: create it, then lock it as any account
-        created = spending_account(organization, team)
-        account = (
-            rows.select_for_update()
-            .annotate(sink_id=Subquery(sink.values("pk")[:1]), **annotations)
-            .get(pk=created.pk)
-        )
+        spending_account(organization, team)
+        account = lock(**ids)
     if account.kind == Kind.POOL:
         pool_locked(account)
     return account

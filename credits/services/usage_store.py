@@ -23,6 +23,8 @@ from django.db import connection
 from django.db.models import sql
 from django.db.models.expressions import RawSQL
 
+from portal.statements import compiled
+
 from ..models import (
     Budget,
     CreditLot,
@@ -33,7 +35,7 @@ from ..models import (
     UsageEvent,
 )
 from .budgets import BudgetGate, budgets_applying_query, check_rank
-from .ledger_core import _burn_order, spending_account_lock
+from .ledger_core import _burn_order, spending_account_lock, spending_account_query
 
 # What burning and expiring need of a lot, in the model's field order (`Model.from_db`).
 _LOT_COLUMNS = tuple(
@@ -44,6 +46,8 @@ _LOT_COLUMNS = tuple(
 
 
 _BUDGET_COLUMNS = [f.attname for f in Budget._meta.concrete_fields]
+# `read_locked` statements of at most this many events are compiled once per size and kept.
+COMPILED_MAX_EVENTS = 16
 
 
 def lock_spending(
@@ -52,18 +56,35 @@ def lock_spending(
     """Lock the account `attribution` pays from (`spending_account_lock`), or the account
     `account_id` (a hold's). PostgreSQL: the same statement reads the budgets that apply to it
     (`budgets_applying`, in check order), which the account's lock does not guard (their
-    windows' locks do); elsewhere None (read them)."""
+    windows' locks do), and it is compiled once per shape (`portal.statements`); elsewhere the
+    budgets are None (read them)."""
     organization = attribution.organization
     if connection.vendor != "postgresql":
-        return spending_account_lock(organization, attribution.team, account_id=account_id), None
-    query = budgets_applying_query(organization.pk, **BudgetGate.principals(attribution))
-    account = spending_account_lock(
-        organization,
-        attribution.team,
-        account_id=account_id,
-        budgets_json=RawSQL(*json_rows_sql(query.values(*_BUDGET_COLUMNS))),  # noqa: S611
-    )
+        return spending_account_lock(organization, attribution.team, account_id), None
+    principals = {f"budget_{k}": v for k, v in BudgetGate.principals(attribution).items()}
+
+    def lock(**ids):
+        values = {k: v for k, v in {**ids, **principals}.items() if v is not None}
+        sql, params = compiled(("lock_spending", *sorted(values)), _lock_statement, values)
+        return next(iter(LedgerAccount.objects.raw(sql, params)), None)
+
+    account = spending_account_lock(organization, attribution.team, account_id, lock=lock)
     return account, sorted(json_rows(Budget, account.budgets_json), key=check_rank)
+
+
+def _lock_statement(
+    *, organization_id, team_id=None, account_id=None, budget_team_id=None,
+    budget_member_id=None, budget_api_key_id=None,
+) -> tuple[str, list]:  # fmt: skip
+    budgets = budgets_applying_query(
+        organization_id, team_id=budget_team_id, member_id=budget_member_id,
+        api_key_id=budget_api_key_id,
+    ).values(*_BUDGET_COLUMNS)  # fmt: skip
+    query = spending_account_query(
+        organization_id=organization_id, team_id=team_id, account_id=account_id,
+        budgets_json=RawSQL(*json_rows_sql(budgets)),  # noqa: S611
+    )  # fmt: skip
+    return query.query.sql_with_params()
 
 
 @dataclass
@@ -89,35 +110,27 @@ def read_locked(
     `keys` are taken. PostgreSQL: one statement, which also takes one transaction id and one
     usage id per event from their sequences. `expired_first_at`: the burn order of a capture
     (`ledger_core._burn_order`)."""
-    lots = _burn_order(CreditLot.objects.filter(account=account, remaining__gt=0), expired_first_at)
-    earlier = UsageEvent.objects.filter(
-        organization_id=organization_id, event_id__in=event_ids
-    ).values_list("pk", flat=True)
-    taken = LedgerTransaction.objects.filter(
-        organization_id=organization_id, idempotency_key__in=keys
-    ).values_list("idempotency_key", flat=True)
     if connection.vendor != "postgresql":
+        lots, earlier, taken = _read_queries(
+            account.pk, organization_id, event_ids, keys, expired_first_at
+        )
         return Locked(
             lots=list(lots.only(*_LOT_COLUMNS)),
             existing=_existing_rows(list(earlier)),
             keys_taken=set(taken),
         )
-    lots_sql, lots_params = json_rows_sql(lots.values(*_LOT_COLUMNS))
-    earlier_sql, earlier_params = earlier.query.sql_with_params()
-    taken_sql, taken_params = taken.query.sql_with_params()
-    n = len(event_ids)
+    values = {"account": account.pk, "organization": organization_id,
+              **{f"event_{i}": e for i, e in enumerate(event_ids)},
+              **{f"key_{i}": k for i, k in enumerate(keys)}}  # fmt: skip
+    if expired_first_at is not None:
+        values["expired_first_at"] = expired_first_at
+    if len(event_ids) <= COMPILED_MAX_EVENTS:  # single events, small groups: compiled once
+        shape = ("read_locked", len(event_ids), len(keys), expired_first_at is not None)
+        sql, params = compiled(shape, _read_statement, values)
+    else:  # a batch: its compiling is shared by its events
+        sql, params = _read_statement(**values)
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""SELECT {lots_sql},
-                       ARRAY({earlier_sql}),
-                       ARRAY({taken_sql}),
-                       ARRAY(SELECT nextval(pg_get_serial_sequence(%s, 'id'))
-                               FROM generate_series(1, %s)),
-                       ARRAY(SELECT nextval(pg_get_serial_sequence(%s, 'id'))
-                               FROM generate_series(1, %s))""",  # noqa: S608 (ORM SQL)
-            [*lots_params, *earlier_params, *taken_params,
-             LedgerTransaction._meta.db_table, n, UsageEvent._meta.db_table, n],
-        )  # fmt: skip
+        cursor.execute(sql, params)
         lots_json, earlier_ids, keys_taken, transaction_ids, usage_ids = cursor.fetchone()
     return Locked(
         lots=json_rows(CreditLot, lots_json),
@@ -126,6 +139,45 @@ def read_locked(
         transaction_ids=list(transaction_ids),
         usage_ids=list(usage_ids),
     )
+
+
+def _read_queries(account_id, organization_id, event_ids, keys, expired_first_at):
+    """The lots in burn order, the ids of the events recorded before, the ledger keys taken."""
+    lots = _burn_order(
+        CreditLot.objects.filter(account_id=account_id, remaining__gt=0), expired_first_at
+    )
+    earlier = UsageEvent.objects.filter(
+        organization_id=organization_id, event_id__in=event_ids
+    ).values_list("pk", flat=True)
+    taken = LedgerTransaction.objects.filter(
+        organization_id=organization_id, idempotency_key__in=keys
+    ).values_list("idempotency_key", flat=True)
+    return lots, earlier, taken
+
+
+def _read_statement(*, account, organization, expired_first_at=None, **listed) -> tuple[str, list]:
+    """`read_locked`'s one statement on PostgreSQL (built once per shape: `portal.statements`)."""
+    event_ids = [v for k, v in sorted(listed.items(), key=_index) if k.startswith("event_")]
+    keys = [v for k, v in sorted(listed.items(), key=_index) if k.startswith("key_")]
+    lots, earlier, taken = _read_queries(account, organization, event_ids, keys, expired_first_at)
+    lots_sql, lots_params = json_rows_sql(lots.values(*_LOT_COLUMNS))
+    earlier_sql, earlier_params = earlier.query.sql_with_params()
+    taken_sql, taken_params = taken.query.sql_with_params()
+    n = len(event_ids)
+    sql = f"""SELECT {lots_sql},
+                     ARRAY({earlier_sql}),
+                     ARRAY({taken_sql}),
+                     ARRAY(SELECT nextval(pg_get_serial_sequence(%s, 'id'))
+                             FROM generate_series(1, {n})),
+                     ARRAY(SELECT nextval(pg_get_serial_sequence(%s, 'id'))
+                             FROM generate_series(1, {n}))"""  # noqa: S608 (ORM SQL; n an int)
+    params = [*lots_params, *earlier_params, *taken_params,
+              LedgerTransaction._meta.db_table, UsageEvent._meta.db_table]  # fmt: skip
+    return sql, params
+
+
+def _index(item) -> int:
+    return int(item[0].rsplit("_", 1)[1])
 
 
 def json_rows_sql(queryset) -> tuple[str, list]:

@@ -1,0 +1,49 @@
+"""`portal.statements.compiled`: an ORM statement built once per shape, run with new values."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from accounts.models import Organization
+from portal.statements import compiled
+
+
+def run(sql, params) -> list:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_built_once_then_bound_to_each_calls_values(tenant, other_tenant):
+    built = []
+
+    def build(*, slug, id):
+        built.append(slug)
+        rows = Organization.objects.filter(slug=slug, pk__gte=id).values_list("slug", flat=True)
+        return rows.query.sql_with_params()
+
+    for org in (tenant.org, other_tenant.org, tenant.org):
+        sql, params = compiled(("test", "by slug"), build, {"slug": org.slug, "id": org.pk})
+        assert run(sql, params) == [org.slug]
+    assert len(built) == 1  # the ORM ran once
+    assert built[0] not in (tenant.org.slug, other_tenant.org.slug)  # with stand-ins
+
+
+def test_a_value_that_is_not_a_parameter_is_refused_when_built(tenant):
+    def build(*, slug, when):  # `when` is not used: the key does not name the branch
+        return Organization.objects.filter(slug=slug).query.sql_with_params()
+
+    with pytest.raises(AssertionError, match="when"):
+        compiled(("test", "unused"), build, {"slug": "acme", "when": timezone.now()})
+
+
+def test_times_bind_too(tenant):
+    def build(*, since):
+        rows = Organization.objects.filter(created_at__gte=since).values_list("pk", flat=True)
+        return rows.query.sql_with_params()
+
+    tomorrow, yesterday = timezone.now() + timedelta(days=1), timezone.now() - timedelta(days=1)
+    assert run(*compiled(("test", "since"), build, {"since": tomorrow})) == []
+    assert tenant.org.pk in run(*compiled(("test", "since"), build, {"since": yesterday}))
