@@ -1,5 +1,5 @@
 """Reads behind the credits pages: spend grouped by day, hour of day and dimension in the
-organization's time zone, trailing-window sums, top conversations, the usage explorer's rows and
+organization's time zone, trailing-window sums, the usage explorer's rows and
 the CSV export's rows. Every read starts from `usage_visible(principal)`, so a page shows only
 what the same principal may read over the API."""
 
@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 
-from django.db.models import Count, F, Max, Min, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.access import Principal
@@ -93,27 +92,6 @@ def spend_in_windows(
         )
     observed = None if first is None else int((now - first).total_seconds() // 3600) + 1
     return spent, observed
-
-
-def top_conversations(
-    *, principal: Principal, start: datetime, end: datetime, top: int = 10
-) -> list[dict]:
-    """The conversations that cost most: `conversation_id`, `events`, `cost`, the tokens, the
-    first and last request and how many models they used."""
-    return list(
-        _counted(principal, start, end)
-        .exclude(conversation_id="")
-        .values("conversation_id")
-        .annotate(
-            events=Count("id"),
-            cost=Coalesce(Sum("cost"), ZERO),
-            tokens=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0),
-            models=Count("model", distinct=True),
-            first=Min("occurred_at"),
-            last=Max("occurred_at"),
-        )
-        .order_by("-cost", "conversation_id")[:top]
-    )
 
 
 # Identities ----------------------------------------------------------------------------------

@@ -240,13 +240,25 @@ def first_usage(
 ) -> datetime | None:
     """When the earliest counted usage of `organization` (filtered by `visible` and `where`)
     at or after `after` and before `end` occurred: one query on the (organization,
-    occurred_at) index from `after` on (`after` is a `usage_sums` row's `first`, which lies in
-    the earliest bucket with usage, so the walk is short)."""
+    occurred_at) index within the 15-minute bucket of `after` (a `usage_sums` row's `first`,
+    which lies in the earliest bucket with usage), and a second over the whole range only
+    when all of that bucket's usage was reversed."""
     qs = UsageEvent.objects.filter(organization=organization)
     condition = (visible or Q()) & (where or Q())
     if _mentions_account(condition):
         qs = qs.annotate(account=_paying_account())
-    qs = qs.filter(condition, COUNTED, _within("occurred_at", after, end))
+    qs = qs.filter(condition, COUNTED)
+    # First the bucket of `after` (where the earliest usage lies unless all of that bucket's was
+    # reversed): over a long range PostgreSQL may not walk the index in order but sort it all.
+    until = _floor(after) + ROLLUP_BUCKET
+    if end is None or until < end:
+        first = _earliest(qs.filter(_within("occurred_at", after, until)))
+        if first is not None:
+            return first
+    return _earliest(qs.filter(_within("occurred_at", after, end)))
+
+
+def _earliest(qs) -> datetime | None:
     return qs.order_by("occurred_at").values_list("occurred_at", flat=True).first()
 
 

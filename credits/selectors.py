@@ -411,14 +411,16 @@ def usage_report(
     start: datetime,
     end: datetime,
     top: int = 50,
+    dimensions: Iterable[str] = tuple(REPORT_DIMENSIONS),
 ) -> dict:
     """Usage `principal` may see between `start` and `end` (UTC, by occurred_at; reversed
     usage excluded, as in the ledger): totals, a series per `period` bucket (daily, weekly from
-    Monday, monthly) and breakdowns by operation, team, member, model, conversation and key (the
-    `top` largest by cost). Members and keys it may not identify are summed into one row
-    (`OTHERS`). Periods are those of the current time zone. Reads the usage rollups and their
-    tail (`credits.rollups.usage_sums`), one statement per figure; the conversation breakdown
-    reads the raw events of the range."""
+    Monday, monthly) and breakdowns by each of `dimensions` (default all: operation, team,
+    member, model, conversation and key; the `top` largest by cost). Members and keys it may
+    not identify are summed into one row (`OTHERS`). Periods are those of the current time
+    zone. Reads the usage rollups and their tail (`credits.rollups.usage_sums`), one statement
+    per figure; the conversation breakdown reads the raw events of the range (on a long
+    history, seconds: docs/performance.md)."""
     tz = timezone.get_current_timezone()
     visible = principal.row_filter()
     bucket = _REPORT_PERIODS[period]
@@ -434,7 +436,8 @@ def usage_report(
     ]
     totals = sums()
     breakdowns = {}
-    for name, field in REPORT_DIMENSIONS.items():
+    for name in dimensions:
+        field = REPORT_DIMENSIONS[name]
         id_field = _IDENTITY_DIMENSIONS.get(name)
         group = [field, id_field] if id_field else [field]
         if name == "conversation":  # not a rollup dimension: the raw events of the range

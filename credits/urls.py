@@ -6,6 +6,11 @@ from . import views, views_budgets, views_upstreams
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path(
+        "dashboard/conversations/",
+        views.dashboard_conversations,
+        name="dashboard-conversations",
+    ),
     path("balance/", views.balance_widget, name="balance-widget"),
     path("usage/", views.usage, name="usage"),
     path("usage/export.csv", views.usage_export, name="usage-export"),

@@ -10,7 +10,7 @@ organization's time zone."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from functools import wraps
 
@@ -48,10 +48,10 @@ from .reports import (
     spend_by_day,
     spend_by_hour,
     spend_in_windows,
-    top_conversations,
 )
 from .rollups import usage_sums_visible
 from .selectors import (
+    REPORT_DIMENSIONS,
     account_balance,
     account_history,
     account_visible_get,
@@ -103,6 +103,33 @@ def _local_day_start(day, tz) -> datetime:
     return datetime.combine(day, time.min, tzinfo=tz)
 
 
+def _dashboard_range(now: datetime, tz) -> tuple[date, datetime, datetime]:
+    """The dashboard's days: the first of the last DASHBOARD_DAYS local days, and the range
+    from its start to now."""
+    first = timezone.localtime(now).date() - timedelta(days=DASHBOARD_DAYS - 1)
+    return first, _local_day_start(first, tz), now + timedelta(seconds=1)
+
+
+@require_GET
+@organization_page
+@local_time
+def dashboard_conversations(request):
+    """The dashboard's top conversations by cost over its days: a fragment the page loads after
+    it is shown (htmx), because conversations are not in the rollups and their breakdown reads
+    the raw events of the 30 days (`usage_report`'s conversation breakdown)."""
+    _, start, end = _dashboard_range(timezone.now(), timezone.get_current_timezone())
+    report = usage_report(
+        principal=request.principal, period="daily", start=start, end=end, top=11,
+        dimensions=["conversation"],
+    )  # fmt: skip
+    conversations = [
+        {"conversation_id": r["key"], "events": r["events"], "cost": r["cost"],
+         "tokens": r["prompt_tokens"] + r["completion_tokens"]}
+        for r in report["breakdowns"]["conversation"] if r["key"]
+    ][:10]  # fmt: skip
+    return render(request, "credits/dashboard.html#conversations", {"conversations": conversations})
+
+
 @organization_page
 @local_time
 def dashboard(request):
@@ -113,10 +140,12 @@ def dashboard(request):
     tz = timezone.get_current_timezone()
     now = timezone.now()
     today = timezone.localtime(now).date()
-    first = today - timedelta(days=DASHBOARD_DAYS - 1)
-    start, end = _local_day_start(first, tz), now + timedelta(seconds=1)
+    first, start, end = _dashboard_range(now, tz)
     summary = balance_for(principal, now=now)
-    report = usage_report(principal=principal, period="daily", start=start, end=end, top=8)
+    report = usage_report(
+        principal=principal, period="daily", start=start, end=end, top=8,
+        dimensions=[d for d in REPORT_DIMENSIONS if d != "conversation"],  # loaded on its own
+    )  # fmt: skip
     day_list = [first + timedelta(days=i) for i in range(DASHBOARD_DAYS)]
     by_day = {
         r["day"]: r
@@ -168,7 +197,6 @@ def dashboard(request):
             "peak_hour": peak_hour(hours),
             "rates": rates,
             "projection": projection,
-            "conversations": top_conversations(principal=principal, start=start, end=end),
             "window_start": first,
             "peak_day": max(days, key=lambda d: d.cost) if spent > 0 else None,
             "allocated": allocated,

@@ -1074,6 +1074,7 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     **{f"o/<slug:org>/{page}": {"GET": [P(codes, path=path)]} for page, codes, path in [
         ("",                          "200 200 200 200 200 200  302 302 302 302", None),
         ("balance/",                  "200 200 200 200 200 200  302 302 302 302", None),
+        ("dashboard/conversations/",  "200 200 200 200 200 200  302 302 302 302", None),
         ("usage/",                    "200 200 200 200 200 200  302 302 302 302", None),
         ("usage/export.csv",          "200 200 200 200 200 200  302 302 302 302", None),
         ("ledger/",                   "200 200 200 200 200 200  302 302 302 302", None),

@@ -988,6 +988,7 @@ ROUTES: dict[str, dict[str, list[Probe]]] = {
     )},
     **{route: page_probes(route, only="GET") for route in (
         "o/<slug:org>/team-balances/", "o/<slug:org>/balance/", "o/<slug:org>/usage/",
+        "o/<slug:org>/dashboard/conversations/",
         "o/<slug:org>/usage/export.csv", "o/<slug:org>/ledger/",
         "o/<slug:org>/ledger/accounts/<int:pk>/", "o/<slug:org>/me/",
         "o/<slug:org>/notifications/", "o/<slug:org>/notifications/bell/",

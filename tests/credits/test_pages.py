@@ -96,12 +96,14 @@ def org(tenant) -> Org:
 
 
 @pytest.mark.parametrize("role", ROLES)
-@pytest.mark.parametrize("name", ["dashboard", "usage", "ledger", "me", "balance-widget"])
+@pytest.mark.parametrize(
+    "name", ["dashboard", "dashboard-conversations", "usage", "ledger", "me", "balance-widget"]
+)
 def test_each_page_opens_for_each_role(org, role, name):
     response = org.client(role).get(org.url(name))
     assert response.status_code == 200
     html = response.content.decode()
-    if name != "balance-widget":
+    if name not in ("balance-widget", "dashboard-conversations"):  # fragments
         assert html.count("<h1") == 1
     if role in (Role.MEMBER, Role.VIEWER):  # never another member's e-mail or key name
         assert "secret-colleague@acme.test" not in html
@@ -111,7 +113,8 @@ def test_each_page_opens_for_each_role(org, role, name):
 def test_non_members_get_404(org, other_tenant):
     client = Client()
     client.force_login(other_tenant.owner)
-    for name in ("dashboard", "usage", "usage-export", "ledger", "me", "balance-widget"):
+    for name in ("dashboard", "dashboard-conversations", "usage", "usage-export", "ledger", "me",
+                 "balance-widget"):  # fmt: skip
         assert client.get(org.url(name)).status_code == 404
 
 
@@ -132,6 +135,15 @@ def test_viewer_sees_figures_without_identities(org):
     assert "key" not in usage.context["form"].fields
     dashboard = client.get(org.url("dashboard")).content.decode()
     assert "(other members)" in dashboard and "member@acme.test" not in dashboard
+
+
+def test_the_dashboards_conversations_load_after_the_page_and_show_what_the_role_may_see(org):
+    page = org.client(Role.OWNER).get(org.url("dashboard")).content.decode()
+    assert org.url("dashboard-conversations") in page and "conv-a" not in page  # loaded by htmx
+    owner = org.client(Role.OWNER).get(org.url("dashboard-conversations")).content.decode()
+    assert owner.index("conv-b") < owner.index("conv-a")  # by cost: 4.00, then 1.25
+    member = org.client(Role.MEMBER).get(org.url("dashboard-conversations")).content.decode()
+    assert "conv-a" in member and "conv-b" not in member  # only the member's own usage
 
 
 def test_member_usage_page_shows_only_their_rows(org):
@@ -428,8 +440,8 @@ def test_dashboard_rates_and_projection(org):
     assert projection.rate is not None
     html = response.content.decode()
     assert "The projection uses" in html
-    conversations = [c["conversation_id"] for c in response.context["conversations"]]
-    assert conversations == ["conv-b", "conv-a"]
+    fragment = org.client(Role.OWNER).get(org.url("dashboard-conversations")).content.decode()
+    assert fragment.index("conv-b") < fragment.index("conv-a")  # by cost
     assert sum(h.cost for h in response.context["hours"]) == Decimal("8.00")
 
 
