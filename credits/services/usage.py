@@ -18,7 +18,7 @@ from portal.errors import ApplicationError, IdempotencyConflict, ValidationFaile
 from portal.money import parse_credits
 
 from ..metrics import usage_outcomes_count, usage_refused
-from ..models import Hold, LedgerAccount, LedgerEntry, LedgerTransaction, UsageEvent
+from ..models import Hold, LedgerEntry, LedgerTransaction, UsageEvent
 from . import usage_store
 from .budgets import BudgetGate
 from .group_commit import record_grouped
@@ -120,14 +120,6 @@ class UsageResult:
     alerts: tuple = ()  # the budget alerts (credits.Alert) this event fired
 
 
-def _available(account: LedgerAccount) -> Decimal:
-    return account.balance - account.held
-
-
-def _available_now(account_id: int) -> Decimal:
-    return _available(LedgerAccount.objects.get(pk=account_id))
-
-
 def usage_price(event: UsageInput, occurred_at: datetime) -> tuple[Decimal, object, str]:
     """(cost, price row or None, cost source) of an event. Raises ValidationFailed for a model
     missing from the price table when no upstream cost is reported, or for a detail count above
@@ -158,15 +150,6 @@ def _occurred_at(event: UsageInput, now: datetime) -> datetime:
     if occurred_at > now + MAX_FUTURE_SKEW:
         raise ValidationFailed({"occurred_at": ["Must not be in the future."]})
     return occurred_at
-
-
-def _existing(organization: Organization, event: UsageInput, digest: str) -> UsageEvent | None:
-    existing = UsageEvent.objects.filter(organization=organization, event_id=event.id).first()
-    if existing is not None and existing.request_hash != digest:
-        raise IdempotencyConflict(
-            f"Usage event '{event.id}' was recorded with a different body.", event_id=event.id
-        )
-    return existing
 
 
 def _usage_event(
