@@ -49,7 +49,6 @@ import argparse
 import json
 import os
 import platform
-import secrets
 import signal
 import socket
 import statistics
@@ -291,20 +290,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1", None):
-        sys.exit("bench/budgets.py runs on loopback only")
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "DEBUG": "0",
-        "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_hex(32),
-        "SECURE_SSL_REDIRECT": "0",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "LOG_LEVEL": "ERROR",
-        "PYTHONPATH": str(ROOT),
-    }
+    from ingest import server_env
+
+    url, env = server_env("budgets.py", DEFAULT_DATABASE_URL, PYTHONPATH=str(ROOT))
     os.environ.update(env)
     ensure_database(url)
     sys.path.insert(0, str(ROOT))

@@ -18,14 +18,12 @@ import argparse
 import json
 import os
 import platform
-import secrets
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
 
@@ -102,25 +100,13 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    database_url = os.environ.get("DATABASE_URL", ingest.DEFAULT_DATABASE_URL)
-    if urlparse(database_url).hostname not in ("127.0.0.1", "localhost", "::1", None):
-        sys.exit("bench/gateway.py runs on loopback only")
     from cryptography.fernet import Fernet
 
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "DEBUG": "0",
-        "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_hex(32),
-        "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        "GATEWAY_ALLOW_PRIVATE_UPSTREAMS": "1",
-        "SECURE_SSL_REDIRECT": "0",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "LOG_LEVEL": "ERROR",
-        "ACCESS_LOG": "0",
-        "PYTHONPATH": str(ROOT),
-    }
+    database_url, env = ingest.server_env(
+        "gateway.py", ingest.DEFAULT_DATABASE_URL,
+        FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode(), GATEWAY_ALLOW_PRIVATE_UPSTREAMS="1",
+        ACCESS_LOG="0", PYTHONPATH=str(ROOT),
+    )  # fmt: skip
     from tests.credits.fake_upstream import FakeUpstream
 
     upstream = FakeUpstream()

@@ -249,6 +249,29 @@ def git(*args: str) -> str:
     return done.stdout.strip()
 
 
+def server_env(script: str, default_url: str, **extra: str) -> tuple[str, dict[str, str]]:
+    """The database URL (DATABASE_URL, else `default_url`; on loopback only, else the script
+    exits) and the environment of the portal processes a benchmark starts: production settings
+    (DEBUG off) on that database, a new SECRET_KEY unless one is set, plain HTTP on 127.0.0.1,
+    errors-only logs; `extra` on top."""
+    url = os.environ.get("DATABASE_URL", default_url)
+    host = urlparse(url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1", None):
+        sys.exit(f"bench/{script} runs on loopback only; DATABASE_URL names {host}")
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "DEBUG": "0",
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_hex(32),
+        "SECURE_SSL_REDIRECT": "0",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "LOG_LEVEL": "ERROR",
+        **extra,
+    }
+    return url, env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--singles", type=int, default=2000, help="Events per single scenario.")
@@ -265,20 +288,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    database_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    host = urlparse(database_url).hostname
-    if host not in ("127.0.0.1", "localhost", "::1", None):
-        sys.exit(f"bench/ingest.py runs on loopback only; DATABASE_URL names {host}")
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "DEBUG": "0",
-        "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_hex(32),
-        "SECURE_SSL_REDIRECT": "0",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "LOG_LEVEL": "ERROR",
-    }
+    database_url, env = server_env("ingest.py", DEFAULT_DATABASE_URL)
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE")})
     sys.path.insert(0, str(ROOT))
     import django

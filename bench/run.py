@@ -48,7 +48,6 @@ import json
 import os
 import platform
 import re
-import secrets
 import signal
 import statistics
 import subprocess
@@ -361,21 +360,10 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
         doc_update(json.loads(args.doc_from.read_text()))
         return
 
-    url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1", None):
-        sys.exit("bench/run.py runs on loopback only")
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "DEBUG": "0",
-        "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_hex(32),
-        "SECURE_SSL_REDIRECT": "0",
-        "ALLOWED_HOSTS": "127.0.0.1,testserver",
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "LOG_LEVEL": "ERROR",
-        "ACCESS_LOG": "0",
-        "PYTHONPATH": str(ROOT),
-    }
+    url, env = ingest.server_env(
+        "run.py", DEFAULT_DATABASE_URL,
+        ALLOWED_HOSTS="127.0.0.1,testserver", ACCESS_LOG="0", PYTHONPATH=str(ROOT),
+    )  # fmt: skip
     os.environ.update(env)
     loads = {"start": load()}
     started = time.perf_counter()

@@ -425,22 +425,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    database_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    host = urlparse(database_url).hostname
-    if host not in ("127.0.0.1", "localhost", "::1", None):
-        sys.exit(f"bench/soak.py runs on loopback only; DATABASE_URL names {host}")
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "DEBUG": "0",
-        "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_hex(32),
-        "SECURE_SSL_REDIRECT": "0",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "FIELD_ENCRYPTION_KEY": os.environ.get("FIELD_ENCRYPTION_KEY")
+    database_url, env = ingest.server_env(
+        "soak.py",
+        DEFAULT_DATABASE_URL,
+        FIELD_ENCRYPTION_KEY=os.environ.get("FIELD_ENCRYPTION_KEY")
         or "a2V5LWZvci10ZXN0cy1vbmx5LW5vdC1wcm9kdWN0aSE=",  # tests' key: a throwaway database
-        "LOG_LEVEL": "ERROR",
-    }
+    )
     now = datetime.now(tz=UTC)
     run = now.strftime("%Y%m%d%H%M%S")
     password = secrets.token_urlsafe(12)

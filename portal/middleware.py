@@ -16,6 +16,7 @@ import time
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest
+from django.utils.deprecation import MiddlewareMixin
 from django.views.defaults import bad_request
 
 from .errors import ValidationFailed, json_error_response
@@ -114,30 +115,14 @@ class RequestContextMiddleware:
         return response
 
 
-class NoStoreMiddleware:
+class NoStoreMiddleware(MiddlewareMixin):
     """`Cache-Control: no-store` on every response that sets no Cache-Control of its own: pages
     and API answers may carry secrets (a new API key, a webhook signing secret, an invitation
     link) or one organization's data, which no shared or browser cache may keep. Static files
-    (WhiteNoise, before this middleware) keep their long cache lifetimes. Sync and async."""
+    (WhiteNoise, before this middleware) keep their long cache lifetimes. Sync and async
+    (Django's `MiddlewareMixin`)."""
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest):
-        if iscoroutinefunction(self):
-            return self._acall(request)
-        return self._no_store(self.get_response(request))
-
-    async def _acall(self, request: HttpRequest):
-        return self._no_store(await self.get_response(request))
-
-    @staticmethod
-    def _no_store(response):
+    def process_response(self, request: HttpRequest, response):
         if not response.has_header("Cache-Control"):
             response["Cache-Control"] = "no-store"
         return response

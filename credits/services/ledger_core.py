@@ -109,11 +109,19 @@ def spending_account(organization: Organization, team: Team | None) -> LedgerAcc
     """Where a request of `team` is paid from: the team's allocation, or the pool for a team that
     draws on it (`Team.funding == pool`) and for requests without a team. Raises NotFound for a
     team of another organization."""
+    if _own_account_team(organization, team) is None:
+        return system_account(organization, Kind.POOL)
+    return team_account(team)
+
+
+def _own_account_team(organization: Organization, team: Team | None) -> Team | None:
+    """`team` when it pays from an allocation of its own, None when it draws on the pool (or
+    there is no team). Raises NotFound for a team of another organization."""
     if team is not None and team.organization_id != organization.pk:
         raise NotFound("No such team.")
     if team is None or team.funding == Team.Funding.POOL:
-        return system_account(organization, Kind.POOL)
-    return team_account(team)
+        return None
+    return team
 
 
 def _lock(accounts: Iterable[LedgerAccount]) -> dict[int, LedgerAccount]:
@@ -168,12 +176,10 @@ def spending_account_lock(
     None (default: as the ORM runs it; `usage_store.lock_spending` runs it compiled once, with
     the budgets read in it). Raises NotFound for a team of another organization, or an account
     not there."""
-    if team is not None and team.organization_id != organization.pk:
-        raise NotFound("No such team.")
-    own = team is not None and team.funding != Team.Funding.POOL
+    own = _own_account_team(organization, team)
     ids = {
         "organization_id": organization.pk,
-        "team_id": team.pk if own and account_id is None else None,
+        "team_id": own.pk if own is not None and account_id is None else None,
         "account_id": account_id,
     }
     lock = lock or (lambda **ids: next(iter(spending_account_query(**ids)), None))

@@ -124,6 +124,9 @@ def test_header_balance_follows_usage_posted_through_the_api(page, acme, live_se
     labels = page.evaluate("() => Chart.getChart('split-chart').data.datasets.map(d => d.label)")
     assert "openai/gpt-4o" in labels
     expect(page.get_by_test_id("projection")).to_contain_text("The projection uses")
+    # The top conversations arrive after the page (htmx, under the Content-Security-Policy).
+    expect(page.get_by_test_id("conversations-table")).to_be_visible()
+    expect(page.get_by_test_id("conversations-loading")).to_have_count(0)
     shoot(page, "dashboard")
 
 
