@@ -552,6 +552,17 @@ class ReportParams(serializers.Serializer):
     format = serializers.ChoiceField(choices=["json", "csv"], default="json")
     start = serializers.DateTimeField(required=False)
     end = serializers.DateTimeField(required=False)
+    breakdowns = serializers.CharField(required=False)
+
+    def validate_breakdowns(self, value: str) -> list[str]:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = [n for n in names if n not in selectors.REPORT_DIMENSIONS]
+        if unknown:
+            raise serializers.ValidationError(
+                f"Unknown breakdown {', '.join(unknown)}; choose among "
+                f"{', '.join(selectors.REPORT_DIMENSIONS)}."
+            )
+        return list(dict.fromkeys(names))
 
 
 class ReportApi(OrganizationAPIView):
@@ -564,6 +575,13 @@ class ReportApi(OrganizationAPIView):
             OpenApiParameter("format", str, enum=["json", "csv"]),
             OpenApiParameter("start", str, description="ISO 8601; default: the period's start"),
             OpenApiParameter("end", str, description="ISO 8601, exclusive; default: its end"),
+            OpenApiParameter(
+                "breakdowns",
+                str,
+                description="Comma-separated among operation, team, member, model, key and "
+                "conversation; default: all but conversation, which reads the raw events of "
+                "the range (slow over millions of events), so it is made only when named.",
+            ),
         ],
         responses={
             (200, "text/csv"): OpenApiResponse(str, description="with format=csv"),
@@ -591,8 +609,9 @@ class ReportApi(OrganizationAPIView):
         if end <= start:
             raise ValidationFailed({"end": ["Must be after start."]})
         report = selectors.usage_report(
-            principal=self.principal, period=params["period"], start=start, end=end
-        )
+            principal=self.principal, period=params["period"], start=start, end=end,
+            dimensions=params.get("breakdowns", selectors.REPORT_DEFAULT_DIMENSIONS),
+        )  # fmt: skip
         if params["format"] == "csv":
             return _report_csv(report)
         return Response(decimals_as_strings(report))

@@ -40,6 +40,7 @@ from django.db.models.functions import (
     TruncMonth,
     TruncWeek,
 )
+from django.utils import timezone
 
 from accounts.access import Principal
 from accounts.models import Organization
@@ -128,7 +129,14 @@ def usage_sums(
     `model`, `operation` or `account`. `since` names window starts on bucket boundaries (such
     as UTC midnights) inside the window: each adds `cost_<name>`, the group's cost from then on.
     Groups without usage are left out; rows come in no particular order. One SQL statement,
-    after a read of the mark."""
+    after a read of the mark.
+
+    An `end` at or after the present reads as no end: no event lies beyond the present but by
+    the few minutes a client may date it ahead (`services.usage.MAX_FUTURE_SKEW`), which count
+    as present; so a range "until now" ends on a bucket and reads no raw events at its end
+    (a busy organization records tens of thousands in the present 15 minutes)."""
+    if end is not None and end >= timezone.now():
+        end = None
     condition = (visible or Q()) & (where or Q())
     lo = _ceil(start) if start is not None else None
     hi = _floor(end) if end is not None else None

@@ -399,6 +399,10 @@ REPORT_DIMENSIONS = {
     "conversation": "conversation_id",
     "key": "api_key__name",
 }
+# The breakdowns a report has unless others are asked for: those the rollups hold. The
+# conversation breakdown reads the raw events of the range (seconds over millions of events:
+# docs/performance.md), so it is only made when asked for.
+REPORT_DEFAULT_DIMENSIONS = ("operation", "team", "member", "model", "key")
 # Breakdowns that name people or keys, with the id column that decides who may see a row.
 _IDENTITY_DIMENSIONS = {"member": "member", "key": "api_key"}
 OTHERS = {"member": "(other members)", "key": "(other keys)"}
@@ -411,12 +415,12 @@ def usage_report(
     start: datetime,
     end: datetime,
     top: int = 50,
-    dimensions: Iterable[str] = tuple(REPORT_DIMENSIONS),
+    dimensions: Iterable[str] = REPORT_DEFAULT_DIMENSIONS,
 ) -> dict:
     """Usage `principal` may see between `start` and `end` (UTC, by occurred_at; reversed
     usage excluded, as in the ledger): totals, a series per `period` bucket (daily, weekly from
-    Monday, monthly) and breakdowns by each of `dimensions` (default all: operation, team,
-    member, model, conversation and key; the `top` largest by cost). Members and keys it may
+    Monday, monthly) and breakdowns by each of `dimensions` (keys of `REPORT_DIMENSIONS`;
+    default `REPORT_DEFAULT_DIMENSIONS`, all but conversation; the `top` largest by cost). Members and keys it may
     not identify are summed into one row (`OTHERS`). Periods are those of the current time
     zone. Reads the usage rollups and their tail (`credits.rollups.usage_sums`), one statement
     per figure; the conversation breakdown reads the raw events of the range (on a long

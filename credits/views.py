@@ -51,7 +51,6 @@ from .reports import (
 )
 from .rollups import usage_sums_visible
 from .selectors import (
-    REPORT_DIMENSIONS,
     account_balance,
     account_history,
     account_visible_get,
@@ -144,7 +143,6 @@ def dashboard(request):
     summary = balance_for(principal, now=now)
     report = usage_report(
         principal=principal, period="daily", start=start, end=end, top=8,
-        dimensions=[d for d in REPORT_DIMENSIONS if d != "conversation"],  # loaded on its own
     )  # fmt: skip
     day_list = [first + timedelta(days=i) for i in range(DASHBOARD_DAYS)]
     by_day = {

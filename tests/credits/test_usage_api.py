@@ -219,7 +219,16 @@ def test_balance_and_report(funded):
     report = client.get("/api/v1/credits/report", {"period": "monthly"}).json()
     assert report["totals"]["events"] == 2 and Decimal(report["totals"]["cost"]) == spent
     assert {r["key"] for r in report["breakdowns"]["model"]} == {"gpt-4o", "gpt-4o-mini"}
-    assert {r["key"] for r in report["breakdowns"]["conversation"]} == {"conv-a", ""}
+    # Conversations are not in the rollups: their breakdown only when named.
+    assert set(report["breakdowns"]) == {"operation", "team", "member", "model", "key"}
+    named = client.get(
+        "/api/v1/credits/report", {"period": "monthly", "breakdowns": "conversation,model"}
+    ).json()
+    assert list(named["breakdowns"]) == ["conversation", "model"]
+    assert {r["key"] for r in named["breakdowns"]["conversation"]} == {"conv-a", ""}
+    unknown = client.get("/api/v1/credits/report", {"breakdowns": "model,colour"})
+    assert unknown.status_code == 400
+    assert "colour" in str(unknown.json()["error"]["metadata"])
     as_csv = client.get("/api/v1/credits/report", {"period": "daily", "format": "csv"})
     assert as_csv.status_code == 200 and as_csv["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(as_csv.content.decode())))
