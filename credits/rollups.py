@@ -28,9 +28,11 @@ from), and one time grouping in a time zone. The same row filter (`Principal.row
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 
+from django.db import connection
 from django.db.models import Count, Min, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import (
     Coalesce,
@@ -44,6 +46,7 @@ from django.utils import timezone
 
 from accounts.access import Principal
 from accounts.models import Organization
+from portal.statements import compiled, q_parameters, q_rebuilt
 
 from .models import LedgerEntry, UsageEvent, UsageRollup, UsageRollupMark
 
@@ -140,71 +143,27 @@ def usage_sums(
     condition = (visible or Q()) & (where or Q())
     lo = _ceil(start) if start is not None else None
     hi = _floor(end) if end is not None else None
-    aligned = lo is None or hi is None or lo < hi
     names = [*fields, *([time] if time else [])]
-
-    def shaped(qs, column: str, source: int, aggregates: dict):
-        annotations = {"src": Value(source)}
-        if time:
-            annotations[time] = TIME_GROUPS[time](column, tz)
-        # Sums over a window first: after `cost=Sum("cost")`, "cost" names that sum.
-        ordered = dict(sorted(aggregates.items(), key=lambda item: not item[0].startswith("cost_")))
-        return qs.annotate(**annotations).values(*names, "src").annotate(**ordered).order_by()
-
-    raw_sums = {
-        "events": Count("id"),
-        "cost": Coalesce(Sum("cost"), ZERO),
-        "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
-        "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
-        "cached_tokens": Coalesce(Sum("cached_tokens"), 0),
-        "reasoning_tokens": Coalesce(Sum("reasoning_tokens"), 0),
-    }
-    rollup_sums = {k: Coalesce(Sum(k), ZERO if k == "cost" else 0) for k in SUMS}
-    if first:
-        raw_sums["first"] = Min("occurred_at")
-        rollup_sums["first"] = Min("bucket")
     windows = since or {}
     for name, moment in windows.items():
         if _floor(moment) != moment or (start is not None and moment < start):
             raise ValueError(f"The window '{name}' does not start on a bucket inside the range.")
-        raw_sums[f"cost_{name}"] = Coalesce(Sum("cost", filter=Q(occurred_at__gte=moment)), ZERO)
-        rollup_sums[f"cost_{name}"] = Coalesce(Sum("cost", filter=Q(bucket__gte=moment)), ZERO)
     sums = (*SUMS, *(f"cost_{name}" for name in windows))
-    raw = UsageEvent.objects.filter(organization=organization)
-    if "account" in fields or _mentions_account(condition):
-        raw = raw.annotate(account=_paying_account())
-    raw = raw.filter(condition)
-    parts = []
-    if aligned:
-        inside = _within("occurred_at", lo, hi)
-        rollup = UsageRollup.objects.filter(organization=organization).filter(
-            condition, _within("bucket", lo, hi)
-        )
-        parts.append(shaped(rollup, "bucket", 1, rollup_sums))
-        floor = _mark_now()
-        added = raw.filter(inside, Q(recorded_at__gte=floor), Q(recorded_at__gte=_mark()))
-        parts.append(shaped(added, "occurred_at", 2, raw_sums))
-        reversed_ = raw.filter(
-            inside,
-            Q(transaction__reversed_by__created_at__gte=floor),
-            Q(transaction__reversed_by__created_at__gte=_mark()),
-            transaction__reversed_by__organization=organization,
-            transaction__reversed_by__kind="reversal",
-        )
-        parts.append(shaped(reversed_, "occurred_at", 3, raw_sums))
-        edges = Q()
-        if start is not None and start < lo:
-            edges |= _within("occurred_at", start, lo)
-        if end is not None and hi < end:
-            edges |= _within("occurred_at", hi, end)
-        if edges:
-            parts.append(shaped(raw.filter(COUNTED, edges), "occurred_at", 4, raw_sums))
+    shape = _SumsShape(
+        fields=tuple(fields), time=time, tz=tz, first=first, windows=tuple(windows),
+        aligned=lo is None or hi is None or lo < hi,
+        start_edge=start is not None and lo is not None and start < lo,
+        end_edge=end is not None and hi is not None and hi < end,
+    )  # fmt: skip
+    if shape.aligned:  # the times its SQL holds
+        times = {"lo": lo, "hi": hi, "floor": _mark_now()}
+        times.update({"start": start} if shape.start_edge else {})
+        times.update({"end": end} if shape.end_edge else {})
     else:
-        window = _within("occurred_at", start, end)
-        parts.append(shaped(raw.filter(COUNTED, window), "occurred_at", 4, raw_sums))
-    combined = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+        times = {"start": start, "end": end}
+    times.update({f"since_{name}": moment for name, moment in windows.items()})
     merged: dict[tuple, dict] = {}
-    for row in combined:
+    for row in _sums_rows(shape, organization.pk, condition, times):
         key = tuple(row[n] for n in names)
         sign = -1 if row["src"] == 3 else 1
         into = merged.get(key)
@@ -220,6 +179,117 @@ def usage_sums(
             seen = into["first"]
             into["first"] = row["first"] if seen is None else min(seen, row["first"])
     return [row for row in merged.values() if row["events"] != 0]
+
+
+@dataclass(frozen=True)
+class _SumsShape:
+    """What changes the SQL of a `usage_sums` statement, but for its filter's shape."""
+
+    fields: tuple[str, ...]
+    time: str | None
+    tz: tzinfo
+    first: bool
+    windows: tuple[str, ...]
+    aligned: bool
+    start_edge: bool
+    end_edge: bool
+
+
+def _sums_rows(shape: _SumsShape, organization_id: int, condition: Q, times: dict) -> list[dict]:
+    """The rows of `usage_sums`' statement, before they are merged. PostgreSQL: the statement
+    is built by the ORM once per shape (`portal.statements.compiled`: building and compiling
+    it costs more than PostgreSQL's running it over the rollups) and its time column made aware
+    as the ORM would; elsewhere the ORM runs it."""
+    times = {k: v for k, v in times.items() if v is not None}
+    if connection.vendor != "postgresql":
+        return list(_sums_query(shape, organization_id, condition, **times))
+    q_shape, q_values = q_parameters(condition)
+    values = {"organization_id": organization_id, **q_values, **times}
+    key = ("usage_sums", shape, q_shape, tuple(sorted(times)))
+
+    def build(organization_id, **rest):
+        q = q_rebuilt(q_shape, {k: rest.pop(k) for k in q_values})
+        return _sums_query(shape, organization_id, q, **rest).query.sql_with_params()
+
+    sql, params = compiled(key, build, values)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        columns = [c.name for c in cursor.description]
+        rows = [dict(zip(columns, r, strict=True)) for r in cursor.fetchall()]
+    if shape.time in ("day", "week", "month"):  # as TruncBase.convert_value
+        for row in rows:
+            row[shape.time] = timezone.make_aware(row[shape.time], shape.tz)
+    elif shape.time == "hour":
+        for row in rows:
+            row["hour"] = int(row["hour"])
+    return rows
+
+
+def _sums_query(
+    shape: _SumsShape, organization_id: int, condition: Q, *, floor: datetime | None = None,
+    start: datetime | None = None, end: datetime | None = None, lo: datetime | None = None,
+    hi: datetime | None = None, **since: datetime,
+):  # fmt: skip
+    """The queryset of `usage_sums` (see its docstring): the union of the rollup, its tail,
+    the tail's reversals and the partial buckets at the ends; `since` holds `since_<window>`."""
+    time, names = shape.time, [*shape.fields, *([shape.time] if shape.time else [])]
+
+    def shaped(qs, column: str, source: int, aggregates: dict):
+        annotations = {"src": Value(source)}
+        if time:
+            annotations[time] = TIME_GROUPS[time](column, shape.tz)
+        # Sums over a window first: after `cost=Sum("cost")`, "cost" names that sum.
+        ordered = dict(sorted(aggregates.items(), key=lambda item: not item[0].startswith("cost_")))
+        return qs.annotate(**annotations).values(*names, "src").annotate(**ordered).order_by()
+
+    raw_sums = {
+        "events": Count("id"),
+        "cost": Coalesce(Sum("cost"), ZERO),
+        "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
+        "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
+        "cached_tokens": Coalesce(Sum("cached_tokens"), 0),
+        "reasoning_tokens": Coalesce(Sum("reasoning_tokens"), 0),
+    }
+    rollup_sums = {k: Coalesce(Sum(k), ZERO if k == "cost" else 0) for k in SUMS}
+    if shape.first:
+        raw_sums["first"] = Min("occurred_at")
+        rollup_sums["first"] = Min("bucket")
+    for name in shape.windows:
+        moment = since[f"since_{name}"]
+        raw_sums[f"cost_{name}"] = Coalesce(Sum("cost", filter=Q(occurred_at__gte=moment)), ZERO)
+        rollup_sums[f"cost_{name}"] = Coalesce(Sum("cost", filter=Q(bucket__gte=moment)), ZERO)
+    raw = UsageEvent.objects.filter(organization_id=organization_id)
+    if "account" in shape.fields or _mentions_account(condition):
+        raw = raw.annotate(account=_paying_account())
+    raw = raw.filter(condition)
+    parts = []
+    if shape.aligned:
+        inside = _within("occurred_at", lo, hi)
+        rollup = UsageRollup.objects.filter(organization_id=organization_id).filter(
+            condition, _within("bucket", lo, hi)
+        )
+        parts.append(shaped(rollup, "bucket", 1, rollup_sums))
+        added = raw.filter(inside, Q(recorded_at__gte=floor), Q(recorded_at__gte=_mark()))
+        parts.append(shaped(added, "occurred_at", 2, raw_sums))
+        reversed_ = raw.filter(
+            inside,
+            Q(transaction__reversed_by__created_at__gte=floor),
+            Q(transaction__reversed_by__created_at__gte=_mark()),
+            transaction__reversed_by__organization_id=organization_id,
+            transaction__reversed_by__kind="reversal",
+        )
+        parts.append(shaped(reversed_, "occurred_at", 3, raw_sums))
+        edges = Q()
+        if shape.start_edge:
+            edges |= _within("occurred_at", start, lo)
+        if shape.end_edge:
+            edges |= _within("occurred_at", hi, end)
+        if edges:
+            parts.append(shaped(raw.filter(COUNTED, edges), "occurred_at", 4, raw_sums))
+    else:
+        window = _within("occurred_at", start, end)
+        parts.append(shaped(raw.filter(COUNTED, window), "occurred_at", 4, raw_sums))
+    return parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
 
 
 def _mentions_account(condition: Q) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -189,21 +188,24 @@ def key_usage_totals(keys: Iterable[ApiKey], now: datetime | None = None) -> dic
 _PERIODS = ("daily", "weekly", "monthly")
 
 
-def _used_rows(organization, visible, now: datetime, **kwargs) -> list[dict]:
-    """Counted usage in total and since the start of the current UTC day, week and month (by
-    occurred_at), as rows of `total`, `daily`, `weekly`, `monthly` (rollups and their tail)."""
+_USED_ZERO = {"total": ZERO, **{p: ZERO for p in _PERIODS}}
+
+
+def _used_by_team(organization, visible: Q | None, now: datetime) -> tuple[dict, dict]:
+    """Counted usage that `visible` lets through (None: all) in total and since the start of
+    the current UTC day, week and month (by occurred_at): the totals and the same per team id,
+    as dicts of `total`, `daily`, `weekly`, `monthly` (credits). One read of the usage rollups
+    and their tail (`credits.rollups.usage_sums`)."""
     since = {p: window_start(p, now) for p in _PERIODS}
-    rows = rollups.usage_sums(organization=organization, visible=visible, since=since, **kwargs)
-    for row in rows:
-        row["total"] = row["cost"]
-        for p in _PERIODS:
-            row[p] = row[f"cost_{p}"]
-    return rows
-
-
-def _used(organization, visible, now: datetime) -> dict:
-    rows = _used_rows(organization, visible, now)
-    return rows[0] if rows else {"total": ZERO, **{p: ZERO for p in _PERIODS}}
+    rows = rollups.usage_sums(
+        organization=organization, visible=visible, since=since, fields=["team"]
+    )
+    by_team = {
+        r["team"]: {"total": r["cost"], **{p: r[f"cost_{p}"] for p in _PERIODS}} for r in rows
+    }
+    totals = {k: sum((r[k] for r in by_team.values()), ZERO) for k in _USED_ZERO}
+    by_team.pop(None, None)
+    return totals, by_team
 
 
 @dataclass(frozen=True)
@@ -241,18 +243,61 @@ class BalanceSummary:
 def balance_summary(
     *, organization: Organization, teams: QuerySet[Team] | None = None, now: datetime | None = None
 ) -> BalanceSummary:
-    """The organization's balance summary, per team for `teams` (default: all). O(accounts +
-    two reads of the usage rollups and their tail)."""
-    now = now or timezone.now()
+    """The organization's balance summary, per team for `teams` (default: all). From the cached
+    account rows, one read of the usage rollups and their tail, and the lots expiring."""
+    return _summary(organization, None, teams, now or timezone.now())
+
+
+def _summary(
+    organization: Organization, principal: Principal | None, teams, now: datetime
+) -> BalanceSummary:
+    """`balance_summary`, or `balance_for(principal)` when `principal` is bound to a team or a
+    member (the usage it sees; what it can draw on; no organization-only figures)."""
     accounts = list(account_list(organization=organization))
+    bound = principal is not None and not principal.org_wide
+    visible = principal.row_filter() if principal is not None else None
+    totals, by_team = _used_by_team(organization, visible, now)
+    if principal is not None and principal.member_id is not None:
+        # A team's usage is shown as its total, not who spent it (a member sees that much).
+        _, by_team = _used_by_team(organization, None, now)
+    teams = list(teams if teams is not None else Team.objects.filter(organization=organization))
+    pool = next((a for a in accounts if a.kind == Kind.POOL), None)
+    team_accounts = {a.team_id: a for a in accounts if a.kind == Kind.TEAM}
+    team_rows = []
+    for team in teams:
+        account = team_accounts.get(team.pk) if team.funding == Team.Funding.ALLOCATION else pool
+        used = by_team.get(team.pk, _USED_ZERO)
+        team_rows.append(
+            TeamBalance(
+                team=team,
+                funding=team.funding,
+                balance=account.balance if account else ZERO,
+                held=account.held if account else ZERO,
+                available=account.available if account else ZERO,
+                used=used["total"],
+                used_today=used["daily"],
+                used_this_month=used["monthly"],
+            )
+        )
+    used = {
+        "total_used": totals["total"],
+        "used_today": totals["daily"],
+        "used_this_month": totals["monthly"],
+    }
+    if bound:
+        drawn = _drawn(principal, accounts, {t.pk: t.funding for t in teams})
+        pool = next((a for a in drawn if a.kind == Kind.POOL), None)
+        balance, held = _sums(drawn)
+        return BalanceSummary(
+            total_credited=None, total_expired=None, expiring_30_days=None, **used,
+            balance=balance, held=held, available=balance - held,
+            pool_balance=pool.balance if pool else None,
+            pool_available=pool.available if pool else None,
+            teams=team_rows,
+        )  # fmt: skip
     spendable = [a for a in accounts if a.kind in LedgerAccount.HOLDS_LOTS]
     credited = -sum((a.balance for a in accounts if a.kind in (Kind.GRANTS, Kind.PURCHASES)), ZERO)
     expired_acc = next((a for a in accounts if a.kind == Kind.EXPIRY), None)
-    totals = _used(organization, None, now)
-    by_team = {
-        r["team"]: r
-        for r in _used_rows(organization, None, now, fields=["team"], where=Q(team__isnull=False))
-    }
     expiring = (
         CreditLot.objects.filter(
             organization=organization,
@@ -263,40 +308,23 @@ def balance_summary(
         ).aggregate(s=Sum("remaining"))["s"]
         or ZERO
     )
-    pool = next((a for a in accounts if a.kind == Kind.POOL), None)
-    team_accounts = {a.team_id: a for a in accounts if a.kind == Kind.TEAM}
-    team_rows = []
-    for team in teams if teams is not None else Team.objects.filter(organization=organization):
-        account = team_accounts.get(team.pk) if team.funding == Team.Funding.ALLOCATION else pool
-        used = by_team.get(team.pk, {})
-        team_rows.append(
-            TeamBalance(
-                team=team,
-                funding=team.funding,
-                balance=account.balance if account else ZERO,
-                held=account.held if account else ZERO,
-                available=account.available if account else ZERO,
-                used=used.get("total", ZERO),
-                used_today=used.get("daily", ZERO),
-                used_this_month=used.get("monthly", ZERO),
-            )
-        )
-    balance = sum((a.balance for a in spendable), ZERO)
-    held = sum((a.held for a in spendable), ZERO)
+    balance, held = _sums(spendable)
     return BalanceSummary(
         total_credited=credited,
-        total_used=totals["total"],
         total_expired=account_balance(expired_acc) if expired_acc else ZERO,
+        **used,
         balance=balance,
         held=held,
         available=balance - held,
-        used_today=totals["daily"],
-        used_this_month=totals["monthly"],
         expiring_30_days=expiring,
         pool_balance=pool.balance if pool else ZERO,
         pool_available=pool.available if pool else ZERO,
         teams=team_rows,
     )
+
+
+def _sums(accounts) -> tuple[Decimal, Decimal]:
+    return sum((a.balance for a in accounts), ZERO), sum((a.held for a in accounts), ZERO)
 
 
 @dataclass(frozen=True)
@@ -325,18 +353,26 @@ def credit_totals(summary: BalanceSummary) -> CreditTotals:
 def draw_accounts(principal: Principal) -> list[LedgerAccount]:
     """The spendable accounts whose credits `principal` can draw on: the pool and every team
     account for a principal of the whole organization; else its teams' own accounts, and the
-    pool when one of its teams is pool-funded (one query)."""
+    pool when one of its teams is pool-funded (two queries)."""
     accounts = account_list(organization=principal.organization).filter(
         kind__in=LedgerAccount.HOLDS_LOTS
     )
+    funding = {} if principal.org_wide else dict(principal.teams().values_list("pk", "funding"))
+    return _drawn(principal, list(accounts), funding)
+
+
+def _drawn(principal: Principal, accounts: list[LedgerAccount], funding: dict) -> list:
+    """`draw_accounts` among `accounts`, given the funding of the teams it sees (by id)."""
+    spendable = [a for a in accounts if a.kind in LedgerAccount.HOLDS_LOTS]
     if principal.org_wide:
-        return list(accounts)
-    funding = dict(principal.teams().values_list("pk", "funding"))
-    own = [pk for pk, f in funding.items() if f == Team.Funding.ALLOCATION]
-    condition = Q(kind=Kind.TEAM, team_id__in=own)
-    if Team.Funding.POOL in funding.values():
-        condition |= Q(kind=Kind.POOL)
-    return list(accounts.filter(condition))
+        return spendable
+    own = {pk for pk, f in funding.items() if f == Team.Funding.ALLOCATION}
+    pool = Team.Funding.POOL in funding.values()
+    return [
+        a
+        for a in spendable
+        if (a.kind == Kind.TEAM and a.team_id in own) or (a.kind == Kind.POOL and pool)
+    ]
 
 
 @dataclass(frozen=True)
@@ -349,46 +385,20 @@ class Available:
 def available_for(principal: Principal) -> Available:
     """Balance, held and available (credits) of what `principal` can draw on, from the cached
     account balances only (cheap enough to poll: the page header asks every few seconds)."""
-    accounts = draw_accounts(principal)
-    balance = sum((a.balance for a in accounts), ZERO)
-    held = sum((a.held for a in accounts), ZERO)
+    balance, held = _sums(draw_accounts(principal))
     return Available(balance=balance, held=held, available=balance - held)
 
 
 def balance_for(principal: Principal, now: datetime | None = None) -> BalanceSummary:
     """`balance_summary` as `principal` may see it: whole for a principal of the whole
-    organization (usage figures of the member it is bound to, if any); else for the teams it
-    sees, with balance, held and available of what it can draw on (`draw_accounts`: the pool
-    only as what a pool-funded team can draw on), and the usage it sees."""
-    now = now or timezone.now()
-    if principal.org_wide and principal.member_id is None:
-        return balance_summary(organization=principal.organization, now=now)
-    used = _used(principal.organization, principal.row_filter(), now)
-    if principal.org_wide:
-        summary = balance_summary(organization=principal.organization, now=now)
-        return dataclasses.replace(
-            summary,
-            total_used=used["total"],
-            used_today=used["daily"],
-            used_this_month=used["monthly"],
-        )
-    summary = balance_summary(organization=principal.organization, teams=principal.teams(), now=now)
-    drawn = available_for(principal)
-    pool = next((a for a in draw_accounts(principal) if a.kind == Kind.POOL), None)
-    return dataclasses.replace(
-        summary,
-        total_credited=None,
-        total_expired=None,
-        expiring_30_days=None,
-        total_used=used["total"],
-        used_today=used["daily"],
-        used_this_month=used["monthly"],
-        balance=drawn.balance,
-        held=drawn.held,
-        available=drawn.available,
-        pool_balance=pool.balance if pool else None,
-        pool_available=pool.available if pool else None,
-    )
+    organization, with the usage figures of the member it is bound to, if any; else for the
+    teams it sees, with balance, held and available of what it can draw on
+    (`draw_accounts`: the pool only as what a pool-funded team can draw on), and the usage it
+    sees (each team's usage in total, whoever spent it). From the cached account rows and one
+    read of the usage rollups and their tail (two for a member; plus the lots expiring, for the
+    whole organization)."""
+    teams = None if principal.org_wide else principal.teams()
+    return _summary(principal.organization, principal, teams, now or timezone.now())
 
 
 REPORT_DIMENSIONS = {
@@ -420,11 +430,11 @@ def usage_report(
     """Usage `principal` may see between `start` and `end` (UTC, by occurred_at; reversed
     usage excluded, as in the ledger): totals, a series per `period` bucket (daily, weekly from
     Monday, monthly) and breakdowns by each of `dimensions` (keys of `REPORT_DIMENSIONS`;
-    default `REPORT_DEFAULT_DIMENSIONS`, all but conversation; the `top` largest by cost). Members and keys it may
-    not identify are summed into one row (`OTHERS`). Periods are those of the current time
-    zone. Reads the usage rollups and their tail (`credits.rollups.usage_sums`), one statement
-    per figure; the conversation breakdown reads the raw events of the range (on a long
-    history, seconds: docs/performance.md)."""
+    default `REPORT_DEFAULT_DIMENSIONS`, all but conversation; the `top` largest by cost).
+    Members and keys it may not identify are summed into one row (`OTHERS`). Periods are
+    those of the current time zone. Reads the usage rollups and their tail
+    (`credits.rollups.usage_sums`), one statement per figure; the conversation breakdown reads
+    the raw events of the range (on a long history, seconds: docs/performance.md)."""
     tz = timezone.get_current_timezone()
     visible = principal.row_filter()
     bucket = _REPORT_PERIODS[period]

@@ -20,6 +20,8 @@ import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from django.db.models import Q
+
 _compiled: dict = {}
 _counter = itertools.count(1)
 
@@ -60,3 +62,57 @@ def _hashable(value) -> bool:
     except TypeError:
         return False
     return True
+
+
+def q_parameters(q: Q, name: str = "q") -> tuple[tuple, dict]:
+    """A `Q`'s shape and its values, for `compiled`: the shape (hashable, for the key) keeps
+    its lookups, connectors, negations, its None and bool values and the length of each list;
+    the values (by generated names, from `name`) are the rest, model instances as their pk.
+    `q_rebuilt(shape, values)` makes the Q again with other values of the same names. Raises
+    TypeError for a value that cannot be a stand-in (an expression, say)."""
+    values: dict = {}
+
+    def walk(node, path: str):
+        if isinstance(node, Q):
+            children = tuple(walk(c, f"{path}_{i}") for i, c in enumerate(node.children))
+            return (node.connector, node.negated, children)
+        lookup, value = node
+        if value is None or isinstance(value, bool):
+            return (lookup, "literal", value)
+        if isinstance(value, list | tuple | set | frozenset):
+            items = list(value)
+            for i, item in enumerate(items):
+                values[f"{path}_{i}"] = _scalar(item)
+            return (lookup, "list", len(items))
+        values[path] = _scalar(value)
+        return (lookup, "value", None)
+
+    return walk(q, name), values
+
+
+def q_rebuilt(shape: tuple, values: dict, name: str = "q") -> Q:
+    """The Q of `shape` (from `q_parameters`) with `values` in its places."""
+
+    def build(node, path: str):
+        if len(node) == 3 and isinstance(node[2], tuple) and node[0] in (Q.AND, Q.OR, Q.XOR):
+            connector, negated, children = node
+            q = Q(*(build(c, f"{path}_{i}") for i, c in enumerate(children)), _connector=connector)
+            return ~q if negated else q
+        lookup, kind, literal = node
+        if kind == "literal":
+            return (lookup, literal)
+        if kind == "list":
+            return (lookup, [values[f"{path}_{i}"] for i in range(literal)])
+        return (lookup, values[path])
+
+    return build(shape, name)
+
+
+def _scalar(value):
+    from django.db.models import Model
+
+    if isinstance(value, Model):
+        value = value.pk
+    if isinstance(value, bool) or not isinstance(value, int | str | datetime):
+        raise TypeError(f"no stand-in for a {type(value).__name__}")
+    return value
