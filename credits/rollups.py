@@ -96,8 +96,20 @@ def _mark_now() -> datetime:
     """The mark as it is now: a lower bound of the mark any later statement sees (it only moves
     forward), given as a constant so that the planner reads the tail on the (organization,
     recorded_at) index; the statement's own subquery of the mark decides."""
-    mark = UsageRollupMark.objects.order_by("pk").values_list("rolled_to", flat=True).first()
-    return mark or _NEVER
+    if connection.vendor != "postgresql":
+        mark = UsageRollupMark.objects.order_by("pk").values_list("rolled_to", flat=True).first()
+        return mark or _NEVER
+    sql, params = compiled(
+        ("rollup_mark",),
+        lambda: (
+            UsageRollupMark.objects.order_by("pk").values("rolled_to")[:1].query.sql_with_params()
+        ),
+        {},
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return row[0] if row and row[0] else _NEVER
 
 
 def _within(column: str, start: datetime | None, end: datetime | None) -> Q:

@@ -448,7 +448,8 @@ def usage_report(
         {"start": r[bucket], **{k: r[k] for k in rollups.SUMS}}
         for r in sorted(sums(time=bucket, tz=tz), key=lambda r: r[bucket])
     ]
-    totals = sums()
+    # The series' buckets partition the range: the totals are their sums.
+    totals = {k: sum((r[k] for r in series), _RAW_ZERO[k]) for k in rollups.SUMS}
     breakdowns = {}
     for name in dimensions:
         field = REPORT_DIMENSIONS[name]
@@ -471,7 +472,7 @@ def usage_report(
         "period": period,
         "start": start,
         "end": end,
-        "totals": totals[0] if totals else {k: _RAW_ZERO[k] for k in rollups.SUMS},
+        "totals": totals,
         "series": series,
         "breakdowns": breakdowns,
     }

@@ -145,10 +145,7 @@ def dashboard(request):
         principal=principal, period="daily", start=start, end=end, top=8,
     )  # fmt: skip
     day_list = [first + timedelta(days=i) for i in range(DASHBOARD_DAYS)]
-    by_day = {
-        r["day"]: r
-        for r in spend_by_day(principal=principal, start=start, end=end, tz=tz, dimension=None)
-    }
+    by_day = {timezone.localtime(r["start"], tz).date(): r for r in report["series"]}
     days = [
         DailySpend(d, by_day.get(d, {}).get("events", 0), by_day.get(d, {}).get("cost", ZERO))
         for d in day_list

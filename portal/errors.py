@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import db
 from django.core import exceptions as django_exceptions
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
@@ -138,6 +139,14 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         exc = drf_exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages
         )
+    elif isinstance(exc, db.OperationalError | db.InterfaceError):
+        # The database cut the connection, refused a new one (a restart, a fail-over) or the
+        # process's pool had none free in time (`DATABASE_POOL_TIMEOUT`): the transaction rolled
+        # back and wrote nothing, so the client may retry (the same idempotency key).
+        body = error_body(
+            503, "The database is unavailable for the moment; retry.", "database_unavailable"
+        )
+        return Response(body, status=503, headers={"Retry-After": "1"})
     if not isinstance(exc, drf_exceptions.APIException):
         return None
     if isinstance(exc, drf_exceptions.ValidationError):

@@ -117,6 +117,11 @@ def test_every_event_is_charged_once_across_a_database_restart(portal):
     print(f"final answers {dict(statuses)}; needed a retry:",
           {k: Counter(o for t in failed.values() for kk, _, o in t[:-1] if kk == k)
            for k in servers})  # fmt: skip
+    # The failures the servers answered were the database's, told as such: 503, retry.
+    answered_5xx = Counter(
+        o for t in tries.values() for _, _, o in t if isinstance(o, int) and o >= 500
+    )
+    assert set(answered_5xx) <= {503}, answered_5xx
     for kind in servers:  # the restart hit requests of both servers
         assert any(t[0][0] == kind for t in failed.values()), f"no {kind} request failed"
     # Requests that began once the database was back were not failed by dead connections (WSGI:
