@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+import orjson
 from django.db import connection
-from django.db.models import sql
 from django.db.models.expressions import RawSQL
 
 from portal.statements import compiled
@@ -276,21 +276,52 @@ def write(writes: Writes) -> None:
 
 
 def _insert(model, objs) -> tuple[str, list]:
-    """Django's own bulk INSERT of `objs` (bulk_create's statement: UNNEST on PostgreSQL), as
-    SQL and parameters, to run as part of a larger statement. Rows without a primary key get one
-    from the sequence (and the caller does not learn it)."""
+    """A multi-row INSERT of `objs` as SQL and parameters, to run as part of a larger statement:
+    `INSERT ... SELECT ... FROM json_to_recordset(%s)`, the rows as one JSON parameter (orjson;
+    decimals as strings, so exact), so its text is the same whatever the number of rows. Django's
+    bulk_create statement (UNNEST, one array per column) cost 2 of the 3 seconds of a batch of
+    1,000 events to compile and quote. `objs` carry their primary keys (`read_locked` takes them
+    from the sequences; else the sequence gives them) and their related rows' keys."""
     if not objs:
         return "", []
-    opts = model._meta
-    fields = [f for f in opts.concrete_fields if not f.generated]
-    if objs[0].pk is None:
-        fields = [f for f in fields if f is not opts.auto_field]
+    table, columns = _columns(model)
+    if objs[0].pk is None:  # ids from the sequence
+        columns = [c for c in columns if c[0] is not model._meta.auto_field]
+    rows = []
     for obj in objs:
-        obj._prepare_related_fields_for_save(operation_name="bulk_create")
-    query = sql.InsertQuery(model)
-    query.insert_values(fields, objs)
-    [(statement, params)] = query.get_compiler(connection=connection).as_sql()
-    return statement, list(params)
+        row = {}
+        for column, attname, _ in columns:
+            value = getattr(obj, attname)
+            if value is None and column.is_relation and column.is_cached(obj):
+                related = column.get_cached_value(obj)  # assigned before its key was known
+                value = related.pk if related is not None else None
+            row[attname] = value
+        rows.append(row)
+    names = ", ".join(connection.ops.quote_name(c.column) for c, _, _ in columns)
+    types = ", ".join(f"{connection.ops.quote_name(a)} {t}" for _, a, t in columns)
+    statement = f"INSERT INTO {table} ({names}) SELECT * FROM json_to_recordset(%s) AS r ({types})"  # noqa: S608
+    return statement, [orjson.dumps(rows, default=_json_default).decode()]
+
+
+def _json_default(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_COLUMNS: dict = {}
+
+
+def _columns(model) -> tuple[str, list]:
+    """The quoted table of `model` and its concrete columns as (field, attname, db type)."""
+    if model not in _COLUMNS:
+        fields = [f for f in model._meta.concrete_fields if not f.generated]
+        _COLUMNS[model] = (
+            connection.ops.quote_name(model._meta.db_table),
+            [(f, f.attname, f.rel_db_type(connection) if f.is_relation else f.db_type(connection))
+             for f in fields],
+        )  # fmt: skip
+    return _COLUMNS[model]
 
 
 def _write_each(writes: Writes) -> None:
