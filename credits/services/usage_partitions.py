@@ -93,7 +93,7 @@ def usage_partitions_list() -> list[UsagePartition]:
             else (None, None)
         )
         partitions.append(UsagePartition(name, start, end, int(tuples) if tuples >= 0 else None))
-    return sorted(partitions, key=lambda p: (p.start is None, p.start or datetime.min, p.name))
+    return sorted(partitions, key=lambda p: (p.start is None, p.name))  # pYYYYMM: in time order
 
 
 def _exists(cursor, name: str) -> bool:

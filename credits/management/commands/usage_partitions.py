@@ -1,4 +1,4 @@
-from datetime import datetime
+from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
@@ -39,7 +39,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Created: {', '.join(created)}." if created else "Nothing missing.")
         if detach:
             try:
-                month = datetime.strptime(detach, "%Y-%m").date()
+                month = date.fromisoformat(f"{detach}-01")
             except ValueError:
                 raise CommandError(f"--detach: a month as YYYY-MM, not '{detach}'.") from None
             with command_errors():
