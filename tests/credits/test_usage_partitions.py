@@ -13,7 +13,8 @@ from io import StringIO
 import pytest
 import time_machine
 from django.core.management import call_command
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 
 from accounts.services import team_create
 from credits.models import UsageEvent, UsageEventKey, UsageRollupMark
@@ -29,13 +30,14 @@ from credits.services.usage_partitions import (
     usage_partitions_list,
 )
 from credits.verify import ledger_verify
-from portal.errors import Conflict, NotFound
+from portal.errors import Conflict, IdempotencyConflict, NotFound
 
 from ..conftest import SYSTEM
 from .test_concurrency import in_threads
 
 D = Decimal
 MARCH = datetime(2025, 3, 10, 12, tzinfo=UTC)  # a month the migration made no partition for
+JULY = datetime(2024, 7, 1, tzinfo=UTC)  # the migration's test's
 
 
 def event(id: str, cost: str = "0.25") -> UsageInput:
@@ -187,3 +189,51 @@ def test_one_event_id_through_two_teams_accounts_at_once_is_recorded_once(tenant
     assert UsageEvent.objects.filter(organization=tenant.org).count() == 1
     assert UsageEventKey.objects.filter(organization=tenant.org, event_id="shared").count() == 1
     assert ledger_verify() == []
+
+
+def migrate(targets):
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(targets)
+    return executor.loader.project_state(targets).apps
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_moves_the_rows_into_months_keeps_ids_and_goes_back(tenant):
+    before, after = [("credits", "0012_usage_rollups")], [("credits", "0013_usage_partitions")]
+    apps = migrate(before)
+    try:
+        UsageEvent = apps.get_model("credits", "UsageEvent")
+
+        def old(event_id: str, at: datetime) -> int:
+            return UsageEvent.objects.create(
+                organization_id=tenant.org.pk, event_id=event_id, request_hash="h", model="m",
+                cost=D("0.1"), cost_source="reported", occurred_at=at, recorded_at=at,
+            ).pk  # fmt: skip
+
+        ids = {old("july", JULY), old("now", datetime.now(UTC))}
+        migrate(after)
+        rows = {row.pk: row for row in UsageEvent.objects.filter(pk__in=ids)}
+        assert {partition_of(row) for row in rows.values()} == {
+            "credits_usageevent_p202407", partition_name(month_of(datetime.now(UTC))),
+        }  # fmt: skip
+        assert set(UsageEventKey.objects.values_list("usage_id", "event_id")) == {
+            (pk, row.event_id) for pk, row in rows.items()
+        }
+        who = Attribution(organization=tenant.org)
+        tenant.grant("1")
+        assert usage_record(attribution=who, event=event("later")).event.pk > max(ids)
+        with pytest.raises(IdempotencyConflict):  # its key found (another body: request_hash)
+            usage_record(attribution=who, event=event("july"))
+
+        migrate(before)  # and back: one table, the event ids unique in it again
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT relkind FROM pg_class WHERE relname = %s", [PARENT])
+            assert cursor.fetchone() == ("r",)
+        assert UsageEvent.objects.filter(organization_id=tenant.org.pk).count() == 3
+        with pytest.raises(IntegrityError), transaction.atomic():
+            old("july", JULY)
+    finally:
+        migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+        with connection.cursor() as cursor:  # made again for the row left: not for other tests
+            cursor.execute("DROP TABLE IF EXISTS credits_usageevent_p202407")
