@@ -293,12 +293,12 @@ class ModelPrice(models.Model):
 
 
 class UsageEvent(models.Model):
-    """One metered model request. `event_id` is the client's id, unique per organization (a retry
-    returns the first result). `cost` is computed from `price` unless the caller reported an
-    upstream cost (`cost_source=reported`). Token counts are the provider's: `prompt_tokens`
-    includes `cached_tokens`, `completion_tokens` includes `reasoning_tokens`. Windows of key
-    limits count by `recorded_at` (server time, which a client cannot backdate); reports count by
-    `occurred_at`."""
+    """One metered model request. `event_id` is the client's id, unique per organization
+    (`UsageEventKey`; a retry returns the first result). `cost` is computed from `price` unless
+    the caller reported an upstream cost (`cost_source=reported`). Token counts are the
+    provider's: `prompt_tokens` includes `cached_tokens`, `completion_tokens` includes
+    `reasoning_tokens`. Windows of key limits count by `recorded_at` (server time, which a client
+    cannot backdate); reports count by `occurred_at`."""
 
     class Operation(models.TextChoices):
         CHAT = "chat", "Chat"
