@@ -137,8 +137,8 @@ class Counter:
 def history_load(tenant, n: int, run: str) -> None:
     """`n` usage events of the tenant's key as `usage_record` would have left them, in SQL:
     per event a usage transaction (idempotency key `usage:<id>`), its two entries (the team
-    account burning the team's lot, the usage sink) and the usage event (counted in the
-    tenant's current windows); the lot, the account balance and the windows' spent moved by the
+    account burning the team's lot, the usage sink), the usage event (counted in the tenant's
+    current windows) and its key; the lot, the account balance and the windows' spent moved by the
     total. Times spread evenly from the start of the month (the windows' start) to now. One
     transaction per CHUNK events (the ledger's deferred balance trigger checks each at commit)."""
     from django.db import connection, transaction
@@ -148,6 +148,7 @@ def history_load(tenant, n: int, run: str) -> None:
     from credits.periods import window_bounds
     from credits.services.ledger import system_account_of, team_account
     from credits.services.usage import UsageInput
+    from credits.services.usage_partitions import usage_partitions_ensure
 
     org = tenant["attribution"].organization
     key = tenant["attribution"].api_key
@@ -157,6 +158,7 @@ def history_load(tenant, n: int, run: str) -> None:
     windows = [w.pk for w in BudgetWindow.objects.filter(organization=org).order_by("pk")]
     start, _ = window_bounds("monthly", timezone.now(), org.time_zone)
     end = timezone.now()
+    usage_partitions_ensure(since=start)  # the month may start in the last UTC month
     digest = UsageInput(id="-", model=MODEL, cost=COST).digest()  # the id is not in the digest
     prefix = f"h{run}:"
     done = 0
@@ -186,7 +188,7 @@ WITH t AS (
     SELECT -%(cost)s::numeric, created_at, %(account)s, %(lot)s, id FROM t
     UNION ALL
     SELECT %(cost)s::numeric, created_at, %(sink)s, NULL, id FROM t
-)
+), u AS (
 INSERT INTO credits_usageevent
     (event_id, request_hash, operation, model, prompt_tokens, completion_tokens, cached_tokens,
      reasoning_tokens, images, cost, cost_source, conversation_id, metadata, occurred_at,
@@ -196,6 +198,10 @@ SELECT event_id, %(digest)s, 'chat', %(model)s, 0, 0, 0, 0, 0, %(cost)s::numeric
        '', '{}'::jsonb, created_at, created_at, %(key)s, %(member)s, %(org)s, NULL, %(team)s,
        id, %(windows)s::jsonb
   FROM t
+RETURNING id, organization_id, event_id
+)
+INSERT INTO credits_usageeventkey (usage_id, organization_id, event_id)
+SELECT id, organization_id, event_id FROM u
 """,
                 params,
             )

@@ -17,7 +17,11 @@ one statement per chunk of copies (data-modifying CTEs):
   the usage sink (the ledger's deferred trigger checks at commit that each balances); none for
   an event of cost 0, as `usage_record` posts none;
 - the `credits_usageevent` with the key, team and member of the organization's usage key, its
-  tokens, cost, price and conversation; occurred and recorded at its shifted time.
+  tokens, cost, price and conversation; occurred and recorded at its shifted time; and its
+  `credits_usageeventkey` (the event id's uniqueness), as `usage_store.write` writes them.
+
+The usage table's monthly partitions for the history's months are created first
+(`credits.services.usage_partitions`), so that no event lands in the DEFAULT partition.
 
 The paying account's balance and its lot's remaining move by the chunk's total in the same
 transaction. The request hash is the base event's (its time is not the shifted one): a retry of
@@ -151,7 +155,7 @@ WITH src AS MATERIALIZED (
     SELECT -cost, at, %(account)s, %(lot)s, tid FROM src WHERE cost > 0
     UNION ALL
     SELECT cost, at, %(sink)s, NULL, tid FROM src WHERE cost > 0
-)
+), u AS (
 INSERT INTO credits_usageevent
     (event_id, request_hash, operation, model, prompt_tokens, completion_tokens, cached_tokens,
      reasoning_tokens, images, cost, cost_source, conversation_id, metadata, occurred_at,
@@ -161,6 +165,10 @@ SELECT event_id, request_hash, operation, model, prompt_tokens, completion_token
        cost, cost_source, conversation_id, metadata, at, at, %(key)s, %(member)s, %(org)s,
        price_id, %(team)s, CASE WHEN cost > 0 THEN tid END, '[]'::jsonb
   FROM src
+RETURNING id, organization_id, event_id
+)
+INSERT INTO credits_usageeventkey (usage_id, organization_id, event_id)
+SELECT id, organization_id, event_id FROM u
 """
 
 
@@ -176,6 +184,8 @@ def history_load(
     of every entry made the load four times slower); `history_check` then proves the account's
     balance and the lot's remaining against their entries. Returns the events loaded, their
     cost and the seconds it took."""
+    from credits.services.usage_partitions import month_after, month_of, usage_partition_sql
+
     base, base_cost = conn.execute("SELECT count(*), sum(cost) FROM bench_history_base").fetchone()
     copies = events // base
     if copies < 1:
@@ -184,6 +194,10 @@ def history_load(
     step = (span - 3600) / max(copies - 1, 1)  # copy k starts at start + k x step
     start = end - timedelta(seconds=span)
     per_chunk = max(1, chunk // base)
+    month = month_of(start)
+    while month <= month_of(end):
+        conn.execute(usage_partition_sql(month))
+        month = month_after(month)
     seq = conn.execute(
         "SELECT pg_get_serial_sequence('credits_ledgertransaction', 'id')"
     ).fetchone()[0]

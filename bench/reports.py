@@ -108,7 +108,7 @@ def main() -> None:
     from accounts.services import apikey_create, organization_create, team_create
     from credits.activity import activity_for
     from credits.forecast import forecast_for
-    from credits.models import UsageEvent, UsageRollup
+    from credits.models import UsageEvent, UsageEventKey, UsageRollup
     from credits.selectors import usage_report
     from credits.services.rollups import usage_rollup_advance
 
@@ -142,6 +142,7 @@ def main() -> None:
     start = now - timedelta(days=30)
     span = (now - start).total_seconds()
     sql = f"""
+        WITH u AS (
         INSERT INTO {UsageEvent._meta.db_table} (organization_id, event_id, request_hash,
             api_key_id, team_id, member_id, operation, model, prompt_tokens, completion_tokens,
             cached_tokens, reasoning_tokens, images, cost, cost_source, conversation_id,
@@ -153,6 +154,10 @@ def main() -> None:
             0.000001 * (1 + i %% 997), 'reported', 'conv-' || (i / 5), '{{}}', '[]',
             %(start)s + make_interval(secs => %(span)s * i / %(n)s), now()
         FROM generate_series(%(lo)s, %(hi)s) AS i
+        RETURNING id, organization_id, event_id
+        )
+        INSERT INTO {UsageEventKey._meta.db_table} (usage_id, organization_id, event_id)
+        SELECT id, organization_id, event_id FROM u
     """  # noqa: S608 - names from the models, values as parameters
     params = {
         "org": org.pk,

@@ -293,12 +293,12 @@ class ModelPrice(models.Model):
 
 
 class UsageEvent(models.Model):
-    """One metered model request. `event_id` is the client's id, unique per organization (a retry
-    returns the first result). `cost` is computed from `price` unless the caller reported an
-    upstream cost (`cost_source=reported`). Token counts are the provider's: `prompt_tokens`
-    includes `cached_tokens`, `completion_tokens` includes `reasoning_tokens`. Windows of key
-    limits count by `recorded_at` (server time, which a client cannot backdate); reports count by
-    `occurred_at`."""
+    """One metered model request. `event_id` is the client's id, unique per organization
+    (`UsageEventKey`; a retry returns the first result). `cost` is computed from `price` unless
+    the caller reported an upstream cost (`cost_source=reported`). Token counts are the
+    provider's: `prompt_tokens` includes `cached_tokens`, `completion_tokens` includes
+    `reasoning_tokens`. Windows of key limits count by `recorded_at` (server time, which a client
+    cannot backdate); reports count by `occurred_at`."""
 
     class Operation(models.TextChoices):
         CHAT = "chat", "Chat"
@@ -333,7 +333,9 @@ class UsageEvent(models.Model):
     cost_source = models.CharField(max_length=16, choices=CostSource.choices)
     conversation_id = models.CharField(max_length=255, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
-    transaction = models.OneToOneField(
+    # One event per usage transaction (its idempotency key is the event's); not a unique index
+    # on PostgreSQL, where one must include the partition key (see Meta).
+    transaction = models.ForeignKey(
         LedgerTransaction, null=True, blank=True, on_delete=models.PROTECT, related_name="usage"
     )
     budget_windows = models.JSONField(
@@ -343,11 +345,14 @@ class UsageEvent(models.Model):
     recorded_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        # PostgreSQL: partitioned by month of `recorded_at` (migration 0013,
+        # `credits.services.usage_partitions`); the primary key there is (id, recorded_at), ids
+        # still unique (one sequence). A unique index of a partitioned table must include the
+        # partition key, so the (organization, event_id) uniqueness is `UsageEventKey`'s, and the
+        # indexes below are the parent's (each partition has them); plus a BRIN of `recorded_at`
+        # (PostgreSQL only, so not declared here).
         ordering = ["-id"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["organization", "event_id"], name="usage_event_id_unique"
-            ),
             models.CheckConstraint(condition=Q(cost__gte=0), name="usage_cost_not_negative"),
             models.CheckConstraint(
                 condition=Q(cached_tokens__lte=F("prompt_tokens")),
@@ -368,6 +373,41 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} {self.model} {self.cost}"
+
+
+class UsageEventKey(models.Model):
+    """A usage event's idempotency key: its client id (`event_id`), unique per organization, and
+    the event it names. A table of its own because the usage table is partitioned (PostgreSQL:
+    a unique index there would have to include `recorded_at`). Written in the same statement as
+    its event (`credits.services.usage_store.write`): two requests recording one id conflict
+    here. Deleted with its event, and with a detached month's events
+    (`credits.services.usage_partitions.usage_partition_detach`)."""
+
+    # No foreign keys in the database: the event's row checks them, written in the same
+    # statement (and a foreign key to a partitioned table would stop its months' detaching).
+    usage = models.OneToOneField(
+        UsageEvent,
+        primary_key=True,
+        on_delete=models.CASCADE,
+        db_constraint=False,
+        related_name="+",
+    )
+    organization = models.ForeignKey(
+        Organization,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,  # the unique index leads with it
+        related_name="+",
+    )
+    event_id = models.CharField(max_length=255)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "event_id"], name="usage_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.event_id
 
 
 class UsageRollup(models.Model):

@@ -87,3 +87,12 @@ def usage_rollup() -> int:
     from .services.rollups import usage_rollup_advance
 
     return usage_rollup_advance().rows
+
+
+@shared_task
+def usage_partitions_ensure() -> list[str]:
+    """Daily: the usage table's monthly partitions for this month and the next two
+    (`credits.services.usage_partitions`). Returns the partitions created."""
+    from .services.usage_partitions import usage_partitions_ensure as ensure
+
+    return ensure()

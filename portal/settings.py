@@ -340,6 +340,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Usage into its rollups for reads, up to a lag behind now (credits.services.rollups).
     "usage-rollup": {"task": "credits.tasks.usage_rollup", "schedule": timedelta(minutes=1)},
+    # The usage table's monthly partitions, two months ahead (credits.services.usage_partitions).
+    "usage-partitions": {
+        "task": "credits.tasks.usage_partitions_ensure",
+        "schedule": crontab(minute=47, hour=3),
+    },
     # Pending purchase orders past their age (billing.tasks.orders_expire).
     "orders-expire": {"task": "billing.tasks.orders_expire", "schedule": timedelta(minutes=15)},
     # Invitation e-mails a broker that was down or a lost worker left unsent.

@@ -5,10 +5,13 @@ caller; this module only reads and writes rows.
 
 On PostgreSQL, after the account's lock (and the budget windows', `budgets.BudgetGate`):
 - one SELECT reads the account's lots in burn order, the events among the batch's ids recorded
-  before, and ids for the new transactions and usage rows from their sequences;
-- one statement writes everything: the transactions, their entries and the usage rows (Django's
-  own bulk INSERTs, each a data-modifying WITH clause), the lots' and the account's new figures
-  and the budget windows' counters.
+  before (by their keys, `UsageEventKey`), and ids for the new transactions and usage rows from
+  their sequences;
+- one statement writes everything: the transactions, their entries, the usage rows and their
+  keys (each table's rows one JSON parameter of an INSERT, `_insert`, in a data-modifying WITH
+  clause), the lots' and the account's new figures and the budget windows' counters. A key taken meanwhile by a request
+  paying from another account fails it on the keys' unique index (IntegrityError: the caller
+  runs again).
 Elsewhere (SQLite: the demo), the same rows in one statement per table.
 """
 
@@ -33,6 +36,7 @@ from ..models import (
     LedgerEntry,
     LedgerTransaction,
     UsageEvent,
+    UsageEventKey,
 )
 from .budgets import BudgetGate, budgets_applying_query, check_rank
 from .ledger_core import _burn_order, spending_account_lock, spending_account_query
@@ -146,9 +150,9 @@ def _read_queries(account_id, organization_id, event_ids, keys, expired_first_at
     lots = _burn_order(
         CreditLot.objects.filter(account_id=account_id, remaining__gt=0), expired_first_at
     )
-    earlier = UsageEvent.objects.filter(
+    earlier = UsageEventKey.objects.filter(
         organization_id=organization_id, event_id__in=event_ids
-    ).values_list("pk", flat=True)
+    ).values_list("usage_id", flat=True)
     taken = LedgerTransaction.objects.filter(
         organization_id=organization_id, idempotency_key__in=keys
     ).values_list("idempotency_key", flat=True)
@@ -232,8 +236,8 @@ class Writes:
 
 
 def write(writes: Writes) -> None:
-    """Write `writes`: one statement on PostgreSQL (rows carry the ids `read_locked` took), one
-    per table elsewhere."""
+    """Write `writes`, each usage row with its key (`UsageEventKey`): one statement on
+    PostgreSQL (rows carry the ids `read_locked` took), one per table elsewhere."""
     if connection.vendor != "postgresql":
         _write_each(writes)
         return
@@ -241,6 +245,7 @@ def write(writes: Writes) -> None:
         _insert(LedgerTransaction, writes.transactions),
         _insert(LedgerEntry, writes.entries),
         _insert(UsageEvent, writes.usage),
+        _insert(UsageEventKey, _keys(writes.usage)),
     ]
     if writes.lots:
         parts.append((
@@ -273,6 +278,13 @@ def write(writes: Writes) -> None:
     for row in [*writes.transactions, *writes.entries, *writes.usage]:
         row._state.adding = False
         row._state.db = connection.alias
+
+
+def _keys(usage: list[UsageEvent]) -> list[UsageEventKey]:
+    return [
+        UsageEventKey(usage_id=row.pk, organization_id=row.organization_id, event_id=row.event_id)
+        for row in usage
+    ]
 
 
 def _insert(model, objs) -> tuple[str, list]:
@@ -334,6 +346,7 @@ def _write_each(writes: Writes) -> None:
     for row in writes.usage:
         row.transaction_id = row.transaction.pk if row.transaction is not None else None
     UsageEvent.objects.bulk_create(writes.usage)
+    UsageEventKey.objects.bulk_create(_keys(writes.usage))
     CreditLot.objects.bulk_update(writes.lots, ["remaining"])
     if writes.spent or writes.released:
         LedgerAccount.objects.filter(pk=writes.account.pk).update(
