@@ -9,9 +9,9 @@ On PostgreSQL, after the account's lock (and the budget windows', `budgets.Budge
   their sequences;
 - one statement writes everything: the transactions, their entries, the usage rows and their
   keys (each table's rows one JSON parameter of an INSERT, `_insert`, in a data-modifying WITH
-  clause), the lots' and the account's new figures and the budget windows' counters. A key taken meanwhile by a request
-  paying from another account fails it on the keys' unique index (IntegrityError: the caller
-  runs again).
+  clause), the lots' and the account's new figures and the budget windows' counters. A key
+  taken meanwhile by a request paying from another account fails it on the keys' unique index
+  (IntegrityError: the caller runs again).
 Elsewhere (SQLite: the demo), the same rows in one statement per table.
 """
 
