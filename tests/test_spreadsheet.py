@@ -30,7 +30,8 @@ def test_the_usage_export_and_report_write_formulas_as_text(client, tenant, pric
     assert row["conversation_id"] == "'" + FORMULA and row["event_id"] == "'-1+1"
     _, manager = tenant.key("management")
     report = tenant.client(manager).get(
-        "/api/v1/credits/report", {"format": "csv", "period": "monthly"}
+        "/api/v1/credits/report",
+        {"format": "csv", "period": "monthly", "breakdowns": "conversation"},
     )
     rows = list(csv.reader(io.StringIO(report.content.decode())))
     assert ["conversation", "'" + FORMULA] in [r[:2] for r in rows]
