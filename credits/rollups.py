@@ -6,7 +6,9 @@ snapshot, so a roll committing meanwhile cannot count a row twice or miss it; th
 before only narrows the tail's index range, as the mark never moves back):
 
 1. `UsageRollup` rows whose 15-minute bucket lies inside the window (`credits.services.rollups`
-   keeps them, up to the mark);
+   keeps them, up to the mark), or, for the whole UTC days inside it when every figure asked
+   for is a union of whole UTC days, `UsageRollupDay` rows (each the sum of its day's 15-minute
+   rows, written with them) and the 15-minute rows of the partial days at either end;
 2. plus the tail: the raw events recorded at or after the mark that occurred inside those buckets;
 3. minus the raw events of those buckets whose usage transaction was reversed at or after the
    mark (the rollup counted them; they no longer count);
@@ -48,10 +50,11 @@ from accounts.access import Principal
 from accounts.models import Organization
 from portal.statements import compiled, q_parameters, q_rebuilt
 
-from .models import LedgerEntry, UsageEvent, UsageRollup, UsageRollupMark
+from .models import LedgerEntry, UsageEvent, UsageRollup, UsageRollupDay, UsageRollupMark
 
 ZERO = Decimal(0)
 ROLLUP_BUCKET = timedelta(minutes=15)
+DAY = timedelta(days=1)  # the buckets of UsageRollupDay
 _ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # as credits.services.rollups.BUCKET_ORIGIN
 _NEVER = datetime(1, 1, 1, tzinfo=UTC)  # the mark before anything was rolled
 SUMS = ("events", "cost", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
@@ -68,13 +71,17 @@ TIME_GROUPS = {
 }
 
 
-def _floor(moment: datetime) -> datetime:
-    return moment - (moment - _ORIGIN) % ROLLUP_BUCKET
+def _floor(moment: datetime, width: timedelta = ROLLUP_BUCKET) -> datetime:
+    return moment - (moment - _ORIGIN) % width
 
 
-def _ceil(moment: datetime) -> datetime:
-    floor = _floor(moment)
-    return floor if floor == moment else floor + ROLLUP_BUCKET
+def _ceil(moment: datetime, width: timedelta = ROLLUP_BUCKET) -> datetime:
+    floor = _floor(moment, width)
+    return floor if floor == moment else floor + width
+
+
+def _is_utc(tz: tzinfo) -> bool:
+    return tz is UTC or getattr(tz, "key", None) in ("UTC", "Etc/UTC")
 
 
 def _paying_account():
@@ -161,14 +168,32 @@ def usage_sums(
         if _floor(moment) != moment or (start is not None and moment < start):
             raise ValueError(f"The window '{name}' does not start on a bucket inside the range.")
     sums = (*SUMS, *(f"cost_{name}" for name in windows))
+    aligned = lo is None or hi is None or lo < hi
+    # Whole UTC days inside [lo, hi) read the day rows (a 96th of the rows), when every figure
+    # asked for is a union of whole UTC days there: no grouping finer than a UTC day, no window
+    # starting inside a day, no earliest bucket (`first` is to the 15 minutes).
+    dlo = _ceil(lo, DAY) if lo is not None else None
+    dhi = _floor(hi, DAY) if hi is not None else None
+    days = (
+        aligned
+        and (dlo is None or dhi is None or dlo < dhi)
+        and not first
+        and (time is None or (time in ("day", "date", "week", "month") and _is_utc(tz)))
+        and all(_floor(moment, DAY) == moment for moment in windows.values())
+    )
     shape = _SumsShape(
         fields=tuple(fields), time=time, tz=tz, first=first, windows=tuple(windows),
-        aligned=lo is None or hi is None or lo < hi,
+        aligned=aligned,
         start_edge=start is not None and lo is not None and start < lo,
         end_edge=end is not None and hi is not None and hi < end,
+        days=days,
+        lo_part=days and lo is not None and lo < dlo,
+        hi_part=days and hi is not None and dhi < hi,
     )  # fmt: skip
     if shape.aligned:  # the times its SQL holds
         times = {"lo": lo, "hi": hi, "floor": _mark_now()}
+        if days:
+            times.update({"dlo": dlo, "dhi": dhi})
         times.update({"start": start} if shape.start_edge else {})
         times.update({"end": end} if shape.end_edge else {})
     else:
@@ -205,6 +230,9 @@ class _SumsShape:
     aligned: bool
     start_edge: bool
     end_edge: bool
+    days: bool  # whole UTC days from the day rows, the rest of [lo, hi) from the 15-minute rows
+    lo_part: bool  # days: 15-minute rows in [lo, dlo)
+    hi_part: bool  # days: 15-minute rows in [dhi, hi)
 
 
 def _sums_rows(shape: _SumsShape, organization_id: int, condition: Q, times: dict) -> list[dict]:
@@ -240,7 +268,8 @@ def _sums_rows(shape: _SumsShape, organization_id: int, condition: Q, times: dic
 def _sums_query(
     shape: _SumsShape, organization_id: int, condition: Q, *, floor: datetime | None = None,
     start: datetime | None = None, end: datetime | None = None, lo: datetime | None = None,
-    hi: datetime | None = None, **since: datetime,
+    hi: datetime | None = None, dlo: datetime | None = None, dhi: datetime | None = None,
+    **since: datetime,
 ):  # fmt: skip
     """The queryset of `usage_sums` (see its docstring): the union of the rollup, its tail,
     the tail's reversals and the partial buckets at the ends; `since` holds `since_<window>`."""
@@ -277,10 +306,23 @@ def _sums_query(
     parts = []
     if shape.aligned:
         inside = _within("occurred_at", lo, hi)
-        rollup = UsageRollup.objects.filter(organization_id=organization_id).filter(
-            condition, _within("bucket", lo, hi)
-        )
-        parts.append(shaped(rollup, "bucket", 1, rollup_sums))
+        if shape.days:
+            daily = UsageRollupDay.objects.filter(organization_id=organization_id).filter(
+                condition, _within("bucket", dlo, dhi)
+            )
+            parts.append(shaped(daily, "bucket", 1, rollup_sums))
+            rest = Q()
+            if shape.lo_part:
+                rest |= _within("bucket", lo, dlo)
+            if shape.hi_part:
+                rest |= _within("bucket", dhi, hi)
+        else:
+            rest = _within("bucket", lo, hi)
+        if not shape.days or shape.lo_part or shape.hi_part:
+            rollup = UsageRollup.objects.filter(organization_id=organization_id).filter(
+                condition, rest
+            )
+            parts.append(shaped(rollup, "bucket", 1, rollup_sums))
         added = raw.filter(inside, Q(recorded_at__gte=floor), Q(recorded_at__gte=_mark()))
         parts.append(shaped(added, "occurred_at", 2, raw_sums))
         reversed_ = raw.filter(

@@ -1,4 +1,5 @@
-"""Rolling usage events into `UsageRollup` (the beat task `credits.tasks.usage_rollup`).
+"""Rolling usage events into `UsageRollup` and, per UTC day, `UsageRollupDay` (the beat task
+`credits.tasks.usage_rollup`).
 
 The rollup is kept by insert order, bucketed by when the usage occurred:
 
@@ -11,8 +12,8 @@ The rollup is kept by insert order, bucketed by when the usage occurred:
   transaction still open in the database, so a row written by a long transaction that commits
   late cannot fall behind the mark), in steps of at most `USAGE_ROLLUP_STEP` of recorded time,
   each step one transaction: one INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE for the
-  new events and the new reversals together, then the mark. Rolls are serialized by a lock on the
-  mark's row.
+  new events and the new reversals together per table (15-minute buckets, UTC days), then the
+  mark. Rolls are serialized by a lock on the mark's row.
 - Reads add the tail (events recorded at or after the mark, less reversals created at or after
   it) from the raw events: `credits.rollups`. Rollup plus tail equals the raw aggregate exactly.
 
@@ -29,7 +30,14 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from ..models import LedgerEntry, LedgerTransaction, UsageEvent, UsageRollup, UsageRollupMark
+from ..models import (
+    LedgerEntry,
+    LedgerTransaction,
+    UsageEvent,
+    UsageRollup,
+    UsageRollupDay,
+    UsageRollupMark,
+)
 
 # The origin of the 15-minute buckets (any whole hour in UTC would do).
 BUCKET_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
@@ -53,10 +61,11 @@ _EMPTY = dict.fromkeys(
 _KEY = "organization_id, bucket, team_id, member_id, api_key_id, model, operation, account_id"
 
 
-def _roll_sql() -> str:
+def _roll_sql(table: type[UsageRollup] | type[UsageRollupDay], width: str) -> str:
+    """The roll step's statement into `table`, whose buckets are `width` (an interval) long."""
     usage = UsageEvent._meta.db_table
     txn = LedgerTransaction._meta.db_table
-    rollup = UsageRollup._meta.db_table
+    rollup = table._meta.db_table
     entry = LedgerEntry._meta.db_table
     # The account a usage event's cost was debited from: its transaction's (negative) entries
     # on the paying account.
@@ -65,7 +74,7 @@ def _roll_sql() -> str:
         "AND e.amount < 0 ORDER BY e.id LIMIT 1)"
     )
     row = (
-        "u.organization_id, date_bin('15 minutes', u.occurred_at, %(origin)s), u.team_id, "
+        f"u.organization_id, date_bin('{width}', u.occurred_at, %(origin)s), u.team_id, "
         f"u.member_id, u.api_key_id, u.model, u.operation, {account}"
     )
     return f"""
@@ -103,7 +112,7 @@ class RollResult:
     start: datetime | None  # the mark before (None: nothing was rolled yet)
     end: datetime | None  # the mark after
     steps: int  # transactions committed
-    rows: int  # rollup rows inserted or updated
+    rows: int  # 15-minute rollup rows inserted or updated
 
 
 def _oldest_open_transaction() -> datetime | None:
@@ -139,11 +148,11 @@ def usage_rollup_advance(
     lag: timedelta | None = None,
     step: timedelta | None = None,
 ) -> RollResult:
-    """Roll the usage recorded since the mark into `UsageRollup`, up to `now - lag` (default
-    `USAGE_ROLLUP_LAG`) and not past the start of the oldest open transaction, in steps of at
-    most `step` (default `USAGE_ROLLUP_STEP`) of recorded time, one transaction each. Returns
-    the marks before and after, the steps and the rows written. On a database other than
-    PostgreSQL it rolls nothing."""
+    """Roll the usage recorded since the mark into `UsageRollup` and `UsageRollupDay`, up to
+    `now - lag` (default `USAGE_ROLLUP_LAG`) and not past the start of the oldest open
+    transaction, in steps of at most `step` (default `USAGE_ROLLUP_STEP`) of recorded time, one
+    transaction each. Returns the marks before and after, the steps and the 15-minute rows
+    written. On a database other than PostgreSQL it rolls nothing."""
     if connection.vendor != "postgresql":
         return RollResult(None, None, 0, 0)
     now = now or timezone.now()
@@ -156,7 +165,10 @@ def usage_rollup_advance(
     mark = UsageRollupMark.objects.order_by("pk").first()
     before = mark.rolled_to if mark else None
     steps = rows = 0
-    sql = _roll_sql()
+    # Both levels from the same events in the same transaction: a day row is always the sum of
+    # its day's 15-minute rows.
+    statements = [(_roll_sql(UsageRollup, "15 minutes"), UsageRollup),
+                  (_roll_sql(UsageRollupDay, "1 day"), UsageRollupDay)]  # fmt: skip
     while True:
         with transaction.atomic():
             mark = UsageRollupMark.objects.select_for_update().order_by("pk").first()
@@ -168,15 +180,17 @@ def usage_rollup_advance(
             if start >= target:
                 break
             end = min(target, start + step)
-            with connection.cursor() as cursor:
-                cursor.execute(sql, {"origin": BUCKET_ORIGIN, "start": start, "end": end})
-                written = cursor.fetchall()
-            emptied = [pk for pk, events in written if events == 0]
-            if emptied:  # every event of the row was reversed
-                UsageRollup.objects.filter(pk__in=emptied, **_EMPTY).delete()
+            for sql, table in statements:
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, {"origin": BUCKET_ORIGIN, "start": start, "end": end})
+                    written = cursor.fetchall()
+                emptied = [pk for pk, events in written if events == 0]
+                if emptied:  # every event of the row was reversed
+                    table.objects.filter(pk__in=emptied, **_EMPTY).delete()
+                if table is UsageRollup:
+                    rows += len(written)
             mark.rolled_to = end
             mark.updated_at = timezone.now()
             mark.save(update_fields=["rolled_to", "updated_at"])
             steps += 1
-            rows += len(written)
     return RollResult(before, mark.rolled_to if mark else before, steps, rows)

@@ -34,7 +34,13 @@ from accounts.services import apikey_create, team_create
 from credits import rollups
 from credits.activity import activity_for
 from credits.forecast import forecast_for
-from credits.models import LedgerTransaction, UsageEvent, UsageRollup, UsageRollupMark
+from credits.models import (
+    LedgerTransaction,
+    UsageEvent,
+    UsageRollup,
+    UsageRollupDay,
+    UsageRollupMark,
+)
 from credits.reports import spend_by_day, spend_by_hour, spend_in_windows
 from credits.selectors import COUNTED, balance_for, usage_report
 from credits.services import ledger_reverse, usage_record_many
@@ -282,8 +288,31 @@ def test_rollup_and_tail_equal_the_raw_aggregate_at_every_mark(tenant, seed):
     # Everything rolled: the tail is empty, the rows netted to zero are gone.
     usage_rollup_advance(now=timezone.now() + timedelta(seconds=5), lag=timedelta(0))
     assert not UsageRollup.objects.filter(events__lte=0).exists()
+    assert not UsageRollupDay.objects.filter(events__lte=0).exists()
+    assert_days_sum_their_buckets()
     assert_equivalent(history)
     assert reads(history, "Asia/Kathmandu") == reads_unrolled(history, "Asia/Kathmandu")
+
+
+def assert_days_sum_their_buckets() -> None:
+    """Each UsageRollupDay row is the sum of its UTC day's UsageRollup rows of the same key."""
+    from django.db.models import Sum
+    from django.db.models.functions import TruncDay
+
+    sums = ("events", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
+            "cost")  # fmt: skip
+    key = ["organization", "team", "member", "api_key", "model", "operation", "account"]
+    by_day = {
+        tuple(r[k] for k in ["day", *key]): tuple(r[s] for s in sums)
+        for r in UsageRollup.objects.annotate(day=TruncDay("bucket", tzinfo=UTC))
+        .values("day", *key)
+        .annotate(**{s: Sum(s) for s in sums})
+    }
+    days = {
+        tuple(r[k] for k in ["bucket", *key]): tuple(r[s] for s in sums)
+        for r in UsageRollupDay.objects.values("bucket", *key, *sums)
+    }
+    assert days and days == {k: v for k, v in by_day.items() if v[0] != 0}
 
 
 def reads_unrolled(history: History, zone: str) -> dict:
@@ -298,6 +327,7 @@ def reads_unrolled(history: History, zone: str) -> dict:
     try:
         with transaction.atomic():
             UsageRollup.objects.all().delete()
+            UsageRollupDay.objects.all().delete()
             UsageRollupMark.objects.all().delete()
             result.update(reads(history, zone))
             raise Undo
