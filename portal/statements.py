@@ -10,8 +10,9 @@ the one definition of the statement.
 `key` must name everything that changes the SQL's text: which values are None (an `IS NULL`
 instead of a parameter), how many a list has (one parameter each), which branch `build` takes.
 Only values that reach the statement unchanged as parameters can be stand-ins: ids and other
-integers, strings, aware datetimes; a value the ORM transforms or inlines is refused when the
-statement is first built (AssertionError), not bound wrong later.
+integers, strings, aware datetimes, and lists given to the `any` lookup (`AnyOf`: one array
+parameter, so one statement serves every length); a value the ORM transforms or inlines is
+refused when the statement is first built (AssertionError), not bound wrong later.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import Q
+from django.db.models import Field, Lookup, Q
 
 _compiled: dict = {}
 _counter = itertools.count(1)
@@ -36,6 +37,8 @@ def _stand_in(value):
         return f"\x00stand-in-{n}"
     if isinstance(value, datetime):
         return datetime(1901, 1, 1, tzinfo=UTC) + timedelta(microseconds=n)
+    if isinstance(value, list):  # one array parameter (`AnyOf`), whatever its length
+        return (f"\x00stand-in-{n}",)
     raise TypeError(f"no stand-in for a {type(value).__name__}")
 
 
@@ -116,3 +119,21 @@ def _scalar(value):
     if isinstance(value, bool) or not isinstance(value, int | str | datetime):
         raise TypeError(f"no stand-in for a {type(value).__name__}")
     return value
+
+
+@Field.register_lookup
+class AnyOf(Lookup):
+    """`field__any=[...]`: `field = ANY(%s)`, the list passed as one array parameter
+    (PostgreSQL), so the statement's text is the same whatever the list's length (an `__in`
+    has one parameter per item)."""
+
+    lookup_name = "any"
+    prepare_rhs = False
+
+    def get_db_prep_lookup(self, value, connection):
+        return "%s", [value]
+
+    def as_sql(self, compiler, connection):
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        return f"{lhs} = ANY({rhs})", [*lhs_params, *rhs_params]

@@ -47,3 +47,19 @@ def test_times_bind_too(tenant):
     tomorrow, yesterday = timezone.now() + timedelta(days=1), timezone.now() - timedelta(days=1)
     assert run(*compiled(("test", "since"), build, {"since": tomorrow})) == []
     assert tenant.org.pk in run(*compiled(("test", "since"), build, {"since": yesterday}))
+
+
+def test_a_list_is_one_array_parameter_whatever_its_length(tenant, other_tenant):
+    """`field__any=[...]` (`portal.statements.AnyOf`): one statement for every list length."""
+    built = []
+
+    def build(*, slugs):
+        built.append(slugs)
+        rows = Organization.objects.filter(slug__any=slugs).order_by("slug")
+        return rows.values_list("slug", flat=True).query.sql_with_params()
+
+    both = sorted([tenant.org.slug, other_tenant.org.slug])
+    for slugs, expected in (([tenant.org.slug], [tenant.org.slug]), (both, both), ([], [])):
+        sql, params = compiled(("test", "any"), build, {"slugs": slugs})
+        assert run(sql, params) == expected
+    assert len(built) == 1

@@ -50,8 +50,6 @@ _LOT_COLUMNS = tuple(
 
 
 _BUDGET_COLUMNS = [f.attname for f in Budget._meta.concrete_fields]
-# `read_locked` statements of at most this many events are compiled once per size and kept.
-COMPILED_MAX_EVENTS = 16
 
 
 def lock_spending(
@@ -124,15 +122,11 @@ def read_locked(
             keys_taken=set(taken),
         )
     values = {"account": account.pk, "organization": organization_id,
-              **{f"event_{i}": e for i, e in enumerate(event_ids)},
-              **{f"key_{i}": k for i, k in enumerate(keys)}}  # fmt: skip
+              "event_ids": list(event_ids), "keys": list(keys), "n": len(event_ids)}  # fmt: skip
     if expired_first_at is not None:
         values["expired_first_at"] = expired_first_at
-    if len(event_ids) <= COMPILED_MAX_EVENTS:  # single events, small groups: compiled once
-        shape = ("read_locked", len(event_ids), len(keys), expired_first_at is not None)
-        sql, params = compiled(shape, _read_statement, values)
-    else:  # a batch: its compiling is shared by its events
-        sql, params = _read_statement(**values)
+    # The lists are array parameters: one statement for every size, compiled once.
+    sql, params = compiled(("read_locked", expired_first_at is not None), _read_statement, values)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         lots_json, earlier_ids, keys_taken, transaction_ids, usage_ids = cursor.fetchone()
@@ -145,43 +139,42 @@ def read_locked(
     )
 
 
-def _read_queries(account_id, organization_id, event_ids, keys, expired_first_at):
-    """The lots in burn order, the ids of the events recorded before, the ledger keys taken."""
+def _read_queries(account_id, organization_id, event_ids, keys, expired_first_at, among="in"):
+    """The lots in burn order, the ids of the events recorded before, the ledger keys taken
+    (`among`: the lookup of the lists, "in", or "any" for one array parameter each)."""
     lots = _burn_order(
         CreditLot.objects.filter(account_id=account_id, remaining__gt=0), expired_first_at
     )
     earlier = UsageEventKey.objects.filter(
-        organization_id=organization_id, event_id__in=event_ids
+        organization_id=organization_id, **{f"event_id__{among}": event_ids}
     ).values_list("usage_id", flat=True)
     taken = LedgerTransaction.objects.filter(
-        organization_id=organization_id, idempotency_key__in=keys
+        organization_id=organization_id, **{f"idempotency_key__{among}": keys}
     ).values_list("idempotency_key", flat=True)
     return lots, earlier, taken
 
 
-def _read_statement(*, account, organization, expired_first_at=None, **listed) -> tuple[str, list]:
-    """`read_locked`'s one statement on PostgreSQL (built once per shape: `portal.statements`)."""
-    event_ids = [v for k, v in sorted(listed.items(), key=_index) if k.startswith("event_")]
-    keys = [v for k, v in sorted(listed.items(), key=_index) if k.startswith("key_")]
-    lots, earlier, taken = _read_queries(account, organization, event_ids, keys, expired_first_at)
+def _read_statement(
+    *, account, organization, event_ids, keys, n, expired_first_at=None
+) -> tuple[str, list]:
+    """`read_locked`'s one statement on PostgreSQL (built once per shape: `portal.statements`);
+    `n` ids are taken from each sequence."""
+    lots, earlier, taken = _read_queries(
+        account, organization, event_ids, keys, expired_first_at, among="any"
+    )
     lots_sql, lots_params = json_rows_sql(lots.values(*_LOT_COLUMNS))
     earlier_sql, earlier_params = earlier.query.sql_with_params()
     taken_sql, taken_params = taken.query.sql_with_params()
-    n = len(event_ids)
     sql = f"""SELECT {lots_sql},
                      ARRAY({earlier_sql}),
                      ARRAY({taken_sql}),
                      ARRAY(SELECT nextval(pg_get_serial_sequence(%s, 'id'))
-                             FROM generate_series(1, {n})),
+                             FROM generate_series(1, %s)),
                      ARRAY(SELECT nextval(pg_get_serial_sequence(%s, 'id'))
-                             FROM generate_series(1, {n}))"""  # noqa: S608 (ORM SQL; n an int)
+                             FROM generate_series(1, %s))"""  # noqa: S608 (ORM SQL)
     params = [*lots_params, *earlier_params, *taken_params,
-              LedgerTransaction._meta.db_table, UsageEvent._meta.db_table]  # fmt: skip
+              LedgerTransaction._meta.db_table, n, UsageEvent._meta.db_table, n]  # fmt: skip
     return sql, params
-
-
-def _index(item) -> int:
-    return int(item[0].rsplit("_", 1)[1])
 
 
 def json_rows_sql(queryset) -> tuple[str, list]:
