@@ -524,6 +524,12 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
     server = ingest.server_start(env, port, 2, 1, asgi=True)
     try:
         server_ready(base, server)
+        # Steady state, as the write steps' warm-up events: each worker's first requests build
+        # and compile what later ones reuse (the statements of portal.statements, the URL
+        # resolver, the key's cache).
+        with httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=300) as c:
+            for _ in range(20):
+                c.get(f"{base}/api/v1/credits/balance")
         log("balance reads (wrk, one connection)")
         out = wrk("get.lua", f"{base}/api/v1/credits/balance", [run, secret], connections=1,
                   seconds=args.seconds)  # fmt: skip
