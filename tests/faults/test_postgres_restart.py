@@ -122,8 +122,11 @@ def test_every_event_is_charged_once_across_a_database_restart(portal):
         o for t in tries.values() for _, _, o in t if isinstance(o, int) and o >= 500
     )
     assert set(answered_5xx) <= {503}, answered_5xx
-    for kind in servers:  # the restart hit requests of both servers
-        assert any(t[0][0] == kind for t in failed.values()), f"no {kind} request failed"
+    # The restart hit requests (of the WSGI server at least: a new connection of a sync worker
+    # is refused while the cluster starts up; the ASGI server's pool waits up to
+    # DATABASE_POOL_TIMEOUT for one, so only its requests in flight at the restart fail, and
+    # some runs have none).
+    assert any(t[0][0] == "wsgi" for t in failed.values()), "no wsgi request failed"
     # Requests that began once the database was back were not failed by dead connections (WSGI:
     # checked before their first use in a request; ASGI: the pool's, checked as it lends them).
     after = [(k, o) for t in tries.values() for k, began, o in t if began > restarted_at[0] + 0.05]
