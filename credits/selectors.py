@@ -257,11 +257,10 @@ def _summary(
     bound = principal is not None and not principal.org_wide
     visible = principal.row_filter() if principal is not None else None
     totals, by_team = _used_by_team(organization, visible, now)
-    teams = list(teams if teams is not None else Team.objects.filter(organization=organization))
     if principal is not None and principal.member_id is not None:
-        # A team's usage is shown as its total, not who spent it (a member sees that much):
-        # the usage of the teams shown, whoever spent it.
-        _, by_team = _used_by_team(organization, Q(team_id__in=[t.pk for t in teams]), now)
+        # A team's usage is shown as its total, not who spent it (a member sees that much).
+        _, by_team = _used_by_team(organization, None, now)
+    teams = list(teams if teams is not None else Team.objects.filter(organization=organization))
     pool = next((a for a in accounts if a.kind == Kind.POOL), None)
     team_accounts = {a.team_id: a for a in accounts if a.kind == Kind.TEAM}
     team_rows = []
