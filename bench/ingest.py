@@ -73,6 +73,53 @@ def database_create(url: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
+class Autoanalyze:
+    """Autovacuum's analyze, for a PostgreSQL server that runs with `autovacuum = off` (a CI
+    configuration; production servers keep it on): while open, every `naptime` seconds each
+    table of the database whose rows changed since its last analyze by more than
+    `autovacuum_analyze_threshold` + `autovacuum_analyze_scale_factor` x its rows (50 + 10 %
+    by default) is ANALYZEd, as autovacuum would do. Without it the planner keeps the plans it
+    made when the tables were empty: the foreign-key checks and the ledger's balance trigger,
+    planned once per connection, scan whole tables, and a pooled server slows down as they
+    grow. Does nothing when the server's autovacuum is on."""
+
+    RULE = """SELECT format('%I.%I', s.schemaname, s.relname)
+                FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+               WHERE s.n_mod_since_analyze > current_setting('autovacuum_analyze_threshold')::int
+                     + current_setting('autovacuum_analyze_scale_factor')::float
+                       * greatest(c.reltuples, 0)"""
+
+    def __init__(self, url: str, naptime: float = 15.0):
+        self.url = url.replace("postgres://", "postgresql://", 1)
+        self.naptime = naptime
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.analyzed = 0
+
+    def __enter__(self):
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            off = conn.execute("SHOW autovacuum").fetchone()[0] == "off"
+        if off:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop.wait(self.naptime):
+                for (table,) in conn.execute(self.RULE).fetchall():
+                    conn.execute(f"ANALYZE {table}")
+                    self.analyzed += 1
+
+
 def vacuum(url: str) -> None:
     """VACUUM ANALYZE the bench database, so that every run starts from the same state (earlier
     runs leave dead versions of the hot account row behind)."""

@@ -397,6 +397,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
     server = ingest.server_start(env, port, 2, 1, asgi=True)
     figures: dict = {}
     raw: dict = {"limits": measured_limits}
+    autoanalyze = ingest.Autoanalyze(url).__enter__()  # the write steps: as autovacuum would
     try:
         server_ready(base, server)
         with httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=60) as client:
@@ -455,6 +456,8 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+        autoanalyze.__exit__(None, None, None)
+        raw["autoanalyze"] = {"tables_analyzed": autoanalyze.analyzed}
 
     if not args.no_gateway:
         log("gateway overhead (bench/gateway.py)")
@@ -618,7 +621,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
     if not args.no_doc:
         doc_update(report)
     conn.close()
-    log(f"wrote {args.output.relative_to(ROOT)} in {report['minutes']} min")
+    log(f"wrote {args.output} in {report['minutes']} min")
     for name, entry in report_figures.items():
         print(f"  {name:>18}: {entry['value']} {entry['unit']}  (goal {entry['goal']}; "
               f"ratio {entry.get('ratio_to_limit', '-')}; met: {entry['met']})")  # fmt: skip
