@@ -48,7 +48,26 @@ def _key_lookup(hashed: str) -> ApiKey | None:
     now = time.monotonic()
     hit = _KEYS.get(hashed)
     if hit is not None and hit[0] > now:
-        return copy.deepcopy(hit[1]) if hit[1] is not None else None
+        return _fresh(hit[1]) if hit[1] is not None else None
+    with _refresh_lock(hashed):  # one query per key at a time: concurrent misses wait for it
+        hit = _KEYS.get(hashed)
+        if hit is not None and hit[0] > time.monotonic():
+            return _fresh(hit[1]) if hit[1] is not None else None
+        return _key_read(hashed, now)
+
+
+_REFRESHING: dict[str, threading.Lock] = {}
+
+
+def _refresh_lock(hashed: str) -> threading.Lock:
+    with _KEYS_LOCK:
+        if len(_REFRESHING) > 10_000:
+            _REFRESHING.clear()
+        return _REFRESHING.setdefault(hashed, threading.Lock())
+
+
+def _key_read(hashed: str, now: float) -> ApiKey | None:
+    """`_key_lookup`'s query, its result cached until `now` + KEY_CACHE_SECONDS."""
     key = (
         ApiKey.objects.select_related("organization", "user", "team")
         .filter(hash=hashed, deleted_at__isnull=True)
@@ -63,8 +82,28 @@ def _key_lookup(hashed: str) -> ApiKey | None:
     with _KEYS_LOCK:
         if len(_KEYS) > 10_000:  # a flood of unknown keys: start over rather than grow
             _KEYS.clear()
-        _KEYS[hashed] = (now + KEY_CACHE_SECONDS, copy.deepcopy(key))
+        _KEYS[hashed] = (now + KEY_CACHE_SECONDS, _fresh(key) if key is not None else None)
     return key
+
+
+_MUTABLE = (dict, list, set)
+
+
+def _fresh(instance):
+    """A copy of a model instance and of the related instances loaded with it, sharing nothing
+    a request could change (its own `_state` and field cache; lists and dicts copied), at a
+    fraction of `copy.deepcopy`'s cost (immutable values, the most of a row, are shared)."""
+    new = instance.__class__.__new__(instance.__class__)
+    new.__dict__ = {
+        name: copy.deepcopy(value) if isinstance(value, _MUTABLE) else value
+        for name, value in instance.__dict__.items()
+    }
+    new._state = copy.copy(instance._state)
+    new._state.fields_cache = {
+        name: None if related is None else _fresh(related)
+        for name, related in instance._state.fields_cache.items()
+    }
+    return new
 
 
 def hash_secret(secret: str) -> str:

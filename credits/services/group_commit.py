@@ -66,6 +66,15 @@ def _lane(attribution) -> _Lane:
         return lane
 
 
+def _connection_release() -> None:
+    """Give this thread's pooled connection back before waiting on a leader: the leader may need
+    one, and followers holding the pool's last connections while they wait for it would stall
+    the process until the pool's timeout (seen under load: a request's key lookup takes a
+    connection first). Without a pool (a persistent connection per thread) nothing is done."""
+    if connection.connection is not None and getattr(connection, "pool", None) is not None:
+        connection.close()
+
+
 def record_grouped(attribution, event, record_many: Callable) -> object:
     """The outcome (a UsageResult or the ApplicationError that refused it) of `event`, recorded
     by `record_many(attribution=..., events=[...])` alone or with the concurrent calls of the
@@ -82,6 +91,7 @@ def record_grouped(attribution, event, record_many: Callable) -> object:
         index = len(group.events)
         group.events.append(event)
     if not leader:
+        _connection_release()
         group.done.wait()
         if group.error is not None:
             raise group.error

@@ -148,9 +148,13 @@ def _read_queries(account_id, organization_id, event_ids, keys, expired_first_at
     earlier = UsageEventKey.objects.filter(
         organization_id=organization_id, **{f"event_id__{among}": event_ids}
     ).values_list("usage_id", flat=True)
-    taken = LedgerTransaction.objects.filter(
-        organization_id=organization_id, **{f"idempotency_key__{among}": keys}
-    ).values_list("idempotency_key", flat=True)
+    taken = (
+        LedgerTransaction.objects.filter(
+            organization_id=organization_id, **{f"idempotency_key__{among}": keys}
+        )
+        .order_by()  # no sort: a lookup by the unique (organization, idempotency_key) index
+        .values_list("idempotency_key", flat=True)
+    )
     return lots, earlier, taken
 
 
@@ -289,9 +293,7 @@ def _insert(model, objs) -> tuple[str, list]:
     from the sequences; else the sequence gives them) and their related rows' keys."""
     if not objs:
         return "", []
-    table, columns = _columns(model)
-    if objs[0].pk is None:  # ids from the sequence
-        columns = [c for c in columns if c[0] is not model._meta.auto_field]
+    statement, columns = _insert_statement(model, with_ids=objs[0].pk is not None)
     rows = []
     for obj in objs:
         row = {}
@@ -302,10 +304,26 @@ def _insert(model, objs) -> tuple[str, list]:
                 value = related.pk if related is not None else None
             row[attname] = value
         rows.append(row)
-    names = ", ".join(connection.ops.quote_name(c.column) for c, _, _ in columns)
-    types = ", ".join(f"{connection.ops.quote_name(a)} {t}" for _, a, t in columns)
-    statement = f"INSERT INTO {table} ({names}) SELECT * FROM json_to_recordset(%s) AS r ({types})"  # noqa: S608
     return statement, [orjson.dumps(rows, default=_json_default).decode()]
+
+
+_STATEMENTS: dict = {}
+
+
+def _insert_statement(model, with_ids: bool) -> tuple[str, list]:
+    """`_insert`'s statement for `model` (the ids given, or from the sequence) and the columns it
+    names, as (field, attname, db type); built once per process."""
+    if (model, with_ids) not in _STATEMENTS:
+        table, columns = _columns(model)
+        if not with_ids:
+            columns = [c for c in columns if c[0] is not model._meta.auto_field]
+        names = ", ".join(connection.ops.quote_name(c.column) for c, _, _ in columns)
+        types = ", ".join(f"{connection.ops.quote_name(a)} {t}" for _, a, t in columns)
+        _STATEMENTS[model, with_ids] = (
+            f"INSERT INTO {table} ({names}) SELECT * FROM json_to_recordset(%s) AS r ({types})",  # noqa: S608
+            columns,
+        )
+    return _STATEMENTS[model, with_ids]
 
 
 def _json_default(value):

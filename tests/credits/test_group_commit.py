@@ -88,3 +88,64 @@ def test_alone_a_call_is_not_held_up_and_a_callers_transaction_is_not_left(tenan
         usage_record(attribution=who, event=ev("inside", "0.1"))
         raise RuntimeError("the caller rolls back")
     assert not UsageEvent.objects.filter(event_id="inside").exists()
+
+
+@pytest.fixture
+def pooled():
+    """Threads' connections from a psycopg pool of 2, as in production (the tests run without
+    one: pyproject's DATABASE_POOL_MAX_SIZE=0); the pool is closed after."""
+    settings = connection.settings_dict
+    saved = (dict(settings["OPTIONS"]), settings["CONN_MAX_AGE"])
+    settings["OPTIONS"]["pool"] = {"min_size": 1, "max_size": 2, "timeout": 4.0}
+    settings["CONN_MAX_AGE"] = 0
+    try:
+        yield
+    finally:
+        if connection.pool is not None:
+            connection.close_pool()
+        settings["OPTIONS"] = saved[0]
+        settings["CONN_MAX_AGE"] = saved[1]
+
+
+def test_a_follower_holding_the_pools_last_connection_gives_it_to_its_leader(tenant, pooled):
+    """A request may hold a pooled connection when it joins a group (its key lookup queried):
+    waiting for its leader, it gives the connection back, or a leader needing the pool's last
+    one would wait for the pool's timeout (under load: the process stalled for seconds, then
+    the group failed with 503)."""
+    tenant.grant("1")
+    key, _ = tenant.key("usage")
+    who = Attribution.of_key(key)
+    pool = connection.pool
+    pool.open()  # as Django does on its first connection
+    held = pool.getconn()  # of the pool's 2, one is left
+    lane = _lane(who)
+    outcomes: dict = {}
+
+    def run(event, query_first):
+        try:
+            if query_first:
+                with connection.cursor() as cursor:  # takes the pool's last connection
+                    cursor.execute("SELECT 1")
+            outcomes[event.id] = usage_record(attribution=who, event=event)
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test reads
+            outcomes[event.id] = exc
+        finally:
+            connection.close()
+
+    leader = threading.Thread(target=run, args=(ev("lead", "0.1"), False))
+    follower = threading.Thread(target=run, args=(ev("follow", "0.1"), True))
+    try:
+        with lane.turn:  # as if a transaction of this attribution were in flight
+            leader.start()
+            while not (lane.open and len(lane.open.events) == 1):
+                time.sleep(0.001)
+            follower.start()
+            while len(lane.open.events) < 2:
+                time.sleep(0.001)
+        started = time.monotonic()
+        leader.join(timeout=30)
+        follower.join(timeout=30)
+    finally:
+        pool.putconn(held)
+    assert outcomes["lead"].created and outcomes["follow"].created, outcomes
+    assert time.monotonic() - started < pool.timeout
