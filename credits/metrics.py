@@ -38,11 +38,12 @@ CREDITS_SPENT = Counter(
 LEDGER_VERIFY = "ledger_verify"
 
 
-def usage_recorded(cost) -> None:
-    """Count a recorded event of `cost` credits when the current transaction commits."""
+def usage_recorded(cost, events: int = 1) -> None:
+    """Count `events` recorded events of `cost` credits in all when the current transaction
+    commits."""
 
     def count():
-        USAGE_RECORDED.inc()
+        USAGE_RECORDED.inc(events)
         CREDITS_SPENT.inc(float(cost))
 
     transaction.on_commit(count)
@@ -54,12 +55,17 @@ def usage_refused(error: ApplicationError | str) -> None:
 
 
 def usage_outcomes_count(outcomes: Iterable) -> None:
-    """Count a batch's outcomes: results (recorded when `created`) and refusals (errors)."""
+    """Count a batch's outcomes: results (recorded when `created`, counted at commit) and
+    refusals (errors)."""
+    recorded, cost = 0, 0
     for outcome in outcomes:
         if isinstance(outcome, ApplicationError):
             usage_refused(outcome)
         elif outcome.created:
-            usage_recorded(outcome.event.cost)
+            recorded += 1
+            cost += outcome.event.cost
+    if recorded:
+        usage_recorded(cost, recorded)
 
 
 def ledger_verify_result_store(mismatches: int) -> None:
