@@ -223,10 +223,70 @@ class UsageEventInput(StrictSerializer):
         parsed: list[UsageInput | ValidationFailed] = []
         for raw in items:
             try:
-                parsed.append(UsageInput(**one.run_validation(raw)))
+                parsed.append(UsageInput(**one.validated(raw)))
             except serializers.ValidationError as exc:
                 parsed.append(ValidationFailed(_drf_field_errors(exc.detail)))
         return parsed
+
+    def validated(self, raw) -> dict:
+        """`run_validation(raw)`: by `_plain` when it can, else by DRF. Raises ValidationError."""
+        plain = self._plain(raw)
+        return plain if plain is not None else self.run_validation(raw)
+
+    # The fields `_plain` takes: text, whole numbers, the operation, metadata and a time.
+    _TEXT = ("id", "model", "conversation_id")
+    _COUNTS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "images")
+    _PLAIN = frozenset((*_TEXT, *_COUNTS, "operation", "metadata", "occurred_at"))
+
+    def _plain(self, raw) -> dict | None:
+        """`run_validation(raw)` for an event of plain values, without DRF's machinery per field
+        (a third of a batch's time): text DRF keeps as it is (ASCII, no whitespace at either
+        end, no NUL, within the field's `max_length`, not blank unless allowed), whole numbers
+        within the field's bounds, one of the operation's choices, a metadata object (checked
+        by `validate_metadata`), a time (parsed by its field); then `validate`. The limits are
+        the fields' own. None for anything else (a `usage` object, a `cost`, other types, an
+        invalid value): DRF then decides and words the errors. The same result as DRF's
+        (tests/credits/test_usage_input.py compares them on generated events)."""
+        if type(raw) is not dict or not raw.keys() <= self._PLAIN:
+            return None
+        fields = self.fields
+        data: dict = {}
+        for name in self._TEXT:
+            field = fields[name]
+            value = raw.get(name, "" if field.allow_blank else None)
+            if (
+                type(value) is not str
+                or len(value) > field.max_length
+                or not value.isascii()
+                or "\x00" in value
+                or value.strip() != value
+                or not (value or field.allow_blank)
+            ):
+                return None
+            data[name] = value
+        for name in self._COUNTS:
+            value = raw.get(name, 0)
+            if type(value) is not int or not 0 <= value <= fields[name].max_value:
+                return None
+            data[name] = value
+        operation = raw.get("operation", fields["operation"].default)
+        if type(operation) is not str or operation not in fields["operation"].choices:
+            return None
+        data["operation"] = operation
+        try:
+            metadata = raw.get("metadata")
+            if metadata is None:
+                metadata = {} if "metadata" not in raw else None
+            if type(metadata) is not dict:
+                return None
+            data["metadata"] = self.validate_metadata(dict(metadata))
+            if "occurred_at" in raw:
+                at = fields["occurred_at"].run_validation(raw["occurred_at"])
+                data["occurred_at"] = self.validate_occurred_at(at)
+            self._raw = raw
+            return self.validate(data)
+        except serializers.ValidationError:
+            return None
 
 
 class UsageEventOutput(serializers.Serializer):
@@ -386,7 +446,7 @@ class UsageApi(OrganizationListAPIView):
         if isinstance(body, dict) and "events" in body:
             return self._batch(body, attribution)
         try:
-            event = UsageInput(**serializer_shared(UsageEventInput).run_validation(body))
+            event = UsageInput(**serializer_shared(UsageEventInput).validated(body))
         except serializers.ValidationError as exc:
             usage_refused(ValidationFailed.type)  # the service counts its own refusals
             raise serializers.ValidationError(exc.detail) from None
