@@ -167,7 +167,8 @@ def _usage_event(
     budget_windows: list[int] | None = None,
 ) -> UsageEvent:
     """The (unsaved) row of a priced usage event."""
-    return UsageEvent(
+    return usage_store.row(
+        UsageEvent,
         organization=attribution.organization,
         event_id=event.id,
         request_hash=digest,
@@ -350,7 +351,8 @@ def _record(
             continue
         txn = None
         if item.cost > 0:
-            txn = LedgerTransaction(
+            txn = usage_store.row(
+                LedgerTransaction,
                 pk=next(transaction_ids, None),
                 organization=organization,
                 kind=LedgerTransaction.Kind.USAGE,
@@ -360,11 +362,13 @@ def _record(
             )
             writes.transactions.append(txn)
             writes.entries += [
-                LedgerEntry(transaction=txn, account=account, amount=-portion, lot=lot)
+                usage_store.row(
+                    LedgerEntry, transaction=txn, account=account, amount=-portion, lot=lot
+                )
                 for lot, portion in burn_lots(locked.lots, item.cost, touched)
             ]
             writes.entries.append(
-                LedgerEntry(transaction=txn, account_id=sink_id, amount=item.cost)
+                usage_store.row(LedgerEntry, transaction=txn, account_id=sink_id, amount=item.cost)
             )
             account.balance -= item.cost
             writes.spent += item.cost

@@ -139,3 +139,41 @@ def test_a_refused_capture_leaves_the_hold_and_its_reservation(tenant):
     assert not UsageEvent.objects.filter(event_id="too-much").exists()
     result = authorization_capture(hold=hold, event=ev("within", "95"))
     assert result.created and result.balance_after == Decimal("4.999")
+
+
+def _fields_of(instance) -> dict:
+    state = {k: v for k, v in instance.__dict__.items() if k != "_state"}
+    return {**state, "cached": dict(instance._state.fields_cache), "adding": instance._state.adding}
+
+
+def test_rows_are_built_as_the_keyword_form_builds_them(tenant):
+    """`usage_store.row`, which builds the metering path's rows positionally, makes the same
+    instance as `Model(**values)`: attnames, `pk`, related instances cached, defaults."""
+    from credits.models import LedgerEntry, LedgerTransaction, UsageEventKey
+    from credits.services.usage_store import row
+
+    tenant.grant("1")
+    account = LedgerAccount.objects.get(organization=tenant.org, kind="pool")
+    lot = account.lots.first()
+    key, _ = tenant.key("usage")
+    for pk in (41, None):  # PostgreSQL gives the ids first; SQLite leaves them to the insert
+        txn_values = dict(pk=pk, organization=tenant.org, kind="usage", idempotency_key="k",
+                          request_hash="h", metadata={"event_id": "e"})  # fmt: skip
+        txn = LedgerTransaction(**txn_values)
+        cases = [
+            (LedgerTransaction, txn_values),
+            (LedgerEntry, dict(transaction=txn, account=account, amount=Decimal("-1"), lot=lot)),
+            (LedgerEntry, dict(transaction=txn, account_id=account.pk, amount=Decimal("1"))),
+            (UsageEvent, dict(organization=tenant.org, event_id="e", request_hash="h",
+                              api_key=key, team=None, member=None, model="gpt-4o",
+                              cost=Decimal("0.5"), cost_source="price", transaction=txn,
+                              occurred_at=txn.created_at, recorded_at=txn.created_at)),
+            (UsageEventKey, dict(usage_id=7, organization_id=tenant.org.pk, event_id="e")),
+        ]  # fmt: skip
+        for model, values in cases:
+            built, expected = row(model, **dict(values)), model(**dict(values))
+            built_fields, expected_fields = _fields_of(built), _fields_of(expected)
+            for name in ("created_at", "recorded_at"):  # timezone.now() at each construction
+                if name in expected_fields and name not in values:
+                    assert abs(built_fields.pop(name) - expected_fields.pop(name)).seconds < 5
+            assert built_fields == expected_fields, model
