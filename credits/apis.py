@@ -17,6 +17,7 @@ from portal.api import (
     OrganizationListAPIView,
     StrictSerializer,
     error_responses,
+    serializer_shared,
 )
 
 from . import selectors, services
@@ -67,7 +68,7 @@ class BalanceApi(OrganizationAPIView):
     @extend_schema(operation_id="credits_balance", responses={200: BalanceOutput})
     def get(self, request):
         summary = selectors.balance_for(self.principal)
-        return Response(BalanceOutput(summary).data)
+        return Response(serializer_shared(BalanceOutput).to_representation(summary))
 
 
 # Accounts and lots -------------------------------------------------------------------------------

@@ -54,3 +54,43 @@ def test_a_change_through_the_services_takes_effect_at_once(tenant, change):
     else:
         membership_remove(membership=member.memberships.get(organization=tenant.org), actor=SYSTEM)
     assert client.get("/api/v1/key").status_code == 401
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("many_connections")
+def test_concurrent_misses_of_one_key_make_one_query(tenant):
+    """When a key's cache time runs out under load, the requests that miss it at once wait for
+    one lookup instead of each querying (and each holding a connection meanwhile)."""
+    import threading
+
+    from accounts.authentication import _key_lookup, apikey_cache_evict_now, hash_secret
+
+    key, secret = tenant.key("usage")
+    apikey_cache_evict_now()
+    queries: list[str] = []
+    start = threading.Barrier(8)
+
+    def count(execute, sql, params, many, context):
+        if 'FROM "accounts_apikey"' in sql:
+            queries.append(sql)
+            time.sleep(0.05)  # a slow lookup: the others arrive meanwhile
+        return execute(sql, params, many, context)
+
+    found = []
+
+    def look():
+        try:
+            with connection.execute_wrapper(count):
+                start.wait()
+                found.append(_key_lookup(hash_secret(secret)))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=look) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert [k.pk for k in found] == [key.pk] * 8
+    assert len({id(k) for k in found}) == 8  # each request its own copy
+    assert len(queries) == 1
