@@ -106,6 +106,28 @@ def _fresh(instance):
     return new
 
 
+def _last_used_due(key: ApiKey, hashed: str, now) -> bool:
+    """Whether this request writes the key's `last_used_at` (at most once per
+    LAST_USED_RESOLUTION): the first of the concurrent requests that see it older marks the
+    cached key first, so the others, whose copies are older, do not write it too."""
+
+    def recent(at) -> bool:
+        return at is not None and now - at <= LAST_USED_RESOLUTION
+
+    if recent(key.last_used_at):
+        return False
+    with _KEYS_LOCK:
+        hit = _KEYS.get(hashed)
+        cached = hit[1] if hit is not None else None
+        if cached is not None:
+            if recent(cached.last_used_at):
+                key.last_used_at = cached.last_used_at
+                return False
+            cached.last_used_at = now
+    key.last_used_at = now
+    return True
+
+
 def hash_secret(secret: str) -> str:
     """sha256 hex of a key's secret: the only form in which a secret is stored."""
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -137,12 +159,8 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("This API key has expired.")
         if getattr(key, "member_left", False):
             raise exceptions.AuthenticationFailed("This API key's member left the organization.")
-        if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        if _last_used_due(key, hashed, now):
             ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-            key.last_used_at = now
-            with _KEYS_LOCK:
-                if (hit := _KEYS.get(hashed)) is not None and hit[1] is not None:
-                    hit[1].last_used_at = now  # one UPDATE per resolution, not per request
         request.organization = key.organization
         log_context_set(key=key)  # the log lines of this request name the key's prefix
         return (key.user, key)

@@ -94,3 +94,46 @@ def test_concurrent_misses_of_one_key_make_one_query(tenant):
     assert [k.pk for k in found] == [key.pk] * 8
     assert len({id(k) for k in found}) == 8  # each request its own copy
     assert len(queries) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("many_connections")
+def test_concurrent_requests_write_a_keys_last_use_once(tenant):
+    """`last_used_at` is written at most once a minute per key: when it falls due, the first of
+    the requests that see it writes it, not each of those in flight at that moment."""
+    import threading
+    from datetime import timedelta
+
+    from django.test import RequestFactory
+    from django.utils import timezone
+
+    from accounts.authentication import APIKeyAuthentication, _key_lookup, hash_secret
+
+    key, secret = tenant.key("usage")
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now() - timedelta(hours=1))
+    _key_lookup(hash_secret(secret))  # cached with the old time, as under load
+    updates: list[str] = []
+    start = threading.Barrier(8)
+
+    def count(execute, sql, params, many, context):
+        if sql.startswith('UPDATE "accounts_apikey"'):
+            updates.append(sql)
+        return execute(sql, params, many, context)
+
+    def authenticate():
+        request = RequestFactory().get("/api/v1/key", HTTP_AUTHORIZATION=f"Bearer {secret}")
+        try:
+            with connection.execute_wrapper(count):
+                start.wait()
+                APIKeyAuthentication().authenticate(request)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=authenticate) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(updates) == 1
+    key.refresh_from_db()
+    assert timezone.now() - key.last_used_at < timedelta(minutes=1)
