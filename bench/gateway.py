@@ -94,9 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=100.0, help="Requests per second.")
     parser.add_argument("--seconds", type=float, default=10.0, help="Per scenario.")
-    parser.add_argument(
-        "--workers", type=int, default=(os.cpu_count() or 1) + 1, help="Default: cores + 1."
-    )
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16, help="gthread workers' threads (wsgi).")
     parser.add_argument("--server", choices=["asgi", "wsgi"], default="asgi")
     parser.add_argument("--output", type=Path, default=RESULTS)

@@ -13,8 +13,7 @@ On loopback only. In order:
 2. The limits (bench/limits.py): pgbench, the hot-row transaction with 8 clients and the
    100-entry transaction with 4, `--seconds` each.
 3. The production server, `gunicorn portal.asgi:application -k uvicorn_worker.UvicornWorker
-   -w <cores + 1>` (README; its default pool, DATABASE_POOL_MAX_SIZE 16), on a free 127.0.0.1
-   port; 20 warm-up
+   -w 2` (its default pool, DATABASE_POOL_MAX_SIZE 16), on a free 127.0.0.1 port; 20 warm-up
    events. The load generator is wrk (Debian's; C, one thread) with the Lua scripts of
    bench/wrk/, each request a new event id `<run>:<thread>:<n>`:
    - single events, 32 connections, `--seconds`;
@@ -70,9 +69,6 @@ import ingest  # noqa: E402
 import limits  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-# The README's production setting: one worker more than the cores (on 2 cores, 3 workers did
-# 25 % more single events than 2, with a shorter tail at 100/s, and the same batches).
-WORKERS = (os.cpu_count() or 1) + 1
 DOC = ROOT / "docs" / "performance.md"
 WRK = ROOT / "bench" / "wrk"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/portal_bench"
@@ -398,7 +394,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
 
     port = ingest.free_port()
     base = f"http://127.0.0.1:{port}"
-    server = ingest.server_start(env, port, WORKERS, 1, asgi=True)
+    server = ingest.server_start(env, port, 2, 1, asgi=True)
     figures: dict = {}
     raw: dict = {"limits": measured_limits}
     autoanalyze = ingest.Autoanalyze(url).__enter__()  # the write steps: as autovacuum would
@@ -528,7 +524,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
                     f"&end={end.strftime('%Y-%m-%dT%H:%M:%SZ')}")  # fmt: skip
     port = ingest.free_port()
     base = f"http://127.0.0.1:{port}"
-    server = ingest.server_start(env, port, WORKERS, 1, asgi=True)
+    server = ingest.server_start(env, port, 2, 1, asgi=True)
     try:
         server_ready(base, server)
         # Steady state, as the write steps' warm-up events: each worker's first requests build
@@ -609,7 +605,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
             "shared": "other work may share the cores: see load_average_1m",
         },
         "load_average_1m": loads,
-        "server": f"gunicorn portal.asgi:application -k uvicorn_worker.UvicornWorker -w {WORKERS}",
+        "server": "gunicorn portal.asgi:application -k uvicorn_worker.UvicornWorker -w 2",
         "load_generator": "wrk 4.1 (Debian), one thread, bench/wrk/*.lua; 100/s: bench/paced.py",
         "seconds_per_step": args.seconds,
         "history": {
