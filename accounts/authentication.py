@@ -48,11 +48,11 @@ def _key_lookup(hashed: str) -> ApiKey | None:
     now = time.monotonic()
     hit = _KEYS.get(hashed)
     if hit is not None and hit[0] > now:
-        return _fresh(hit[1]) if hit[1] is not None else None
+        return _fresh(hit[1])
     with _refresh_lock(hashed):  # one query per key at a time: concurrent misses wait for it
         hit = _KEYS.get(hashed)
         if hit is not None and hit[0] > time.monotonic():
-            return _fresh(hit[1]) if hit[1] is not None else None
+            return _fresh(hit[1])
         return _key_read(hashed, now)
 
 
@@ -82,7 +82,7 @@ def _key_read(hashed: str, now: float) -> ApiKey | None:
     with _KEYS_LOCK:
         if len(_KEYS) > 10_000:  # a flood of unknown keys: start over rather than grow
             _KEYS.clear()
-        _KEYS[hashed] = (now + KEY_CACHE_SECONDS, _fresh(key) if key is not None else None)
+        _KEYS[hashed] = (now + KEY_CACHE_SECONDS, _fresh(key))
     return key
 
 
@@ -90,9 +90,11 @@ _MUTABLE = (dict, list, set)
 
 
 def _fresh(instance):
-    """A copy of a model instance and of the related instances loaded with it, sharing nothing
-    a request could change (its own `_state` and field cache; lists and dicts copied), at a
-    fraction of `copy.deepcopy`'s cost (immutable values, the most of a row, are shared)."""
+    """A copy of a model instance (or None) and of the related instances loaded with it, sharing
+    nothing a request could change (its own `_state` and field cache; lists and dicts copied),
+    at a fraction of `copy.deepcopy`'s cost (immutable values, the most of a row, are shared)."""
+    if instance is None:
+        return None
     new = instance.__class__.__new__(instance.__class__)
     new.__dict__ = {
         name: copy.deepcopy(value) if isinstance(value, _MUTABLE) else value
@@ -100,8 +102,7 @@ def _fresh(instance):
     }
     new._state = copy.copy(instance._state)
     new._state.fields_cache = {
-        name: None if related is None else _fresh(related)
-        for name, related in instance._state.fields_cache.items()
+        name: _fresh(related) for name, related in instance._state.fields_cache.items()
     }
     return new
 

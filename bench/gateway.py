@@ -132,7 +132,7 @@ def main() -> None:
     auth = {"Authorization": f"Bearer {secret}"}
     body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 64}
     results = []
-    autoanalyze = ingest.Autoanalyze(database_url).__enter__()  # as autovacuum would
+    autoanalyze = ingest.Autoanalyze(database_url).start()  # as autovacuum would
     try:
         ingest.server_wait(url, secret, process)
         for _ in range(20):  # warm-up: each worker's price cache, connections
@@ -150,7 +150,7 @@ def main() -> None:
         process.terminate()
         process.wait(timeout=30)
         upstream.close()
-        autoanalyze.__exit__(None, None, None)
+        autoanalyze.stop()
     overhead = {}
     for kind in ("non_streaming", "stream_ttft"):
         direct = next(r for r in results if r["scenario"] == f"direct {kind}")

@@ -81,7 +81,8 @@ class Autoanalyze:
     by default) is ANALYZEd, as autovacuum would do. Without it the planner keeps the plans it
     made when the tables were empty: the foreign-key checks and the ledger's balance trigger,
     planned once per connection, scan whole tables, and a pooled server slows down as they
-    grow. Does nothing when the server's autovacuum is on."""
+    grow. `start()` it before the writes, `stop()` it after; it does nothing when the server's
+    autovacuum is on."""
 
     RULE = """SELECT format('%I.%I', s.schemaname, s.relname)
                 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
@@ -92,11 +93,11 @@ class Autoanalyze:
     def __init__(self, url: str, naptime: float = 15.0):
         self.url = url.replace("postgres://", "postgresql://", 1)
         self.naptime = naptime
-        self.stop = threading.Event()
+        self._stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.analyzed = 0
 
-    def __enter__(self):
+    def start(self) -> Autoanalyze:
         import psycopg
 
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -105,8 +106,8 @@ class Autoanalyze:
             self.thread.start()
         return self
 
-    def __exit__(self, *exc):
-        self.stop.set()
+    def stop(self) -> None:
+        self._stopping.set()
         if self.thread.is_alive():
             self.thread.join()
 
@@ -114,7 +115,7 @@ class Autoanalyze:
         import psycopg
 
         with psycopg.connect(self.url, autocommit=True) as conn:
-            while not self.stop.wait(self.naptime):
+            while not self._stopping.wait(self.naptime):
                 for (table,) in conn.execute(self.RULE).fetchall():
                     conn.execute(f"ANALYZE {table}")
                     self.analyzed += 1

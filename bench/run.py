@@ -397,7 +397,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
     server = ingest.server_start(env, port, 2, 1, asgi=True)
     figures: dict = {}
     raw: dict = {"limits": measured_limits}
-    autoanalyze = ingest.Autoanalyze(url).__enter__()  # the write steps: as autovacuum would
+    autoanalyze = ingest.Autoanalyze(url).start()  # the write steps: as autovacuum would
     try:
         server_ready(base, server)
         with httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=60) as client:
@@ -456,7 +456,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
-        autoanalyze.__exit__(None, None, None)
+        autoanalyze.stop()
         raw["autoanalyze"] = {"tables_analyzed": autoanalyze.analyzed}
 
     if not args.no_gateway:

@@ -450,7 +450,7 @@ def main() -> None:
     roller = subprocess.Popen([ingest.PY, "-c", ROLL_EVERY_MINUTE], cwd=ROOT, env=env)
     seconds = args.minutes * 60
     warmup = min(60.0, seconds / 10)
-    autoanalyze = ingest.Autoanalyze(database_url).__enter__()  # as autovacuum would
+    autoanalyze = ingest.Autoanalyze(database_url).start()  # as autovacuum would
     try:
         ingest.server_wait(url, secret, server)
         Traffic(url, secret, password, run).close()  # the pages' login works
@@ -462,7 +462,7 @@ def main() -> None:
     finally:
         roller.terminate()
         roller.wait(timeout=30)
-        autoanalyze.__exit__(None, None, None)
+        autoanalyze.stop()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=30)

@@ -447,9 +447,9 @@ class UsageApi(OrganizationListAPIView):
             return self._batch(body, attribution)
         try:
             event = UsageInput(**serializer_shared(UsageEventInput).validated(body))
-        except serializers.ValidationError as exc:
+        except serializers.ValidationError:
             usage_refused(ValidationFailed.type)  # the service counts its own refusals
-            raise serializers.ValidationError(exc.detail) from None
+            raise
         result = services.usage_record(attribution=attribution, event=event)
         return recorded_response(result, self.principal)
 

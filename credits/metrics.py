@@ -38,7 +38,7 @@ CREDITS_SPENT = Counter(
 LEDGER_VERIFY = "ledger_verify"
 
 
-def usage_recorded(cost, events: int = 1) -> None:
+def usage_recorded(cost, events: int) -> None:
     """Count `events` recorded events of `cost` credits in all when the current transaction
     commits."""
 

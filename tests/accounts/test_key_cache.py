@@ -13,6 +13,7 @@ from accounts.authentication import KEY_CACHE_SECONDS
 from accounts.models import ApiKey
 from accounts.services import apikey_delete, apikey_update, membership_remove
 from tests.conftest import SYSTEM
+from tests.credits.test_concurrency import in_threads
 
 BALANCE = "/api/v1/credits/balance"
 
@@ -61,14 +62,11 @@ def test_a_change_through_the_services_takes_effect_at_once(tenant, change):
 def test_concurrent_misses_of_one_key_make_one_query(tenant):
     """When a key's cache time runs out under load, the requests that miss it at once wait for
     one lookup instead of each querying (and each holding a connection meanwhile)."""
-    import threading
-
     from accounts.authentication import _key_lookup, apikey_cache_evict_now, hash_secret
 
     key, secret = tenant.key("usage")
     apikey_cache_evict_now()
     queries: list[str] = []
-    start = threading.Barrier(8)
 
     def count(execute, sql, params, many, context):
         if 'FROM "accounts_apikey"' in sql:
@@ -76,21 +74,11 @@ def test_concurrent_misses_of_one_key_make_one_query(tenant):
             time.sleep(0.05)  # a slow lookup: the others arrive meanwhile
         return execute(sql, params, many, context)
 
-    found = []
+    def look(_):
+        with connection.execute_wrapper(count):
+            return [_key_lookup(hash_secret(secret))]
 
-    def look():
-        try:
-            with connection.execute_wrapper(count):
-                start.wait()
-                found.append(_key_lookup(hash_secret(secret)))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=look) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    found = in_threads(8, look)
     assert [k.pk for k in found] == [key.pk] * 8
     assert len({id(k) for k in found}) == 8  # each request its own copy
     assert len(queries) == 1
@@ -101,7 +89,6 @@ def test_concurrent_misses_of_one_key_make_one_query(tenant):
 def test_concurrent_requests_write_a_keys_last_use_once(tenant):
     """`last_used_at` is written at most once a minute per key: when it falls due, the first of
     the requests that see it writes it, not each of those in flight at that moment."""
-    import threading
     from datetime import timedelta
 
     from django.test import RequestFactory
@@ -113,27 +100,18 @@ def test_concurrent_requests_write_a_keys_last_use_once(tenant):
     ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now() - timedelta(hours=1))
     _key_lookup(hash_secret(secret))  # cached with the old time, as under load
     updates: list[str] = []
-    start = threading.Barrier(8)
 
     def count(execute, sql, params, many, context):
         if sql.startswith('UPDATE "accounts_apikey"'):
             updates.append(sql)
         return execute(sql, params, many, context)
 
-    def authenticate():
+    def authenticate(_):
         request = RequestFactory().get("/api/v1/key", HTTP_AUTHORIZATION=f"Bearer {secret}")
-        try:
-            with connection.execute_wrapper(count):
-                start.wait()
-                APIKeyAuthentication().authenticate(request)
-        finally:
-            connection.close()
+        with connection.execute_wrapper(count):
+            return [APIKeyAuthentication().authenticate(request)]
 
-    threads = [threading.Thread(target=authenticate) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    assert len(in_threads(8, authenticate)) == 8
     assert len(updates) == 1
     key.refresh_from_db()
     assert timezone.now() - key.last_used_at < timedelta(minutes=1)
