@@ -2,72 +2,47 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import threading
-import time
 from datetime import timedelta
 
-from django.db import transaction
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from portal.logs import log_context_set
+from portal.process_cache import ProcessCache, fresh
 
 from .models import ApiKey
 
 KEY_PREFIX = "sk-cp-v1-"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
-# Keys looked up in the last KEY_CACHE_SECONDS, per process ({hash: (until, key)}, `until` on
-# time.monotonic()): a key that is disabled or deleted, or whose member leaves, stops working
-# within that time on every worker, and at once in the process that made the change
-# (`apikey_cache_evict`, called by the services that change keys and memberships).
+# Keys looked up in the last KEY_CACHE_SECONDS, per process (`portal.process_cache`): a key
+# that is disabled or deleted, or whose member leaves, stops working within that time on every
+# worker, and at once in the process that made the change (`apikey_cache_evict`, called by the
+# services that change keys and memberships).
 KEY_CACHE_SECONDS = 1.0
-_KEYS: dict[str, tuple[float, ApiKey]] = {}
-_KEYS_LOCK = threading.Lock()
+_KEYS: ProcessCache[ApiKey | None] = ProcessCache(KEY_CACHE_SECONDS)
 
 
 def apikey_cache_evict() -> None:
     """Forget the cached keys of this process, now and again when the current transaction
     commits (a request that read the old row meanwhile must not keep it)."""
-    with _KEYS_LOCK:
-        _KEYS.clear()
-    transaction.on_commit(apikey_cache_evict_now)
+    _KEYS.evict()
 
 
 def apikey_cache_evict_now() -> None:
-    with _KEYS_LOCK:
-        _KEYS.clear()
+    _KEYS.evict_now()
 
 
 def _key_lookup(hashed: str) -> ApiKey | None:
     """The live key of this hash with its organization, user and team, or None. A key whose
     member has left the organization is None. Served from the cache when seen less than
     KEY_CACHE_SECONDS ago (a copy: requests never share an instance)."""
-    now = time.monotonic()
-    hit = _KEYS.get(hashed)
-    if hit is not None and hit[0] > now:
-        return _fresh(hit[1])
-    with _refresh_lock(hashed):  # one query per key at a time: concurrent misses wait for it
-        hit = _KEYS.get(hashed)
-        if hit is not None and hit[0] > time.monotonic():
-            return _fresh(hit[1])
-        return _key_read(hashed, now)
+    return fresh(_KEYS.get(hashed, lambda: _key_read(hashed)))
 
 
-_REFRESHING: dict[str, threading.Lock] = {}
-
-
-def _refresh_lock(hashed: str) -> threading.Lock:
-    with _KEYS_LOCK:
-        if len(_REFRESHING) > 10_000:
-            _REFRESHING.clear()
-        return _REFRESHING.setdefault(hashed, threading.Lock())
-
-
-def _key_read(hashed: str, now: float) -> ApiKey | None:
-    """`_key_lookup`'s query, its result cached until `now` + KEY_CACHE_SECONDS."""
+def _key_read(hashed: str) -> ApiKey | None:
+    """`_key_lookup`'s query."""
     key = (
         ApiKey.objects.select_related("organization", "user", "team")
         .filter(hash=hashed, deleted_at__isnull=True)
@@ -79,32 +54,7 @@ def _key_read(hashed: str, now: float) -> ApiKey | None:
         and not key.user.memberships.filter(organization_id=key.organization_id).exists()
     ):
         key.member_left = True
-    with _KEYS_LOCK:
-        if len(_KEYS) > 10_000:  # a flood of unknown keys: start over rather than grow
-            _KEYS.clear()
-        _KEYS[hashed] = (now + KEY_CACHE_SECONDS, _fresh(key))
     return key
-
-
-_MUTABLE = (dict, list, set)
-
-
-def _fresh(instance):
-    """A copy of a model instance (or None) and of the related instances loaded with it, sharing
-    nothing a request could change (its own `_state` and field cache; lists and dicts copied),
-    at a fraction of `copy.deepcopy`'s cost (immutable values, the most of a row, are shared)."""
-    if instance is None:
-        return None
-    new = instance.__class__.__new__(instance.__class__)
-    new.__dict__ = {
-        name: copy.deepcopy(value) if isinstance(value, _MUTABLE) else value
-        for name, value in instance.__dict__.items()
-    }
-    new._state = copy.copy(instance._state)
-    new._state.fields_cache = {
-        name: _fresh(related) for name, related in instance._state.fields_cache.items()
-    }
-    return new
 
 
 def _last_used_due(key: ApiKey, hashed: str, now) -> bool:
@@ -117,9 +67,8 @@ def _last_used_due(key: ApiKey, hashed: str, now) -> bool:
 
     if recent(key.last_used_at):
         return False
-    with _KEYS_LOCK:
-        hit = _KEYS.get(hashed)
-        cached = hit[1] if hit is not None else None
+    with _KEYS.lock:
+        cached = _KEYS.peek(hashed)
         if cached is not None:
             if recent(cached.last_used_at):
                 key.last_used_at = cached.last_used_at

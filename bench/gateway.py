@@ -6,11 +6,11 @@ PostgreSQL against calling the same loopback upstream directly.
 
 The upstream is the tests' fake OpenAI-compatible server (tests/credits/fake_upstream.py) in this
 process; the organization `bench` (as bench/ingest.py makes it) gets an upstream serving gpt-4o.
-Each scenario sends requests open-loop at `--rate` per second for `--seconds` (from a pool of
-threads), and measures per request: the whole answer (non-streaming), or the time to the first
-content chunk (streaming). Written to bench/results/gateway.json: p50 and p99 of each, direct
-and through the gateway, and their difference (the overhead: authentication, validation, the
-hold, the upstream call, the capture and the usage event)."""
+Each scenario sends requests open-loop at `--rate` per second for `--seconds` (bench/paced.py,
+a process of its own), and measures per request: the whole answer (non-streaming), or the time
+to the first content chunk (streaming). Written to bench/results/gateway.json: p50 and p99 of
+each, direct and through the gateway, and their difference (the overhead: authentication,
+validation, the hold, the upstream call, the capture and the usage event)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,59 +32,28 @@ sys.path.insert(0, str(ROOT))
 import ingest  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "gateway.json"
-MESSAGES = [{"role": "user", "content": "Say hello, in four tokens."}]
 
 
-def scenario(name: str, url: str, headers: dict, body: dict, rate: float, seconds: float) -> dict:
-    """Open-loop requests at `rate`/s for `seconds`; latency in ms (streams: to the first
-    content chunk)."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    local = threading.local()
-
-    def one(due: float) -> None:
-        client = getattr(local, "client", None)
-        if client is None:
-            client = local.client = httpx.Client(headers=headers, timeout=60)
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        began = time.perf_counter()
-        try:
-            if body.get("stream"):
-                took = None
-                with client.stream("POST", url, json=body) as response:
-                    for line in response.iter_lines():
-                        if took is None and '"content"' in line:
-                            took = (time.perf_counter() - began) * 1000
-                    status = response.status_code
-            else:
-                response = client.post(url, json=body)
-                took = (time.perf_counter() - began) * 1000
-                status = response.status_code
-        except httpx.HTTPError as exc:
-            took, status = None, repr(exc)
-        with lock:
-            if status == 200 and took is not None:
-                latencies.append(took)
-            else:
-                errors.append(str(status))
-
-    count = int(rate * seconds)
-    start = time.perf_counter() + 0.5
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        list(pool.map(one, [start + i / rate for i in range(count)]))
+def scenario(name: str, url: str, secret: str, stream: bool, rate: float, seconds: float) -> dict:
+    """Open-loop chat completions at `rate`/s for `seconds` from bench/paced.py (a process of its
+    own); latency in ms from the send (streams: to the first content chunk)."""
+    command = [sys.executable, str(ROOT / "bench" / "paced.py"), url, secret, "--gateway",
+               "--rate", str(rate), "--seconds", str(seconds)]  # fmt: skip
+    if stream:
+        command.append("--stream")
+    paced = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    ok = paced["statuses"].get("200", 0)
     result = {
         "scenario": name,
-        "requests": count,
-        "ok": len(latencies),
-        "errors": len(errors),
-        "p50_ms": round(ingest.percentile(latencies, 50), 2) if latencies else None,
-        "p99_ms": round(ingest.percentile(latencies, 99), 2) if latencies else None,
+        "requests": paced["requests"],
+        "ok": ok,
+        "errors": paced["requests"] - ok,
+        "p50_ms": paced["service_ms"]["p50"] if ok else None,
+        "p99_ms": paced["service_ms"]["p99"] if ok else None,
+        "from_schedule_ms": paced["from_schedule_ms"],
     }
     print(f"{name:>24}: p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
-          f"({len(latencies)} ok, {len(errors)} errors {errors[:1]})", flush=True)  # fmt: skip
+          f"({ok} ok, statuses {paced['statuses']})", flush=True)  # fmt: skip
     return result
 
 
@@ -130,7 +97,11 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     process = ingest.server_start(env, port, args.workers, args.threads, asgi=args.server == "asgi")
     auth = {"Authorization": f"Bearer {secret}"}
-    body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 64}
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 64,
+    }
     results = []
     autoanalyze = ingest.Autoanalyze(database_url).start()  # as autovacuum would
     try:
@@ -139,13 +110,10 @@ def main() -> None:
             httpx.post(f"{url}/api/v1/chat/completions", json=body, headers=auth, timeout=60)
         for stream in (False, True):
             kind = "stream_ttft" if stream else "non_streaming"
-            sent = {**body, "stream": stream}
-            if stream:
-                sent["stream_options"] = {"include_usage": True}
-            results.append(scenario(f"direct {kind}", f"{upstream.url}/chat/completions", {},
-                                    sent, args.rate, args.seconds))  # fmt: skip
-            results.append(scenario(f"gateway {kind}", f"{url}/api/v1/chat/completions", auth,
-                                    sent, args.rate, args.seconds))  # fmt: skip
+            results.append(scenario(f"direct {kind}", upstream.url, "", stream, args.rate,
+                                    args.seconds))  # fmt: skip
+            results.append(scenario(f"gateway {kind}", f"{url}/api/v1", secret, stream,
+                                    args.rate, args.seconds))  # fmt: skip
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -17,12 +17,12 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts.audit import Actor
-from accounts.authentication import apikey_cache_evict_now
 from accounts.models import ApiKey, Organization, Team, User
 from accounts.roles import Role
 from accounts.services import apikey_create, organization_create, team_create
 from credits.services import credits_allocate, credits_grant
 from credits.services.prices import prices_cache_clear, prices_load
+from portal.process_cache import evict_all_now
 
 from .factories import MembershipFactory, UserFactory
 
@@ -102,9 +102,9 @@ def eager_tasks_leave_no_flag():
 @pytest.fixture(autouse=True)
 def fresh_cache():
     """No throttle or lockout count leaks from one test into the next (only this process's keys
-    are deleted), nor a key cached by the API's authentication."""
+    are deleted), nor the rows cached per process (API keys, upstreams, guardrails)."""
     yield
-    apikey_cache_evict_now()
+    evict_all_now()
     if hasattr(cache, "delete_pattern"):  # django-redis: this process's prefix only
         cache.delete_pattern("*")
     else:  # a test swapped in another cache

@@ -8,7 +8,9 @@ keys and members assigned to them.
   every debit like any other budget (`BudgetGate`).
 - `allowed_models` (null: any) is checked when an authorization (hold) is requested for an
   assigned key or member (`guardrail_check_model`): another model is a 403 `forbidden` naming
-  it. A hold naming no model is refused too when a guardrail restricts models.
+  it. A hold naming no model is refused too when a guardrail restricts models. The check reads
+  the organization's restricting guardrails once per RESTRICTING_CACHE_SECONDS per process:
+  a change takes effect at once in the process that makes it, within that time in the others.
 - A key holds at most one guardrail, a member at most one per organization: assigning replaces
   the previous assignment (and its budget).
 
@@ -18,6 +20,8 @@ Every write is audited (`guardrail.created`, `.updated`, `.deleted`, `.keys_assi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -26,11 +30,27 @@ from accounts.audit import Actor, audit_record
 from accounts.models import ApiKey, Organization, User
 from portal.errors import NotFound, PermissionDenied, ValidationFailed
 from portal.money import parse_credits
+from portal.process_cache import ProcessCache
 
 from ..models import Budget, Guardrail, GuardrailKeyAssignment, GuardrailMemberAssignment
 from .budgets import budget_create, budget_delete, budget_update
 
 COLUMNS = ("name", "description", "limit_usd", "reset_interval", "allowed_models")
+RESTRICTING_CACHE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class _Restricting:
+    """A guardrail with `allowed_models`, and the keys and members assigned to it."""
+
+    name: str
+    public_id: str
+    allowed_models: tuple[str, ...]
+    api_key_ids: frozenset[int]
+    member_ids: frozenset[int]
+
+
+_RESTRICTING: ProcessCache[list[_Restricting]] = ProcessCache(RESTRICTING_CACHE_SECONDS)
 FLAGS = ("include_byok_in_budgets",)
 
 
@@ -47,6 +67,7 @@ def _snapshot(guardrail: Guardrail) -> dict:
 
 
 def _apply(guardrail: Guardrail, fields: dict) -> None:
+    _RESTRICTING.evict()
     for name, value in fields.items():
         if name in COLUMNS or name in FLAGS:
             setattr(guardrail, name, value)
@@ -80,6 +101,7 @@ def _budget_add(guardrail: Guardrail, *, api_key=None, member=None, actor: Actor
 
 
 def _budgets_remove(guardrail_id, *, api_key_ids=(), member_ids=(), actor: Actor) -> None:
+    _RESTRICTING.evict()  # keys or members leave the guardrail
     condition = Q(api_key_id__in=list(api_key_ids)) | Q(member_id__in=list(member_ids))
     for budget in Budget.objects.filter(condition, guardrail_id=guardrail_id).select_related(
         "organization", "guardrail"
@@ -151,6 +173,7 @@ def guardrail_update(*, guardrail: Guardrail, fields: dict, actor: Actor) -> Gua
 @transaction.atomic
 def guardrail_delete(*, guardrail: Guardrail, actor: Actor) -> None:
     """Delete a guardrail with its assignments and budgets. Raises NotFound when gone."""
+    _RESTRICTING.evict()
     guardrail = Guardrail.objects.select_for_update().filter(pk=guardrail.pk).first()
     if guardrail is None:
         raise NotFound("No such guardrail.", resource="guardrail")
@@ -171,6 +194,7 @@ def _assign(guardrail: Guardrail, targets: list, *, member: bool, actor: Actor) 
     """Put `targets` (API keys, or members with `member`) under `guardrail`, replacing another
     guardrail's assignment with its budgets; those already under it are left. Audited once.
     Returns how many were newly assigned."""
+    _RESTRICTING.evict()
     model = GuardrailMemberAssignment if member else GuardrailKeyAssignment
     field = "member" if member else "api_key"
     Guardrail.objects.select_for_update().filter(pk=guardrail.pk).exists()
@@ -268,26 +292,38 @@ def guardrail_unassign_members(*, guardrail: Guardrail, members: list[User], act
     return len(rows)
 
 
+def _restricting(organization_id: int) -> list[_Restricting]:
+    rows = (
+        Guardrail.objects.filter(organization_id=organization_id, allowed_models__isnull=False)
+        .prefetch_related("key_assignments", "member_assignments")
+        .order_by("id")
+    )
+    return [
+        _Restricting(
+            name=g.name,
+            public_id=str(g.public_id),
+            allowed_models=tuple(g.allowed_models or ()),
+            api_key_ids=frozenset(a.api_key_id for a in g.key_assignments.all()),
+            member_ids=frozenset(a.member_id for a in g.member_assignments.all()),
+        )
+        for g in rows
+    ]
+
+
 def guardrail_check_model(*, organization_id: int, api_key_id, member_id, model: str) -> None:
     """Refuse (403 `forbidden`, naming the model and the guardrail) a request for `model` by a
-    key or member under a guardrail whose `allowed_models` does not list it. One query."""
-    condition = Q()
-    if api_key_id is not None:
-        condition |= Q(key_assignments__api_key_id=api_key_id)
-    if member_id is not None:
-        condition |= Q(member_assignments__member_id=member_id)
-    if not condition:
+    key or member under a guardrail whose `allowed_models` does not list it. The organization's
+    restricting guardrails as read less than RESTRICTING_CACHE_SECONDS ago in this process."""
+    if api_key_id is None and member_id is None:
         return
-    guardrails = Guardrail.objects.filter(
-        condition, organization_id=organization_id, allowed_models__isnull=False
-    ).distinct()
-    for guardrail in guardrails:
-        allowed = guardrail.allowed_models or []
-        if model not in allowed:
+    for guardrail in _RESTRICTING.get(organization_id, lambda: _restricting(organization_id)):
+        if api_key_id not in guardrail.api_key_ids and member_id not in guardrail.member_ids:
+            continue
+        if model not in guardrail.allowed_models:
             what = f"Model '{model}' is" if model else "A request naming no model is"
             raise PermissionDenied(
                 f"{what} not allowed by guardrail '{guardrail.name}'.",
                 model=model or None,
-                guardrail_id=str(guardrail.public_id),
-                allowed_models=allowed,
+                guardrail_id=guardrail.public_id,
+                allowed_models=list(guardrail.allowed_models),
             )

@@ -25,6 +25,7 @@ from django.utils import timezone
 from accounts.audit import Actor, audit_record
 from accounts.models import Organization, Team
 from portal.errors import (
+    ApplicationError,
     Conflict,
     IdempotencyConflict,
     InsufficientCredits,
@@ -314,8 +315,7 @@ def ledger_debit(
     return txn, True
 
 
-@transaction.atomic
-def hold_authorize(
+def hold_authorize_in_transaction(
     *,
     account: LedgerAccount,
     amount,
@@ -335,7 +335,11 @@ def hold_authorize(
     `account_locked`: the caller has locked `account` in this transaction already (the row as
     locked), so it is not locked again. `check`: called once a new hold is to be made (not for
     a retry), after the balance is checked, to refuse it by raising (the budgets of
-    `credits.services.usage.authorization_create`)."""
+    `credits.services.usage.authorization_create`).
+
+    Runs in the caller's transaction, without a savepoint of its own (an error leaves it to roll
+    back): `authorization_create` calls it so; `hold_authorize` is the same in a transaction
+    (or savepoint) of its own."""
     amount = parse_credits(amount)
     _check_key(idempotency_key)
     timeout = DEFAULT_HOLD_TIMEOUT if timeout is None else timeout
@@ -351,15 +355,18 @@ def hold_authorize(
         if existing is not None:
             return existing, False
         locked = _lock([account])[account.pk]
-    # A concurrent first use of the key may have committed while we waited for the lock: it must
-    # be returned, not checked again against the credits it reserved.
-    existing = _first_result(Hold, locked.organization_id, idempotency_key, digest)
-    if existing is not None:
-        return existing, False
-    _expire_due(locked, timezone.now())
-    _ensure_available(locked, amount)
-    if check is not None:
-        check()
+    # A retry of the key (or a concurrent first use that committed while we waited for the lock)
+    # returns the first hold, whatever the credits now: a refusal counts only for a new key.
+    try:
+        _expire_due(locked, timezone.now())
+        _ensure_available(locked, amount)
+        if check is not None:
+            check()
+    except ApplicationError:
+        existing = _first_result(Hold, locked.organization_id, idempotency_key, digest)
+        if existing is not None:
+            return existing, False
+        raise
     hold, created = _create_once(
         Hold,
         locked.organization_id,
@@ -374,6 +381,13 @@ def hold_authorize(
         LedgerAccount.objects.filter(pk=locked.pk).update(held=F("held") + amount)
         locked.held += amount  # the row as committed (credits.hooks reads it)
     return hold, created
+
+
+@transaction.atomic
+def hold_authorize(**arguments) -> tuple[Hold, bool]:
+    """`hold_authorize_in_transaction` (same keyword arguments, result and errors) in a
+    transaction of its own, or a savepoint of the caller's."""
+    return hold_authorize_in_transaction(**arguments)
 
 
 def _lock_hold(hold: Hold) -> tuple[Hold, LedgerAccount]:

@@ -16,12 +16,13 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Subquery, Value, When
 
 from accounts.models import Organization, Team
 from portal.errors import IdempotencyConflict, InsufficientCredits, NotFound, ValidationFailed
 from portal.money import format_credits
+from portal.statements import insert_rows
 
 from ..hooks import pool_locked
 from ..models import CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
@@ -206,23 +207,39 @@ def _first_result(model, organization_id: int | None, key: str, digest: str):
 
 
 def _create_once(row_model, organization_id: int, key: str, digest: str, /, **fields):
-    """Insert the row that claims `key` (in a savepoint). Returns (row, created). A concurrent
-    first use of the key has committed by the time the unique index lets us go on (READ
-    COMMITTED: the lookup after the IntegrityError sees it); IdempotencyConflict if it was
-    another request. (`row_model` is positional: a Hold has a `model` field.)"""
-    try:
-        with transaction.atomic():
-            return row_model.objects.create(
-                organization_id=organization_id,
-                idempotency_key=key,
-                request_hash=digest,
-                **fields,
-            ), True
-    except IntegrityError:
-        existing = _first_result(row_model, organization_id, key, digest)
-        if existing is None:
-            raise
-        return existing, False
+    """Insert the row that claims `key`. Returns (row, created). A concurrent first use of the
+    key has committed by the time the unique index lets us go on (READ COMMITTED: the lookup
+    that follows sees it); IdempotencyConflict if it was another request. On PostgreSQL one
+    statement, `INSERT ... ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING
+    id`; elsewhere the INSERT in a savepoint. (`row_model` is positional: a Hold has a `model`
+    field.)"""
+    row = row_model(
+        organization_id=organization_id, idempotency_key=key, request_hash=digest, **fields
+    )
+    if connection.vendor == "postgresql":
+        statement, params = insert_rows(row_model, [row])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"{statement} ON CONFLICT (organization_id, idempotency_key) DO NOTHING"
+                f" RETURNING {connection.ops.quote_name(row_model._meta.pk.column)}",
+                params,
+            )
+            inserted = cursor.fetchone()
+        if inserted is not None:
+            row.pk = inserted[0]
+            row._state.adding, row._state.db = False, connection.alias
+            return row, True
+    else:
+        try:
+            with transaction.atomic():
+                row.save(force_insert=True)
+                return row, True
+        except IntegrityError:
+            pass
+    existing = _first_result(row_model, organization_id, key, digest)
+    if existing is None:  # the conflicting row went (rolled back) before we could read it
+        raise IntegrityError(f"{row_model.__name__} {key!r}: the key's row is gone")
+    return existing, False
 
 
 # Lots -------------------------------------------------------------------------------------------

@@ -19,12 +19,17 @@ from accounts.audit import Actor, audit_record
 from accounts.models import Organization
 from notifications.urlcheck import UrlRefused, pin_url
 from portal.errors import Conflict, ValidationFailed
+from portal.process_cache import ProcessCache, fresh
 
 from ..models import Upstream
 
 MAX_UPSTREAMS = 50
 MAX_MODELS = 500
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 600  # seconds
+# Each organization's enabled upstreams, read once per UPSTREAM_CACHE_SECONDS per process (every
+# gateway request resolves its models): a change reaches the other workers within that time.
+UPSTREAM_CACHE_SECONDS = 1.0
+_ENABLED: ProcessCache[list[Upstream]] = ProcessCache(UPSTREAM_CACHE_SECONDS)
 
 
 def _name(value) -> str:
@@ -108,6 +113,7 @@ def _document(upstream: Upstream) -> dict:
 
 
 def _save(upstream: Upstream, **kwargs) -> None:
+    _ENABLED.evict()
     try:
         with transaction.atomic():
             upstream.save(**kwargs)
@@ -194,7 +200,9 @@ def upstream_update(*, upstream: Upstream, actor: Actor, **fields) -> Upstream:
 
 @transaction.atomic
 def upstream_delete(*, upstream: Upstream, actor: Actor) -> None:
-    """Delete the upstream (its models stop being reachable at once)."""
+    """Delete the upstream (its models stop being reachable at once in this process, within
+    UPSTREAM_CACHE_SECONDS in the others)."""
+    _ENABLED.evict()
     before = _document(upstream)
     audit_record(
         organization=upstream.organization,
@@ -223,10 +231,15 @@ def upstream_match(upstream_models: list[str], model: str) -> int:
 
 def upstream_for(*, organization_id: int, model: str) -> Upstream | None:
     """The enabled upstream of the organization that serves `model` (see `upstream_match`;
-    the oldest wins a tie), or None."""
+    the oldest wins a tie), or None. The upstreams as read less than UPSTREAM_CACHE_SECONDS ago
+    in this process; the one returned is the caller's own copy."""
+    enabled = _ENABLED.get(
+        organization_id,
+        lambda: list(Upstream.objects.filter(organization_id=organization_id, enabled=True)),
+    )
     best, found = 0, None
-    for upstream in Upstream.objects.filter(organization_id=organization_id, enabled=True):
+    for upstream in enabled:
         score = upstream_match(upstream.models, model)
         if score > best:
             best, found = score, upstream
-    return found
+    return fresh(found)

@@ -25,7 +25,7 @@ from .group_commit import record_grouped
 from .guardrails import guardrail_check_model
 from .ledger import (
     HoldNotPending,
-    hold_authorize,
+    hold_authorize_in_transaction,
     request_hash,
     system_account_of,
 )
@@ -476,7 +476,7 @@ def authorization_create(
     account, budgets = usage_store.lock_spending(attribution)
     gate = BudgetGate.of(attribution, now, budgets=budgets)
     pairs = gate.applicable(operation, model)
-    hold, created = hold_authorize(
+    hold, created = hold_authorize_in_transaction(
         account=account,
         account_locked=True,
         check=lambda: gate.check(pairs, amount),

@@ -8,10 +8,10 @@ On PostgreSQL, after the account's lock (and the budget windows', `budgets.Budge
   before (by their keys, `UsageEventKey`), and ids for the new transactions and usage rows from
   their sequences;
 - one statement writes everything: the transactions, their entries, the usage rows and their
-  keys (each table's rows one JSON parameter of an INSERT, `_insert`, in a data-modifying WITH
-  clause), the lots' and the account's new figures and the budget windows' counters. A key
-  taken meanwhile by a request paying from another account fails it on the keys' unique index
-  (IntegrityError: the caller runs again).
+  keys (each table's rows one JSON parameter of an INSERT, `portal.statements.insert_rows`, in
+  a data-modifying WITH clause), the lots' and the account's new figures and the budget
+  windows' counters. A key taken meanwhile by a request paying from another account fails it
+  on the keys' unique index (IntegrityError: the caller runs again).
 Elsewhere (SQLite: the demo), the same rows in one statement per table.
 """
 
@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-import orjson
 from django.db import connection
 from django.db.models.expressions import RawSQL
 
-from portal.statements import compiled
+from portal.statements import compiled, insert_rows
 
 from ..models import (
     Budget,
@@ -239,10 +238,10 @@ def write(writes: Writes) -> None:
         _write_each(writes)
         return
     parts: list[tuple[str, list]] = [
-        _insert(LedgerTransaction, writes.transactions),
-        _insert(LedgerEntry, writes.entries),
-        _insert(UsageEvent, writes.usage),
-        _insert(UsageEventKey, _keys(writes.usage)),
+        insert_rows(LedgerTransaction, writes.transactions),
+        insert_rows(LedgerEntry, writes.entries),
+        insert_rows(UsageEvent, writes.usage),
+        insert_rows(UsageEventKey, _keys(writes.usage)),
     ]
     if writes.lots:
         parts.append((
@@ -316,69 +315,6 @@ def row(model_class, /, **values):
     for model_field, obj in related:
         model_field.set_cached_value(instance, obj)
     return instance
-
-
-def _insert(model, objs) -> tuple[str, list]:
-    """A multi-row INSERT of `objs` as SQL and parameters, to run as part of a larger statement:
-    `INSERT ... SELECT ... FROM json_to_recordset(%s)`, the rows as one JSON parameter (orjson;
-    decimals as strings, so exact), so its text is the same whatever the number of rows. Django's
-    bulk_create statement (UNNEST, one array per column) cost 2 of the 3 seconds of a batch of
-    1,000 events to compile and quote. `objs` carry their primary keys (`read_locked` takes them
-    from the sequences; else the sequence gives them) and their related rows' keys."""
-    if not objs:
-        return "", []
-    statement, columns = _insert_statement(model, with_ids=objs[0].pk is not None)
-    rows = []
-    for obj in objs:
-        row = {}
-        for column, attname, _ in columns:
-            value = getattr(obj, attname)
-            if value is None and column.is_relation and column.is_cached(obj):
-                related = column.get_cached_value(obj)  # assigned before its key was known
-                value = related.pk if related is not None else None
-            row[attname] = value
-        rows.append(row)
-    return statement, [orjson.dumps(rows, default=_json_default).decode()]
-
-
-_STATEMENTS: dict = {}
-
-
-def _insert_statement(model, with_ids: bool) -> tuple[str, list]:
-    """`_insert`'s statement for `model` (the ids given, or from the sequence) and the columns it
-    names, as (field, attname, db type); built once per process."""
-    if (model, with_ids) not in _STATEMENTS:
-        table, columns = _columns(model)
-        if not with_ids:
-            columns = [c for c in columns if c[0] is not model._meta.auto_field]
-        names = ", ".join(connection.ops.quote_name(c.column) for c, _, _ in columns)
-        types = ", ".join(f"{connection.ops.quote_name(a)} {t}" for _, a, t in columns)
-        _STATEMENTS[model, with_ids] = (
-            f"INSERT INTO {table} ({names}) SELECT * FROM json_to_recordset(%s) AS r ({types})",  # noqa: S608
-            columns,
-        )
-    return _STATEMENTS[model, with_ids]
-
-
-def _json_default(value):
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_COLUMNS: dict = {}
-
-
-def _columns(model) -> tuple[str, list]:
-    """The quoted table of `model` and its concrete columns as (field, attname, db type)."""
-    if model not in _COLUMNS:
-        fields = [f for f in model._meta.concrete_fields if not f.generated]
-        _COLUMNS[model] = (
-            connection.ops.quote_name(model._meta.db_table),
-            [(f, f.attname, f.rel_db_type(connection) if f.is_relation else f.db_type(connection))
-             for f in fields],
-        )  # fmt: skip
-    return _COLUMNS[model]
 
 
 def _write_each(writes: Writes) -> None:

@@ -5,6 +5,7 @@ metering path, upstream failures, bad input, fallback, and `GET /api/v1/models`.
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 
 import pytest
@@ -467,3 +468,59 @@ def test_models_lists_what_the_upstreams_reach_with_table_prices(tenant, other_t
     assert Decimal(gpt4o["pricing"]["prompt"]) == price.input_per_token
     assert Decimal(gpt4o["pricing"]["completion"]) == price.output_per_token
     assert gpt4o["context_length"] == 128_000
+
+
+# Statements and what is read once per process -----------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)  # the services' own transactions, not savepoints
+def test_a_chat_request_makes_twelve_statements_in_two_transactions(
+    tenant, fake, prices, django_assert_max_num_queries
+):
+    """Once its key, the organization's upstreams and guardrails are read (per process, for a
+    second): the hold (begin, lock, due lots, hold, held, commit) and the capture (begin, lock,
+    hold, lots and ids, one write, commit)."""
+    tenant.grant("10")
+    make_upstream(tenant, fake)
+    _, secret = tenant.key("usage", team=None)
+    client = tenant.client(secret)
+    assert chat(client, model="gpt-4o", max_tokens=10).status_code == 200
+    with django_assert_max_num_queries(12) as queries:
+        assert chat(client, model="gpt-4o", max_tokens=10).status_code == 200
+    tables = " ".join(q["sql"] for q in queries.captured_queries)
+    assert "credits_upstream" not in tables and "credits_guardrail" not in tables
+    assert "SAVEPOINT" not in tables
+
+
+def test_an_upstream_changed_elsewhere_is_seen_within_the_cache_time(tenant, fake, prices):
+    from credits.services.upstreams import UPSTREAM_CACHE_SECONDS, upstream_update
+
+    tenant.grant("10")
+    upstream = make_upstream(tenant, fake)
+    _, secret = tenant.key("usage", team=None)
+    client = tenant.client(secret)
+    assert chat(client, model="gpt-4o", max_tokens=10).status_code == 200
+    Upstream.objects.filter(pk=upstream.pk).update(enabled=False)  # another worker's change
+    time.sleep(UPSTREAM_CACHE_SECONDS + 0.05)
+    refused = chat(client, model="gpt-4o", max_tokens=10)
+    assert refused.status_code == 400 and "No upstream" in refused.json()["error"]["message"]
+    upstream_update(upstream=upstream, actor=SYSTEM, enabled=True)  # this process: at once
+    assert chat(client, model="gpt-4o", max_tokens=10).status_code == 200
+
+
+def test_a_guardrail_changed_elsewhere_is_seen_within_the_cache_time(tenant, fake, prices):
+    from credits.services.guardrails import RESTRICTING_CACHE_SECONDS
+
+    tenant.grant("10")
+    make_upstream(tenant, fake)
+    key, secret = tenant.key("usage")
+    fields = {"name": "any 4o", "allowed_models": ["gpt-4o", "gpt-4o-mini"]}
+    guardrail = guardrail_create(organization=tenant.org, actor=SYSTEM, fields=fields)
+    guardrail_assign_keys(guardrail=guardrail, keys=[key], actor=SYSTEM)
+    client = tenant.client(secret)
+    assert chat(client, model="gpt-4o", max_tokens=10).status_code == 200
+    type(guardrail).objects.filter(pk=guardrail.pk).update(allowed_models=["gpt-4o-mini"])
+    time.sleep(RESTRICTING_CACHE_SECONDS + 0.05)
+    refused = chat(client, model="gpt-4o", max_tokens=10)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["metadata"]["guardrail_id"] == str(guardrail.public_id)
