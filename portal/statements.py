@@ -19,6 +19,7 @@ refused when the statement is first built (AssertionError), not bound wrong late
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -208,3 +209,36 @@ def _columns(model) -> tuple[str, list]:
              for f in fields],
         )  # fmt: skip
     return _COLUMNS[model]
+
+
+# Rows of another table read as JSON ---------------------------------------------------------------
+
+
+def json_rows_sql(queryset) -> tuple[str, list]:
+    """PostgreSQL: a scalar subquery giving the rows of `queryset` (a `values()` of the
+    model's columns) as one JSON text, in the queryset's order; to read rows of
+    another table in a statement that does something else (`json_rows` reads it back)."""
+    inner, params = queryset.query.sql_with_params()
+    return (
+        f"(SELECT coalesce(json_agg(r), '[]')::text FROM ({inner}) AS r)",  # noqa: S608 (ORM SQL)
+        list(params),
+    )
+
+
+def json_rows(model, text: str) -> list:
+    """The model instances of `json_rows_sql`'s JSON text: numbers as Decimal, times and ids as
+    their fields make them (`Field.to_python`); the columns not selected are deferred."""
+    rows = json.loads(text, parse_float=Decimal)
+    if not rows:
+        return []
+    fields = [f for f in model._meta.concrete_fields if f.attname in rows[0]]
+    names = [f.attname for f in fields]
+    convert = [f.target_field.to_python if f.is_relation else f.to_python for f in fields]
+    return [
+        model.from_db(
+            connection.alias,
+            names,
+            [to_python(row[name]) for name, to_python in zip(names, convert, strict=True)],
+        )
+        for row in rows
+    ]

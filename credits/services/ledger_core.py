@@ -22,7 +22,7 @@ from django.db.models import Case, F, Subquery, Value, When
 from accounts.models import Organization, Team
 from portal.errors import IdempotencyConflict, InsufficientCredits, NotFound, ValidationFailed
 from portal.money import format_credits
-from portal.statements import insert_rows
+from portal.statements import compiled, insert_rows, json_rows, json_rows_sql
 
 from ..hooks import pool_locked
 from ..models import CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
@@ -244,6 +244,13 @@ def _create_once(row_model, organization_id: int, key: str, digest: str, /, **fi
 
 # Lots -------------------------------------------------------------------------------------------
 
+# What burning and expiring need of a lot, in the model's field order (`Model.from_db`).
+LOT_COLUMNS = tuple(
+    f.attname
+    for f in CreditLot._meta.concrete_fields
+    if f.attname in {"id", "organization_id", "account_id", "remaining", "expires_at", "priority"}
+)
+
 
 def _burn_order(qs, expired_first_at: datetime | None = None):
     """Priority (lower first), then earliest expiry (none last), then age. With
@@ -295,6 +302,24 @@ def burn_lots(
     return taken
 
 
+def _lots_due(account_id: int, now: datetime) -> list[CreditLot]:
+    """The account's lots with something left past expiry at `now` (LOT_COLUMNS): on
+    PostgreSQL one statement compiled once (`portal.statements`), read back from JSON."""
+
+    def lots(account_id, now):
+        return CreditLot.objects.filter(account_id=account_id, remaining__gt=0, expires_at__lte=now)
+
+    if connection.vendor != "postgresql":
+        return list(lots(account_id, now).only(*LOT_COLUMNS))
+    values = {"account_id": account_id, "now": now}
+    sql, params = compiled(
+        ("lots_due",), lambda **v: json_rows_sql(lots(**v).values(*LOT_COLUMNS)), values
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {sql}", params)  # noqa: S608 (ORM SQL)
+        return json_rows(CreditLot, cursor.fetchone()[0])
+
+
 def _expire_due(
     account: LedgerAccount, now: datetime, lots: list[CreditLot] | None = None
 ) -> LedgerTransaction | None:
@@ -304,7 +329,7 @@ def _expire_due(
     account's lots with something left, read already (then nothing is read, and nothing is
     written unless one is due)."""
     if lots is None:
-        due = list(CreditLot.objects.filter(account=account, remaining__gt=0, expires_at__lte=now))
+        due = _lots_due(account.pk, now)
     else:
         due = [lot for lot in lots if lot.expires_at is not None and lot.expires_at <= now]
     free = account.balance - account.held

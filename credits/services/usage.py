@@ -300,8 +300,6 @@ def _record(
     gate = BudgetGate.of(
         attribution, now, extra_window_ids=hold.budget_windows if hold else (), budgets=budgets
     )
-    if hold is not None:
-        hold = Hold.objects.select_for_update().get(pk=hold.pk)
     keys = {
         p.index: _check_key(
             f"capture:{hold.idempotency_key}" if hold else f"usage:{p.event.id}", derived=True
@@ -314,7 +312,9 @@ def _record(
         [p.event.id for p in priced],
         list(keys.values()),
         expired_first_at=now if hold else None,
+        hold=hold,  # locked after the account and the windows, its state as committed
     )
+    hold = locked.hold
     if hold is None:
         _expire_due(account, now, locked.lots)
     transaction_ids, usage_ids = iter(locked.transaction_ids), iter(locked.usage_ids)

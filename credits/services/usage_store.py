@@ -17,6 +17,7 @@ Elsewhere (SQLite: the demo), the same rows in one statement per table.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +26,8 @@ from decimal import Decimal
 from django.db import connection
 from django.db.models.expressions import RawSQL
 
-from portal.statements import compiled, insert_rows
+from portal.errors import NotFound
+from portal.statements import compiled, insert_rows, json_rows, json_rows_sql
 
 from ..models import (
     Budget,
@@ -38,15 +40,12 @@ from ..models import (
     UsageEventKey,
 )
 from .budgets import BudgetGate, budgets_applying_query, check_rank
-from .ledger_core import _burn_order, spending_account_lock, spending_account_query
-
-# What burning and expiring need of a lot, in the model's field order (`Model.from_db`).
-_LOT_COLUMNS = tuple(
-    f.attname
-    for f in CreditLot._meta.concrete_fields
-    if f.attname in {"id", "organization_id", "account_id", "remaining", "expires_at", "priority"}
+from .ledger_core import (
+    LOT_COLUMNS,
+    _burn_order,
+    spending_account_lock,
+    spending_account_query,
 )
-
 
 _BUDGET_COLUMNS = [f.attname for f in Budget._meta.concrete_fields]
 
@@ -97,6 +96,11 @@ class Locked:
     keys_taken: set[str]  # ledger idempotency keys among the batch's already used
     transaction_ids: list[int] = field(default_factory=list)  # PostgreSQL: ids to give, in order
     usage_ids: list[int] = field(default_factory=list)
+    hold: Hold | None = None  # the hold being captured, locked, its state as committed
+
+
+# What changes of a hold after it is made (the rest is fixed when it is made).
+_HOLD_STATE = ("status", "captured_amount", "transaction_id", "resolved_at")
 
 
 def read_locked(
@@ -105,37 +109,59 @@ def read_locked(
     event_ids: list[str],
     keys: list[str],
     expired_first_at: datetime | None = None,
+    hold: Hold | None = None,
 ) -> Locked:
     """The lots of the locked `account`, the usage events of `event_ids` recorded before (full
     rows: one more statement, only when there are some: a retry), and which ledger idempotency
     `keys` are taken. PostgreSQL: one statement, which also takes one transaction id and one
     usage id per event from their sequences. `expired_first_at`: the burn order of a capture
-    (`ledger_core._burn_order`)."""
+    (`ledger_core._burn_order`). `hold`: the hold a capture resolves, locked (FOR UPDATE) in the
+    same statement and returned as a copy with its state as committed (`Locked.hold`). Raises
+    NotFound for a hold that is not there."""
     if connection.vendor != "postgresql":
         lots, earlier, taken = _read_queries(
             account.pk, organization_id, event_ids, keys, expired_first_at
         )
         return Locked(
-            lots=list(lots.only(*_LOT_COLUMNS)),
+            lots=list(lots.only(*LOT_COLUMNS)),
             existing=_existing_rows(list(earlier)),
             keys_taken=set(taken),
-        )
+            hold=_hold_as_locked(hold, Hold.objects.select_for_update().filter(pk=hold.pk)
+                                 .values_list(*_HOLD_STATE).first()) if hold else None,
+        )  # fmt: skip
     values = {"account": account.pk, "organization": organization_id,
               "event_ids": list(event_ids), "keys": list(keys), "n": len(event_ids)}  # fmt: skip
     if expired_first_at is not None:
         values["expired_first_at"] = expired_first_at
+    if hold is not None:
+        values["hold_id"] = hold.pk
     # The lists are array parameters: one statement for every size, compiled once.
-    sql, params = compiled(("read_locked", expired_first_at is not None), _read_statement, values)
+    shape = ("read_locked", expired_first_at is not None, hold is not None)
+    sql, params = compiled(shape, _read_statement, values)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        lots_json, earlier_ids, keys_taken, transaction_ids, usage_ids = cursor.fetchone()
+        lots_json, earlier_ids, keys_taken, transaction_ids, usage_ids, *state = cursor.fetchone()
     return Locked(
         lots=json_rows(CreditLot, lots_json),
         existing=_existing_rows(earlier_ids),
         keys_taken=set(keys_taken),
         transaction_ids=list(transaction_ids),
         usage_ids=list(usage_ids),
+        hold=_hold_as_locked(hold, json.loads(state[0], parse_float=Decimal) if state[0] else None)
+        if hold
+        else None,
     )
+
+
+def _hold_as_locked(hold: Hold, state) -> Hold:
+    if state is None:
+        raise NotFound("No such hold.")
+    locked = copy.copy(hold)  # the caller's instance stays as it was
+    locked._state = copy.copy(hold._state)
+    locked._state.fields_cache = dict(hold._state.fields_cache)
+    for name, value in zip(_HOLD_STATE, state, strict=True):
+        setattr(locked, name, Hold._meta.get_field(name).to_python(value))
+    return locked
 
 
 def _read_queries(account_id, organization_id, event_ids, keys, expired_first_at, among="in"):
@@ -158,14 +184,14 @@ def _read_queries(account_id, organization_id, event_ids, keys, expired_first_at
 
 
 def _read_statement(
-    *, account, organization, event_ids, keys, n, expired_first_at=None
+    *, account, organization, event_ids, keys, n, expired_first_at=None, hold_id=None
 ) -> tuple[str, list]:
     """`read_locked`'s one statement on PostgreSQL (built once per shape: `portal.statements`);
-    `n` ids are taken from each sequence."""
+    `n` ids are taken from each sequence; with `hold_id`, the hold's state, locked."""
     lots, earlier, taken = _read_queries(
         account, organization, event_ids, keys, expired_first_at, among="any"
     )
-    lots_sql, lots_params = json_rows_sql(lots.values(*_LOT_COLUMNS))
+    lots_sql, lots_params = json_rows_sql(lots.values(*LOT_COLUMNS))
     earlier_sql, earlier_params = earlier.query.sql_with_params()
     taken_sql, taken_params = taken.query.sql_with_params()
     sql = f"""SELECT {lots_sql},
@@ -177,37 +203,15 @@ def _read_statement(
                              FROM generate_series(1, %s))"""  # noqa: S608 (ORM SQL)
     params = [*lots_params, *earlier_params, *taken_params,
               LedgerTransaction._meta.db_table, n, UsageEvent._meta.db_table, n]  # fmt: skip
-    return sql, params
-
-
-def json_rows_sql(queryset) -> tuple[str, list]:
-    """PostgreSQL: a scalar subquery giving the rows of `queryset` (a `values()` of the
-    model's columns) as one JSON text, in the queryset's order; to read rows of
-    another table in a statement that does something else (`json_rows` reads it back)."""
-    inner, params = queryset.query.sql_with_params()
-    return (
-        f"(SELECT coalesce(json_agg(r), '[]')::text FROM ({inner}) AS r)",  # noqa: S608 (ORM SQL)
-        list(params),
-    )
-
-
-def json_rows(model, text: str) -> list:
-    """The model instances of `json_rows_sql`'s JSON text: numbers as Decimal, times and ids as
-    their fields make them (`Field.to_python`); the columns not selected are deferred."""
-    rows = json.loads(text, parse_float=Decimal)
-    if not rows:
-        return []
-    fields = [f for f in model._meta.concrete_fields if f.attname in rows[0]]
-    names = [f.attname for f in fields]
-    convert = [f.target_field.to_python if f.is_relation else f.to_python for f in fields]
-    return [
-        model.from_db(
-            connection.alias,
-            names,
-            [to_python(row[name]) for name, to_python in zip(names, convert, strict=True)],
+    if hold_id is not None:
+        columns = ", ".join(connection.ops.quote_name(Hold._meta.get_field(f).column)
+                            for f in _HOLD_STATE)  # fmt: skip
+        sql += (
+            f", (SELECT json_build_array({columns})::text FROM {Hold._meta.db_table}"  # noqa: S608
+            " WHERE id = %s FOR UPDATE)"
         )
-        for row in rows
-    ]
+        params.append(hold_id)
+    return sql, params
 
 
 def _existing_rows(ids: list[int]) -> dict[str, UsageEvent]:
