@@ -46,9 +46,11 @@ from .ledger_core import (  # noqa: F401  (request_hash, _lock, accounts: used b
     _ensure_available,
     _expire_due,
     _first_result,
+    _hold_fields,
     _lock,
     _post_entries,
     _spend,
+    hold_insert_unless_due,
     new_idempotency_key,
     request_hash,
     spending_account,
@@ -357,30 +359,42 @@ def hold_authorize_in_transaction(
         locked = _lock([account])[account.pk]
     # A retry of the key (or a concurrent first use that committed while we waited for the lock)
     # returns the first hold, whatever the credits now: a refusal counts only for a new key.
+    # Lots past expiry are expired first (below); an expiry lowers what is available, so a
+    # refusal before it stands after it.
+    _refused_unless_retry(locked, amount, check, idempotency_key, digest)
+    now = timezone.now()
+    hold = Hold(
+        organization_id=locked.organization_id,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        account=locked,
+        amount=amount,
+        expires_at=now + timeout,
+        **context,
+    )
+    inserted, created, due = hold_insert_unless_due(locked, hold, now)
+    if due:  # rare: expire them, check again, then insert
+        _expire_due(locked, now, due)
+        _refused_unless_retry(locked, amount, check, idempotency_key, digest)
+        inserted, created = _create_once(Hold, locked.organization_id, idempotency_key, digest,
+                                         **_hold_fields(hold))  # fmt: skip
+        if created:
+            LedgerAccount.objects.filter(pk=locked.pk).update(held=F("held") + amount)
+    if created:
+        locked.held += amount  # the row as committed (credits.hooks reads it)
+    return inserted, created
+
+
+def _refused_unless_retry(locked, amount, check, idempotency_key: str, digest: str) -> None:
+    """Raise the refusal of a new hold (the credits, then `check`), unless the key has a hold
+    already: then it is a retry, and the caller's insert finds it."""
     try:
-        _expire_due(locked, timezone.now())
         _ensure_available(locked, amount)
         if check is not None:
             check()
     except ApplicationError:
-        existing = _first_result(Hold, locked.organization_id, idempotency_key, digest)
-        if existing is not None:
-            return existing, False
-        raise
-    hold, created = _create_once(
-        Hold,
-        locked.organization_id,
-        idempotency_key,
-        digest,
-        account=locked,
-        amount=amount,
-        expires_at=timezone.now() + timeout,
-        **context,
-    )
-    if created:
-        LedgerAccount.objects.filter(pk=locked.pk).update(held=F("held") + amount)
-        locked.held += amount  # the row as committed (credits.hooks reads it)
-    return hold, created
+        if _first_result(Hold, locked.organization_id, idempotency_key, digest) is None:
+            raise
 
 
 @transaction.atomic

@@ -25,7 +25,7 @@ from portal.money import format_credits
 from portal.statements import compiled, insert_rows, json_rows, json_rows_sql
 
 from ..hooks import pool_locked
-from ..models import CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
+from ..models import CreditLot, Hold, LedgerAccount, LedgerEntry, LedgerTransaction
 
 Kind = LedgerAccount.Kind
 MAX_KEY_LENGTH = 255  # the idempotency_key columns
@@ -302,22 +302,80 @@ def burn_lots(
     return taken
 
 
+def _lots_due_sql(account_id: int, now: datetime) -> tuple[str, list]:
+    """PostgreSQL: the account's lots with something left past expiry at `now` (LOT_COLUMNS) as
+    a scalar subquery giving their JSON (`json_rows`), compiled once (`portal.statements`)."""
+
+    def build(account_id, now):
+        lots = CreditLot.objects.filter(account_id=account_id, remaining__gt=0, expires_at__lte=now)
+        return json_rows_sql(lots.values(*LOT_COLUMNS))
+
+    return compiled(("lots_due",), build, {"account_id": account_id, "now": now})
+
+
 def _lots_due(account_id: int, now: datetime) -> list[CreditLot]:
-    """The account's lots with something left past expiry at `now` (LOT_COLUMNS): on
-    PostgreSQL one statement compiled once (`portal.statements`), read back from JSON."""
-
-    def lots(account_id, now):
-        return CreditLot.objects.filter(account_id=account_id, remaining__gt=0, expires_at__lte=now)
-
+    """The account's lots with something left past expiry at `now` (LOT_COLUMNS)."""
     if connection.vendor != "postgresql":
-        return list(lots(account_id, now).only(*LOT_COLUMNS))
-    values = {"account_id": account_id, "now": now}
-    sql, params = compiled(
-        ("lots_due",), lambda **v: json_rows_sql(lots(**v).values(*LOT_COLUMNS)), values
-    )
+        lots = CreditLot.objects.filter(account_id=account_id, remaining__gt=0, expires_at__lte=now)
+        return list(lots.only(*LOT_COLUMNS))
+    sql, params = _lots_due_sql(account_id, now)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {sql}", params)  # noqa: S608 (ORM SQL)
         return json_rows(CreditLot, cursor.fetchone()[0])
+
+
+def hold_insert_unless_due(
+    account: LedgerAccount, hold: Hold, now: datetime
+) -> tuple[Hold | None, bool, list[CreditLot]]:
+    """Insert `hold` (unsaved, on the locked `account`) and add its amount to the account's
+    `held`, unless the account has lots past expiry at `now`: on PostgreSQL one statement, which
+    reads those lots after the lock (a statement of its own snapshot), inserts only when there
+    are none, `ON CONFLICT` of its idempotency key does nothing, and moves `held` only when it
+    inserted. Returns (hold, created, []): the new hold, or the first one of its key
+    (IdempotencyConflict for another request); or (None, False, due lots) when some are due:
+    the caller expires them and inserts then (`_create_once`). Elsewhere the lots are read
+    first, then `_create_once`."""
+    if connection.vendor != "postgresql":
+        due = _lots_due(account.pk, now)
+        if due:
+            return None, False, due
+        row, created = _create_once(Hold, hold.organization_id, hold.idempotency_key,
+                                    hold.request_hash, **_hold_fields(hold))  # fmt: skip
+        if created:
+            LedgerAccount.objects.filter(pk=account.pk).update(held=F("held") + hold.amount)
+        return row, created, []
+    due_sql, due_params = _lots_due_sql(account.pk, now)
+    insert_sql, insert_params = insert_rows(Hold, [hold])
+    account_table = connection.ops.quote_name(LedgerAccount._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""WITH due (lots) AS (SELECT {due_sql}),
+                     h AS ({insert_sql} WHERE (SELECT lots FROM due) = '[]'
+                           ON CONFLICT (organization_id, idempotency_key) DO NOTHING RETURNING id),
+                     held AS (UPDATE {account_table} SET held = held + %s
+                               WHERE id = %s AND EXISTS (SELECT 1 FROM h))
+                SELECT (SELECT lots FROM due), (SELECT id FROM h)""",  # noqa: S608 (ORM SQL)
+            [*due_params, *insert_params, hold.amount, account.pk],
+        )
+        lots, inserted = cursor.fetchone()
+    due = json_rows(CreditLot, lots)
+    if due:
+        return None, False, due
+    if inserted is None:
+        key, digest = hold.idempotency_key, hold.request_hash
+        existing = _first_result(Hold, hold.organization_id, key, digest)
+        if existing is None:  # the conflicting row went (rolled back) before we could read it
+            raise IntegrityError(f"Hold {hold.idempotency_key!r}: the key's row is gone")
+        return existing, False, []
+    hold.pk = inserted
+    hold._state.adding, hold._state.db = False, connection.alias
+    return hold, True, []
+
+
+def _hold_fields(hold: Hold) -> dict:
+    skip = {"id", "organization_id", "idempotency_key", "request_hash"}
+    return {f.attname: getattr(hold, f.attname) for f in Hold._meta.concrete_fields
+            if f.attname not in skip}  # fmt: skip
 
 
 def _expire_due(

@@ -474,18 +474,19 @@ def test_models_lists_what_the_upstreams_reach_with_table_prices(tenant, other_t
 
 
 @pytest.mark.django_db(transaction=True)  # the services' own transactions, not savepoints
-def test_a_chat_request_makes_eleven_statements_in_two_transactions(
+def test_a_chat_request_makes_nine_statements_in_two_transactions(
     tenant, fake, prices, django_assert_max_num_queries
 ):
     """Once its key, the organization's upstreams and guardrails are read (per process, for a
-    second): the hold (begin, lock, due lots, hold, held, commit) and the capture (begin, lock,
-    the hold with the lots and ids, one write, commit)."""
+    second): the hold (begin, lock, one statement for the lots past expiry, the hold and its
+    amount held, commit) and the capture (begin, lock, the hold with the lots and ids, one
+    write, commit)."""
     tenant.grant("10")
     make_upstream(tenant, fake)
     _, secret = tenant.key("usage", team=None)
     client = tenant.client(secret)
     assert chat(client, model="gpt-4o", max_tokens=10).status_code == 200
-    with django_assert_max_num_queries(11) as queries:
+    with django_assert_max_num_queries(9) as queries:
         assert chat(client, model="gpt-4o", max_tokens=10).status_code == 200
     tables = " ".join(q["sql"] for q in queries.captured_queries)
     assert "credits_upstream" not in tables and "credits_guardrail" not in tables

@@ -358,6 +358,22 @@ def test_a_capture_spends_first_the_expired_credits_its_hold_kept(tenant):
     assert ledger_verify(tenant.org.pk) == []
 
 
+def test_a_hold_expires_the_lots_past_expiry_first_and_counts_what_remains(tenant):
+    expiring = lot_of(tenant.grant("5", expires_at=later(days=1)))
+    tenant.grant("2")
+    CreditLot.objects.filter(pk=expiring.pk).update(expires_at=later(seconds=-1))
+    pool = pool_of(tenant)
+    with pytest.raises(InsufficientCredits):  # 7 before the expiry, 2 after it
+        hold_authorize(account=pool, amount="3", idempotency_key="too-much")
+    assert not LedgerTransaction.objects.filter(kind="expiry").exists()  # rolled back with it
+    hold, created = hold_authorize(account=pool, amount="1.5", idempotency_key="fits")
+    assert created and LedgerTransaction.objects.filter(kind="expiry").count() == 1
+    assert (fresh(pool).balance, fresh(pool).held) == (D(2), D("1.5"))
+    again, created = hold_authorize(account=pool, amount="1.5", idempotency_key="fits")
+    assert (again.pk, created) == (hold.pk, False)
+    assert ledger_verify(tenant.org.pk) == []
+
+
 def test_an_expired_lot_refilled_by_a_reversal_expires_again_in_a_new_transaction(tenant):
     tenant.grant("3", expires_at=later(days=1))
     lots_expire(now=later(days=2))
