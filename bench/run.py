@@ -199,6 +199,27 @@ def timed_gets(client: httpx.Client, url: str, n: int = 5, budget: float = 90) -
     }
 
 
+def _profile_upstream() -> str:
+    """The tests' fake OpenAI-compatible upstream, started in this process, as the bench
+    organization's only upstream (for gpt-4o); its URL."""
+    from django.conf import settings
+
+    from accounts.audit import Actor
+    from accounts.models import Organization
+    from credits.models import Upstream
+    from credits.services.upstreams import upstream_create
+    from tests.credits.fake_upstream import FakeUpstream
+
+    settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS = True  # a loopback upstream, in this process only
+    upstream = FakeUpstream()
+    organization = Organization.objects.get(slug=ingest.ORG)
+    Upstream.objects.filter(organization=organization).delete()
+    upstream_create(organization=organization, name="fake", kind="openai_compatible",
+                    base_url=upstream.url, models=["gpt-4o"], timeout=30,
+                    actor=Actor(system="bench"))  # fmt: skip
+    return "the tests' fake upstream on loopback"
+
+
 def profile(name: str, secret: str, owner_email: str, report_query: str, run: str) -> str:
     """A pyinstrument profile of the hot path of figure `name`, in this process (Django's test
     client, same database); its text (call tree, library frames folded) is written to
@@ -215,7 +236,7 @@ def profile(name: str, secret: str, owner_email: str, report_query: str, run: st
         return {"id": f"{run}:profile:{next(counter)}", "model": "gpt-4o",
                 "prompt_tokens": 812, "completion_tokens": 43}  # fmt: skip
 
-    if name.startswith("single") or name == "gateway_overhead":
+    if name.startswith("single"):
 
         def work():  # noqa: E306
             for _ in range(50):
@@ -223,6 +244,17 @@ def profile(name: str, secret: str, owner_email: str, report_query: str, run: st
                             **auth)  # fmt: skip
 
         what = "50 single events, POST /api/v1/credits/usage"
+    elif name == "gateway_overhead":
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hello."}],
+                "max_tokens": 64}  # fmt: skip
+        upstream = _profile_upstream()
+
+        def work():  # noqa: E306
+            for _ in range(50):
+                client.post("/api/v1/chat/completions", body, content_type="application/json",
+                            **auth)  # fmt: skip
+
+        what = f"50 chat completions, POST /api/v1/chat/completions (non-streaming, {upstream})"
     elif name in ("batch_1000", "replay_hour"):
 
         def work():  # noqa: E306
