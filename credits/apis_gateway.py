@@ -13,7 +13,6 @@ from decimal import Decimal
 
 from asgiref.sync import async_to_sync
 from django.core.handlers.asgi import ASGIRequest
-from django.db import connection
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -26,6 +25,7 @@ from portal.errors import ApplicationError, NotFound
 from . import gateway
 from .apis_openrouter import Number
 from .models import ModelPrice, Upstream
+from .services.group_commit import connection_release
 from .services.prices import model_context_window, price_for
 from .services.upstreams import (
     MAX_TIMEOUT,
@@ -225,6 +225,9 @@ class ChatCompletionsApi(OrganizationAPIView):
     def post(self, request):
         chat = gateway.chat_parse(organization_id=self.organization.pk, body=request.data)
         held = gateway.chat_hold(attribution=Attribution.of_principal(self.principal), request=chat)
+        # The upstream may take minutes: the request gives its pooled database connection back
+        # while it waits, and takes one again for the capture.
+        connection_release()
         if not chat.stream:
             return Response(gateway.chat_complete(held))
         # Under ASGI the stream runs on the event loop (httpx's async client): an open stream holds
@@ -238,10 +241,6 @@ class ChatCompletionsApi(OrganizationAPIView):
         except ApplicationError:
             gateway.chat_void(held)
             raise
-        if on_loop:
-            # The stream may last minutes: its request thread gives its database connection back
-            # to the pool now and takes one again for the capture.
-            connection.close()
         relay = gateway.chat_stream_async if on_loop else gateway.chat_stream
         response = StreamingHttpResponse(
             relay(held, upstream_response), content_type="text/event-stream"

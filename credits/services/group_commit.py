@@ -66,11 +66,13 @@ def _lane(attribution) -> _Lane:
         return lane
 
 
-def _connection_release() -> None:
-    """Give this thread's pooled connection back before waiting on a leader: the leader may need
-    one, and followers holding the pool's last connections while they wait for it would stall
-    the process until the pool's timeout (seen under load: a request's key lookup takes a
-    connection first). Without a pool (a persistent connection per thread) nothing is done."""
+def connection_release() -> None:
+    """Give this thread's pooled connection back before it waits (for a group's leader, for a
+    gateway's upstream), so that waiting threads do not hold the pool's connections: followers
+    holding the last ones while their leader waited for one stalled the process until the
+    pool's timeout (seen under load: a request's key lookup takes a connection first), and a
+    request waiting for its upstream would hold one for as long as the model writes. Without
+    a pool (a persistent connection per thread) nothing is done."""
     if connection.connection is not None and getattr(connection, "pool", None) is not None:
         connection.close()
 
@@ -91,7 +93,7 @@ def record_grouped(attribution, event, record_many: Callable) -> object:
         index = len(group.events)
         group.events.append(event)
     if not leader:
-        _connection_release()
+        connection_release()
         group.done.wait()
         if group.error is not None:
             raise group.error

@@ -34,7 +34,8 @@ class FakeUpstream:
         self.delay = 0.0  # seconds before every answer
         self.chunk_delay = 0.0  # seconds between streamed chunks
         self.hang = 5.0
-        self.barrier: threading.Barrier | None = None  # streams wait here after their first chunk
+        # Streams wait here after their first chunk, plain answers before theirs.
+        self.barrier: threading.Barrier | None = None
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         fake = self
@@ -113,6 +114,8 @@ class FakeUpstream:
             }
             if mode == "nousage":
                 del document["usage"]
+            if self.barrier is not None:
+                self.barrier.wait()
             self._send(handler, 200, json.dumps(document).encode(), "application/json")
             return
         handler.send_response(200)

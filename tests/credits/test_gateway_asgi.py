@@ -159,6 +159,27 @@ def test_one_worker_process_serves_many_streams_at_once(asgi_server, tenant, fak
     assert pool(tenant).held == 0 and ledger_verify(tenant.org.pk) == []
 
 
+def test_plain_requests_waiting_for_the_upstream_hold_no_connection(asgi_server, tenant, fake,
+                                                                     prices):  # fmt: skip
+    """Non-streaming requests wait at the upstream until STREAMS of them are there: a worker
+    whose requests kept one of its POOL connections each while they waited could never get
+    there (the others wait for a connection for their hold)."""
+    tenant.grant("50")
+    make_upstream(tenant, fake)
+    fake.barrier = threading.Barrier(STREAMS, timeout=20)
+    _, secret = tenant.key("usage")
+
+    with ThreadPoolExecutor(max_workers=STREAMS) as executor:
+        results = list(executor.map(lambda _: post(asgi_server, secret, model="gpt-4o"),
+                                    range(STREAMS)))  # fmt: skip
+    assert not fake.barrier.broken
+    assert [r.status_code for r in results] == [200] * STREAMS
+    assert all(r.json()["choices"][0]["message"]["content"] == "".join(WORDS) for r in results)
+    assert UsageEvent.objects.filter(organization=tenant.org).count() == STREAMS
+    assert not Hold.objects.filter(status=Hold.Status.PENDING).exists()
+    assert pool(tenant).held == 0 and ledger_verify(tenant.org.pk) == []
+
+
 def test_upstream_failures_void_or_end_the_stream(asgi_server, tenant, fake, prices):
     tenant.grant("5")
     make_upstream(tenant, fake, models=("gpt-4o", "gpt-4o-mini"))
