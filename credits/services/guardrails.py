@@ -36,6 +36,7 @@ from ..models import Budget, Guardrail, GuardrailKeyAssignment, GuardrailMemberA
 from .budgets import budget_create, budget_delete, budget_update
 
 COLUMNS = ("name", "description", "limit_usd", "reset_interval", "allowed_models")
+FLAGS = ("include_byok_in_budgets",)
 RESTRICTING_CACHE_SECONDS = 1.0
 
 
@@ -51,7 +52,6 @@ class _Restricting:
 
 
 _RESTRICTING: ProcessCache[list[_Restricting]] = ProcessCache(RESTRICTING_CACHE_SECONDS)
-FLAGS = ("include_byok_in_budgets",)
 
 
 def _snapshot(guardrail: Guardrail) -> dict:

@@ -46,10 +46,10 @@ from .ledger_core import (  # noqa: F401  (request_hash, _lock, accounts: used b
     _ensure_available,
     _expire_due,
     _first_result,
-    _hold_fields,
     _lock,
     _post_entries,
     _spend,
+    hold_create,
     hold_insert_unless_due,
     new_idempotency_key,
     request_hash,
@@ -376,10 +376,7 @@ def hold_authorize_in_transaction(
     if due:  # rare: expire them, check again, then insert
         _expire_due(locked, now, due)
         _refused_unless_retry(locked, amount, check, idempotency_key, digest)
-        inserted, created = _create_once(Hold, locked.organization_id, idempotency_key, digest,
-                                         **_hold_fields(hold))  # fmt: skip
-        if created:
-            LedgerAccount.objects.filter(pk=locked.pk).update(held=F("held") + amount)
+        inserted, created = hold_create(locked, hold)
     if created:
         locked.held += amount  # the row as committed (credits.hooks reads it)
     return inserted, created

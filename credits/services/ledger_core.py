@@ -236,10 +236,16 @@ def _create_once(row_model, organization_id: int, key: str, digest: str, /, **fi
                 return row, True
         except IntegrityError:
             pass
+    return _claimed(row_model, organization_id, key, digest), False
+
+
+def _claimed(row_model, organization_id: int, key: str, digest: str):
+    """The row that claimed `key` before an insert of ours found it taken (IdempotencyConflict
+    for another request)."""
     existing = _first_result(row_model, organization_id, key, digest)
     if existing is None:  # the conflicting row went (rolled back) before we could read it
         raise IntegrityError(f"{row_model.__name__} {key!r}: the key's row is gone")
-    return existing, False
+    return existing
 
 
 # Lots -------------------------------------------------------------------------------------------
@@ -302,22 +308,25 @@ def burn_lots(
     return taken
 
 
+def _lots_due_query(account_id: int, now: datetime):
+    """The account's lots with something left past expiry at `now`."""
+    return CreditLot.objects.filter(account_id=account_id, remaining__gt=0, expires_at__lte=now)
+
+
 def _lots_due_sql(account_id: int, now: datetime) -> tuple[str, list]:
-    """PostgreSQL: the account's lots with something left past expiry at `now` (LOT_COLUMNS) as
-    a scalar subquery giving their JSON (`json_rows`), compiled once (`portal.statements`)."""
-
-    def build(account_id, now):
-        lots = CreditLot.objects.filter(account_id=account_id, remaining__gt=0, expires_at__lte=now)
-        return json_rows_sql(lots.values(*LOT_COLUMNS))
-
-    return compiled(("lots_due",), build, {"account_id": account_id, "now": now})
+    """PostgreSQL: `_lots_due_query` (LOT_COLUMNS) as a scalar subquery giving their JSON
+    (`json_rows`), compiled once (`portal.statements`)."""
+    return compiled(
+        ("lots_due",),
+        lambda **ids: json_rows_sql(_lots_due_query(**ids).values(*LOT_COLUMNS)),
+        {"account_id": account_id, "now": now},
+    )
 
 
 def _lots_due(account_id: int, now: datetime) -> list[CreditLot]:
-    """The account's lots with something left past expiry at `now` (LOT_COLUMNS)."""
+    """`_lots_due_query`'s lots (LOT_COLUMNS)."""
     if connection.vendor != "postgresql":
-        lots = CreditLot.objects.filter(account_id=account_id, remaining__gt=0, expires_at__lte=now)
-        return list(lots.only(*LOT_COLUMNS))
+        return list(_lots_due_query(account_id, now).only(*LOT_COLUMNS))
     sql, params = _lots_due_sql(account_id, now)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {sql}", params)  # noqa: S608 (ORM SQL)
@@ -333,17 +342,11 @@ def hold_insert_unless_due(
     are none, `ON CONFLICT` of its idempotency key does nothing, and moves `held` only when it
     inserted. Returns (hold, created, []): the new hold, or the first one of its key
     (IdempotencyConflict for another request); or (None, False, due lots) when some are due:
-    the caller expires them and inserts then (`_create_once`). Elsewhere the lots are read
-    first, then `_create_once`."""
+    the caller expires them and inserts then (`hold_create`). Elsewhere the lots are read
+    first, then `hold_create`."""
     if connection.vendor != "postgresql":
         due = _lots_due(account.pk, now)
-        if due:
-            return None, False, due
-        row, created = _create_once(Hold, hold.organization_id, hold.idempotency_key,
-                                    hold.request_hash, **_hold_fields(hold))  # fmt: skip
-        if created:
-            LedgerAccount.objects.filter(pk=account.pk).update(held=F("held") + hold.amount)
-        return row, created, []
+        return (None, False, due) if due else (*hold_create(account, hold), [])
     due_sql, due_params = _lots_due_sql(account.pk, now)
     insert_sql, insert_params = insert_rows(Hold, [hold])
     account_table = connection.ops.quote_name(LedgerAccount._meta.db_table)
@@ -362,20 +365,24 @@ def hold_insert_unless_due(
     if due:
         return None, False, due
     if inserted is None:
-        key, digest = hold.idempotency_key, hold.request_hash
-        existing = _first_result(Hold, hold.organization_id, key, digest)
-        if existing is None:  # the conflicting row went (rolled back) before we could read it
-            raise IntegrityError(f"Hold {hold.idempotency_key!r}: the key's row is gone")
-        return existing, False, []
+        first = _claimed(Hold, hold.organization_id, hold.idempotency_key, hold.request_hash)
+        return first, False, []
     hold.pk = inserted
     hold._state.adding, hold._state.db = False, connection.alias
     return hold, True, []
 
 
-def _hold_fields(hold: Hold) -> dict:
+def hold_create(account: LedgerAccount, hold: Hold) -> tuple[Hold, bool]:
+    """Insert `hold` (unsaved, on the locked `account`) as the row that claims its key
+    (`_create_once`) and, when it is new, add its amount to the account's `held`."""
     skip = {"id", "organization_id", "idempotency_key", "request_hash"}
-    return {f.attname: getattr(hold, f.attname) for f in Hold._meta.concrete_fields
-            if f.attname not in skip}  # fmt: skip
+    fields = {f.attname: getattr(hold, f.attname) for f in Hold._meta.concrete_fields
+              if f.attname not in skip}  # fmt: skip
+    row, created = _create_once(Hold, hold.organization_id, hold.idempotency_key,
+                                hold.request_hash, **fields)  # fmt: skip
+    if created:
+        LedgerAccount.objects.filter(pk=account.pk).update(held=F("held") + hold.amount)
+    return row, created
 
 
 def _expire_due(
