@@ -146,7 +146,7 @@ def history_load(tenant, n: int, run: str) -> None:
 
     from credits.models import BudgetWindow, CreditLot, LedgerAccount
     from credits.periods import window_bounds
-    from credits.services.ledger import system_account_of, team_account
+    from credits.services.ledger_core import system_account_of, team_account
     from credits.services.usage import UsageInput
     from credits.services.usage_partitions import usage_partitions_ensure
 
@@ -230,7 +230,7 @@ def history_check(tenant) -> dict:
     from django.db import connection
 
     from credits.models import BudgetWindow, CreditLot, LedgerAccount
-    from credits.services.ledger import team_account
+    from credits.services.ledger_core import team_account
 
     org = tenant["attribution"].organization
     account = team_account(tenant["attribution"].api_key.team)

@@ -58,7 +58,7 @@ from portal.errors import (
 from portal.money import parse_credits
 
 from .models import Hold, Upstream
-from .services.ledger import HoldNotPending, hold_void
+from .services.holds import HoldNotPending, hold_void
 from .services.prices import model_context_window, price_for
 from .services.upstreams import upstream_for
 from .services.usage import (

@@ -5,6 +5,7 @@ budget checks (recovered budgets, forecasts past a limit)."""
 from celery import shared_task
 
 from .metrics import ledger_verify_result_store
+from .services import holds as hold_services
 from .services import ledger as ledger_services
 from .services.prices import prices_sync as sync
 from .verify import ledger_verify as verify
@@ -12,7 +13,7 @@ from .verify import ledger_verify as verify
 
 @shared_task
 def holds_expire() -> int:
-    return ledger_services.holds_expire()
+    return hold_services.holds_expire()
 
 
 @shared_task

@@ -1,21 +1,21 @@
 """Every write of the credits app (see the modules for the rules)."""
 
-from .ledger import (  # noqa: F401
+from .holds import (  # noqa: F401
     HoldNotPending,
-    credits_allocate,
-    credits_grant,
-    credits_reclaim,
     hold_authorize,
     hold_capture,
     hold_void,
     holds_expire,
+)
+from .ledger import (  # noqa: F401
+    credits_allocate,
+    credits_grant,
+    credits_reclaim,
     ledger_debit,
     ledger_reverse,
     lots_expire,
-    spending_account,
-    system_account,
-    team_account,
 )
+from .ledger_core import spending_account, system_account, team_account  # noqa: F401
 from .prices import cost_compute, price_for, prices_load  # noqa: F401
 from .usage import (  # noqa: F401
     Attribution,

@@ -399,7 +399,7 @@ def budget_windows_give_back(*, window_ids, amount: Decimal) -> None:
 
 
 def budget_windows_release(*, window_ids, amount: Decimal) -> None:
-    """A hold's reservation leaves its windows (locked by the caller: `ledger._lock_hold`)."""
+    """A hold's reservation leaves its windows (locked by the caller: `holds._lock_hold`)."""
     if window_ids:
         BudgetWindow.objects.filter(pk__in=window_ids).update(held=F("held") - amount)
 

@@ -23,18 +23,15 @@ from . import usage_store
 from .budgets import BudgetGate
 from .group_commit import record_grouped
 from .guardrails import guardrail_check_model
-from .ledger import (
-    HoldNotPending,
-    hold_authorize_in_transaction,
-    request_hash,
-    system_account_of,
-)
+from .holds import HoldNotPending, hold_authorize_in_transaction
 from .ledger_core import (
     Kind,
     _check_key,
     _ensure_available,
     _expire_due,
     burn_lots,
+    request_hash,
+    system_account_of,
 )
 from .prices import Tokens, cost_compute, model_suggestions, price_for
 

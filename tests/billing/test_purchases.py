@@ -20,7 +20,8 @@ from billing.services.orders import order_create
 from billing.services.payments import orders_expire
 from billing.tasks import orders_expire as expire_task
 from credits.models import CreditLot, LedgerAccount, LedgerTransaction
-from credits.services.ledger import credits_revoke, ledger_debit, system_account
+from credits.services.ledger import credits_revoke, ledger_debit
+from credits.services.ledger_core import system_account
 from credits.verify import ledger_verify
 from portal.errors import ValidationFailed
 
