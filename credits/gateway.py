@@ -22,7 +22,11 @@ The request path (docs/api.md, "Gateway"):
    it records the usage event and posts its cost): an OpenRouter upstream's `usage.cost` as
    reported, else the price table prices the reported usage. Upstream errors and timeouts void
    the hold (502 / 504). A stream that ends without usage (client gone, upstream dropped) is
-   charged the prompt bound plus the UTF-8 bytes of what was streamed.
+   charged the prompt bound plus the UTF-8 bytes of what was streamed. When the database cannot
+   be reached at that moment (no pooled connection within `DATABASE_POOL_TIMEOUT`, a dropped
+   connection), the answer goes out without `usage.cost` and the capture is retried in the
+   background (`_capture`): the tokens are bought, so they are charged once the database
+   answers.
 """
 
 from __future__ import annotations
@@ -44,11 +48,13 @@ from urllib.parse import urlsplit
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
 
 from notifications.urlcheck import UrlRefused, pin_url
 from portal.errors import (
+    DATABASE_UNAVAILABLE,
     ApplicationError,
     BudgetExceeded,
     InsufficientCredits,
@@ -80,6 +86,9 @@ IMAGE_PART_TOKENS = 2_000
 MAX_CANDIDATES = 10
 HOLD_TIMEOUT = timedelta(minutes=30)  # the backstop: a stream longer than this pays by debit
 CONNECT_TIMEOUT = 10.0  # seconds, at most the upstream's own timeout
+# Seconds before each retry of a capture the database could not take (`_capture`): about
+# 35 minutes in all, past HOLD_TIMEOUT (a capture after the hold expired is a plain debit).
+CAPTURE_RETRY_DELAYS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 960)
 
 # Pooled clients, one per upstream origin (scheme, host, port) and process (connection reuse
 # across requests); `retries` retries failed connection attempts only (httpx's transport), never
@@ -507,6 +516,43 @@ def chat_capture(held: Held, usage: dict | None, streamed_bytes: int = 0) -> Dec
         return usage_record(attribution=attribution, event=event).event.cost
 
 
+def _capture(held: Held, usage: dict | None, streamed_bytes: int = 0) -> Decimal | None:
+    """`chat_capture`, or None when the database cannot take it now (`DATABASE_UNAVAILABLE`):
+    the upstream has answered and its tokens are bought, so the answer still goes out (without
+    `usage.cost`) and a thread of its own retries the capture after each of
+    CAPTURE_RETRY_DELAYS. A retry is idempotent (a capture that did commit before its error
+    returns its first result); one after the hold expired is charged by a plain debit. Lost only
+    when the process ends before the database answers: the hold then expires unpaid."""
+    try:
+        return chat_capture(held, usage, streamed_bytes)
+    except DATABASE_UNAVAILABLE as exc:
+        logger.warning("gateway: capture of %s deferred: %s", held.generation_id, exc)
+    threading.Thread(
+        target=_capture_retried,
+        args=(held, usage, streamed_bytes),
+        name=f"capture-{held.generation_id}",
+        daemon=True,
+    ).start()
+    return None
+
+
+def _capture_retried(held: Held, usage: dict | None, streamed_bytes: int) -> None:
+    for delay in CAPTURE_RETRY_DELAYS:
+        time.sleep(delay)
+        try:
+            cost = chat_capture(held, usage, streamed_bytes)
+        except DATABASE_UNAVAILABLE:
+            continue
+        except ApplicationError:
+            logger.exception("gateway: deferred capture of %s failed", held.generation_id)
+            return
+        finally:
+            connection.close()  # this thread's connection, back to the pool
+        logger.info("gateway: deferred capture of %s: %s credits", held.generation_id, cost)
+        return
+    logger.error("gateway: gave up the capture of %s; its hold expires", held.generation_id)
+
+
 def chat_void(held: Held) -> None:
     """Release the whole hold (the upstream failed: nothing was bought)."""
     try:
@@ -515,12 +561,15 @@ def chat_void(held: Held) -> None:
         pass
 
 
-def _usage_out(usage: dict | None, cost: Decimal) -> dict:
+def _usage_out(usage: dict | None, cost: Decimal | None) -> dict:
+    """The usage object of an answer; without `cost` when the capture was deferred (None)."""
     usage = dict(usage) if isinstance(usage, dict) else {}
     for key in ("prompt_tokens", "completion_tokens"):
         usage[key] = _count(usage.get(key))
     usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
-    usage["cost"] = cost  # Decimal; a JSON number at the boundary (DRF's encoder), as OpenRouter
+    usage.pop("cost", None)  # the upstream's, if any: ours is what was charged
+    if cost is not None:  # Decimal; a JSON number at the boundary (DRF's encoder), as OpenRouter
+        usage["cost"] = cost
     usage.setdefault("is_byok", False)
     return usage
 
@@ -548,7 +597,7 @@ def chat_complete(held: Held) -> dict:
         raise
     usage = document.get("usage")
     # Without usage (a server that omits it): the prompt bound and the bytes of the answer.
-    cost = chat_capture(held, usage, _message_bytes(document["choices"]))
+    cost = _capture(held, usage, _message_bytes(document["choices"]))
     document.update(
         {
             "id": held.generation_id,
@@ -638,7 +687,7 @@ class _Relay:
             return
         self.captured = True
         try:
-            chat_capture(self.held, None, self.streamed)
+            _capture(self.held, None, self.streamed)
         except ApplicationError:  # e.g. the excess over an expired hold is not available
             logger.exception("gateway: capture of %s failed", self.held.generation_id)
 
@@ -688,7 +737,7 @@ def chat_stream(held: Held, response: httpx.Response) -> Iterator[bytes]:
             if chunk is None:
                 continue
             if (usage := relay.usage(chunk)) is not None:
-                chunk["usage"] = _usage_out(usage, chat_capture(held, usage))
+                chunk["usage"] = _usage_out(usage, _capture(held, usage))
             yield _sse(chunk)
         relay.ended()
     except httpx.HTTPError as exc:
@@ -713,7 +762,7 @@ async def chat_stream_async(held: Held, response: httpx.Response) -> AsyncIterat
             if chunk is None:
                 continue
             if (usage := relay.usage(chunk)) is not None:
-                cost = await sync_to_async(chat_capture)(held, usage)
+                cost = await sync_to_async(_capture)(held, usage)
                 chunk["usage"] = _usage_out(usage, cost)
             yield _sse(chunk)
         relay.ended()

@@ -122,6 +122,11 @@ _DRF_TYPES = {
 }
 
 
+# The database cut the connection, refused a new one (a restart, a fail-over) or the process's
+# pool had none free in time (`DATABASE_POOL_TIMEOUT`): errors of the moment, not of the request.
+DATABASE_UNAVAILABLE = (db.OperationalError, db.InterfaceError)
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF `EXCEPTION_HANDLER`: map every known error to the one format."""
     headers: dict[str, str] = {}
@@ -139,10 +144,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         exc = drf_exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages
         )
-    elif isinstance(exc, db.OperationalError | db.InterfaceError):
-        # The database cut the connection, refused a new one (a restart, a fail-over) or the
-        # process's pool had none free in time (`DATABASE_POOL_TIMEOUT`): the transaction rolled
-        # back and wrote nothing, so the client may retry (the same idempotency key).
+    elif isinstance(exc, DATABASE_UNAVAILABLE):
+        # The transaction rolled back and wrote nothing, so the client may retry (the same
+        # idempotency key).
         body = error_body(
             503, "The database is unavailable for the moment; retry.", "database_unavailable"
         )

@@ -7,6 +7,7 @@ httpx's async client."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from django.db import connection
 from openrouter import OpenRouter, errors
@@ -51,6 +53,16 @@ def asgi_server(transactional_db, tmp_path_factory):
     """`gunicorn portal.asgi:application -k uvicorn_worker.UvicornWorker -w 1`, as the README's
     production section runs it, on a free loopback port. Yields its base URL. One per test: the
     server's caches (prices, keys) must not outlive the rows a test's flush removes."""
+    yield from _serve(tmp_path_factory, pool=POOL)
+
+
+@pytest.fixture
+def asgi_server_one_connection(transactional_db, tmp_path_factory):
+    """`asgi_server` with one pooled database connection, waited for at most 1 s."""
+    yield from _serve(tmp_path_factory, pool=1, pool_timeout=1)
+
+
+def _serve(tmp_path_factory, *, pool: int, pool_timeout: float = 10):
     port = _free_port()
     log = tmp_path_factory.mktemp("asgi") / "server.log"
     db = connection.settings_dict
@@ -64,7 +76,8 @@ def asgi_server(transactional_db, tmp_path_factory):
         "GATEWAY_ALLOW_PRIVATE_UPSTREAMS": "1",
         "CACHE_URL": "redis://127.0.0.1:6379/15?key_prefix=asgi-" + str(port),
         "CELERY_BROKER_URL": "",
-        "DATABASE_POOL_MAX_SIZE": str(POOL),
+        "DATABASE_POOL_MAX_SIZE": str(pool),
+        "DATABASE_POOL_TIMEOUT": str(pool_timeout),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "portal.asgi:application",
@@ -227,3 +240,73 @@ def test_client_gone_mid_stream_is_charged_and_leaves_no_hold(asgi_server, tenan
     assert event.metadata.get("usage_estimated") is True
     assert event.completion_tokens < len("".join(WORDS).encode())
     assert pool(tenant).held == 0 and pool(tenant).balance == Decimal("5") - event.cost
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_capture_the_database_cannot_take_is_retried_until_it_can(
+    asgi_server_one_connection, tenant, fake, prices, stream
+):
+    """The worker's one connection is taken by a usage event waiting for the account's row
+    (locked here) when the upstream answers: the capture gets no connection within the pool's
+    timeout. The answer still goes out, without `usage.cost`, and the capture is made once the
+    row is free, at the upstream's usage."""
+    server = asgi_server_one_connection
+    tenant.grant("5")
+    make_upstream(tenant, fake)
+    fake.barrier = threading.Barrier(2, timeout=20)  # the upstream answers when this test says
+    _, secret = tenant.key("usage")
+    account = pool(tenant)
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        chat = executor.submit(post, server, secret, model="gpt-4o", stream=stream)
+        deadline = time.monotonic() + 15
+        while fake.barrier.n_waiting == 0:  # held, and at the upstream
+            assert time.monotonic() < deadline and not chat.done(), chat.result()
+            time.sleep(0.05)
+        db = connection.settings_dict
+        with psycopg.connect(
+            host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"]
+        ) as locker:
+            locker.execute(
+                "SELECT 1 FROM credits_ledgeraccount WHERE id = %s FOR UPDATE", [account.pk]
+            )
+            usage = executor.submit(
+                httpx.post,
+                server + "/api/v1/credits/usage",
+                json={"id": "waits-for-the-row", "model": "gpt-4o", "prompt_tokens": 10},
+                headers={"Authorization": f"Bearer {secret}"},
+                timeout=30,
+            )
+            while not locker.execute(  # the usage event holds the connection, waiting
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                " AND wait_event_type = 'Lock'",
+                [db["NAME"]],
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline and not usage.done(), usage.result()
+                time.sleep(0.05)
+            fake.barrier.wait()
+            answer = chat.result()
+            hold = Hold.objects.get(organization=tenant.org)
+            assert hold.status == Hold.Status.PENDING  # not captured while the row was locked
+            locker.rollback()
+        assert usage.result().status_code == 201
+    assert answer.status_code == 200
+    if stream:
+        assert answer.text.rstrip().endswith("data: [DONE]")
+        chunks = [json.loads(line[6:]) for line in answer.text.splitlines()
+                  if line.startswith("data: {")]  # fmt: skip
+        content = "".join(c["choices"][0]["delta"].get("content") or ""
+                          for c in chunks if c["choices"])  # fmt: skip
+        document = {"id": chunks[0]["id"], "usage": chunks[-1]["usage"]}
+    else:
+        document = answer.json()
+        content = document["choices"][0]["message"]["content"]
+    assert content == "".join(WORDS)
+    assert "cost" not in document["usage"] and document["usage"]["prompt_tokens"] > 0
+    deadline = time.monotonic() + 20
+    while hold.status == Hold.Status.PENDING and time.monotonic() < deadline:
+        time.sleep(0.1)
+        hold.refresh_from_db()
+    assert hold.status == Hold.Status.CAPTURED
+    event = UsageEvent.objects.get(organization=tenant.org, event_id=document["id"])
+    assert event.cost == fake_cost("gpt-4o") and hold.captured_amount == event.cost
+    assert pool(tenant).held == 0 and ledger_verify(tenant.org.pk) == []
