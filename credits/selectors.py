@@ -253,7 +253,9 @@ def _summary(
 ) -> BalanceSummary:
     """`balance_summary`, or `balance_for(principal)` when `principal` is bound to a team or a
     member (the usage it sees; what it can draw on; no organization-only figures)."""
-    accounts = list(account_list(organization=organization))
+    # Neither the accounts' teams (only `team_id` is read) nor their order: without the join and
+    # the ORDER BY this read takes 0.5 ms instead of 0.9 (in one process, one organization).
+    accounts = list(account_list(organization=organization).select_related(None).order_by())
     bound = principal is not None and not principal.org_wide
     visible = principal.row_filter() if principal is not None else None
     totals, by_team = _used_by_team(organization, visible, now)
