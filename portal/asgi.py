@@ -59,7 +59,12 @@ def _application() -> ReusedThreadsHandler:
     import django
 
     django.setup(set_prefix=False)
-    return ReusedThreadsHandler()
+    handler = ReusedThreadsHandler()
+
+    from portal.startup import web_process_ready
+
+    web_process_ready()
+    return handler
 
 
 application = _application()

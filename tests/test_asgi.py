@@ -4,6 +4,9 @@ left idle, and the middleware chain and the view run in one call on it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -55,3 +58,19 @@ def test_the_middleware_chain_is_called_synchronously_in_one_hop():
     # Django's async chain calls each MiddlewareMixin's process_request and process_response in
     # a thread of its own (16 hand-offs per request); this one is a plain call.
     assert not asyncio.iscoroutinefunction(application._middleware_chain)
+
+
+@pytest.mark.parametrize("entry_point", ["portal.asgi", "portal.wsgi"])
+def test_a_loaded_application_has_its_views_imported_and_frozen_out_of_the_collector(entry_point):
+    """`portal.startup.web_process_ready`, in a new process as a server starts it."""
+    probe = (
+        f"import gc, sys; import {entry_point}; "
+        "print(gc.get_freeze_count(), 'credits.apis_usage' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings"},
+    ).stdout.split()  # fmt: skip
+    frozen, views_loaded = int(out[-2]), out[-1]
+    assert views_loaded == "True"
+    assert frozen > 100_000  # Django's and the project's modules (about 157,000 objects)
