@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from operator import attrgetter
 
 import orjson
 from django.db import connection
@@ -157,17 +158,17 @@ def insert_rows(model, objs) -> tuple[str, list]:
     keys."""
     if not objs:
         return "", []
-    statement, columns = insert_statement(model, with_ids=objs[0].pk is not None)
+    with_ids = objs[0].pk is not None
+    statement, columns = insert_statement(model, with_ids=with_ids)
+    names, values_of, relations = _ROW_READERS[model, with_ids]
     rows = []
     for obj in objs:
-        row = {}
-        for column, attname, _ in columns:
-            value = getattr(obj, attname)
-            if value is None and column.is_relation and column.is_cached(obj):
+        values = values_of(obj)
+        for i, column in relations:
+            if values[i] is None and column.is_cached(obj):
                 related = column.get_cached_value(obj)  # assigned before its key was known
-                value = related.pk if related is not None else None
-            row[attname] = value
-        rows.append(row)
+                values[i] = related.pk if related is not None else None
+        rows.append(dict(zip(names, values, strict=True)))
     return statement, [orjson.dumps(rows, default=_json_default).decode()]
 
 
@@ -187,7 +188,19 @@ def insert_statement(model, with_ids: bool) -> tuple[str, list]:
             f"INSERT INTO {table} ({names}) SELECT * FROM json_to_recordset(%s) AS r ({types})",  # noqa: S608
             columns,
         )
+        attnames = [attname for _, attname, _ in columns]
+        get = attrgetter(*attnames)
+        _ROW_READERS[model, with_ids] = (
+            attnames,
+            (lambda obj: list(get(obj))) if len(attnames) > 1 else (lambda obj: [get(obj)]),
+            [(i, column) for i, (column, _, _) in enumerate(columns) if column.is_relation],
+        )
     return _STATEMENTS[model, with_ids]
+
+
+# `insert_rows`'s readers of a row's values, by (model, with_ids): the attnames, a function
+# giving the values as a list, and the relation columns by position.
+_ROW_READERS: dict = {}
 
 
 def _json_default(value):

@@ -24,7 +24,11 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import connection
+from django.db.models.base import ModelState
 from django.db.models.expressions import RawSQL
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
+from django.db.models.signals import post_init, pre_init
 
 from portal.errors import NotFound
 from portal.statements import compiled, insert_rows, json_rows, json_rows_sql
@@ -293,20 +297,19 @@ _PLANS: dict = {}
 def row(model_class, /, **values):
     """An unsaved `model_class` instance, as `model_class(**values)` makes it (values by
     attname, by `pk`, or related instances by relation name, which are cached on it; the other
-    fields their defaults), built as `Model.from_db` builds rows: positionally, without
-    `Model.__init__`'s handling of each keyword (half the time; the metering path builds four
-    rows an event).
-    tests/credits/test_metering_statements.py compares the two."""
+    fields their defaults), without `Model.__init__`'s handling of each keyword: its attributes
+    set at once, as `__init__` would set them on a new instance when no `pre_init` or
+    `post_init` receiver listens and no field has a descriptor of its own (else by `__init__`,
+    positionally). A quarter of a batch's Python was `__init__`: the metering path builds four
+    rows an event. tests/credits/test_metering_statements.py compares the two."""
     plan = _PLANS.get(model_class)
     if plan is None:
-        plan = _PLANS[model_class] = [
-            (f.attname, f.name if f.is_relation else None, f)
-            for f in model_class._meta.concrete_fields
-        ]
+        plan = _PLANS[model_class] = _plan(model_class)
+    fields, attnames, direct = plan
     if "pk" in values:
         values[model_class._meta.pk.attname] = values.pop("pk")
     args, related = [], []
-    for attname, name, model_field in plan:
+    for attname, name, model_field in fields:
         if attname in values:
             args.append(values[attname])
         elif name is not None and name in values:
@@ -315,10 +318,28 @@ def row(model_class, /, **values):
             related.append((model_field, obj))
         else:
             args.append(model_field.get_default())
-    instance = model_class(*args)
+    if direct and not (pre_init.receivers or post_init.receivers):
+        instance = model_class.__new__(model_class)
+        instance._state = ModelState()
+        instance.__dict__.update(zip(attnames, args, strict=True))
+    else:
+        instance = model_class(*args)
     for model_field, obj in related:
         model_field.set_cached_value(instance, obj)
     return instance
+
+
+def _plan(model_class) -> tuple[list, list[str], bool]:
+    """`row`'s fields of `model_class` as (attname, relation name or None, field), their
+    attnames, and whether its attributes may be set directly: every field's class attribute is
+    Django's own (`DeferredAttribute`, or `ForeignKeyDeferredAttribute`, whose setter only
+    forgets a cached related row, which a new instance does not have)."""
+    fields = [
+        (f.attname, f.name if f.is_relation else None, f) for f in model_class._meta.concrete_fields
+    ]
+    django_own = (DeferredAttribute, ForeignKeyDeferredAttribute)
+    direct = all(type(getattr(model_class, a, None)) in django_own for a, _, _ in fields)
+    return fields, [attname for attname, _, _ in fields], direct
 
 
 def _write_each(writes: Writes) -> None:

@@ -177,3 +177,25 @@ def test_rows_are_built_as_the_keyword_form_builds_them(tenant):
                 if name in expected_fields and name not in values:
                     assert abs(built_fields.pop(name) - expected_fields.pop(name)).seconds < 5
             assert built_fields == expected_fields, model
+
+
+def test_rows_are_built_by_init_while_an_init_signal_listens(tenant):
+    """`usage_store.row` sets attributes directly only while no `post_init` receiver listens:
+    one that does gets its call, as for `Model(**values)`."""
+    from django.db.models.signals import post_init
+
+    from credits.models import UsageEventKey
+    from credits.services.usage_store import row
+
+    seen = []
+
+    def listening(sender, instance, **kwargs):
+        seen.append((sender, instance.event_id))
+
+    post_init.connect(listening, sender=UsageEventKey)
+    try:
+        row(UsageEventKey, usage_id=7, organization_id=tenant.org.pk, event_id="e")
+    finally:
+        post_init.disconnect(listening, sender=UsageEventKey)
+    row(UsageEventKey, usage_id=8, organization_id=tenant.org.pk, event_id="f")
+    assert seen == [(UsageEventKey, "e")]
