@@ -356,16 +356,28 @@ def _record(
                 idempotency_key=keys[item.index],
                 request_hash=request_hash(hold=hold.pk, amount=item.cost) if hold else item.digest,
                 metadata={"event_id": event.id},
+                created_at=now,  # the batch's one time, as its usage rows' recorded_at
             )
             writes.transactions.append(txn)
             writes.entries += [
                 usage_store.row(
-                    LedgerEntry, transaction=txn, account=account, amount=-portion, lot=lot
+                    LedgerEntry,
+                    transaction=txn,
+                    account=account,
+                    amount=-portion,
+                    lot=lot,
+                    created_at=now,
                 )
                 for lot, portion in burn_lots(locked.lots, item.cost, touched)
             ]
             writes.entries.append(
-                usage_store.row(LedgerEntry, transaction=txn, account_id=sink_id, amount=item.cost)
+                usage_store.row(
+                    LedgerEntry,
+                    transaction=txn,
+                    account_id=sink_id,
+                    amount=item.cost,
+                    created_at=now,
+                )
             )
             account.balance -= item.cost
             writes.spent += item.cost
