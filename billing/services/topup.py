@@ -9,7 +9,8 @@ time zone, tax included) and optionally `requires_approval` by a billing member.
 How a top-up starts and ends:
 1. A debit that leaves the pool below the threshold: `credits.hooks` calls `topup_pool_changed`
    after its commit, which compares the pool's available credits with the cached threshold (no
-   database statement; the cache is Redis) and queues `topup_run` (at most one queued per
+   database statement; kept a second in the process over Redis, so above the threshold no round
+   trip either) and queues `topup_run` (at most one queued per
    organization: a cache key the task removes when it starts). The beat sweep (`topup_sweep`)
    starts what no debit did (a rule saved while the pool was already low, a lost task).
 2. `topup_start`, under the rule's row lock: the rule is enabled and not backing off, the pool is
@@ -54,6 +55,7 @@ from credits.periods import window_bounds
 from notifications.services import notify
 from portal.errors import Conflict, ValidationFailed
 from portal.money import CENT, parse_usd
+from portal.process_cache import ProcessCache
 
 from ..models import Order, TopUp, TopUpRule
 from ..providers import ProviderUnavailable
@@ -87,26 +89,23 @@ def _keys(organization_id: int) -> tuple[str, str, str]:
     )
 
 
+# The threshold as this process last read it, kept for a second: a debit of an organization
+# without a rule, or above its threshold, makes no round trip at all (one a second per process).
+_THRESHOLDS: ProcessCache[Decimal | None] = ProcessCache(seconds=1)
+
+
 def topup_pool_changed(organization_id: int, available: Decimal) -> bool:
     """`credits.hooks` callback, after the commit of a change to the pool: queue `topup_run`
     when `available` (credits) is below the organization's enabled rule's threshold, the rule is
     not quiet (backing off, capped for the month, a top-up in flight) and no run is queued.
-    One cache read per call (the threshold and the quiet time together); the database only
-    when the cached threshold has expired. Returns True when a run was queued."""
-    rule_key, quiet_key, kick_key = _keys(organization_id)
-    values = cache.get_many([rule_key, quiet_key])
-    threshold = values.get(rule_key)
-    if threshold is None:
-        found = (
-            TopUpRule.objects.filter(organization_id=organization_id, enabled=True)
-            .values_list("threshold", flat=True)
-            .first()
-        )
-        threshold = "" if found is None else str(found)
-        cache.set(rule_key, threshold, RULE_CACHE_SECONDS)
-    if threshold == "" or available >= Decimal(threshold):
+    The threshold comes from this process (`_THRESHOLDS`), else the shared cache, else the
+    database; only below it is the shared cache read (the quiet time) and written (the queued
+    run). Returns True when a run was queued."""
+    threshold = _THRESHOLDS.get(organization_id, lambda: _threshold(organization_id))
+    if threshold is None or available >= threshold:
         return False
-    quiet = values.get(quiet_key)
+    _, quiet_key, kick_key = _keys(organization_id)
+    quiet = cache.get(quiet_key)
     if quiet is not None and timezone.now().timestamp() < quiet:
         return False
     if not cache.add(kick_key, 1, KICK_SECONDS):
@@ -117,6 +116,22 @@ def topup_pool_changed(organization_id: int, available: Decimal) -> bool:
     return True
 
 
+def _threshold(organization_id: int) -> Decimal | None:
+    """The enabled rule's threshold (credits), or None: from the shared cache, else the database
+    (then cached there for RULE_CACHE_SECONDS)."""
+    rule_key = _keys(organization_id)[0]
+    threshold = cache.get(rule_key)
+    if threshold is None:
+        found = (
+            TopUpRule.objects.filter(organization_id=organization_id, enabled=True)
+            .values_list("threshold", flat=True)
+            .first()
+        )
+        threshold = "" if found is None else str(found)
+        cache.set(rule_key, threshold, RULE_CACHE_SECONDS)
+    return None if threshold == "" else Decimal(threshold)
+
+
 def _quiet(organization_id: int, until: datetime) -> None:
     """Debits queue no run for the organization before `until` (cached)."""
     seconds = int((until - timezone.now()).total_seconds()) + 1
@@ -125,8 +140,10 @@ def _quiet(organization_id: int, until: datetime) -> None:
 
 
 def _wake(organization_id: int) -> None:
-    """Forget the cached threshold and quiet time: the next debit looks again."""
+    """Forget the cached threshold and quiet time: the next debit looks again (in this process
+    at once, in the others within `_THRESHOLDS`' second)."""
     cache.delete_many(list(_keys(organization_id)[:2]))
+    _THRESHOLDS.evict_now()
 
 
 # The rule -------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from credits.models import LedgerAccount
 from credits.services.usage import Attribution, UsageInput, usage_record
 from notifications.models import NotificationEvent
 from portal.errors import InsufficientCredits, ValidationFailed
+from portal.process_cache import evict_all_now
 from tests.conftest import SYSTEM
 
 from .stripe_topup_server import StripeServer
@@ -258,6 +259,37 @@ def test_no_rule_costs_the_debit_no_statement(tenant, django_capture_on_commit_c
             callback()
     assert len(first) == 1 and len(later) == 0
     assert cache.get(f"topup:rule:{tenant.org.pk}") == ""
+
+
+@pytest.mark.django_db
+def test_the_threshold_is_kept_in_the_process_for_a_second(
+    tenant, stripe_server, django_capture_on_commit_callbacks
+):
+    """After one look, a debit's hook reads the threshold from the process, not from Redis
+    (the shared key, gone, stays gone), until a second has passed or the rule is saved."""
+    save_card(tenant, stripe_server)
+    tenant.grant("100")
+    rule(tenant)  # threshold 50: the debits below stay above it
+    rule_key = f"topup:rule:{tenant.org.pk}"
+
+    def debit_and_hook(event_id) -> int:
+        """The statements of the debit's after-commit hook."""
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            debit(tenant, event_id, "1")
+        with CaptureQueriesContext(connection) as statements:
+            for callback in callbacks:
+                callback()
+        return len(statements)
+
+    debit_and_hook("e1")
+    cached = cache.get(rule_key)
+    assert Decimal(cached) == 50
+    cache.delete(rule_key)
+    assert debit_and_hook("e2") == 0
+    assert cache.get(rule_key) is None
+    evict_all_now()  # as a second later
+    debit_and_hook("e3")
+    assert cache.get(rule_key) == cached
 
 
 # Declines -------------------------------------------------------------------------------------
