@@ -23,6 +23,8 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers import base
 from django.core.handlers.asgi import ASGIHandler
 
+from portal.startup import web_process_ready
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 IDLE_THREADS_KEPT = 64  # beyond this many idle at once, a request's thread ends with it
@@ -60,9 +62,6 @@ def _application() -> ReusedThreadsHandler:
 
     django.setup(set_prefix=False)
     handler = ReusedThreadsHandler()
-
-    from portal.startup import web_process_ready
-
     web_process_ready()
     return handler
 

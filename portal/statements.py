@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import attrgetter
@@ -158,49 +159,49 @@ def insert_rows(model, objs) -> tuple[str, list]:
     keys."""
     if not objs:
         return "", []
-    with_ids = objs[0].pk is not None
-    statement, columns = insert_statement(model, with_ids=with_ids)
-    names, values_of, relations = _ROW_READERS[model, with_ids]
+    plan = _insert_plan(model, with_ids=objs[0].pk is not None)
     rows = []
     for obj in objs:
-        values = values_of(obj)
-        for i, column in relations:
+        values = plan.values_of(obj)
+        for i, column in plan.relations:
             if values[i] is None and column.is_cached(obj):
                 related = column.get_cached_value(obj)  # assigned before its key was known
                 values[i] = related.pk if related is not None else None
-        rows.append(dict(zip(names, values, strict=True)))
-    return statement, [orjson.dumps(rows, default=_json_default).decode()]
+        rows.append(dict(zip(plan.attnames, values, strict=True)))
+    return plan.statement, [orjson.dumps(rows, default=_json_default).decode()]
 
 
-_STATEMENTS: dict = {}
+@dataclass(frozen=True)
+class _InsertPlan:
+    statement: str
+    attnames: list[str]  # the columns' attnames, in the statement's order
+    values_of: Callable  # a row's values of `attnames`, as a list
+    relations: list  # the relation columns, as (position, field)
 
 
-def insert_statement(model, with_ids: bool) -> tuple[str, list]:
-    """`insert_rows`'s statement for `model` (the ids given, or from the sequence) and the
-    columns it names, as (field, attname, db type); built once per process."""
-    if (model, with_ids) not in _STATEMENTS:
+_INSERT_PLANS: dict = {}
+
+
+def _insert_plan(model, with_ids: bool) -> _InsertPlan:
+    """`insert_rows`'s statement for `model` (the ids given, or from the sequence) and how to
+    read a row's values for it; built once per process."""
+    if (model, with_ids) not in _INSERT_PLANS:
         table, columns = _columns(model)
         if not with_ids:
             columns = [c for c in columns if c[0] is not model._meta.auto_field]
         names = ", ".join(connection.ops.quote_name(c.column) for c, _, _ in columns)
         types = ", ".join(f"{connection.ops.quote_name(a)} {t}" for _, a, t in columns)
-        _STATEMENTS[model, with_ids] = (
-            f"INSERT INTO {table} ({names}) SELECT * FROM json_to_recordset(%s) AS r ({types})",  # noqa: S608
-            columns,
-        )
         attnames = [attname for _, attname, _ in columns]
         get = attrgetter(*attnames)
-        _ROW_READERS[model, with_ids] = (
-            attnames,
-            (lambda obj: list(get(obj))) if len(attnames) > 1 else (lambda obj: [get(obj)]),
-            [(i, column) for i, (column, _, _) in enumerate(columns) if column.is_relation],
+        _INSERT_PLANS[model, with_ids] = _InsertPlan(
+            statement=f"INSERT INTO {table} ({names}) SELECT * FROM json_to_recordset(%s) AS r ({types})",  # noqa: S608, E501
+            attnames=attnames,
+            values_of=(lambda obj: list(get(obj)))
+            if len(attnames) > 1
+            else (lambda obj: [get(obj)]),
+            relations=[(i, c) for i, (c, _, _) in enumerate(columns) if c.is_relation],
         )
-    return _STATEMENTS[model, with_ids]
-
-
-# `insert_rows`'s readers of a row's values, by (model, with_ids): the attnames, a function
-# giving the values as a list, and the relation columns by position.
-_ROW_READERS: dict = {}
+    return _INSERT_PLANS[model, with_ids]
 
 
 def _json_default(value):

@@ -4,9 +4,8 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from portal.startup import web_process_ready
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 application = get_wsgi_application()
-
-from portal.startup import web_process_ready  # noqa: E402 (needs the settings configured)
-
 web_process_ready()
