@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Count, Min, OuterRef, Q, Subquery, Sum, Value
+from django.db.models import Count, Exists, Min, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import (
     Coalesce,
     ExtractHour,
@@ -50,7 +50,14 @@ from accounts.access import Principal
 from accounts.models import Organization
 from portal.statements import compiled, q_parameters, q_rebuilt
 
-from .models import LedgerEntry, UsageEvent, UsageRollup, UsageRollupDay, UsageRollupMark
+from .models import (
+    LedgerEntry,
+    LedgerTransaction,
+    UsageEvent,
+    UsageRollup,
+    UsageRollupDay,
+    UsageRollupMark,
+)
 
 ZERO = Decimal(0)
 ROLLUP_BUCKET = timedelta(minutes=15)
@@ -59,7 +66,11 @@ _ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # as credits.services.rollups.BUCKET
 _NEVER = datetime(1, 1, 1, tzinfo=UTC)  # the mark before anything was rolled
 SUMS = ("events", "cost", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
 _COUNTS = frozenset(SUMS) - {"cost"}
-COUNTED = Q(transaction__reversed_by__isnull=True)  # as credits.selectors.COUNTED
+# A usage event counts unless its usage transaction was reversed (the ledger's view): no
+# transaction `reverses` it. As NOT EXISTS, one probe of the reversals' unique index per event;
+# `transaction__reversed_by__isnull=True` made PostgreSQL join the transaction, then its
+# reversal (two probes: 17 -> 13 ms for the 5,600 events of ten minutes, docs/performance.md).
+COUNTED = Q(~Exists(LedgerTransaction.objects.filter(reverses_id=OuterRef("transaction_id"))))
 
 # Time groupings: the name of the value in each row and how it is computed from a time column.
 TIME_GROUPS = {
