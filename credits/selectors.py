@@ -326,13 +326,16 @@ def _summary(
 
 def _accounts_of(organization_id: int) -> list[LedgerAccount]:
     """The organization's accounts, without their teams (only `team_id` is read) or an order,
-    from SQL compiled once (`portal.statements.compiled`): 0.4 ms instead of 0.9 with the join,
-    the ORDER BY and the ORM's compiling each time (in one process, one organization)."""
+    from SQL compiled once (`portal.statements.compiled`): 0.35 ms instead of 0.5 with the ORM
+    compiling it each time, and 0.9 with the join and an ORDER BY (medians in one process, one
+    organization; docs/performance.md, runs 11 and 12)."""
     sql, params = compiled(
         ("balance_accounts",),
-        lambda organization_id: LedgerAccount.objects.filter(organization_id=organization_id)
-        .order_by()
-        .query.sql_with_params(),
+        lambda organization_id: (
+            LedgerAccount.objects.filter(organization_id=organization_id)
+            .order_by()
+            .query.sql_with_params()
+        ),
         {"organization_id": organization_id},
     )
     return list(LedgerAccount.objects.raw(sql, params))
