@@ -369,6 +369,38 @@ def test_a_report_is_the_sum_of_its_parts_on_either_side_of_the_mark(tenant):
     assert late.recorded_at >= UsageRollupMark.objects.get().rolled_to
 
 
+def test_counted_leaves_out_exactly_the_reversed_events(tenant):
+    """COUNTED, the raw events' filter of every read (a NOT EXISTS of a reversal): an event
+    counts until its usage transaction is reversed, and only that event stops counting."""
+    tenant.grant("100")
+    key, _ = apikey_create(organization=tenant.org, name="k", kind="usage", actor=SYSTEM)
+    day_ago = timezone.now() - timedelta(days=1)
+    at = day_ago - (day_ago - datetime(2000, 1, 1, tzinfo=UTC)) % timedelta(minutes=15)
+    at += timedelta(minutes=7)  # inside a 15-minute bucket, not on its edge
+    usage_record_many(
+        attribution=Attribution.of_key(key),
+        events=[
+            UsageInput(id=i, model="openai/gpt-4o", cost=Decimal("1"), occurred_at=at)
+            for i in "abc"
+        ],
+    )
+    counted = lambda: set(  # noqa: E731
+        UsageEvent.objects.filter(COUNTED, organization=tenant.org).values_list(
+            "event_id", flat=True
+        )
+    )
+    assert counted() == {"a", "b", "c"}
+    ledger_reverse(txn=UsageEvent.objects.get(event_id="b").transaction, actor=SYSTEM)
+    assert counted() == {"a", "c"}
+    spent = usage_report(
+        principal=Principal.for_key(key),
+        period="daily",
+        start=at - timedelta(minutes=1),  # not on a bucket: the events are read raw, COUNTED
+        end=timezone.now(),
+    )["totals"]
+    assert (spent["events"], Decimal(spent["cost"])) == (2, Decimal("2"))
+
+
 def test_hours_of_day_in_a_half_hour_zone(tenant):
     """Asia/Kolkata is UTC+5:30: 18:40 UTC is 00:10 there, 18:20 UTC is 23:50 the day before.
     Both are in the same UTC hour, in different 15-minute buckets."""
