@@ -30,17 +30,22 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 import ingest  # noqa: E402
+from cpu import CpuMeter  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "gateway.json"
 
 
-def scenario(name: str, url: str, secret: str, stream: bool, rate: float, seconds: float) -> dict:
+def scenario(
+    name: str, url: str, secret: str, stream: bool, rate: float, seconds: float,
+    meter: CpuMeter | None = None,
+) -> dict:  # fmt: skip
     """Open-loop chat completions at `rate`/s for `seconds` from bench/paced.py (a process of its
     own); latency in ms from the send (streams: to the first content chunk)."""
     command = [sys.executable, str(ROOT / "bench" / "paced.py"), url, secret, "--gateway",
                "--rate", str(rate), "--seconds", str(seconds)]  # fmt: skip
     if stream:
         command.append("--stream")
+    before = meter.snapshot() if meter else None
     paced = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     ok = paced["statuses"].get("200", 0)
     result = {
@@ -52,6 +57,8 @@ def scenario(name: str, url: str, secret: str, stream: bool, rate: float, second
         "p99_ms": paced["service_ms"]["p99"] if ok else None,
         "from_schedule_ms": paced["from_schedule_ms"],
     }
+    if meter:  # the server, PostgreSQL, the rest (the fake upstream is in this process)
+        result["cpu_ms_per_request"] = meter.per_event(before, paced["requests"])
     print(f"{name:>24}: p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
           f"({ok} ok, statuses {paced['statuses']})", flush=True)  # fmt: skip
     return result
@@ -113,7 +120,7 @@ def main() -> None:
             results.append(scenario(f"direct {kind}", upstream.url, "", stream, args.rate,
                                     args.seconds))  # fmt: skip
             results.append(scenario(f"gateway {kind}", f"{url}/api/v1", secret, stream,
-                                    args.rate, args.seconds))  # fmt: skip
+                                    args.rate, args.seconds, CpuMeter(process.pid)))  # fmt: skip
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -39,7 +39,9 @@ On loopback only. In order:
 9. For each figure that misses its goal, a pyinstrument profile of its hot path, in this
    process through Django's test client on the same database: bench/results/profiles/.
 
-The 1-minute load average is recorded before and after each step (the machine may be shared)."""
+The 1-minute load average is recorded before and after each step (the machine may be shared),
+and the CPU of steps 3 to 6 and of the balance reads by process group (bench/cpu.py: the
+server, PostgreSQL, the rest) per event or read."""
 
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 import history  # noqa: E402
 import ingest  # noqa: E402
 import limits  # noqa: E402
+from cpu import CpuMeter  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "performance.md"
@@ -330,6 +333,40 @@ def profile_excerpt(path: Path, lines: int = 16, statements: int = 3) -> str:
     return "\n".join(tree + tail)
 
 
+# The steps whose CPU is measured (bench/cpu.py): raw key, what one unit is, how it is named.
+CPU_STEPS = (
+    ("single_x32", "event", "single events, 32 clients"),
+    ("batch_1000", "event", "batches of 1,000"),
+    ("single_100ps", "event", "a single event at 100/s"),
+    ("replay_hour", "event", "the Azure hour"),
+    ("balance", "read", "balance reads, one connection"),
+)
+
+
+def cpu_rows(raw: dict) -> list[str]:
+    """The table of CPU per event of each step (`cpu_ms_per_event`, and the gateway's
+    `cpu_ms_per_request`), or nothing for a report without them (before 2026-12-01)."""
+    found = [(raw[k]["cpu_ms_per_event"], unit, what) for k, unit, what in CPU_STEPS
+             if "cpu_ms_per_event" in raw.get(k, {})]  # fmt: skip
+    for result in raw.get("gateway", {}).get("results", []):
+        if "cpu_ms_per_request" in result:
+            found.append((result["cpu_ms_per_request"], "request", result["scenario"]))
+    if not found:
+        return []
+    rows = [
+        "CPU of each step (bench/cpu.py, from /proc), in ms per event, read or request: the "
+        "server's processes, PostgreSQL's, the rest of the machine (the load generator, the "
+        "benchmark, the gateway's fake upstream), and the cores busy on average:",
+        "",
+        "| step | server | PostgreSQL | rest | cores busy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for cpu, unit, what in found:
+        rows.append(f"| {what} (per {unit}) | {cpu['server']} | {cpu['postgres']} | "
+                    f"{cpu['rest']} | {cpu['busy_cores']} |")  # fmt: skip
+    return [*rows, ""]
+
+
 def doc_update(report: dict) -> None:
     """Replace the generated block of docs/performance.md with the figures of `report`."""
     rows = ["| figure | measured | goal | limit (pgbench) | ratio to the limit | met |",
@@ -356,6 +393,7 @@ def doc_update(report: dict) -> None:
         "",
         *rows,
         "",
+        *cpu_rows(report["raw"]),
     ]
     for name, figure in report["figures"].items():
         if figure.get("profile"):
@@ -440,30 +478,37 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
         target = target_of(conn, f"{run}:warm:")
         organization = target.organization
 
+        meter = CpuMeter(server.pid)
         log("single events, 32 connections (wrk)")
         prefix = f"{run}:s32"
+        before = meter.snapshot()
         out = wrk("single.lua", base, [prefix, secret], connections=32, seconds=args.seconds)
         out["recorded"] = recorded(conn, organization, prefix + ":")
+        out["cpu_ms_per_event"] = meter.per_event(before, out["recorded"])
         raw["single_x32"] = out
         figures["single_x32"] = round(out["recorded"] / out["seconds"], 1)
         loads["after singles"] = load()
 
         log("batches of 1,000, 4 connections (wrk)")
         prefix = f"{run}:b1000"
+        before = meter.snapshot()
         out = wrk("batch.lua", base, [prefix, secret, "1000"], connections=4,
                   seconds=args.seconds, timeout=120)  # fmt: skip
         out["recorded"] = recorded(conn, organization, prefix + ":")
+        out["cpu_ms_per_event"] = meter.per_event(before, out["recorded"])
         raw["batch_1000"] = out
         figures["batch_1000"] = round(out["recorded"] / out["seconds"], 1)
         loads["after batches"] = load()
 
         log("single events at 100/s offered (bench/paced.py)")
+        before = meter.snapshot()
         done = subprocess.run(
             [sys.executable, str(ROOT / "bench" / "paced.py"), base, secret, "--rate", "100",
              "--seconds", str(args.seconds * 1.5), "--prefix", f"{run}:paced"],
             capture_output=True, text=True, check=True, env=env,
         )  # fmt: skip
         out = json.loads(done.stdout.strip().splitlines()[-1])
+        out["cpu_ms_per_event"] = meter.per_event(before, out["requests"])
         raw["single_100ps"] = out
         figures["single_100ps_p99"] = out["from_schedule_ms"]["p99"]
         loads["after paced"] = load()
@@ -474,6 +519,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
         hour = history.hour_events(end=now, traces=args.trace)
         sent = [replace(e, id=f"{run}:hour:{n}") for n, e in enumerate(hour, start=1)]
         sink = ApiSink(base, secret)
+        before = meter.snapshot()
         try:
             summary = replay(sent, sink)
         finally:
@@ -482,6 +528,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
             "events": summary.events, "accepted": summary.accepted, "refused": summary.refused,
             "seconds": round(summary.seconds, 2), "events_per_s": round(summary.rate, 1),
             "spent": str(summary.spent),
+            "cpu_ms_per_event": meter.per_event(before, summary.events),
         }  # fmt: skip
         figures["replay_hour"] = round(summary.seconds, 2)
         loads["after replay"] = load()
@@ -566,8 +613,11 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
             for _ in range(20):
                 c.get(f"{base}/api/v1/credits/balance")
         log("balance reads (wrk, one connection)")
+        meter = CpuMeter(server.pid)
+        before = meter.snapshot()
         out = wrk("get.lua", f"{base}/api/v1/credits/balance", [run, secret], connections=1,
                   seconds=args.seconds)  # fmt: skip
+        out["cpu_ms_per_event"] = meter.per_event(before, out["requests"])
         if out["requests"] == 0:  # each read took longer than the step: time a few alone
             with httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=300) as c:
                 out["timed_alone"] = timed_gets(c, f"{base}/api/v1/credits/balance", 5)
