@@ -374,9 +374,8 @@ def test_counted_leaves_out_exactly_the_reversed_events(tenant):
     counts until its usage transaction is reversed, and only that event stops counting."""
     tenant.grant("100")
     key, _ = apikey_create(organization=tenant.org, name="k", kind="usage", actor=SYSTEM)
-    day_ago = timezone.now() - timedelta(days=1)
-    at = day_ago - (day_ago - datetime(2000, 1, 1, tzinfo=UTC)) % timedelta(minutes=15)
-    at += timedelta(minutes=7)  # inside a 15-minute bucket, not on its edge
+    # Inside a 15-minute bucket of a day ago, not on its edge.
+    at = rollups._floor(timezone.now() - timedelta(days=1)) + timedelta(minutes=7)
     usage_record_many(
         attribution=Attribution.of_key(key),
         events=[
@@ -384,11 +383,11 @@ def test_counted_leaves_out_exactly_the_reversed_events(tenant):
             for i in "abc"
         ],
     )
-    counted = lambda: set(  # noqa: E731
-        UsageEvent.objects.filter(COUNTED, organization=tenant.org).values_list(
-            "event_id", flat=True
-        )
-    )
+
+    def counted() -> set[str]:
+        rows = UsageEvent.objects.filter(COUNTED, organization=tenant.org)
+        return set(rows.values_list("event_id", flat=True))
+
     assert counted() == {"a", "b", "c"}
     ledger_reverse(txn=UsageEvent.objects.get(event_id="b").transaction, actor=SYSTEM)
     assert counted() == {"a", "c"}
