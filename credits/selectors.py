@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.access import Principal
 from accounts.models import ApiKey, Organization, Team
 from portal.errors import NotFound
-from portal.statements import compiled
+from portal.statements import compiled, model_rows
 
 from . import rollups
 from .models import CreditLot, Hold, LedgerAccount, LedgerEntry, UsageEvent
@@ -338,7 +338,7 @@ def _accounts_of(organization_id: int) -> list[LedgerAccount]:
         ),
         {"organization_id": organization_id},
     )
-    return list(LedgerAccount.objects.raw(sql, params))
+    return model_rows(LedgerAccount, sql, params)
 
 
 def _sums(accounts) -> tuple[Decimal, Decimal]:

@@ -256,3 +256,64 @@ def json_rows(model, text: str) -> list:
         )
         for row in rows
     ]
+
+
+# Rows of a model read with SQL --------------------------------------------------------------------
+
+
+def model_rows(model, sql: str, params: list) -> list:
+    """The rows of `sql` as `model` instances, as `model.objects.raw(sql, params)` makes them:
+    a column named as one of the model's fields' columns is that field (the ORM's converters
+    applied), the fields not selected are deferred, any other column is an attribute of its
+    name as the database gave it. Which column is which is worked out the first time a model is
+    read with a statement, and kept: `sql` is one of a bounded set (from `compiled`). A
+    RawQuerySet works it out again, and psycopg describes the columns again, each time it runs:
+    that was 0.12 ms of the 0.29 ms of reading and locking a usage event's account
+    (docs/performance.md, run 13). Raises ValueError when the primary key is not among the
+    columns (as RawQuerySet does)."""
+    plan = _ROW_PLANS.get((model, sql))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if plan is None:
+            columns = tuple(column.name for column in cursor.description)
+            plan = _ROW_PLANS[model, sql] = _row_plan(model, columns)
+        rows = cursor.fetchall()
+    names, fields, annotations = plan
+    instances = []
+    for row in rows:
+        values = []
+        for position, col, converters in fields:
+            value = row[position]
+            for converter in converters:
+                value = converter(value, col, connection)
+            values.append(value)
+        instance = model.from_db(connection.alias, names, values)
+        for position, name in annotations:
+            setattr(instance, name, row[position])
+        instances.append(instance)
+    return instances
+
+
+_ROW_PLANS: dict = {}
+
+
+def _row_plan(model, columns: tuple[str, ...]) -> tuple[list, list, list]:
+    """`model_rows`' reading of `columns`: the attnames of the fields selected, in the model's
+    order (`Model.from_db` wants it), with each one's column position, column expression and
+    converters (as the ORM's compiler gets them); the other columns as (position, name)."""
+    by_column = {f.column: f for f in model._meta.concrete_fields}
+    if model._meta.pk.column not in columns:
+        raise ValueError(f"The primary key of {model.__name__} must be among the columns.")
+    order = {f: i for i, f in enumerate(model._meta.concrete_fields)}
+    selected = sorted(
+        ((by_column[name], position) for position, name in enumerate(columns) if name in by_column),
+        key=lambda item: order[item[0]],
+    )
+    table = model._meta.db_table
+    fields = []
+    for field, position in selected:
+        col = field.get_col(table)
+        converters = [*connection.ops.get_db_converters(col), *col.get_db_converters(connection)]
+        fields.append((position, col, converters))
+    annotations = [(p, name) for p, name in enumerate(columns) if name not in by_column]
+    return [f.attname for f, _ in selected], fields, annotations

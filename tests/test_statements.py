@@ -1,4 +1,5 @@
-"""`portal.statements.compiled`: an ORM statement built once per shape, run with new values."""
+"""`portal.statements`: an ORM statement built once per shape and run with new values (`compiled`);
+its rows read as model instances (`model_rows`)."""
 
 from datetime import timedelta
 
@@ -7,7 +8,8 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Organization
-from portal.statements import compiled
+from credits.models import LedgerAccount, LedgerTransaction
+from portal.statements import compiled, model_rows
 
 
 def run(sql, params) -> list:
@@ -63,3 +65,47 @@ def test_a_list_is_one_array_parameter_whatever_its_length(tenant, other_tenant)
         sql, params = compiled(("test", "any"), build, {"slugs": slugs})
         assert run(sql, params) == expected
     assert len(built) == 1
+
+
+def _fields(instance) -> dict:
+    return {
+        f.attname: instance.__dict__.get(f.attname, "deferred")
+        for f in instance._meta.concrete_fields
+    }
+
+
+@pytest.mark.parametrize("model", [LedgerAccount, LedgerTransaction])
+def test_model_rows_reads_rows_as_a_raw_queryset_does(tenant, other_tenant, model):
+    """Fields converted as the ORM converts them (decimals, times, JSON, choices), the columns
+    not selected deferred, other columns attributes; the same whether the statement is read
+    for the first time or again (its reading of the columns kept)."""
+    tenant.grant("12.5", memo="first")
+    other_tenant.grant("3", memo="second")
+    deferred = "balance" if model is LedgerAccount else "memo"
+    queryset = (
+        model.objects.filter(organization_id=tenant.org.pk)
+        .defer(deferred)
+        .extra(select={"doubled": "2 * id"})  # noqa: S610 (a literal)
+        .order_by("pk")
+    )
+    sql, params = queryset.query.sql_with_params()
+    expected = list(model.objects.raw(sql, params))
+    assert expected and all(deferred in e.get_deferred_fields() for e in expected)
+    for _ in range(2):
+        rows = model_rows(model, sql, params)
+        assert [_fields(r) for r in rows] == [_fields(e) for e in expected]
+        assert (
+            [r.doubled for r in rows]
+            == [e.doubled for e in expected]
+            == [2 * e.pk for e in expected]
+        )
+        assert all(not r._state.adding and r._state.db == "default" for r in rows)
+        assert [r.get_deferred_fields() for r in rows] == [
+            e.get_deferred_fields() for e in expected
+        ]
+
+
+def test_model_rows_wants_the_primary_key(tenant):
+    sql, params = LedgerAccount.objects.values("balance").query.sql_with_params()
+    with pytest.raises(ValueError, match="primary key"):
+        model_rows(LedgerAccount, sql, params)

@@ -31,7 +31,7 @@ from django.db.models.query_utils import DeferredAttribute
 from django.db.models.signals import post_init, pre_init
 
 from portal.errors import NotFound
-from portal.statements import compiled, insert_rows, json_rows, json_rows_sql
+from portal.statements import compiled, insert_rows, json_rows, json_rows_sql, model_rows
 
 from ..models import (
     Budget,
@@ -70,7 +70,7 @@ def lock_spending(
     def lock(**ids):
         values = {k: v for k, v in {**ids, **principals}.items() if v is not None}
         sql, params = compiled(("lock_spending", *sorted(values)), _lock_statement, values)
-        return next(iter(LedgerAccount.objects.raw(sql, params)), None)
+        return next(iter(model_rows(LedgerAccount, sql, params)), None)
 
     account = spending_account_lock(organization, attribution.team, account_id, lock=lock)
     return account, sorted(json_rows(Budget, account.budgets_json), key=check_rank)
