@@ -48,7 +48,7 @@ from django.utils import timezone
 
 from accounts.access import Principal
 from accounts.models import Organization
-from portal.statements import compiled, q_parameters, q_rebuilt
+from portal.statements import compiled, dict_rows, q_parameters, q_rebuilt
 
 from .models import (
     LedgerEntry,
@@ -262,11 +262,7 @@ def _sums_rows(shape: _SumsShape, organization_id: int, condition: Q, times: dic
         q = q_rebuilt(q_shape, {k: rest.pop(k) for k in q_values})
         return _sums_query(shape, organization_id, q, **rest).query.sql_with_params()
 
-    sql, params = compiled(key, build, values)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        columns = [c.name for c in cursor.description]
-        rows = [dict(zip(columns, r, strict=True)) for r in cursor.fetchall()]
+    rows = dict_rows(*compiled(key, build, values))
     if shape.time in ("day", "week", "month"):  # as TruncBase.convert_value
         for row in rows:
             row[shape.time] = timezone.make_aware(row[shape.time], shape.tz)

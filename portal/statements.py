@@ -275,8 +275,7 @@ def model_rows(model, sql: str, params: list) -> list:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if plan is None:
-            columns = tuple(column.name for column in cursor.description)
-            plan = _ROW_PLANS[model, sql] = _row_plan(model, columns)
+            plan = _ROW_PLANS[model, sql] = _row_plan(model, _names(sql, cursor))
         rows = cursor.fetchall()
     names, fields, annotations = plan
     instances = []
@@ -295,6 +294,26 @@ def model_rows(model, sql: str, params: list) -> list:
 
 
 _ROW_PLANS: dict = {}
+
+
+def dict_rows(sql: str, params: list) -> list[dict]:
+    """The rows of `sql` as dicts by column name, the names read once per statement (`sql`
+    is one of a bounded set, from `compiled`; see `model_rows`)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        names = _names(sql, cursor)
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+_NAMES: dict = {}
+
+
+def _names(sql: str, cursor) -> tuple[str, ...]:
+    """The column names of `sql`'s rows, from the cursor that ran it the first time."""
+    names = _NAMES.get(sql)
+    if names is None:
+        names = _NAMES[sql] = tuple(column.name for column in cursor.description)
+    return names
 
 
 def _row_plan(model, columns: tuple[str, ...]) -> tuple[list, list, list]:

@@ -1,5 +1,5 @@
 """`portal.statements`: an ORM statement built once per shape and run with new values (`compiled`);
-its rows read as model instances (`model_rows`)."""
+its rows read as model instances (`model_rows`) or dicts (`dict_rows`)."""
 
 from datetime import timedelta
 
@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from credits.models import LedgerAccount, LedgerTransaction
-from portal.statements import compiled, model_rows
+from portal.statements import compiled, dict_rows, model_rows
 
 
 def run(sql, params) -> list:
@@ -109,3 +109,17 @@ def test_model_rows_wants_the_primary_key(tenant):
     sql, params = LedgerAccount.objects.values("balance").query.sql_with_params()
     with pytest.raises(ValueError, match="primary key"):
         model_rows(LedgerAccount, sql, params)
+
+
+def test_dict_rows_names_each_rows_columns(tenant, other_tenant):
+    sql, params = (
+        Organization.objects.filter(pk__in=[tenant.org.pk, other_tenant.org.pk])
+        .order_by("slug")
+        .values("slug", "pk")
+        .query.sql_with_params()
+    )
+    for _ in range(2):  # the names read once, then kept
+        assert dict_rows(sql, params) == [
+            {"slug": "acme", "pk": tenant.org.pk},
+            {"slug": "globex", "pk": other_tenant.org.pk},
+        ]
