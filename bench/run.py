@@ -3,7 +3,8 @@ same PostgreSQL, in one sitting. Written to bench/results/bench.json and to the 
 of docs/performance.md ("Figures against the goals").
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/portal_bench .venv/bin/python bench/run.py \\
-        [--seconds 20] [--history 10000000] [--history-days 30] [--trace FILE ...] [--reuse]
+        [--seconds 20] [--warmup 5] [--history 10000000] [--history-days 30] [--trace FILE ...] \\
+        [--reuse]
 
 On loopback only. In order:
 
@@ -18,8 +19,9 @@ On loopback only. In order:
    bench/wrk/, each request a new event id `<run>:<thread>:<n>`:
    - single events, 32 connections, `--seconds`;
    - batches of 1,000 events, 4 connections, `--seconds`;
-   events/s counts the events the database holds afterwards under the run's ids, over wrk's
-   duration.
+   each after `--warmup` seconds (default 5) of the same load, not counted (the server's
+   first seconds: `warmup`); events/s counts the events the database holds afterwards under
+   the measured run's ids, over wrk's duration.
 4. A single event at 100 events/s offered: bench/paced.py (open loop, a process of its own;
    wrk2, which paces wrk, is not in Debian), `--seconds` x 1.5.
 5. The Azure hour (28,185 events: the rows of `--trace` files, or the hour `credits.traffic`
@@ -122,6 +124,17 @@ def wrk(script: str, url: str, args: list[str], *, connections: int, seconds: in
     if line is None:
         raise RuntimeError(f"wrk printed no result: {done.stdout[-500:]} {done.stderr[-500:]}")
     return json.loads(line.removeprefix("WRK_JSON "))
+
+
+def warmup(script: str, url: str, args: list[str], connections: int, seconds: int) -> dict:
+    """`seconds` of a wrk step's own load before it is measured, so that the figure is the
+    server's steady state: in its first seconds each worker opens its pooled connections (a
+    PostgreSQL backend each, which reads the catalog on its first statements) and builds the
+    statements `portal.statements` keeps. Its requests and rate, for the record."""
+    if seconds <= 0:
+        return {"seconds": 0}
+    out = wrk(script, url, args, connections=connections, seconds=seconds, timeout=120)
+    return {"seconds": out["seconds"], "requests": out["requests"]}
 
 
 def server_ready(base: str, server: subprocess.Popen, timeout: float = 60) -> None:
@@ -412,6 +425,9 @@ def doc_update(report: dict) -> None:
 def main() -> None:  # noqa: C901 (one sitting, step by step)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=20, help="Per load step (default 20).")
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="Seconds of load before each wrk step (default 5)."
+    )
     parser.add_argument("--history", type=int, default=10_000_000, help="Usage events loaded.")
     parser.add_argument("--history-days", type=float, default=30, help="Days they span.")
     parser.add_argument(
@@ -479,23 +495,27 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
         organization = target.organization
 
         meter = CpuMeter(server.pid)
-        log("single events, 32 connections (wrk)")
+        log(f"single events, 32 connections (wrk), after {args.warmup} s of the same")
+        warm = warmup("single.lua", base, [f"{run}:s32warm", secret], 32, args.warmup)
         prefix = f"{run}:s32"
         before = meter.snapshot()
         out = wrk("single.lua", base, [prefix, secret], connections=32, seconds=args.seconds)
         out["recorded"] = recorded(conn, organization, prefix + ":")
         out["cpu_ms_per_event"] = meter.per_event(before, out["recorded"])
+        out["warmup"] = warm
         raw["single_x32"] = out
         figures["single_x32"] = round(out["recorded"] / out["seconds"], 1)
         loads["after singles"] = load()
 
-        log("batches of 1,000, 4 connections (wrk)")
+        log(f"batches of 1,000, 4 connections (wrk), after {args.warmup} s of the same")
+        warm = warmup("batch.lua", base, [f"{run}:b1000warm", secret, "1000"], 4, args.warmup)
         prefix = f"{run}:b1000"
         before = meter.snapshot()
         out = wrk("batch.lua", base, [prefix, secret, "1000"], connections=4,
                   seconds=args.seconds, timeout=120)  # fmt: skip
         out["recorded"] = recorded(conn, organization, prefix + ":")
         out["cpu_ms_per_event"] = meter.per_event(before, out["recorded"])
+        out["warmup"] = warm
         raw["batch_1000"] = out
         figures["batch_1000"] = round(out["recorded"] / out["seconds"], 1)
         loads["after batches"] = load()
