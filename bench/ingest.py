@@ -82,7 +82,9 @@ class Autoanalyze:
     made when the tables were empty: the foreign-key checks and the ledger's balance trigger,
     planned once per connection, scan whole tables, and a pooled server slows down as they
     grow. `start()` it before the writes, `stop()` it after; it does nothing when the server's
-    autovacuum is on."""
+    autovacuum is on. Its ANALYZEs are throttled as autovacuum's are (cost-based delay): run at
+    full speed, one ANALYZE of the usage table after the batches step stalled the server for
+    0.2 to 0.5 s (docs/performance.md, run 13)."""
 
     RULE = """SELECT format('%I.%I', s.schemaname, s.relname)
                 FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
@@ -115,10 +117,29 @@ class Autoanalyze:
         import psycopg
 
         with psycopg.connect(self.url, autocommit=True) as conn:
+            # Autovacuum's cost-based delay (its defaults: 2 ms after each 200 units of page
+            # reads), so that an ANALYZE of a large table is spread out as autovacuum's is.
+            conn.execute("SET vacuum_cost_delay = '2ms'")
+            conn.execute("SET vacuum_cost_limit = 200")
             while not self._stopping.wait(self.naptime):
-                for (table,) in conn.execute(self.RULE).fetchall():
-                    conn.execute(f"ANALYZE {table}")
-                    self.analyzed += 1
+                self.pass_once(conn)
+
+    def pass_once(self, conn) -> None:
+        """ANALYZE each table that the rule says is due, on `conn`."""
+        for (table,) in conn.execute(self.RULE).fetchall():
+            conn.execute(f"ANALYZE {table}")
+            self.analyzed += 1
+
+    def settle(self) -> None:
+        """Before a step that must not pay for the writes of the one before it: ANALYZE what
+        is due at once and CHECKPOINT (the dirty pages and the WAL of the earlier step written
+        out now, not during the next). With autovacuum on, only the CHECKPOINT."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            if conn.execute("SHOW autovacuum").fetchone()[0] == "off":
+                self.pass_once(conn)
+            conn.execute("CHECKPOINT")
 
 
 def vacuum(url: str) -> None:

@@ -23,7 +23,9 @@ On loopback only. In order:
    first seconds: `warmup`); events/s counts the events the database holds afterwards under
    the measured run's ids, over wrk's duration.
 4. A single event at 100 events/s offered: bench/paced.py (open loop, a process of its own;
-   wrk2, which paces wrk, is not in Debian), `--seconds` x 1.5.
+   wrk2, which paces wrk, is not in Debian), `--seconds` x 1.5. Before it, and before steps 5
+   and 6, what the earlier steps wrote settles (`ingest.Autoanalyze.settle`: the analyzes due,
+   a CHECKPOINT), so that a step does not pay for the one before it.
 5. The Azure hour (28,185 events: the rows of `--trace` files, or the hour `credits.traffic`
    generates for its chat and code workloads) posted through the API in batches of 1,000 by
    `credits.replay` (`ApiSink`, one client), timed.
@@ -520,7 +522,8 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
         figures["batch_1000"] = round(out["recorded"] / out["seconds"], 1)
         loads["after batches"] = load()
 
-        log("single events at 100/s offered (bench/paced.py)")
+        log("single events at 100/s offered (bench/paced.py), after the batches' writes settle")
+        autoanalyze.settle()
         before = meter.snapshot()
         done = subprocess.run(
             [sys.executable, str(ROOT / "bench" / "paced.py"), base, secret, "--rate", "100",
@@ -533,6 +536,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
         figures["single_100ps_p99"] = out["from_schedule_ms"]["p99"]
         loads["after paced"] = load()
 
+        autoanalyze.settle()
         log("the Azure hour through the API (credits.replay, batches of 1,000)")
         from credits.replay import ApiSink, replay
 
@@ -559,6 +563,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
         raw["autoanalyze"] = {"tables_analyzed": autoanalyze.analyzed}
 
     if not args.no_gateway:
+        ingest.Autoanalyze(url).settle()
         log("gateway overhead (bench/gateway.py)")
         gateway_out = RESULTS / "gateway.json"
         subprocess.run(
