@@ -1,5 +1,6 @@
 """ORM statements compiled once per shape and run again with new values; rows inserted as one
-JSON parameter (`insert_rows`).
+JSON parameter (`insert_rows`); the rows a statement reads as model instances or dicts
+(`model_rows`, `dict_rows`), what its columns are worked out once.
 
 Building a queryset and compiling it to SQL costs a usage event more CPU than PostgreSQL spends
 running it (about a third of the request's, measured with pyinstrument). `compiled(key, build,
@@ -268,7 +269,7 @@ def model_rows(model, sql: str, params: list) -> list:
     name as the database gave it. Which column is which is worked out the first time a model is
     read with a statement, and kept: `sql` is one of a bounded set (from `compiled`). A
     RawQuerySet works it out again, and psycopg describes the columns again, each time it runs:
-    that was 0.12 ms of the 0.29 ms of reading and locking a usage event's account
+    that was about 0.13 ms of the 0.28 ms of reading and locking a usage event's account
     (docs/performance.md, run 13). Raises ValueError when the primary key is not among the
     columns (as RawQuerySet does)."""
     plan = _ROW_PLANS.get((model, sql))
