@@ -2,13 +2,18 @@
 
 import csv
 import io
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from accounts.models import Team
 from accounts.services import team_update
 from credits.models import Hold, LedgerAccount, UsageEvent
+from credits.services.rollups import usage_rollup_advance
 from credits.verify import ledger_verify
 
 from ..conftest import SYSTEM
@@ -200,6 +205,32 @@ def test_a_key_limit_is_enforced_on_the_keys_usage(funded):
     assert me["limit_remaining"] == pytest.approx(0.004) and me["usage_daily"] == pytest.approx(
         0.006
     )
+
+
+def test_the_keys_usage_reads_the_rollups_and_counts_by_when_usage_occurred(funded):
+    """`GET /api/v1/key` (OpenRouter's current key): the same figures whether the key's events
+    are still raw or rolled up, read from the rollups (not a sum over the key's history); an
+    event dated 40 days back counts in the total, not in this month."""
+    tenant, _, _ = funded
+    _, secret = tenant.key("usage", team=tenant.team)
+    client = tenant.client(secret)
+    now = timezone.now()
+    back = (now - timedelta(days=40)).isoformat()
+    assert (
+        client.post(USAGE, event("old", cost="0.5", occurred_at=back), format="json").status_code
+        == 201
+    )
+    assert client.post(USAGE, event("new", cost="0.25"), format="json").status_code == 201
+    before = client.get("/api/v1/key").json()["data"]
+    usage_rollup_advance(lag=timedelta(0))
+    with CaptureQueriesContext(connection) as queries:
+        after = client.get("/api/v1/key").json()["data"]
+    for figures in (before, after):
+        assert figures["usage"] == pytest.approx(0.75)
+        assert figures["usage_daily"] == figures["usage_weekly"] == pytest.approx(0.25)
+        assert figures["usage_monthly"] == pytest.approx(0.25)
+    sums = [q["sql"] for q in queries if "SUM(" in q["sql"] and "cost" in q["sql"]]
+    assert sums and all("credits_usagerollup" in sql for sql in sums)
 
 
 def test_balance_and_report(funded):
