@@ -313,7 +313,8 @@ def _names(sql: str, cursor) -> tuple[str, ...]:
     """The column names of `sql`'s rows, from the cursor that ran it the first time."""
     names = _NAMES.get(sql)
     if names is None:
-        names = _NAMES[sql] = tuple(column.name for column in cursor.description)
+        # DB-API: each column's description starts with its name (psycopg's and sqlite3's).
+        names = _NAMES[sql] = tuple(column[0] for column in cursor.description)
     return names
 
 
