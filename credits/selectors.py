@@ -153,52 +153,45 @@ class KeyUsage:
 
 
 _PERIODS = ("daily", "weekly", "monthly")
+_USED_ZERO = {"total": ZERO, **{p: ZERO for p in _PERIODS}}
+
+
+def _used_by(
+    organization, field: str, now: datetime, *, visible: Q | None = None, where: Q | None = None
+) -> dict:
+    """Counted usage of `organization` that `visible` and `where` let through, per value of
+    `field` (`team`, `api_key`, ...): dicts of `total` and of `daily`, `weekly`, `monthly`, the
+    usage since the start of the current UTC day, week (Monday) and month, by when it occurred
+    (credits). One read of the usage rollups and their tail (`credits.rollups.usage_sums`),
+    whatever the history; values without usage are left out."""
+    since = {p: window_start(p, now) for p in _PERIODS}
+    rows = rollups.usage_sums(
+        organization=organization, visible=visible, where=where, since=since, fields=[field]
+    )
+    return {r[field]: {"total": r["cost"], **{p: r[f"cost_{p}"] for p in _PERIODS}} for r in rows}
 
 
 def key_usage_totals(keys: Iterable[ApiKey], now: datetime | None = None) -> dict[int, KeyUsage]:
     """Credits each key spent (reversed usage left out): in total and since the start of the
     current UTC day, week (Monday) and month, by when the usage occurred, as the balance's
-    `used_today` and `used_this_month` (`_used_by_team`). One read of the usage rollups and
-    their tail per organization among `keys` (`credits.rollups.usage_sums`), whatever the
-    keys' history: it summed their raw events (30 ms for a key of 250,000 events,
-    docs/performance.md, run 13). Keys without usage get zeros."""
+    `used_today` and `used_this_month` (`_used_by`). One read of the usage rollups and their
+    tail per organization among `keys`, whatever the keys' history: it summed their raw events
+    (30 ms for a key of 250,000 events, docs/performance.md, run 13). Keys without usage get
+    zeros."""
     now = now or timezone.now()
     keys = list(keys)
-    since = {p: window_start(p, now) for p in _PERIODS}
     by_key: dict = {}
     for organization_id in {key.organization_id for key in keys}:
         of_it = [key for key in keys if key.organization_id == organization_id]
-        rows = rollups.usage_sums(
-            organization=of_it[0].organization,
-            where=Q(api_key__in=sorted(key.pk for key in of_it)),
-            since=since,
-            fields=["api_key"],
-        )
-        by_key.update({r["api_key"]: r for r in rows})
-    result = {}
-    for key in keys:
-        r = by_key.get(key.pk)
-        result[key.pk] = (
-            KeyUsage(total=r["cost"], **{p: r[f"cost_{p}"] for p in _PERIODS}) if r else KeyUsage()
-        )
-    return result
-
-
-_USED_ZERO = {"total": ZERO, **{p: ZERO for p in _PERIODS}}
+        where = Q(api_key__in=sorted(key.pk for key in of_it))
+        by_key.update(_used_by(of_it[0].organization, "api_key", now, where=where))
+    return {key.pk: KeyUsage(**by_key.get(key.pk, _USED_ZERO)) for key in keys}
 
 
 def _used_by_team(organization, visible: Q | None, now: datetime) -> tuple[dict, dict]:
-    """Counted usage that `visible` lets through (None: all) in total and since the start of
-    the current UTC day, week and month (by occurred_at): the totals and the same per team id,
-    as dicts of `total`, `daily`, `weekly`, `monthly` (credits). One read of the usage rollups
-    and their tail (`credits.rollups.usage_sums`)."""
-    since = {p: window_start(p, now) for p in _PERIODS}
-    rows = rollups.usage_sums(
-        organization=organization, visible=visible, since=since, fields=["team"]
-    )
-    by_team = {
-        r["team"]: {"total": r["cost"], **{p: r[f"cost_{p}"] for p in _PERIODS}} for r in rows
-    }
+    """Counted usage that `visible` lets through (None: all), as `_used_by`: the totals and
+    the same per team id."""
+    by_team = _used_by(organization, "team", now, visible=visible)
     totals = {k: sum((r[k] for r in by_team.values()), ZERO) for k in _USED_ZERO}
     by_team.pop(None, None)
     return totals, by_team
