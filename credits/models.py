@@ -99,8 +99,9 @@ class LedgerTransaction(models.Model):
         EXPIRY = "expiry", "Expiry"
         REVERSAL = "reversal", "Reversal"
 
+    # No index of its own: (organization, idempotency_key) leads with it (Meta).
     organization = models.ForeignKey(
-        Organization, on_delete=models.PROTECT, related_name="ledger_transactions"
+        Organization, on_delete=models.PROTECT, related_name="ledger_transactions", db_index=False
     )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     idempotency_key = models.CharField(max_length=255)
@@ -193,7 +194,10 @@ class LedgerEntry(models.Model):
     transaction = models.ForeignKey(
         LedgerTransaction, on_delete=models.PROTECT, related_name="entries"
     )
-    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="entries")
+    # No index of its own: `entry_account_history` (account, id) leads with it.
+    account = models.ForeignKey(
+        LedgerAccount, on_delete=models.PROTECT, related_name="entries", db_index=False
+    )
     amount = CreditField()
     lot = models.ForeignKey(
         CreditLot, null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
@@ -313,11 +317,17 @@ class UsageEvent(models.Model):
         PRICE_TABLE = "price_table", "Price table"
         REPORTED = "reported", "Reported upstream"
 
-    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="usage")
+    # The organization, key and team have no index of their own: an index of Meta leads with
+    # each (one fewer index to write per event; docs/performance.md, run 14).
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="usage", db_index=False
+    )
     event_id = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64)
-    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT)
-    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.PROTECT)
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.PROTECT, db_index=False
+    )
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.PROTECT, db_index=False)
     member = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
