@@ -73,3 +73,36 @@ class CpuMeter:
         out = {g: round(used[g] * 1000 / max(events, 1), 2) for g in GROUPS}
         out["busy_cores"] = round(sum(used.values()) / max(after["at"] - before["at"], 1e-9), 2)
         return out
+
+    def connections(self, port: int) -> list[int]:
+        """How many established TCP connections to `port` each of the server's processes holds
+        now, most first (from /proc/net/tcp and each process's open sockets). A worker's
+        connections stay with it for as long as the client keeps them open: a load generator
+        that opens all of its connections at once finds them split by which worker's event
+        loop woke first (docs/performance.md, run 14), and each worker runs Python on one core
+        at a time."""
+        established = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+                    established.add(fields[9])  # the socket's inode
+        processes = _processes()
+        counts = []
+        for pid in processes:
+            if pid == self.server_pid or self._group(pid, processes) != "server":
+                continue
+            try:
+                links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+            except OSError:  # ended meanwhile
+                continue
+            held = sum(1 for link in links if link.startswith("socket:[")
+                       and link[8:-1] in established)  # fmt: skip
+            if held:
+                counts.append(held)
+        return sorted(counts, reverse=True)

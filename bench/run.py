@@ -58,6 +58,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -115,8 +116,16 @@ def log(message: str) -> None:
 
 
 def wrk(script: str, url: str, args: list[str], *, connections: int, seconds: int,
-        timeout: int = 60) -> dict:  # fmt: skip
-    """Run wrk (one thread) with bench/wrk/<script>; its done() JSON."""
+        timeout: int = 60, meter: CpuMeter | None = None) -> dict:  # fmt: skip
+    """Run wrk (one thread) with bench/wrk/<script>; its done() JSON. With `meter`, also how
+    wrk's connections were split among the server's workers halfway through
+    (`connections_per_worker`, most first: `CpuMeter.connections`)."""
+    split: list[int] = []
+    sampler = None
+    if meter is not None:
+        port = urlparse(url).port
+        sampler = threading.Timer(seconds / 2, lambda: split.extend(meter.connections(port)))
+        sampler.start()
     done = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout}s",
          "-s", str(WRK / script), url, "--", *args],
@@ -125,7 +134,11 @@ def wrk(script: str, url: str, args: list[str], *, connections: int, seconds: in
     line = next((x for x in done.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no result: {done.stdout[-500:]} {done.stderr[-500:]}")
-    return json.loads(line.removeprefix("WRK_JSON "))
+    out = json.loads(line.removeprefix("WRK_JSON "))
+    if sampler is not None:
+        sampler.join()
+        out["connections_per_worker"] = split
+    return out
 
 
 def warmup(script: str, url: str, args: list[str], connections: int, seconds: int) -> dict:
@@ -361,24 +374,27 @@ CPU_STEPS = (
 def cpu_rows(raw: dict) -> list[str]:
     """The table of CPU per event of each step (`cpu_ms_per_event`, and the gateway's
     `cpu_ms_per_request`), or nothing for a report without them (before 2026-12-01)."""
-    found = [(raw[k]["cpu_ms_per_event"], unit, what) for k, unit, what in CPU_STEPS
-             if "cpu_ms_per_event" in raw.get(k, {})]  # fmt: skip
+    found = [(raw[k]["cpu_ms_per_event"], unit, what, raw[k].get("connections_per_worker"))
+             for k, unit, what in CPU_STEPS if "cpu_ms_per_event" in raw.get(k, {})]  # fmt: skip
     for result in raw.get("gateway", {}).get("results", []):
         if "cpu_ms_per_request" in result:
-            found.append((result["cpu_ms_per_request"], "request", result["scenario"]))
+            found.append((result["cpu_ms_per_request"], "request", result["scenario"], None))
     if not found:
         return []
     rows = [
         "CPU of each step (bench/cpu.py, from /proc), in ms per event, read or request: the "
         "server's processes, PostgreSQL's, the rest of the machine (the load generator, the "
-        "benchmark, the gateway's fake upstream), and the cores busy on average:",
+        "benchmark, the gateway's fake upstream), the cores busy on average, and for the wrk "
+        "steps how wrk's connections were split among the server's two workers halfway "
+        "through (`CpuMeter.connections`):",
         "",
-        "| step | server | PostgreSQL | rest | cores busy |",
-        "|---|---:|---:|---:|---:|",
+        "| step | server | PostgreSQL | rest | cores busy | connections per worker |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for cpu, unit, what in found:
+    for cpu, unit, what, split in found:
+        shared = " / ".join(str(n) for n in split) if split else "–"
         rows.append(f"| {what} (per {unit}) | {cpu['server']} | {cpu['postgres']} | "
-                    f"{cpu['rest']} | {cpu['busy_cores']} |")  # fmt: skip
+                    f"{cpu['rest']} | {cpu['busy_cores']} | {shared} |")  # fmt: skip
     return [*rows, ""]
 
 
@@ -501,7 +517,8 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
         warm = warmup("single.lua", base, [f"{run}:s32warm", secret], 32, args.warmup)
         prefix = f"{run}:s32"
         before = meter.snapshot()
-        out = wrk("single.lua", base, [prefix, secret], connections=32, seconds=args.seconds)
+        out = wrk("single.lua", base, [prefix, secret], connections=32, seconds=args.seconds,
+                  meter=meter)  # fmt: skip
         out["recorded"] = recorded(conn, organization, prefix + ":")
         out["cpu_ms_per_event"] = meter.per_event(before, out["recorded"])
         out["warmup"] = warm
@@ -514,7 +531,7 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
         prefix = f"{run}:b1000"
         before = meter.snapshot()
         out = wrk("batch.lua", base, [prefix, secret, "1000"], connections=4,
-                  seconds=args.seconds, timeout=120)  # fmt: skip
+                  seconds=args.seconds, timeout=120, meter=meter)  # fmt: skip
         out["recorded"] = recorded(conn, organization, prefix + ":")
         out["cpu_ms_per_event"] = meter.per_event(before, out["recorded"])
         out["warmup"] = warm
