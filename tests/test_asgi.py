@@ -1,5 +1,5 @@
 """The ASGI entry point (`portal.asgi`): requests take their thread from those earlier requests
-left idle, and the middleware chain and the view run in one call on it."""
+left idle, and the request's signals, the middleware chain and the view run in one call on it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.core.signals import request_started
+from django.core.signals import request_finished, request_started
 
 from portal.asgi import application
 
@@ -52,6 +53,48 @@ def test_one_request_after_another_is_served_by_the_same_thread():
         request_started.disconnect(started)
     assert statuses == [200, 200, 200]
     assert len(threads) == 3 and len(set(threads)) == 1  # no thread started per request
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    def __init__(self):
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["/healthz", "/api/v1/credits/balance", "/no-such-page/"])
+def test_a_request_is_one_hand_off_with_its_signals_on_its_thread(path):
+    # Django's handler hands `request_started`, the response and `response.close()` (which
+    # sends `request_finished`) to the thread one by one: three hand-offs a request.
+    executor = _CountingExecutor()
+    application._idle.append(executor)  # the next request's thread
+    seen: list[tuple[str, int]] = []
+
+    def started(**kwargs):
+        seen.append(("started", threading.get_ident()))
+
+    def finished(**kwargs):
+        seen.append(("finished", threading.get_ident()))
+
+    request_started.connect(started)
+    request_finished.connect(finished)
+    try:
+        status = asyncio.run(_get(path))  # no outer async_to_sync: the request's own thread
+    finally:
+        request_started.disconnect(started)
+        request_finished.disconnect(finished)
+        if executor in application._idle:  # left idle after the request: not for the next
+            application._idle.remove(executor)
+        executor.shutdown()
+    assert status in (200, 401, 404)
+    assert executor.submitted == 1
+    thread = executor._threads.pop().ident if executor._threads else None
+    assert [name for name, _ in seen] == ["started", "finished"]
+    assert {ident for _, ident in seen} == {thread}
 
 
 def test_the_middleware_chain_is_called_synchronously_in_one_hop():
