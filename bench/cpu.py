@@ -75,12 +75,12 @@ class CpuMeter:
         return out
 
     def connections(self, port: int) -> list[int]:
-        """How many established TCP connections to `port` each of the server's processes holds
-        now, most first (from /proc/net/tcp and each process's open sockets). A worker's
-        connections stay with it for as long as the client keeps them open: a load generator
-        that opens all of its connections at once finds them split by which worker's event
-        loop woke first (docs/performance.md, run 14), and each worker runs Python on one core
-        at a time."""
+        """How many established TCP connections to `port` each of the server's processes (the
+        master's children: its workers) holds now, most first (from /proc/net/tcp and each
+        process's open sockets). A worker's connections stay with it for as long as the
+        client keeps them open: a load generator that opens all of its connections at once
+        finds them split by which worker's event loop woke first (docs/performance.md, run 14),
+        and each worker runs Python on one core at a time."""
         established = set()
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             try:
@@ -101,8 +101,6 @@ class CpuMeter:
                 links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
             except OSError:  # ended meanwhile
                 continue
-            held = sum(1 for link in links if link.startswith("socket:[")
-                       and link[8:-1] in established)  # fmt: skip
-            if held:
-                counts.append(held)
+            counts.append(sum(1 for link in links if link.startswith("socket:[")
+                              and link[8:-1] in established))  # fmt: skip
         return sorted(counts, reverse=True)
