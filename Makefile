@@ -71,7 +71,7 @@ demo: demo-data
 	@# The production server (README, "Running in production"): ASGI, gunicorn with a uvicorn
 	@# worker; one worker, as the demo's cache is per process.
 	DATABASE_URL=$(DEMO_DATABASE_URL) $(VENV)/bin/gunicorn portal.asgi:application \
-		-k uvicorn_worker.UvicornWorker -w 1 -b 127.0.0.1:8000
+		-k portal.workers.UvicornWorker --reuse-port -w 1 -b 127.0.0.1:8000
 
 serve: install  ## Django's development server (reloads on change)
 	DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py runserver 127.0.0.1:8000

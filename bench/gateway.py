@@ -139,7 +139,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_before": load_before,
         "load_after": round(os.getloadavg()[0], 2),
-        "server": f"gunicorn portal.asgi:application -k uvicorn_worker.UvicornWorker "
+        "server": f"gunicorn portal.asgi:application -k portal.workers.UvicornWorker --reuse-port "
         f"-w {args.workers}"
         if args.server == "asgi"
         else f"gunicorn portal.wsgi -w {args.workers} --threads {args.threads}",

@@ -181,12 +181,13 @@ def server_start(
     env: dict, port: int, workers: int, threads: int, *, asgi: bool = False
 ) -> subprocess.Popen:
     """gunicorn on `port`: `portal.wsgi` (sync or gthread workers), or with `asgi`
-    `portal.asgi:application` on uvicorn workers (README, "Running in production")."""
+    `portal.asgi:application` on the portal's uvicorn workers with `--reuse-port` (README,
+    "Running in production")."""
     gunicorn = Path(PY).with_name("gunicorn")
     cmd = [
         str(gunicorn),
         *(
-            ["portal.asgi:application", "-k", "uvicorn_worker.UvicornWorker"]
+            ["portal.asgi:application", "-k", "portal.workers.UvicornWorker", "--reuse-port"]
             if asgi
             else ["portal.wsgi"]
         ),  # fmt: skip

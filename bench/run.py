@@ -13,7 +13,7 @@ On loopback only. In order:
    table, a grant, a usage key of the team).
 2. The limits (bench/limits.py): pgbench, the hot-row transaction with 8 clients and the
    100-entry transaction with 4, `--seconds` each.
-3. The production server, `gunicorn portal.asgi:application -k uvicorn_worker.UvicornWorker
+3. The production server, `gunicorn portal.asgi:application -k portal.workers.UvicornWorker
    -w 2` (its default pool, DATABASE_POOL_MAX_SIZE 16), on a free 127.0.0.1 port; 20 warm-up
    events. The load generator is wrk (Debian's; C, one thread) with the Lua scripts of
    bench/wrk/, each request a new event id `<run>:<thread>:<n>`:
@@ -732,7 +732,8 @@ def main() -> None:  # noqa: C901 (one sitting, step by step)
             "shared": "other work may share the cores: see load_average_1m",
         },
         "load_average_1m": loads,
-        "server": "gunicorn portal.asgi:application -k uvicorn_worker.UvicornWorker -w 2",
+        "server": "gunicorn portal.asgi:application -k portal.workers.UvicornWorker "
+        f"--reuse-port -w {WORKERS}",
         "load_generator": "wrk 4.1 (Debian), one thread, bench/wrk/*.lua; 100/s: bench/paced.py",
         "seconds_per_step": args.seconds,
         "history": {

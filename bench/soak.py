@@ -9,9 +9,9 @@ It migrates the database (created when missing), collects the static files (a te
 STATIC_ROOT: pages need their manifest), makes the organization `soak` (an owner with a
 password, a team `load` on the pool, 100,000 credits, a usage key bound to the team; as
 bench/ingest.py does, through manage.py), starts `gunicorn portal.asgi:application -k
-uvicorn_worker.UvicornWorker -w 2` on a free loopback port, and sends this mix of operations
-(each one or two requests), while a process rolls the usage rollups every minute as beat does
-(`credits.tasks.usage_rollup`):
+portal.workers.UvicornWorker --reuse-port -w 2` on a free loopback port, and sends this mix of
+operations (each one or two requests), while a process rolls the usage rollups every minute as
+beat does (`credits.tasks.usage_rollup`):
 
 | share | operation |
 |---|---|
@@ -497,7 +497,7 @@ def main() -> None:
             # Other processes share the cores: the 1-minute load average before and after.
             "load_average_1m": [load_before, round(os.getloadavg()[0], 2)],
         },
-        "server": f"gunicorn portal.asgi:application -k uvicorn_worker.UvicornWorker "
+        "server": f"gunicorn portal.asgi:application -k portal.workers.UvicornWorker --reuse-port "
         f"-w {args.workers}",
         "mix": {name: f"{weight} %" for name, weight in MIX},
         "capacity_probe": capacity,
