@@ -14,9 +14,9 @@ On loopback only. In order:
 2. The limits (bench/limits.py): pgbench, the hot-row transaction with 8 clients and the
    100-entry transaction with 4, `--seconds` each.
 3. The production server, `gunicorn portal.asgi:application -k portal.workers.UvicornWorker
-   -w 2` (its default pool, DATABASE_POOL_MAX_SIZE 16), on a free 127.0.0.1 port; 20 warm-up
-   events. The load generator is wrk (Debian's; C, one thread) with the Lua scripts of
-   bench/wrk/, each request a new event id `<run>:<thread>:<n>`:
+   --reuse-port -w 2` (its default pool, DATABASE_POOL_MAX_SIZE 16), on a free 127.0.0.1
+   port; 20 warm-up events. The load generator is wrk (Debian's; C, one thread) with the Lua
+   scripts of bench/wrk/, each request a new event id `<run>:<thread>:<n>`:
    - single events, 32 connections, `--seconds`;
    - batches of 1,000 events, 4 connections, `--seconds`;
    each after `--warmup` seconds (default 5) of the same load, not counted (the server's
