@@ -7,6 +7,10 @@ Variables (all optional unless said):
 - `DATABASE_POOL_MAX_SIZE` (default 16): PostgreSQL connections per process, pooled (psycopg_pool);
   `DATABASE_POOL_TIMEOUT` (default 10 s) how long a request waits for one. 0 turns the pool off
   for a persistent connection per thread (`CONN_MAX_AGE`, default 60 s; WSGI servers only).
+- `DATABASE_PREPARED_STATEMENTS` (default on): the metering path's statements are prepared on
+  each PostgreSQL connection after 5 runs (`portal.statements.prepared_cursor`). Turn it off
+  behind a pooler that cannot keep prepared statements (PgBouncer before 1.21 in transaction
+  mode).
 - `CELERY_BROKER_URL` (Redis or RabbitMQ), `CELERY_RESULT_BACKEND`. Unset, tasks run eagerly.
 - `ALLOWED_HOSTS`, `CSRF_TRUSTED_ORIGINS` (comma-separated), `SECURE_SSL_REDIRECT`.
 - `EMAIL_URL` (for example `smtp+tls://user:pass@host:587`), `DEFAULT_FROM_EMAIL`.
@@ -165,6 +169,13 @@ elif DATABASE_POOL_MAX_SIZE := env.int("DATABASE_POOL_MAX_SIZE", default=16):
 else:  # DATABASE_POOL_MAX_SIZE=0: a persistent connection per thread (WSGI servers only)
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if not SQLITE:
+    # psycopg prepares a statement once a connection has run it 5 times (Django turns that off by
+    # default); only server-bound cursors (`portal.statements.prepared_cursor`) can be prepared,
+    # Django's own cursors bind parameters on the client.
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
+        5 if env.bool("DATABASE_PREPARED_STATEMENTS", default=True) else None
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"

@@ -19,6 +19,7 @@ refused when the statement is first built (AssertionError), not bound wrong late
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import Callable
@@ -259,6 +260,44 @@ def json_rows(model, text: str) -> list:
     ]
 
 
+# A cursor whose statements PostgreSQL prepares ------------------------------------------------
+
+
+def prepared_cursor():
+    """A cursor (Django's wrapper: counted, logged, its errors Django's) for statements of a
+    bounded set of texts (from `compiled`, `insert_rows`, or constant SQL) run again and again
+    with new values, such as the metering path's. PostgreSQL: its parameters are bound by the
+    server (psycopg's `Cursor`) instead of quoted into the text (Django's default `ClientCursor`),
+    so psycopg prepares a statement once a connection has run it 5 times (`prepare_threshold`,
+    per connection; pooled connections keep theirs) and PostgreSQL then neither parses nor
+    (mostly) plans it again: that was about half of PostgreSQL's CPU per usage event, and of a chat
+    completion's 6 ms (pg_stat_statements: 0.2 to 0.35 ms of planning per statement,
+    docs/performance.md, run 15). A prepared statement may run a generic plan, chosen without
+    the values: statements whose plan depends on a value (a time range, the rollup's mark) keep
+    `connection.cursor()`. Elsewhere (SQLite) `connection.cursor()`."""
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        return connection._prepare_cursor(_server_bound_cursor()(connection.connection))
+
+
+@functools.cache
+def _server_bound_cursor() -> type:
+    """Django's server-binding psycopg cursor, which also keeps the query it ran prepared as the
+    one it ran (`_query`): psycopg sets it only when it sends the text, and Django's query log
+    (`last_executed_query`, which tests count statements with) reads it there."""
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    class ServerBound(ServerBindingCursor):
+        def _send_query_prepared(self, name, pgq, *, binary=None):
+            self._query = pgq
+            super()._send_query_prepared(name, pgq, binary=binary)
+
+    return ServerBound
+
+
 # Rows of a model read with SQL --------------------------------------------------------------------
 
 
@@ -273,7 +312,7 @@ def model_rows(model, sql: str, params: list) -> list:
     (docs/performance.md, run 13). Raises ValueError when the primary key is not among the
     columns (as RawQuerySet does)."""
     plan = _ROW_PLANS.get((model, sql))
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         if plan is None:
             plan = _ROW_PLANS[model, sql] = _row_plan(model, _names(sql, cursor))

@@ -58,3 +58,16 @@ def test_without_a_database_url_the_demo_uses_sqlite_with_wal_and_immediate_tran
         "journal_mode=WAL;",
         "True",
     ]
+
+
+def test_prepared_statements_are_on_for_postgresql_unless_turned_off():
+    code = "from django.conf import settings as s; print(s.DATABASES['default']['OPTIONS'])"
+    url = os.environ["DATABASE_URL"]
+    on = manage("shell", "--no-imports", "-c", code, DEBUG="1", DATABASE_URL=url)
+    off = manage("shell", "--no-imports", "-c", code, DEBUG="1", DATABASE_URL=url,
+                 DATABASE_PREPARED_STATEMENTS="0")  # fmt: skip
+    demo = manage("shell", "--no-imports", "-c", code, DEBUG="1")
+    assert on.returncode == off.returncode == demo.returncode == 0, on.stderr + off.stderr
+    assert "'prepare_threshold': 5" in on.stdout
+    assert "'prepare_threshold': None" in off.stdout
+    assert "prepare_threshold" not in demo.stdout  # SQLite

@@ -37,6 +37,7 @@ from accounts.audit import Actor, audit_record
 from accounts.models import ApiKey, Membership, Organization, Team, User
 from portal.errors import BudgetExceeded, NotFound, ValidationFailed
 from portal.money import CREDIT_QUANTUM, format_credits, parse_credits
+from portal.statements import prepared_cursor
 
 from ..models import Budget, BudgetWindow, UsageEvent
 from ..periods import window_bounds
@@ -138,7 +139,7 @@ def _lock_known(wanted, extra_ids) -> list[BudgetWindow] | None:
     ids = [_KNOWN.get((b.pk, s)) for b, s, _ in wanted]
     if None in ids:
         return None
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             _LOCK_KNOWN_SQL,
             [ids, [b.pk for b, _, _ in wanted], [s for _, s, _ in wanted],
@@ -326,7 +327,7 @@ class BudgetGate:
         ON CONFLICT DO NOTHING. Returns the alerts that fired (created now)."""
         counters = self.counters_sql()
         if counters is not None:
-            with connection.cursor() as cursor:
+            with prepared_cursor() as cursor:
                 cursor.execute(*counters)
         ids = sorted(
             {pk for pk, d in self.spent_delta.items() if d}

@@ -22,7 +22,7 @@ from django.db.models import Case, F, Subquery, Value, When
 from accounts.models import Organization, Team
 from portal.errors import IdempotencyConflict, InsufficientCredits, NotFound, ValidationFailed
 from portal.money import format_credits
-from portal.statements import compiled, insert_rows, json_rows, json_rows_sql
+from portal.statements import compiled, insert_rows, json_rows, json_rows_sql, prepared_cursor
 
 from ..hooks import pool_locked
 from ..models import CreditLot, Hold, LedgerAccount, LedgerEntry, LedgerTransaction
@@ -218,7 +218,7 @@ def _create_once(row_model, organization_id: int, key: str, digest: str, /, **fi
     )
     if connection.vendor == "postgresql":
         statement, params = insert_rows(row_model, [row])
-        with connection.cursor() as cursor:
+        with prepared_cursor() as cursor:
             cursor.execute(
                 f"{statement} ON CONFLICT (organization_id, idempotency_key) DO NOTHING"
                 f" RETURNING {connection.ops.quote_name(row_model._meta.pk.column)}",
@@ -328,7 +328,7 @@ def _lots_due(account_id: int, now: datetime) -> list[CreditLot]:
     if connection.vendor != "postgresql":
         return list(_lots_due_query(account_id, now).only(*LOT_COLUMNS))
     sql, params = _lots_due_sql(account_id, now)
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(f"SELECT {sql}", params)  # noqa: S608 (ORM SQL)
         return json_rows(CreditLot, cursor.fetchone()[0])
 
@@ -350,7 +350,7 @@ def hold_insert_unless_due(
     due_sql, due_params = _lots_due_sql(account.pk, now)
     insert_sql, insert_params = insert_rows(Hold, [hold])
     account_table = connection.ops.quote_name(LedgerAccount._meta.db_table)
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             f"""WITH due (lots) AS (SELECT {due_sql}),
                      h AS ({insert_sql} WHERE (SELECT lots FROM due) = '[]'

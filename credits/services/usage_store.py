@@ -31,7 +31,14 @@ from django.db.models.query_utils import DeferredAttribute
 from django.db.models.signals import post_init, pre_init
 
 from portal.errors import NotFound
-from portal.statements import compiled, insert_rows, json_rows, json_rows_sql, model_rows
+from portal.statements import (
+    compiled,
+    insert_rows,
+    json_rows,
+    json_rows_sql,
+    model_rows,
+    prepared_cursor,
+)
 
 from ..models import (
     Budget,
@@ -142,7 +149,7 @@ def read_locked(
     # The lists are array parameters: one statement for every size, compiled once.
     shape = ("read_locked", expired_first_at is not None, hold is not None)
     sql, params = compiled(shape, _read_statement, values)
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         lots_json, earlier_ids, keys_taken, transaction_ids, usage_ids, *state = cursor.fetchone()
     return Locked(
@@ -277,7 +284,7 @@ def write(writes: Writes) -> None:
     if not parts:
         return
     clauses = ", ".join(f"w{i} AS ({statement})" for i, (statement, _) in enumerate(parts))
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(f"WITH {clauses} SELECT 1", [p for _, params in parts for p in params])  # noqa: S608 (Django's SQL)
     for row in [*writes.transactions, *writes.entries, *writes.usage]:
         row._state.adding = False

@@ -97,6 +97,36 @@ def test_over_http_a_usage_post_is_at_most_six_statements(tenant, prices):
     assert Decimal(response.json()["balance_after"]) == pool.available
 
 
+def _prepared_on_this_connection() -> list[str]:
+    with connection.cursor() as cursor:  # Django's own cursor: not prepared itself
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [statement for (statement,) in cursor.fetchall()]
+
+
+def test_the_metering_statements_are_prepared_after_five_events_and_still_counted(tenant):
+    """The lock, the read and the write run on a server-bound cursor
+    (`portal.statements.prepared_cursor`): once this connection has run them five times,
+    PostgreSQL runs them prepared (their parameters bound, not quoted into the text), and
+    Django still sees each one (counted and logged, as `django_assert_max_num_queries` reads
+    them)."""
+    who = plain(tenant)  # the first event
+    for i in range(4):
+        usage_record(attribution=who, event=ev(f"e{i}"))
+    assert _prepared_on_this_connection() == []  # five runs: not yet
+    sql = recorded(lambda: usage_record(attribution=who, event=ev("sixth")))
+    assert len(sql) <= 5 and any("FOR UPDATE" in s for s in sql), sql
+    prepared = _prepared_on_this_connection()
+    assert any('FROM "credits_ledgeraccount"' in s and "FOR UPDATE" in s for s in prepared)
+    assert any('INSERT INTO "credits_usageevent"' in s for s in prepared), prepared
+    assert all("$1" in s for s in prepared)  # bound by the server: one text for every event
+    for i in range(3):
+        sql = recorded(lambda i=i: usage_record(attribution=who, event=ev(f"again{i}", "0.002")))
+        assert len(sql) <= 5 and any("FOR UPDATE" in s for s in sql), sql  # run prepared
+    assert sorted(_prepared_on_this_connection()) == sorted(prepared)  # no new ones
+    assert UsageEvent.objects.filter(event_id__startswith="again").count() == 3
+    assert ledger_verify() == []
+
+
 def test_a_retry_answers_the_first_result_without_writing(tenant):
     who = plain(tenant)
     first = usage_record(attribution=who, event=ev("one"))
