@@ -6,7 +6,9 @@ carries `cost`).
 What it does per model id (`modes`, default "ok"): "ok" answers; "429" and "500" answer that
 error; "timeout" sleeps `hang` seconds before answering; "drop" closes the connection without an
 answer (streaming: after the first chunk); "nousage" answers without usage. With a `barrier`,
-every stream waits after its first chunk until the barrier's number of streams are open at once."""
+every stream waits after its first chunk until the barrier's number of streams are open at once.
+HTTP/1.1 with keep-alive, as a provider's API: a JSON answer leaves its connection open for the
+next request, a stream closes it."""
 
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ class FakeUpstream:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as a provider's API: answers carry their length, streams close after.
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self):  # noqa: N802
                 raw = self.rfile.read(int(self.headers.get("content-length", 0)))
                 body = json.loads(raw)
@@ -120,6 +125,8 @@ class FakeUpstream:
             return
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")  # the stream ends with the connection
+        handler.close_connection = True
         handler.end_headers()
 
         def event(document) -> None:
