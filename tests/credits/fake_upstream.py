@@ -44,7 +44,10 @@ class FakeUpstream:
 
         class Handler(BaseHTTPRequestHandler):
             # Keep-alive, as a provider's API: answers carry their length, streams close after.
+            # TCP_NODELAY: the head and the body are two writes, and the second would wait for
+            # the client's delayed ACK (40 ms) on a kept-alive connection.
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def do_POST(self):  # noqa: N802
                 raw = self.rfile.read(int(self.headers.get("content-length", 0)))
