@@ -1,6 +1,7 @@
 """ORM statements compiled once per shape and run again with new values; rows inserted as one
 JSON parameter (`insert_rows`); the rows a statement reads as model instances or dicts
-(`model_rows`, `dict_rows`), what its columns are worked out once.
+(`model_rows`, `dict_rows`), what its columns are worked out once; a cursor whose statements
+PostgreSQL prepares (`prepared_cursor`), for the statements run again and again.
 
 Building a queryset and compiling it to SQL costs a usage event more CPU than PostgreSQL spends
 running it (about a third of the request's, measured with pyinstrument). `compiled(key, build,

@@ -13,6 +13,9 @@ On PostgreSQL, after the account's lock (and the budget windows', `budgets.Budge
   windows' counters. A key taken meanwhile by a request paying from another account fails it
   on the keys' unique index (IntegrityError: the caller runs again).
 Elsewhere (SQLite: the demo), the same rows in one statement per table.
+
+The lock, the read and the write run on `portal.statements.prepared_cursor`: after a connection
+has run them 5 times, PostgreSQL runs them prepared (neither parsed nor planned again).
 """
 
 from __future__ import annotations
