@@ -271,11 +271,12 @@ def prepared_cursor():
     server (psycopg's `Cursor`) instead of quoted into the text (Django's default `ClientCursor`),
     so psycopg prepares a statement once a connection has run it 5 times (`prepare_threshold`,
     per connection; pooled connections keep theirs) and PostgreSQL then neither parses nor
-    (mostly) plans it again: that was about half of PostgreSQL's CPU per usage event, and of a chat
-    completion's 6 ms (pg_stat_statements: 0.2 to 0.35 ms of planning per statement,
-    docs/performance.md, run 15). A prepared statement may run a generic plan, chosen without
-    the values: statements whose plan depends on a value (a time range, the rollup's mark) keep
-    `connection.cursor()`. Elsewhere (SQLite) `connection.cursor()`."""
+    (mostly) plans it again: a quarter of PostgreSQL's CPU per single usage event went (3.3 to
+    2.4 ms), two fifths of a chat completion's (5.8 to 3.5 ms; pg_stat_statements had 0.2 to
+    0.35 ms of planning per statement, docs/performance.md, run 15). A prepared statement may
+    run a generic plan, chosen without the values: statements whose plan depends on a value (a
+    time range, the rollup's mark) keep `connection.cursor()`. Elsewhere (SQLite)
+    `connection.cursor()`."""
     if connection.vendor != "postgresql":
         return connection.cursor()
     connection.close_if_health_check_failed()
