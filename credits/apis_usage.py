@@ -550,7 +550,7 @@ class AuthorizationCreateApi(OrganizationAPIView):
                 timeout=timedelta(seconds=data["timeout_seconds"]),
             )
         except (InsufficientCredits, BudgetExceeded) as refused:
-            # The refused transaction has rolled back; the notice is its own (once per key/hour).
+            # The refusal wrote nothing; the notice is its own (once per key/hour).
             authorization_refused_record(
                 organization=self.organization, api_key=self.principal.key, error=refused
             )

@@ -1,23 +1,29 @@
-"""Group commit of single usage events (`usage_record`): concurrent calls of one process for the
-same attribution (organization, API key, team, member) are recorded together, in one
-transaction of the batch path (`usage_record_many`), each answered with its own outcome.
+"""Group commit: concurrent calls of one process that lock the same account row are recorded
+together in one transaction, each answered with its own outcome. Three lanes use it:
 
-Why: every event of an attribution locks the same account row, so its events are recorded one
-transaction after the other, however many threads send them; a transaction of n events holds
-the lock hardly longer than one of a single event (the statements are the same), so under
-concurrency the row's lock is taken once per group instead of once per event.
+- single usage events (`usage_record`) of one attribution (organization, API key, team,
+  member), recorded by the batch path (`usage_record_many`);
+- holds (`authorization_create`, the gateway's first step) of one attribution
+  (`authorization_create_many`);
+- captures (`authorization_capture`, the gateway's last step) of holds on one account
+  (`authorization_capture_many`).
+
+Why: every write of an attribution locks the same account row, so its writes are made one
+transaction after the other, however many threads send them; under concurrency each hand-off
+of the lock (a commit, the next backend woken, its thread woken for the GIL) costs more than
+the statements. A group takes the row's lock once for all its calls.
 
 How (leader and followers, as PostgreSQL's own WAL group commit): the first call of an
 attribution opens a group and leads it; calls that arrive while it waits for its turn (the
 attribution's previous transaction in this process) join it. When its turn comes, the leader
-closes the group (later calls open the next) and records the group's events in order with
-`usage_record_many`, whose outcome for each event is that of `usage_record` called for each in
+closes the group (later calls open the next) and records the group's calls in order with its
+lane's `record_many`, whose outcome for each call is that of the call alone, made in that
 order: the strictness (balance, budgets, key limits) and idempotency of one by one. Each
 follower waits for its outcome; an error of the whole transaction is raised in every caller.
 Alone, a call leads a group of one at once: no waiting is added.
 
 Not grouped: a call inside a transaction of its caller (its write must be part of it), and
-every call when `USAGE_GROUP_COMMIT` is off. At most USAGE_GROUP_MAX events a group.
+every call when `USAGE_GROUP_COMMIT` is off. At most USAGE_GROUP_MAX calls a group.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from django.db import connection
 
 @dataclass
 class _Group:
-    events: list = field(default_factory=list)
+    items: list = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     outcomes: list | None = None
     error: BaseException | None = None
@@ -52,13 +58,18 @@ _lanes: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # idle lane
 _lanes_lock = threading.Lock()
 
 
-def _lane(attribution) -> _Lane:
-    key = (
+def lane_of(kind: str, attribution) -> tuple:
+    """The lane of `kind` ("usage", "hold") for `attribution`'s calls."""
+    return (
+        kind,
         attribution.organization.pk,
         attribution.api_key.pk if attribution.api_key else None,
         attribution.team.pk if attribution.team else None,
         attribution.member.pk if attribution.member else None,
     )
+
+
+def _lane(key: tuple) -> _Lane:
     with _lanes_lock:
         lane = _lanes.get(key)
         if lane is None:
@@ -77,21 +88,21 @@ def connection_release() -> None:
         connection.close()
 
 
-def record_grouped(attribution, event, record_many: Callable) -> object:
-    """The outcome (a UsageResult or the ApplicationError that refused it) of `event`, recorded
-    by `record_many(attribution=..., events=[...])` alone or with the concurrent calls of the
-    same attribution (see the module docstring). Errors of the whole transaction (a database
-    error) are raised."""
+def record_grouped(key: tuple, item, record_many: Callable[[list], list]) -> object:
+    """The outcome of `item` (the result of its call, or the ApplicationError that refused it),
+    as `record_many([items...])` gives it for `item` alone or with the concurrent calls of the
+    lane `key` (`lane_of`; see the module docstring). Errors of the whole transaction (a
+    database error) are raised."""
     if not settings.USAGE_GROUP_COMMIT or connection.in_atomic_block:
-        return record_many(attribution=attribution, events=[event])[0]
-    lane = _lane(attribution)
+        return record_many([item])[0]
+    lane = _lane(key)
     with lane.lock:
         group = lane.open
-        leader = group is None or len(group.events) >= settings.USAGE_GROUP_MAX
+        leader = group is None or len(group.items) >= settings.USAGE_GROUP_MAX
         if leader:
             group = lane.open = _Group()
-        index = len(group.events)
-        group.events.append(event)
+        index = len(group.items)
+        group.items.append(item)
     if not leader:
         connection_release()
         group.done.wait()
@@ -103,7 +114,7 @@ def record_grouped(attribution, event, record_many: Callable) -> object:
             if lane.open is group:
                 lane.open = None  # closed: later calls open the next group
         try:
-            group.outcomes = record_many(attribution=attribution, events=group.events)
+            group.outcomes = record_many(group.items)
         except BaseException as exc:
             group.error = exc
             raise

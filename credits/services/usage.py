@@ -5,7 +5,7 @@ Keep these names: `POST /api/v1/credits/usage` and the authorization endpoints c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -21,7 +21,7 @@ from ..metrics import usage_outcomes_count, usage_refused
 from ..models import Hold, LedgerEntry, LedgerTransaction, UsageEvent
 from . import usage_store
 from .budgets import BudgetGate
-from .group_commit import record_grouped
+from .group_commit import lane_of, record_grouped
 from .guardrails import guardrail_check_model
 from .holds import HoldNotPending, hold_authorize_in_transaction
 from .ledger_core import (
@@ -211,7 +211,11 @@ def usage_record(*, attribution: Attribution, event: UsageInput) -> UsageResult:
 
     Concurrent calls of this process for the same attribution may share one transaction
     (`group_commit`), each with its own outcome, as if recorded one after the other."""
-    outcome = record_grouped(attribution, event, usage_record_many)
+    outcome = record_grouped(
+        lane_of("usage", attribution),
+        event,
+        lambda events: usage_record_many(attribution=attribution, events=events),
+    )
     if isinstance(outcome, ApplicationError):
         raise outcome
     return outcome
@@ -233,21 +237,21 @@ def usage_record_many(*, attribution: Attribution, events: Sequence[UsageInput])
     another account that records one of the ids first makes the insert fail on the unique
     index, and then the whole transaction is rolled back and run again (at most RACE_ATTEMPTS),
     finding that event recorded."""
-    return _run(attribution, events)
+    return _run(lambda: _record(attribution, events))
 
 
-def _run(attribution: Attribution, events: Sequence[UsageInput], hold: Hold | None = None):
-    """`_record` in a transaction of its own (a savepoint only inside a caller's), run again
+def _run(record: Callable[[], list[Outcome]]) -> list[Outcome]:
+    """`record()` in a transaction of its own (a savepoint only inside a caller's), run again
     when it lost a race on a unique index; counts the outcomes (credits.metrics)."""
     for attempt in range(1, RACE_ATTEMPTS + 1):
         try:
             with transaction.atomic():
-                outcomes = _record(attribution, events, hold)
+                outcomes = record()
         except IntegrityError:
             if attempt == RACE_ATTEMPTS:
                 raise
             continue
-        except ApplicationError as exc:  # a capture refused (rolled back), NotFound
+        except ApplicationError as exc:  # of the whole call (NotFound: no such account)
             usage_refused(exc)
             raise
         usage_outcomes_count(outcomes)
@@ -447,63 +451,118 @@ def authorization_estimate(
     return usage_price(estimate, at)[0]
 
 
-@transaction.atomic
-def authorization_create(
-    *,
-    attribution: Attribution,
-    id: str,
-    amount: Decimal | None = None,
-    model: str = "",
-    prompt_tokens: int = 0,
-    max_tokens: int = 0,
-    timeout: timedelta | None = None,
-    operation: str = UsageEvent.Operation.CHAT,
-) -> tuple[Hold, bool]:
+@dataclass(frozen=True)
+class HoldRequest:
+    """One hold to make: `authorization_create`'s arguments but the attribution."""
+
+    id: str
+    amount: Decimal | None = None
+    model: str = ""
+    prompt_tokens: int = 0
+    max_tokens: int = 0
+    timeout: timedelta | None = None
+    operation: str = UsageEvent.Operation.CHAT
+
+
+def authorization_create(*, attribution: Attribution, **request) -> tuple[Hold, bool]:
     """Hold the worst-case cost of a request (an `amount`, or `model` with `prompt_tokens` and
     `max_tokens`) on the spending account, checked against the balance and every budget that
-    applies (reserved in their windows' `held`) in one step. `id` is the idempotency key.
-    Returns (hold, created).
+    applies (reserved in their windows' `held`) in one step. `id` is the idempotency key; the
+    other keyword arguments are `HoldRequest`'s. Returns (hold, created).
 
     Raises ValidationFailed, InsufficientCredits, BudgetExceeded, IdempotencyConflict,
-    PermissionDenied (a model a guardrail of the key or member does not allow)."""
+    PermissionDenied (a model a guardrail of the key or member does not allow).
+
+    Concurrent calls of this process for the same attribution may share one transaction
+    (`group_commit`: `authorization_create_many`), each with its own outcome, as if made one
+    after the other."""
+    outcome = record_grouped(
+        lane_of("hold", attribution),
+        HoldRequest(**request),
+        lambda requests: authorization_create_many(attribution=attribution, requests=requests),
+    )
+    if isinstance(outcome, ApplicationError):
+        raise outcome
+    return outcome
+
+
+def authorization_create_many(
+    *, attribution: Attribution, requests: Sequence[HoldRequest]
+) -> list[tuple[Hold, bool] | ApplicationError]:
+    """Make the holds of `requests` in order, each as if alone (`authorization_create`): one
+    outcome per request, (hold, created) or the ApplicationError that refused it. One
+    transaction (a savepoint inside a caller's): the spending account locked once (with the
+    budgets that apply), their windows, then one statement per hold (`hold_insert_unless_due`)
+    and one for the windows' counters. A refused request writes nothing of its own (what it
+    found due meanwhile, lots past expiry or a budget's new window, is written as for any)."""
     now = timezone.now()
+    outcomes: list = [None] * len(requests)
+    amounts: dict[int, Decimal] = {}
+    for index, request in enumerate(requests):
+        try:
+            amounts[index] = _hold_amount(attribution, request, now)
+        except ApplicationError as exc:
+            outcomes[index] = exc
+    if not amounts:
+        return outcomes
+    with transaction.atomic():
+        # Accounts first, then the budget windows: the order of every debit. The lock statement
+        # reads the budgets that apply too (`usage_store.lock_spending`).
+        account, budgets = usage_store.lock_spending(attribution)
+        gate = BudgetGate.of(attribution, now, budgets=budgets)
+        for index, amount in amounts.items():
+            request = requests[index]
+            pairs = gate.applicable(request.operation, request.model)
+            try:
+                hold, created = hold_authorize_in_transaction(
+                    account=account,  # locked: its `held` counts the holds made before
+                    account_locked=True,
+                    check=lambda pairs=pairs, amount=amount: gate.check(pairs, amount),
+                    amount=amount,
+                    idempotency_key=request.id,
+                    timeout=request.timeout,
+                    extra_digest=request_hash(
+                        model=request.model,
+                        prompt=request.prompt_tokens,
+                        max_tokens=request.max_tokens,
+                    ),
+                    api_key=attribution.api_key,
+                    team=attribution.team,
+                    member=attribution.member,
+                    model=request.model,
+                    budget_windows=[w.pk for _, w in pairs],
+                )
+            except ApplicationError as exc:
+                outcomes[index] = exc
+                continue
+            if created:
+                hold.organization = attribution.organization  # as loaded: a capture reads it
+                gate.reserve(pairs, amount)
+            outcomes[index] = (hold, created)
+        gate.flush()
+    return outcomes
+
+
+def _hold_amount(attribution: Attribution, request: HoldRequest, now: datetime) -> Decimal:
+    """The credits `request` holds, once the guardrails allow its model. Raises
+    PermissionDenied, ValidationFailed."""
     guardrail_check_model(
         organization_id=attribution.organization.pk,
         api_key_id=attribution.api_key.pk if attribution.api_key else None,
         member_id=attribution.member.pk if attribution.member else None,
-        model=model,
+        model=request.model,
     )
+    amount = request.amount
     if amount is None:
-        if not model:
+        if not request.model:
             raise ValidationFailed({"amount": ["Give an amount, or a model and max_tokens."]})
         amount = authorization_estimate(
-            model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens, at=now
+            model=request.model,
+            prompt_tokens=request.prompt_tokens,
+            max_tokens=request.max_tokens,
+            at=now,
         )
-    amount = parse_credits(amount)
-    # Accounts first, then the budget windows: the order of every debit. The lock statement
-    # reads the budgets that apply too (`usage_store.lock_spending`).
-    account, budgets = usage_store.lock_spending(attribution)
-    gate = BudgetGate.of(attribution, now, budgets=budgets)
-    pairs = gate.applicable(operation, model)
-    hold, created = hold_authorize_in_transaction(
-        account=account,
-        account_locked=True,
-        check=lambda: gate.check(pairs, amount),
-        amount=amount,
-        idempotency_key=id,
-        timeout=timeout,
-        extra_digest=request_hash(model=model, prompt=prompt_tokens, max_tokens=max_tokens),
-        api_key=attribution.api_key,
-        team=attribution.team,
-        member=attribution.member,
-        model=model,
-        budget_windows=[w.pk for _, w in pairs],
-    )
-    if created:
-        hold.organization = attribution.organization  # as loaded: a capture reads it
-        gate.reserve(pairs, amount)
-        gate.flush()
-    return hold, created
+    return parse_credits(amount)
 
 
 def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
@@ -518,11 +577,36 @@ def authorization_capture(*, hold: Hold, event: UsageInput) -> UsageResult:
 
     Raises HoldNotPending (voided, expired, captured), InsufficientCredits (cost above the hold
     and not available), BudgetExceeded (cost above the hold and past a budget),
-    ValidationFailed, IdempotencyConflict (the event id taken by another request)."""
-    attribution = Attribution(
-        organization=hold.organization, api_key=hold.api_key, team=hold.team, member=hold.member
-    )
-    outcome = _run(attribution, [event], hold=hold)[0]
+    ValidationFailed, IdempotencyConflict (the event id taken by another request), NotFound.
+
+    Concurrent captures of this process on the same account may share one transaction
+    (`group_commit`: `authorization_capture_many`), each with its own outcome."""
+    lane = ("capture", hold.account_id)
+    outcome = record_grouped(lane, (hold, event), authorization_capture_many)
     if isinstance(outcome, ApplicationError):
         raise outcome
     return outcome
+
+
+def authorization_capture_many(captures: Sequence[tuple[Hold, UsageInput]]) -> list[Outcome]:
+    """Capture each (hold, event) of `captures` in order, each as if alone
+    (`authorization_capture`): one outcome per capture, its UsageResult or the ApplicationError
+    that refused it (a refused capture writes nothing). One transaction, the metering path's
+    statements for each capture."""
+
+    def record() -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for hold, event in captures:
+            attribution = Attribution(
+                organization=hold.organization,
+                api_key=hold.api_key,
+                team=hold.team,
+                member=hold.member,
+            )
+            try:
+                outcomes.append(_record(attribution, [event], hold)[0])
+            except ApplicationError as exc:  # raised before it wrote anything
+                outcomes.append(exc)
+        return outcomes
+
+    return _run(record)
