@@ -311,8 +311,9 @@ CREDITS_EXPIRING_DAYS = env.int("CREDITS_EXPIRING_DAYS", default=7)  # credits.e
 # USAGE_ROLLUP_STEP_HOURS of recorded time per transaction; reads add the rest from raw events.
 USAGE_ROLLUP_LAG = timedelta(seconds=env.int("USAGE_ROLLUP_LAG_SECONDS", default=120))
 USAGE_ROLLUP_STEP = timedelta(hours=env.int("USAGE_ROLLUP_STEP_HOURS", default=6))
-# Group commit of single usage events (credits.services.group_commit): concurrent events of one
-# attribution in a process share one transaction, at most USAGE_GROUP_MAX events.
+# Group commit (credits.services.group_commit): concurrent single usage events of one
+# attribution in a process share one transaction, and so do the gateway's holds (of one
+# attribution) and captures (on one account); at most USAGE_GROUP_MAX calls a group.
 USAGE_GROUP_COMMIT = env.bool("USAGE_GROUP_COMMIT", default=True)
 USAGE_GROUP_MAX = env.int("USAGE_GROUP_MAX", default=100)
 # Work queued after a commit (an invitation e-mail, a document's PDF, an export) and still not
