@@ -251,9 +251,10 @@ def json_rows(model, text: str) -> list:
     fields = [f for f in model._meta.concrete_fields if f.attname in rows[0]]
     names = [f.attname for f in fields]
     convert = [f.target_field.to_python if f.is_relation else f.to_python for f in fields]
+    alias = connection.alias  # once, not per row (a look-up of the thread's connection)
     return [
         model.from_db(
-            connection.alias,
+            alias,
             names,
             [to_python(row[name]) for name, to_python in zip(names, convert, strict=True)],
         )
@@ -320,6 +321,7 @@ def model_rows(model, sql: str, params: list) -> list:
             plan = _ROW_PLANS[model, sql] = _row_plan(model, _names(sql, cursor))
         rows = cursor.fetchall()
     names, fields, annotations = plan
+    alias = connection.alias  # once, not per row (a look-up of the thread's connection)
     instances = []
     for row in rows:
         values = []
@@ -328,7 +330,7 @@ def model_rows(model, sql: str, params: list) -> list:
             for converter in converters:
                 value = converter(value, col, connection)
             values.append(value)
-        instance = model.from_db(connection.alias, names, values)
+        instance = model.from_db(alias, names, values)
         for position, name in annotations:
             setattr(instance, name, row[position])
         instances.append(instance)

@@ -289,9 +289,10 @@ def write(writes: Writes) -> None:
     clauses = ", ".join(f"w{i} AS ({statement})" for i, (statement, _) in enumerate(parts))
     with prepared_cursor() as cursor:
         cursor.execute(f"WITH {clauses} SELECT 1", [p for _, params in parts for p in params])  # noqa: S608 (Django's SQL)
+    alias = connection.alias  # once: each read of the proxy looks up the thread's connection
     for row in [*writes.transactions, *writes.entries, *writes.usage]:
         row._state.adding = False
-        row._state.db = connection.alias
+        row._state.db = alias
 
 
 def _keys(usage: list[UsageEvent]) -> list[UsageEventKey]:
