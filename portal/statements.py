@@ -32,6 +32,10 @@ from operator import attrgetter
 import orjson
 from django.db import connection
 from django.db.models import Field, Lookup, Q
+from django.db.models.base import ModelState
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
+from django.db.models.signals import post_init, pre_init
 
 _compiled: dict = {}
 _counter = itertools.count(1)
@@ -228,6 +232,44 @@ def _columns(model) -> tuple[str, list]:
     return _COLUMNS[model]
 
 
+# Model instances made without Model.__init__ ------------------------------------------------------
+
+
+def attributes_settable(model) -> bool:
+    """May an instance of `model` be made by setting its fields' attributes at once (its
+    `__dict__`), as `Model.__init__` would set them? Yes when every concrete field's class
+    attribute is Django's own (`DeferredAttribute`, or `ForeignKeyDeferredAttribute`, whose
+    setter only forgets a cached related row, which a new instance does not have) and no
+    `pre_init` or `post_init` receiver listens (looked at on every call: one may connect
+    later)."""
+    if pre_init.receivers or post_init.receivers:
+        return False
+    settable = _SETTABLE.get(model)
+    if settable is None:
+        django_own = (DeferredAttribute, ForeignKeyDeferredAttribute)
+        settable = _SETTABLE[model] = all(
+            type(getattr(model, f.attname, None)) in django_own for f in model._meta.concrete_fields
+        )
+    return settable
+
+
+_SETTABLE: dict = {}
+
+
+def loaded(model, alias: str, names, values):
+    """`model.from_db(alias, names, values)`: the instance of a row read from the database
+    `alias` with the fields `names` (attnames; the others deferred) set to `values`, without
+    `Model.__init__` when `attributes_settable(model)` (a tenth of a chat completion's Python
+    was `from_db` of the account's lots, docs/performance.md, run 16)."""
+    if not attributes_settable(model):
+        return model.from_db(alias, names, values)
+    instance = model.__new__(model)
+    state = instance._state = ModelState()
+    state.adding, state.db = False, alias
+    instance.__dict__.update(zip(names, values, strict=True))
+    return instance
+
+
 # Rows of another table read as JSON ---------------------------------------------------------------
 
 
@@ -253,7 +295,8 @@ def json_rows(model, text: str) -> list:
     convert = [f.target_field.to_python if f.is_relation else f.to_python for f in fields]
     alias = connection.alias  # once, not per row (a look-up of the thread's connection)
     return [
-        model.from_db(
+        loaded(
+            model,
             alias,
             names,
             [to_python(row[name]) for name, to_python in zip(names, convert, strict=True)],
@@ -330,7 +373,7 @@ def model_rows(model, sql: str, params: list) -> list:
             for converter in converters:
                 value = converter(value, col, connection)
             values.append(value)
-        instance = model.from_db(alias, names, values)
+        instance = loaded(model, alias, names, values)
         for position, name in annotations:
             setattr(instance, name, row[position])
         instances.append(instance)

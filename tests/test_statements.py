@@ -8,8 +8,8 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Organization
-from credits.models import LedgerAccount, LedgerTransaction
-from portal.statements import compiled, dict_rows, model_rows
+from credits.models import CreditLot, LedgerAccount, LedgerTransaction
+from portal.statements import compiled, dict_rows, json_rows, json_rows_sql, model_rows
 
 
 def run(sql, params) -> list:
@@ -103,6 +103,50 @@ def test_model_rows_reads_rows_as_a_raw_queryset_does(tenant, other_tenant, mode
         assert [r.get_deferred_fields() for r in rows] == [
             e.get_deferred_fields() for e in expected
         ]
+
+
+def test_json_rows_reads_rows_as_the_orm_does_and_loads_a_deferred_field_when_asked(tenant):
+    """The instances of `json_rows` (made without `Model.__init__`: `portal.statements.loaded`)
+    are those `only()` gives: the same fields, the others deferred, a deferred one read on
+    access, saved as an update."""
+    tenant.grant("12.5", memo="first")
+    tenant.grant("3", memo="second")
+    columns = ("id", "organization_id", "account_id", "remaining", "expires_at", "priority")
+    queryset = CreditLot.objects.filter(organization=tenant.org).order_by("pk")
+    sql, params = json_rows_sql(queryset.values(*columns))
+    rows = json_rows(CreditLot, run(f"SELECT {sql}", params)[0])  # noqa: S608 (ORM SQL)
+    expected = list(queryset.only(*columns))
+    assert len(rows) == 2
+    assert [_fields(r) for r in rows] == [_fields(e) for e in expected]
+    assert [r.get_deferred_fields() for r in rows] == [e.get_deferred_fields() for e in expected]
+    assert all(not r._state.adding and r._state.db == "default" for r in rows)
+    lot = rows[0]
+    assert lot.memo == expected[0].memo == "first"  # deferred: read now
+    lot.remaining -= 1
+    lot.save(update_fields=["remaining"])
+    assert CreditLot.objects.get(pk=lot.pk).remaining == expected[0].remaining - 1
+
+
+def test_rows_read_are_made_by_init_while_an_init_signal_listens(tenant):
+    """`loaded` sets attributes directly only while no `post_init` receiver listens: one that
+    does gets its call, as for `from_db`."""
+    from django.db.models.signals import post_init
+
+    tenant.grant("1")
+    sql, params = LedgerAccount.objects.filter(organization=tenant.org).query.sql_with_params()
+    seen = []
+
+    def listening(sender, instance, **kwargs):
+        seen.append(instance.pk)
+
+    post_init.connect(listening, sender=LedgerAccount)
+    try:
+        listened = model_rows(LedgerAccount, sql, params)
+    finally:
+        post_init.disconnect(listening, sender=LedgerAccount)
+    assert seen == [a.pk for a in listened] and seen
+    model_rows(LedgerAccount, sql, params)
+    assert len(seen) == len(listened)
 
 
 def test_model_rows_wants_the_primary_key(tenant):

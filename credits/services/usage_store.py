@@ -29,12 +29,10 @@ from decimal import Decimal
 from django.db import connection
 from django.db.models.base import ModelState
 from django.db.models.expressions import RawSQL
-from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
-from django.db.models.query_utils import DeferredAttribute
-from django.db.models.signals import post_init, pre_init
 
 from portal.errors import NotFound
 from portal.statements import (
+    attributes_settable,
     compiled,
     insert_rows,
     json_rows,
@@ -309,14 +307,13 @@ def row(model_class, /, **values):
     """An unsaved `model_class` instance, as `model_class(**values)` makes it (values by
     attname, by `pk`, or related instances by relation name, which are cached on it; the other
     fields their defaults), without `Model.__init__`'s handling of each keyword: its attributes
-    set at once, as `__init__` would set them on a new instance when no `pre_init` or
-    `post_init` receiver listens and no field has a descriptor of its own (else by `__init__`,
+    set at once when `portal.statements.attributes_settable` (else by `__init__`,
     positionally). A quarter of a batch's Python was `__init__`: the metering path builds four
     rows an event. tests/credits/test_metering_statements.py compares the two."""
     plan = _PLANS.get(model_class)
     if plan is None:
         plan = _PLANS[model_class] = _plan(model_class)
-    fields, attnames, direct = plan
+    fields, attnames = plan
     if "pk" in values:
         values[model_class._meta.pk.attname] = values.pop("pk")
     args, related = [], []
@@ -329,7 +326,7 @@ def row(model_class, /, **values):
             related.append((model_field, obj))
         else:
             args.append(model_field.get_default())
-    if direct and not (pre_init.receivers or post_init.receivers):
+    if attributes_settable(model_class):
         instance = model_class.__new__(model_class)
         instance._state = ModelState()
         instance.__dict__.update(zip(attnames, args, strict=True))
@@ -340,17 +337,13 @@ def row(model_class, /, **values):
     return instance
 
 
-def _plan(model_class) -> tuple[list, list[str], bool]:
-    """`row`'s fields of `model_class` as (attname, relation name or None, field), their
-    attnames, and whether its attributes may be set directly: every field's class attribute is
-    Django's own (`DeferredAttribute`, or `ForeignKeyDeferredAttribute`, whose setter only
-    forgets a cached related row, which a new instance does not have)."""
+def _plan(model_class) -> tuple[list, list[str]]:
+    """`row`'s fields of `model_class` as (attname, relation name or None, field), and their
+    attnames."""
     fields = [
         (f.attname, f.name if f.is_relation else None, f) for f in model_class._meta.concrete_fields
     ]
-    django_own = (DeferredAttribute, ForeignKeyDeferredAttribute)
-    direct = all(type(getattr(model_class, a, None)) in django_own for a, _, _ in fields)
-    return fields, [attname for attname, _, _ in fields], direct
+    return fields, [attname for attname, _, _ in fields]
 
 
 def _write_each(writes: Writes) -> None:
