@@ -259,7 +259,7 @@ _SETTABLE: dict = {}
 def loaded(model, alias: str, names, values):
     """`model.from_db(alias, names, values)`: the instance of a row read from the database
     `alias` with the fields `names` (attnames; the others deferred) set to `values`, without
-    `Model.__init__` when `attributes_settable(model)` (a tenth of a chat completion's Python
+    `Model.__init__` when `attributes_settable(model)` (7 % of a chat completion's Python
     was `from_db` of the account's lots, docs/performance.md, run 16)."""
     if not attributes_settable(model):
         return model.from_db(alias, names, values)
