@@ -13,6 +13,7 @@ from functools import partial
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from credits.models import Hold, LedgerAccount, UsageEvent
 from credits.services import (
@@ -116,6 +117,32 @@ def test_concurrent_holds_share_one_transaction_and_keep_their_own_outcomes(tena
     pool = LedgerAccount.objects.get(organization=tenant.org, kind="pool")
     assert (pool.balance, pool.held) == (1, 1)
     assert ledger_verify() == []
+
+
+def test_a_group_of_holds_locks_the_account_once(tenant):
+    """Pinned: a group of n holds is one transaction of the account's lock and one statement per
+    hold (`hold_insert_unless_due`; here no budgets, no lots past expiry), all run by its
+    leader; its followers run none."""
+    tenant.grant("1")
+    key, _ = tenant.key("usage")
+    who = Attribution.of_key(key)
+    authorization_create(attribution=who, id="warm", amount=Decimal("0.1"))  # the caches
+    counts: dict = {}
+
+    def hold(id: str):
+        def call():
+            with CaptureQueriesContext(connection) as queries:
+                outcome = authorization_create(attribution=who, id=id, amount=Decimal("0.1"))
+            counts[id] = [q["sql"].split()[0] for q in queries.captured_queries]
+            return outcome
+
+        return call
+
+    outcomes = in_threads(lane_of("hold", who), [(i, hold(i)) for i in ("a", "b", "c")])
+    assert all(created for _, created in outcomes.values())
+    leader = max(counts.values(), key=len)
+    assert leader == ["BEGIN", "SELECT", "WITH", "WITH", "WITH", "COMMIT"], counts
+    assert sorted(map(len, counts.values())) == [0, 0, 6], counts
 
 
 def test_concurrent_captures_share_one_transaction_and_keep_their_own_outcomes(tenant):
