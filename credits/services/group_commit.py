@@ -13,9 +13,9 @@ transaction after the other, however many threads send them; under concurrency e
 of the lock (a commit, the next backend woken, its thread woken for the GIL) costs more than
 the statements. A group takes the row's lock once for all its calls.
 
-How (leader and followers, as PostgreSQL's own WAL group commit): the first call of an
-attribution opens a group and leads it; calls that arrive while it waits for its turn (the
-attribution's previous transaction in this process) join it. When its turn comes, the leader
+How (leader and followers, as PostgreSQL's own WAL group commit): the first call of a lane
+opens a group and leads it; calls that arrive while it waits for its turn (the lane's previous
+transaction in this process) join it. When its turn comes, the leader
 closes the group (later calls open the next) and records the group's calls in order with its
 lane's `record_many`, whose outcome for each call is that of the call alone, made in that
 order: the strictness (balance, budgets, key limits) and idempotency of one by one. Each
@@ -59,7 +59,8 @@ _lanes_lock = threading.Lock()
 
 
 def lane_of(kind: str, attribution) -> tuple:
-    """The lane of `kind` ("usage", "hold") for `attribution`'s calls."""
+    """The lane of `kind` ("usage", "hold") for `attribution`'s calls (captures: the lane
+    ("capture", the account's id))."""
     return (
         kind,
         attribution.organization.pk,

@@ -464,11 +464,21 @@ class HoldRequest:
     operation: str = UsageEvent.Operation.CHAT
 
 
-def authorization_create(*, attribution: Attribution, **request) -> tuple[Hold, bool]:
+def authorization_create(
+    *,
+    attribution: Attribution,
+    id: str,
+    amount: Decimal | None = None,
+    model: str = "",
+    prompt_tokens: int = 0,
+    max_tokens: int = 0,
+    timeout: timedelta | None = None,
+    operation: str = UsageEvent.Operation.CHAT,
+) -> tuple[Hold, bool]:
     """Hold the worst-case cost of a request (an `amount`, or `model` with `prompt_tokens` and
     `max_tokens`) on the spending account, checked against the balance and every budget that
-    applies (reserved in their windows' `held`) in one step. `id` is the idempotency key; the
-    other keyword arguments are `HoldRequest`'s. Returns (hold, created).
+    applies (reserved in their windows' `held`) in one step. `id` is the idempotency key.
+    Returns (hold, created).
 
     Raises ValidationFailed, InsufficientCredits, BudgetExceeded, IdempotencyConflict,
     PermissionDenied (a model a guardrail of the key or member does not allow).
@@ -478,7 +488,15 @@ def authorization_create(*, attribution: Attribution, **request) -> tuple[Hold, 
     after the other."""
     outcome = record_grouped(
         lane_of("hold", attribution),
-        HoldRequest(**request),
+        HoldRequest(
+            id=id,
+            amount=amount,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            timeout=timeout,
+            operation=operation,
+        ),
         lambda requests: authorization_create_many(attribution=attribution, requests=requests),
     )
     if isinstance(outcome, ApplicationError):
