@@ -229,3 +229,23 @@ def test_rows_are_built_by_init_while_an_init_signal_listens(tenant):
         post_init.disconnect(listening, sender=UsageEventKey)
     row(UsageEventKey, usage_id=8, organization_id=tenant.org.pk, event_id="f")
     assert seen == [(UsageEventKey, "e")]
+
+
+def test_a_requests_digest_stays_the_one_stored_rows_were_recorded_with():
+    """`request_hash` tells a retry from another request by comparing digests with those stored
+    with each event, hold and transaction: a change to its text would refuse as conflicts the
+    retries, after a deploy, of what was recorded before it. Pinned (computed by the first
+    implementation, `json.dumps(..., cls=DjangoJSONEncoder)`) for a request with a decimal, a
+    time with microseconds, non-ASCII text, a list and a float."""
+    from datetime import UTC, datetime
+
+    from credits.services.ledger_core import request_hash
+
+    digest = request_hash(
+        model="gpt-4o",
+        prompt=1000,
+        cost=Decimal("0.50"),
+        occurred_at=datetime(2026, 12, 1, 17, 0, 0, 123456, tzinfo=UTC),
+        metadata={"é": "ü", "b": [1, 2.5]},
+    )
+    assert digest == "deb780d21c1796557b2eb02bf81196aee898d942f68b5d9e5c2bb95deee29d2c"
