@@ -8,7 +8,8 @@ single token is always representable.
 
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
-from django.db import models
+from django.db import connection, models
+from django.db.models.functions import Round
 
 CREDIT_DECIMAL_PLACES = 12
 CREDIT_MAX_DIGITS = 28  # up to 10^16 credits
@@ -43,6 +44,17 @@ class PriceField(models.DecimalField):
     def deconstruct(self):
         name, path, args, kwargs = super().deconstruct()
         return name, "portal.money.PriceField", args, kwargs
+
+
+def credits_expression(expression):
+    """A sum of credits the database computes (`F("held") - amount`), as its column holds it: on
+    SQLite (the demo), whose NUMERIC columns keep non-integers as binary floats, rounded to
+    `CREDIT_DECIMAL_PLACES`, so that repeated sums do not drift past an exact bound (`held`
+    raised and lowered by 0.01 forty times ended at -3e-17, which its CHECK held >= 0 refused);
+    elsewhere (PostgreSQL's numeric is exact) the expression itself."""
+    if connection.vendor == "sqlite":
+        return Round(expression, CREDIT_DECIMAL_PLACES)
+    return expression
 
 
 def quantize_credits(value: Decimal) -> Decimal:

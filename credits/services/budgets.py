@@ -36,7 +36,7 @@ from django.utils import timezone
 from accounts.audit import Actor, audit_record
 from accounts.models import ApiKey, Membership, Organization, Team, User
 from portal.errors import BudgetExceeded, NotFound, ValidationFailed
-from portal.money import CREDIT_QUANTUM, format_credits, parse_credits
+from portal.money import CREDIT_QUANTUM, credits_expression, format_credits, parse_credits
 from portal.statements import prepared_cursor
 
 from ..models import Budget, BudgetWindow, UsageEvent
@@ -342,7 +342,8 @@ class BudgetGate:
                 )
 
             BudgetWindow.objects.filter(pk__in=ids).update(
-                spent=F("spent") + delta(self.spent_delta), held=F("held") + delta(self.held_delta)
+                spent=credits_expression(F("spent") + delta(self.spent_delta)),
+                held=credits_expression(F("held") + delta(self.held_delta)),
             )
             self.spent_delta.clear()
             self.held_delta.clear()
@@ -396,13 +397,17 @@ def budget_windows_give_back(*, window_ids, amount: Decimal) -> None:
     if not window_ids or amount <= 0:
         return
     list(BudgetWindow.objects.select_for_update().filter(pk__in=window_ids).order_by("pk"))
-    BudgetWindow.objects.filter(pk__in=window_ids).update(spent=Greatest(F("spent") - amount, ZERO))
+    BudgetWindow.objects.filter(pk__in=window_ids).update(
+        spent=credits_expression(Greatest(F("spent") - amount, ZERO))
+    )
 
 
 def budget_windows_release(*, window_ids, amount: Decimal) -> None:
     """A hold's reservation leaves its windows (locked by the caller: `holds._lock_hold`)."""
     if window_ids:
-        BudgetWindow.objects.filter(pk__in=window_ids).update(held=F("held") - amount)
+        BudgetWindow.objects.filter(pk__in=window_ids).update(
+            held=credits_expression(F("held") - amount)
+        )
 
 
 def lock_hold_windows(window_ids) -> None:

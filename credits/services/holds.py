@@ -26,7 +26,7 @@ from portal.errors import (
     NotFound,
     ValidationFailed,
 )
-from portal.money import parse_credits
+from portal.money import credits_expression, parse_credits
 
 from ..models import Hold, LedgerAccount, LedgerTransaction
 from .budgets import budget_windows_release, lock_hold_windows
@@ -155,7 +155,9 @@ def _lock_hold(hold: Hold) -> tuple[Hold, LedgerAccount]:
 
 def _release(hold: Hold, account: LedgerAccount, status: str) -> None:
     """Release the hold's reservation from its account and its budget windows (locked)."""
-    LedgerAccount.objects.filter(pk=account.pk).update(held=F("held") - hold.amount)
+    LedgerAccount.objects.filter(pk=account.pk).update(
+        held=credits_expression(F("held") - hold.amount)
+    )
     budget_windows_release(window_ids=hold.budget_windows, amount=hold.amount)
     account.held -= hold.amount
     hold.status = status

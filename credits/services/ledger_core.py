@@ -20,7 +20,7 @@ from django.db.models import Case, F, Subquery, Value, When
 
 from accounts.models import Organization, Team
 from portal.errors import IdempotencyConflict, InsufficientCredits, NotFound, ValidationFailed
-from portal.money import format_credits
+from portal.money import credits_expression, format_credits
 from portal.statements import compiled, insert_rows, json_rows, json_rows_sql, prepared_cursor
 
 from ..hooks import pool_locked
@@ -386,7 +386,9 @@ def hold_create(account: LedgerAccount, hold: Hold) -> tuple[Hold, bool]:
     row, created = _create_once(Hold, hold.organization_id, hold.idempotency_key,
                                 hold.request_hash, **fields)  # fmt: skip
     if created:
-        LedgerAccount.objects.filter(pk=account.pk).update(held=F("held") + hold.amount)
+        LedgerAccount.objects.filter(pk=account.pk).update(
+            held=credits_expression(F("held") + hold.amount)
+        )
     return row, created
 
 
@@ -453,7 +455,9 @@ def _post_entries(
     for pk, delta in deltas.items():
         if delta:
             accounts[pk].balance += delta
-            LedgerAccount.objects.filter(pk=pk).update(balance=F("balance") + delta)
+            LedgerAccount.objects.filter(pk=pk).update(
+                balance=credits_expression(F("balance") + delta)
+            )
 
 
 def _ensure_available(account: LedgerAccount, amount: Decimal, **context) -> None:

@@ -31,6 +31,7 @@ from django.db.models.base import ModelState
 from django.db.models.expressions import RawSQL
 
 from portal.errors import NotFound
+from portal.money import credits_expression
 from portal.statements import (
     attributes_settable,
     compiled,
@@ -360,7 +361,8 @@ def _write_each(writes: Writes) -> None:
     CreditLot.objects.bulk_update(writes.lots, ["remaining"])
     if writes.spent or writes.released:
         LedgerAccount.objects.filter(pk=writes.account.pk).update(
-            balance=F("balance") - writes.spent, held=F("held") - writes.released
+            balance=credits_expression(F("balance") - writes.spent),
+            held=credits_expression(F("held") - writes.released),
         )
     if writes.hold is not None:
         writes.hold.save(update_fields=["status", "resolved_at", "captured_amount", "transaction"])
