@@ -507,12 +507,7 @@ def chat_capture(held: Held, usage: dict | None, streamed_bytes: int = 0) -> Dec
         )
         return authorization_capture(hold=held.hold, event=capped).event.cost
     except HoldNotPending:
-        attribution = Attribution(
-            organization=held.hold.organization,
-            api_key=held.hold.api_key,
-            team=held.hold.team,
-            member=held.hold.member,
-        )
+        attribution = Attribution.of_hold(held.hold)
         return usage_record(attribution=attribution, event=event).event.cost
 
 

@@ -31,7 +31,7 @@ from operator import attrgetter
 
 import orjson
 from django.db import connection
-from django.db.models import Field, Lookup, Q
+from django.db.models import Field, Lookup, Model, Q
 from django.db.models.base import ModelState
 from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
 from django.db.models.query_utils import DeferredAttribute
@@ -239,16 +239,21 @@ def attributes_settable(model) -> bool:
     """May an instance of `model` be made by setting its fields' attributes at once (its
     `__dict__`), as `Model.__init__` would set them? Yes when every concrete field's class
     attribute is Django's own (`DeferredAttribute`, or `ForeignKeyDeferredAttribute`, whose
-    setter only forgets a cached related row, which a new instance does not have) and no
-    `pre_init` or `post_init` receiver listens (looked at on every call: one may connect
-    later)."""
+    setter only forgets a cached related row, which a new instance does not have), the model
+    keeps Django's `__init__` and `from_db`, and no `pre_init` or `post_init` receiver listens
+    (looked at on every call: one may connect later)."""
     if pre_init.receivers or post_init.receivers:
         return False
     settable = _SETTABLE.get(model)
     if settable is None:
         django_own = (DeferredAttribute, ForeignKeyDeferredAttribute)
-        settable = _SETTABLE[model] = all(
-            type(getattr(model, f.attname, None)) in django_own for f in model._meta.concrete_fields
+        settable = _SETTABLE[model] = (
+            model.__init__ is Model.__init__
+            and model.from_db.__func__ is Model.from_db.__func__
+            and all(
+                type(getattr(model, f.attname, None)) in django_own
+                for f in model._meta.concrete_fields
+            )
         )
     return settable
 

@@ -167,3 +167,14 @@ def test_dict_rows_names_each_rows_columns(tenant, other_tenant):
             {"slug": "acme", "pk": tenant.org.pk},
             {"slug": "globex", "pk": other_tenant.org.pk},
         ]
+
+
+def test_the_metering_paths_models_are_made_without_init():
+    """The models the metering path reads and writes per event keep Django's `__init__`,
+    `from_db` and descriptors, so `loaded` and `usage_store.row` take the fast way for them."""
+    from credits.models import Budget, CreditLot, Hold, LedgerEntry, UsageEvent, UsageEventKey
+    from portal.statements import attributes_settable
+
+    models = [LedgerAccount, LedgerTransaction, LedgerEntry, CreditLot, UsageEvent, UsageEventKey,
+              Budget, Hold]  # fmt: skip
+    assert all(attributes_settable(m) for m in models)

@@ -98,6 +98,13 @@ class Attribution:
         return cls(organization=key.organization, api_key=key, team=key.team, member=key.user)
 
     @classmethod
+    def of_hold(cls, hold: Hold) -> Attribution:
+        """The attribution a hold was made for (its capture is charged to it)."""
+        return cls(
+            organization=hold.organization, api_key=hold.api_key, team=hold.team, member=hold.member
+        )
+
+    @classmethod
     def of_principal(cls, principal) -> Attribution:
         """An API key's attribution, or a member's session (charged to the pool, as theirs)."""
         if principal.key is not None:
@@ -615,14 +622,8 @@ def authorization_capture_many(captures: Sequence[tuple[Hold, UsageInput]]) -> l
     def record() -> list[Outcome]:
         outcomes: list[Outcome] = []
         for hold, event in captures:
-            attribution = Attribution(
-                organization=hold.organization,
-                api_key=hold.api_key,
-                team=hold.team,
-                member=hold.member,
-            )
             try:
-                outcomes.append(_record(attribution, [event], hold)[0])
+                outcomes.append(_record(Attribution.of_hold(hold), [event], hold)[0])
             except ApplicationError as exc:  # raised before it wrote anything
                 outcomes.append(exc)
         return outcomes
