@@ -3,7 +3,8 @@
 Every aggregate read of usage (the dashboard, the usage report, `/activity`, the forecast, the
 balance summary's usage figures) goes through `usage_sums`, which adds, in one SQL statement (one
 snapshot, so a roll committing meanwhile cannot count a row twice or miss it; the mark read just
-before only narrows the tail's index range, as the mark never moves back):
+before only narrows the tail's index range, as the mark never moves back, and says whether part 3
+is needed: `_mark_now`):
 
 1. `UsageRollup` rows whose 15-minute bucket lies inside the window (`credits.services.rollups`
    keeps them, up to the mark), or, for the whole UTC days inside it when every figure asked
@@ -30,7 +31,7 @@ from), and one time grouping in a time zone. The same row filter (`Principal.row
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 
@@ -110,24 +111,43 @@ def _mark():
     )
 
 
-def _mark_now() -> datetime:
-    """The mark as it is now: a lower bound of the mark any later statement sees (it only moves
-    forward), given as a constant so that the planner reads the tail on the (organization,
-    recorded_at) index; the statement's own subquery of the mark decides."""
+def _mark_now(organization_id: int) -> tuple[datetime, bool]:
+    """The mark as it is now, and whether the organization has made a reversal since. The mark
+    is a lower bound of the mark any later statement sees (it only moves forward), given as a
+    constant so that the planner reads the tail on the (organization, recorded_at) index; the
+    statement's own subquery of the mark decides. Without a reversal since, the statement
+    leaves out the reversed events (part 3 of the module docstring), whose join over the usage
+    table's partitions was most of its planning: 0.6 of 0.9 ms, and the planning most of a
+    balance read's PostgreSQL time (docs/performance.md, run 17). A reversal committed after
+    this read counts from the next read on, as if the read had come a moment earlier. Before
+    the first roll there is no mark: the beginning of time, and the part is kept."""
     if connection.vendor != "postgresql":
-        mark = UsageRollupMark.objects.order_by("pk").values_list("rolled_to", flat=True).first()
-        return mark or _NEVER
-    sql, params = compiled(
-        ("rollup_mark",),
-        lambda: (
-            UsageRollupMark.objects.order_by("pk").values("rolled_to")[:1].query.sql_with_params()
-        ),
-        {},
+        row = _mark_query(organization_id).first()
+    else:
+        sql, params = compiled(
+            ("rollup_mark",),
+            lambda organization_id: _mark_query(organization_id).query.sql_with_params(),
+            {"organization_id": organization_id},
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+    if not row or row[0] is None:
+        return _NEVER, True
+    return row[0], bool(row[1])
+
+
+def _mark_query(organization_id: int):
+    """The mark (`rolled_to`) and whether `organization_id` made a reversal at or after it."""
+    since = LedgerTransaction.objects.filter(
+        organization_id=organization_id, kind=LedgerTransaction.Kind.REVERSAL,
+        created_at__gte=OuterRef("rolled_to"),
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return row[0] if row and row[0] else _NEVER
+    return (
+        UsageRollupMark.objects.order_by("pk")
+        .annotate(reversals=Exists(since))
+        .values_list("rolled_to", "reversals")[:1]
+    )
 
 
 def _within(column: str, start: datetime | None, end: datetime | None) -> Q:
@@ -202,7 +222,9 @@ def usage_sums(
         hi_part=days and hi is not None and dhi < hi,
     )  # fmt: skip
     if shape.aligned:  # the times its SQL holds
-        times = {"lo": lo, "hi": hi, "floor": _mark_now()}
+        floor, reversals = _mark_now(organization.pk)
+        shape = replace(shape, reversals=reversals)
+        times = {"lo": lo, "hi": hi, "floor": floor}
         if days:
             times.update({"dlo": dlo, "dhi": dhi})
         times.update({"start": start} if shape.start_edge else {})
@@ -244,6 +266,7 @@ class _SumsShape:
     days: bool  # whole UTC days from the day rows, the rest of [lo, hi) from the 15-minute rows
     lo_part: bool  # days: 15-minute rows in [lo, dlo)
     hi_part: bool  # days: 15-minute rows in [dhi, hi)
+    reversals: bool = True  # aligned: reversals made since the mark (`_mark_now`) are read
 
 
 def _sums_rows(shape: _SumsShape, organization_id: int, condition: Q, times: dict) -> list[dict]:
@@ -332,14 +355,15 @@ def _sums_query(
             parts.append(shaped(rollup, "bucket", 1, rollup_sums))
         added = raw.filter(inside, Q(recorded_at__gte=floor), Q(recorded_at__gte=_mark()))
         parts.append(shaped(added, "occurred_at", 2, raw_sums))
-        reversed_ = raw.filter(
-            inside,
-            Q(transaction__reversed_by__created_at__gte=floor),
-            Q(transaction__reversed_by__created_at__gte=_mark()),
-            transaction__reversed_by__organization_id=organization_id,
-            transaction__reversed_by__kind="reversal",
-        )
-        parts.append(shaped(reversed_, "occurred_at", 3, raw_sums))
+        if shape.reversals:
+            reversed_ = raw.filter(
+                inside,
+                Q(transaction__reversed_by__created_at__gte=floor),
+                Q(transaction__reversed_by__created_at__gte=_mark()),
+                transaction__reversed_by__organization_id=organization_id,
+                transaction__reversed_by__kind=LedgerTransaction.Kind.REVERSAL,
+            )
+            parts.append(shaped(reversed_, "occurred_at", 3, raw_sums))
         edges = Q()
         if shape.start_edge:
             edges |= _within("occurred_at", start, lo)

@@ -47,7 +47,7 @@ from credits.services import ledger_reverse, usage_record_many
 from credits.services.rollups import usage_rollup_advance
 from credits.services.usage import Attribution, UsageInput
 
-from ..conftest import SYSTEM
+from ..conftest import SYSTEM, Tenant
 from ..test_celery_worker import worker  # noqa: F401 - the fixture
 
 ZERO = Decimal(0)
@@ -398,6 +398,62 @@ def test_counted_leaves_out_exactly_the_reversed_events(tenant):
         end=timezone.now(),
     )["totals"]
     assert (spent["events"], Decimal(spent["cost"])) == (2, Decimal("2"))
+
+
+def test_reversals_since_the_mark_are_read_only_when_the_organization_made_one(
+    tenant, other_tenant
+):
+    """The statement leaves out the reversed events (part 3) when the mark's read found no
+    reversal of the organization made since the mark, and reads them again once it made one:
+    a reversal after the mark is taken out of the rollup either way; another organization's
+    reversal changes nothing here."""
+
+    def one(t: Tenant, key_name: str):
+        t.grant("100")
+        key, _ = apikey_create(organization=t.org, name=key_name, kind="usage", actor=SYSTEM)
+        at = rollups._floor(timezone.now() - timedelta(days=1)) + timedelta(minutes=7)
+        usage_record_many(
+            attribution=Attribution.of_key(key),
+            events=[
+                UsageInput(id=i, model="openai/gpt-4o", cost=Decimal("1"), occurred_at=at)
+                for i in "abc"
+            ],
+        )
+        return Principal.for_key(key)
+
+    principal, elsewhere = one(tenant, "k"), one(other_tenant, "k")
+    usage_rollup_advance(now=timezone.now(), lag=timedelta(0))
+
+    def read(who: Principal) -> tuple[set, str]:
+        kwargs = {"start": None, "end": None, "fields": ["model"], "time": None, "tz": UTC}
+        with CaptureQueriesContext(connection) as queries:
+            rows = rolled_sums(who, **kwargs)
+        assert rows == raw_sums(who, **kwargs)
+        return rows, queries.captured_queries[-1]["sql"]
+
+    (rows, sql) = read(principal)
+    assert {r[1:3] for r in rows} == {(3, Decimal("3"))}
+    assert "reverses_id" not in sql  # part 3 left out
+
+    ledger_reverse(
+        txn=UsageEvent.objects.get(organization=other_tenant.org, event_id="a").transaction,
+        actor=SYSTEM,
+    )
+    assert "reverses_id" not in read(principal)[1]  # not this organization's reversal
+    assert {r[1:3] for r in read(elsewhere)[0]} == {(2, Decimal("2"))}
+
+    ledger_reverse(
+        txn=UsageEvent.objects.get(organization=tenant.org, event_id="b").transaction,
+        actor=SYSTEM,
+    )
+    (rows, sql) = read(principal)
+    assert "reverses_id" in sql
+    assert {r[1:3] for r in rows} == {(2, Decimal("2"))}  # out of the rollup, by the tail
+
+    usage_rollup_advance(now=timezone.now(), lag=timedelta(0))
+    (rows, sql) = read(principal)  # rolled: the rollup took it out
+    assert "reverses_id" not in sql
+    assert {r[1:3] for r in rows} == {(2, Decimal("2"))}
 
 
 def test_hours_of_day_in_a_half_hour_zone(tenant):
