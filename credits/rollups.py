@@ -140,7 +140,8 @@ def _mark_now(organization_id: int) -> tuple[datetime, bool]:
 def _mark_query(organization_id: int):
     """The mark (`rolled_to`) and whether `organization_id` made a reversal at or after it."""
     since = LedgerTransaction.objects.filter(
-        organization_id=organization_id, kind=LedgerTransaction.Kind.REVERSAL,
+        organization_id=organization_id,
+        kind=LedgerTransaction.Kind.REVERSAL,
         created_at__gte=OuterRef("rolled_to"),
     )
     return (
