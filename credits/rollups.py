@@ -129,6 +129,8 @@ def _mark_now(organization_id: int) -> tuple[datetime, bool]:
             lambda organization_id: _mark_query(organization_id).query.sql_with_params(),
             {"organization_id": organization_id},
         )
+        # Not prepared: a generic plan cannot use the reversals' partial index (`kind` is a
+        # parameter), and scanned the organization's transactions.
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()

@@ -403,8 +403,7 @@ def balance_for(principal: Principal, now: datetime | None = None) -> BalanceSum
     sees (each team's usage in total, whoever spent it). From the cached account rows and one
     read of the usage rollups and their tail (two for a member; plus the lots expiring, for the
     whole organization)."""
-    teams = None if principal.org_wide else principal.teams()
-    return _summary(principal.organization, principal, teams, now or timezone.now())
+    return _summary(principal.organization, principal, principal.team_list(), now or timezone.now())
 
 
 REPORT_DIMENSIONS = {

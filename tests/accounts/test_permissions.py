@@ -274,3 +274,34 @@ def test_listing_keys_costs_the_same_for_any_number(tenant, django_assert_max_nu
         frozenset(KIND_SCOPES["usage"])  # the members' keys
     }
     assert viewer_scopes == {frozenset({"credits:read", "usage:read"})}
+
+
+def test_team_list_is_the_teams_it_may_see(tenant, alpha, other_tenant):
+    """`Principal.team_list` (compiled SQL for a team-bound or organization-wide principal)
+    reads what `teams()` does, in its order, for each kind of principal, and never a team of
+    another organization."""
+    from accounts.access import Principal
+    from accounts.services import apikey_create
+
+    team, _, _ = alpha
+    team_create(organization=other_tenant.org, slug="alpha", name="Alpha", actor=SYSTEM)
+    member = tenant.member(Role.MEMBER, email="m@acme.test")
+    team_member_set(team=team, user=member, role=TeamRole.MEMBER, actor=SYSTEM)
+    principals = {
+        "owner": Principal.for_membership(Membership.objects.get(user=tenant.owner)),
+        "member": Principal.for_membership(Membership.objects.get(user=member)),
+        "team key": Principal.for_key(ApiKey.objects.get(team=team)),
+        "org key": Principal.for_key(ApiKey.objects.get(organization=tenant.org, team=None)),
+    }
+    for name, principal in principals.items():
+        for _ in range(7):  # past psycopg's prepare threshold: the prepared statement too
+            listed = principal.team_list()
+            assert listed == list(principal.teams()), name
+            assert all(t.organization_id == tenant.org.pk for t in listed), name
+    other_key, _ = apikey_create(
+        organization=tenant.org, name="r", kind="usage", team=tenant.team, actor=SYSTEM
+    )
+    assert [t.slug for t in principals["owner"].team_list()] == ["alpha", "research"]
+    assert [t.slug for t in principals["member"].team_list()] == ["alpha"]
+    assert [t.slug for t in principals["team key"].team_list()] == ["alpha"]
+    assert [t.slug for t in Principal.for_key(other_key).team_list()] == ["research"]
