@@ -86,6 +86,7 @@ pg-check: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # drf-spectacular's own check, then an independent validator on the same document.
 schema: install

@@ -1,5 +1,6 @@
 """REST endpoints of the accounts app: organization, teams, members, invitations, audit events.
-The OpenRouter-compatible key endpoints are in `accounts.apis_keys`."""
+The OpenRouter-compatible key endpoints are in `credits.apis_keys` (a key's usage and limit
+figures are credits')."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from portal.api import (
 from portal.errors import NotFound
 
 from . import selectors, services
-from .models import AuditEvent, Invitation, Membership, Team, User
+from .models import AuditEvent, Invitation, Membership, Team
 from .roles import Role, TeamRole
 
 # Organization ------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ class TeamMembersApi(OrganizationAPIView):
         team = self.principal.team(slug)
         data = self.parse(TeamMemberInput)
         self.principal.check_team_members(team, role=data["role"])
-        user = _member_user(self.organization, data["email"])
+        user = selectors.member_by_email(organization=self.organization, email=data["email"])
         tm = services.team_member_set(team=team, user=user, role=data["role"], actor=self.actor)
         return Response(TeamMemberOutput(tm).data)
 
@@ -170,17 +171,6 @@ class TeamMemberDetailApi(OrganizationAPIView):
             raise NotFound("No such member in this organization.", resource="member")
         services.team_member_remove(team=team, user=membership.user, actor=self.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-def _member_user(organization, email: str) -> User:
-    membership = (
-        selectors.membership_list(organization=organization)
-        .filter(user__email=email.lower())
-        .first()
-    )
-    if membership is None:
-        raise NotFound(f"{email} is not a member of this organization.", resource="member")
-    return membership.user
 
 
 # Members -----------------------------------------------------------------------------------------

@@ -36,6 +36,15 @@ def membership_list(*, organization: Organization) -> QuerySet[Membership]:
     return Membership.objects.filter(organization=organization).select_related("user")
 
 
+def member_by_email(*, organization: Organization, email: str) -> User:
+    """The member of `organization` with `email` (case-insensitive). Raises NotFound (404)."""
+    memberships = membership_list(organization=organization)
+    membership = memberships.filter(user__email=email.lower()).first()
+    if membership is None:
+        raise NotFound(f"{email} is not a member of this organization.", resource="member")
+    return membership.user
+
+
 def invitation_list(*, organization: Organization) -> QuerySet[Invitation]:
     return Invitation.objects.filter(organization=organization).select_related("team")
 

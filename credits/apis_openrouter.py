@@ -19,7 +19,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from accounts.apis_keys import KeyOutput, key_document
 from accounts.models import ApiKey
 from accounts.roles import KeyKind
 from portal.api import OrganizationAPIView
@@ -27,6 +26,7 @@ from portal.errors import NotFound, PermissionDenied
 
 from . import selectors
 from .activity import activity_days, activity_for
+from .apis_keys import KeyOutput, key_document
 from .services.budgets import budget_current_windows, budgets_applying
 
 

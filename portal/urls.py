@@ -9,11 +9,18 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from accounts import apis as accounts_apis
-from accounts import apis_keys, views
 from accounts import apis_openrouter as accounts_openrouter
+from accounts import views
 from billing import urls as billing_urls
 from credits import apis as credits_apis
-from credits import apis_budgets, apis_gateway, apis_guardrails, apis_openrouter, apis_usage
+from credits import (
+    apis_budgets,
+    apis_gateway,
+    apis_guardrails,
+    apis_keys,
+    apis_openrouter,
+    apis_usage,
+)
 from notifications import apis as notifications_apis
 from portal import health, metrics
 

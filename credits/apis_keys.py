@@ -4,7 +4,10 @@ official SDKs (`client.api_keys.list/create/get/update/delete`) work against the
 Source of the shapes: OpenRouter's API reference ("API Keys") as implemented by the `openrouter`
 Python SDK 1.3: create answers 201 with `{"data": key, "key": secret}`, delete answers 200 with
 `{"deleted": true}`, lists are `{"data": [...]}` with `offset` paging. Portal extensions on create:
-`kind`, `team`, `member`, `scopes`."""
+`kind`, `team`, `member`, `scopes`.
+
+In `credits`, not `accounts`: a key's `usage` and `limit_remaining` are credits' figures (the
+usage rollups, the key's budget windows), and imports point from credits to accounts."""
 
 from __future__ import annotations
 
@@ -14,15 +17,15 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from credits.selectors import key_usage_totals
-from credits.services.budgets import budget_current_windows
+from accounts import services
+from accounts.access import key_scopes, member_roles
+from accounts.models import ApiKey
+from accounts.roles import SCOPES, KeyKind
+from accounts.selectors import member_by_email
 from portal.api import OrganizationAPIView, StrictSerializer
 
-from . import services
-from .access import key_scopes, member_roles
-from .apis import _member_user
-from .models import ApiKey
-from .roles import SCOPES, KeyKind
+from .selectors import key_usage_totals
+from .services.budgets import budget_current_windows
 
 LIST_PAGE_SIZE = 100
 _OPENROUTER_IGNORED = frozenset(
@@ -210,7 +213,7 @@ class KeyListApi(OrganizationAPIView):
         team = data.get("team")
         team = self.principal.team(team) if team else None
         member = data.get("member")
-        member = _member_user(self.organization, member) if member else None
+        member = member_by_email(organization=self.organization, email=member) if member else None
         team, member, scopes = self.principal.key_terms(
             kind=data["kind"], team=team, member=member, scopes=data.get("scopes")
         )
