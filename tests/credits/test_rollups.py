@@ -28,7 +28,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.access import Principal
-from accounts.models import Membership, TeamMembership
+from accounts.models import ApiKey, Membership, TeamMembership
 from accounts.roles import Role
 from accounts.services import apikey_create, team_create
 from credits import rollups
@@ -369,12 +369,11 @@ def test_a_report_is_the_sum_of_its_parts_on_either_side_of_the_mark(tenant):
     assert late.recorded_at >= UsageRollupMark.objects.get().rolled_to
 
 
-def test_counted_leaves_out_exactly_the_reversed_events(tenant):
-    """COUNTED, the raw events' filter of every read (a NOT EXISTS of a reversal): an event
-    counts until its usage transaction is reversed, and only that event stops counting."""
-    tenant.grant("100")
-    key, _ = apikey_create(organization=tenant.org, name="k", kind="usage", actor=SYSTEM)
-    # Inside a 15-minute bucket of a day ago, not on its edge.
+def three_events_a_day_ago(t: Tenant) -> tuple[ApiKey, datetime]:
+    """A grant of 100 and a new key of `t`, which records events a, b and c of 1 credit each,
+    inside a 15-minute bucket of a day ago (not on its edge). Returns the key and the time."""
+    t.grant("100")
+    key, _ = apikey_create(organization=t.org, name="k", kind="usage", actor=SYSTEM)
     at = rollups._floor(timezone.now() - timedelta(days=1)) + timedelta(minutes=7)
     usage_record_many(
         attribution=Attribution.of_key(key),
@@ -383,6 +382,13 @@ def test_counted_leaves_out_exactly_the_reversed_events(tenant):
             for i in "abc"
         ],
     )
+    return key, at
+
+
+def test_counted_leaves_out_exactly_the_reversed_events(tenant):
+    """COUNTED, the raw events' filter of every read (a NOT EXISTS of a reversal): an event
+    counts until its usage transaction is reversed, and only that event stops counting."""
+    key, at = three_events_a_day_ago(tenant)
 
     def counted() -> set[str]:
         rows = UsageEvent.objects.filter(COUNTED, organization=tenant.org)
@@ -408,20 +414,8 @@ def test_reversals_since_the_mark_are_read_only_when_the_organization_made_one(
     a reversal after the mark is taken out of the rollup either way; another organization's
     reversal changes nothing here."""
 
-    def one(t: Tenant, key_name: str):
-        t.grant("100")
-        key, _ = apikey_create(organization=t.org, name=key_name, kind="usage", actor=SYSTEM)
-        at = rollups._floor(timezone.now() - timedelta(days=1)) + timedelta(minutes=7)
-        usage_record_many(
-            attribution=Attribution.of_key(key),
-            events=[
-                UsageInput(id=i, model="openai/gpt-4o", cost=Decimal("1"), occurred_at=at)
-                for i in "abc"
-            ],
-        )
-        return Principal.for_key(key)
-
-    principal, elsewhere = one(tenant, "k"), one(other_tenant, "k")
+    principal = Principal.for_key(three_events_a_day_ago(tenant)[0])
+    elsewhere = Principal.for_key(three_events_a_day_ago(other_tenant)[0])
     usage_rollup_advance(now=timezone.now(), lag=timedelta(0))
 
     def read(who: Principal) -> tuple[set, str]:
