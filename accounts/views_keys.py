@@ -103,14 +103,14 @@ def key_create(request):
                     raise ValidationFailed({"team": ["No such team."]})
             member = None
             if data.get("member"):
-                membership = (
-                    selectors.membership_list(organization=request.organization)
-                    .filter(user__email=data["member"])
-                    .first()
-                )
-                if membership is None:
-                    raise ValidationFailed({"member": ["Not a member of this organization."]})
-                member = membership.user
+                try:
+                    member = selectors.member_by_email(
+                        organization=request.organization, email=data["member"]
+                    )
+                except NotFound:  # on the form: the field's error
+                    raise ValidationFailed(
+                        {"member": ["Not a member of this organization."]}
+                    ) from None
             team, member, scopes = principal.key_terms(
                 kind=data["kind"], team=team, member=member, scopes=data["scopes"]
             )

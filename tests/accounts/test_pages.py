@@ -356,6 +356,25 @@ def test_key_form_errors_inline(tenant):
     assert not ApiKey.objects.exists()
 
 
+def test_key_form_binds_the_member_chosen(tenant, other_tenant):
+    """The member a key acts for is looked up in this organization (`member_by_email`): a member
+    binds it; someone who is only another organization's member is refused on the form."""
+    member = tenant.member(Role.MEMBER, email="bound@acme.test")
+    client = client_for(tenant.owner)
+    response = client.post(
+        "/o/acme/keys/new/",
+        {"name": "For them", "kind": "usage", "member": member.email, "scopes": ["usage:write"]},
+    )
+    assert response.status_code == 302, response.content.decode()[:500]
+    assert ApiKey.objects.get(name="For them").user == member
+    response = client.post(
+        "/o/acme/keys/new/",
+        {"name": "Not theirs", "kind": "usage", "member": other_tenant.owner.email},
+    )
+    assert response.status_code == 200 and errors_linked(response.content.decode(), "id_member")
+    assert not ApiKey.objects.filter(name="Not theirs").exists()
+
+
 def test_member_sees_and_makes_only_own_usage_keys(tenant):
     alice = tenant.member(email="alice@acme.test")
     bob = tenant.member(email="bob@acme.test")
