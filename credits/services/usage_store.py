@@ -207,13 +207,15 @@ def _read_statement(
     lots_sql, lots_params = json_rows_sql(lots.values(*LOT_COLUMNS))
     earlier_sql, earlier_params = earlier.query.sql_with_params()
     taken_sql, taken_params = taken.query.sql_with_params()
+    # The sequence looked up once (a scalar subquery: an InitPlan), not once per id: 1,000 ids
+    # took 2.3 ms with the lookup in each call, 0.3 ms with it once.
+    ids = "ARRAY(SELECT nextval((SELECT pg_get_serial_sequence(%s, 'id')::regclass))" \
+          "        FROM generate_series(1, %s))"
     sql = f"""SELECT {lots_sql},
                      ARRAY({earlier_sql}),
                      ARRAY({taken_sql}),
-                     ARRAY(SELECT nextval(pg_get_serial_sequence(%s, 'id'))
-                             FROM generate_series(1, %s)),
-                     ARRAY(SELECT nextval(pg_get_serial_sequence(%s, 'id'))
-                             FROM generate_series(1, %s))"""  # noqa: S608 (ORM SQL)
+                     {ids},
+                     {ids}"""  # noqa: S608 (ORM SQL)
     params = [*lots_params, *earlier_params, *taken_params,
               LedgerTransaction._meta.db_table, n, UsageEvent._meta.db_table, n]  # fmt: skip
     if hold_id is not None:
