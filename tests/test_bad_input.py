@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from accounts.services import apikey_delete, apikey_update
+from credits.models import UsageEvent
 
 from .conftest import SYSTEM
 
@@ -586,3 +587,32 @@ def test_nul_in_a_form_field_is_400_and_counts_no_login_attempt(client, tenant):
     response = client.post("/login/", {"username\x00": "x", "password": "y"})
     assert response.status_code == 400
     assert counts() == before
+
+
+# (the event's metadata as raw JSON, what is stored, or the place the 400 names)
+FAST_PARSER_CASES = [
+    ('{"path": "C:\\\\u0000dir"}', {"path": "C:\\u0000dir"}),  # an escaped backslash: no NUL
+    ('{"n": 18446744073709551615}', {"n": 18446744073709551615}),  # 2**64 - 1: 20 digits
+    ('{"n": -9223372036854775808}', {"n": -9223372036854775808}),
+    ('{"n": 18446744073709551616}', "metadata.n"),  # 2**64: the portal cannot write it exactly
+    ('{"n": 123456789012345678901234567890}', "metadata.n"),  # orjson would read a float
+    ('{"x": 1e400}', "metadata.x"),  # beyond a double (Python's json: inf)
+    ('{"x": [1, {"y": -1e400}]}', "metadata.x[1].y"),
+]
+
+
+@pytest.mark.parametrize(("metadata_raw", "outcome"), FAST_PARSER_CASES)
+def test_json_numbers_and_false_alarms_of_the_fast_parser(api, metadata_raw, outcome):
+    """Bodies orjson refuses, or would misread, or that the NUL scan flags by mistake, are read by
+    DRF's parser: numbers exactly as sent, or refused (400 naming the place, nothing written)
+    when the portal could not write them back exactly."""
+    raw = json.dumps(event())[:-1] + f', "metadata": {metadata_raw}}}'
+    before = counts()
+    response = api.generic("POST", USAGE, raw, content_type="application/json")
+    if isinstance(outcome, str):
+        error = assert_error(response, 400, "validation_error")
+        assert list(error["metadata"]["errors"]) == [outcome], error
+        assert counts() == before
+    else:
+        assert response.status_code == 201, response.content[:300]
+        assert UsageEvent.objects.get(event_id=event()["id"]).metadata == outcome
