@@ -265,7 +265,7 @@ def profile(name: str, secret: str, owner_email: str, report_query: str, run: st
     counter = iter(range(10**9))
 
     def event() -> dict:
-        return {"id": f"{run}:profile:{next(counter)}", "model": "gpt-4o",
+        return {"id": f"{run}:profile:{name}:{next(counter)}", "model": "gpt-4o",
                 "prompt_tokens": 812, "completion_tokens": 43}  # fmt: skip
 
     if name.startswith("single"):

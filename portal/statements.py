@@ -173,7 +173,9 @@ def insert_rows(model, objs) -> tuple[str, list]:
         for i, column in plan.relations:
             if values[i] is None and column.is_cached(obj):
                 related = column.get_cached_value(obj)  # assigned before its key was known
-                values[i] = related.pk if related is not None else None
+                if related is not None and related.pk is not None:
+                    # the key on the row too, as Model.save() sets it (the relation kept)
+                    values[i] = obj.__dict__[column.attname] = related.pk
         rows.append(dict(zip(plan.attnames, values, strict=True)))
     return plan.statement, [orjson.dumps(rows, default=_json_default).decode()]
 

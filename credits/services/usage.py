@@ -268,13 +268,23 @@ def _run(record: Callable[[], list[Outcome]]) -> list[Outcome]:
 
 @dataclass
 class _Priced:
+    """An event priced before the lock, with the rows it writes if it is recorded: built before
+    the account's lock, so that the lock is not held while they are made (their ids, and the
+    budget windows the event counts in, are set once it is held)."""
+
     index: int
     event: UsageInput
-    digest: str
-    cost: Decimal
-    price: object
-    source: str
-    occurred_at: datetime
+    key: str  # the ledger idempotency key of its debit
+    usage: UsageEvent
+    txn: LedgerTransaction | None  # its debit; None when it costs nothing
+
+    @property
+    def cost(self) -> Decimal:
+        return self.usage.cost
+
+    @property
+    def digest(self) -> str:
+        return self.usage.request_hash
 
 
 def _record(
@@ -296,7 +306,27 @@ def _record(
                 raise
             outcomes[index] = exc
             continue
-        priced.append(_Priced(index, event, event.digest(), cost, price, source, occurred_at))
+        digest = event.digest()
+        key = _check_key(
+            f"capture:{hold.idempotency_key}" if hold else f"usage:{event.id}", derived=True
+        )
+        txn = None
+        if cost > 0:
+            txn = usage_store.row(
+                LedgerTransaction,
+                organization=organization,
+                kind=LedgerTransaction.Kind.USAGE,
+                idempotency_key=key,
+                request_hash=request_hash(hold=hold.pk, amount=cost) if hold else digest,
+                metadata={"event_id": event.id},
+                created_at=now,  # the batch's one time, as its usage rows' recorded_at
+            )
+        usage = _usage_event(
+            attribution, event, digest, price=price, cost=cost, source=source, txn=txn,
+            occurred_at=occurred_at, now=now,
+            extra_metadata={"authorization": hold.idempotency_key} if hold else None,
+        )  # fmt: skip
+        priced.append(_Priced(index, event, key, usage, txn))
     if not priced:
         return outcomes
 
@@ -308,17 +338,11 @@ def _record(
     gate = BudgetGate.of(
         attribution, now, extra_window_ids=hold.budget_windows if hold else (), budgets=budgets
     )
-    keys = {
-        p.index: _check_key(
-            f"capture:{hold.idempotency_key}" if hold else f"usage:{p.event.id}", derived=True
-        )
-        for p in priced
-    }
     locked = usage_store.read_locked(
         account,
         organization.pk,
         [p.event.id for p in priced],
-        list(keys.values()),
+        [p.key for p in priced],
         expired_first_at=now if hold else None,
         hold=hold,  # locked after the account and the windows, its state as committed
     )
@@ -333,7 +357,7 @@ def _record(
 
     for item in priced:
         event = item.event
-        refusal = _refusal(item, keys[item.index], locked, new, hold, now)
+        refusal = _refusal(item, item.key, locked, new, hold, now)
         if isinstance(refusal, ApplicationError) and hold is not None:
             raise refusal  # a capture refused: its transaction rolls back whole
         if refusal is not None:
@@ -357,18 +381,9 @@ def _record(
                 raise  # the hold's release above rolls back with it
             outcomes[item.index] = exc
             continue
-        txn = None
-        if item.cost > 0:
-            txn = usage_store.row(
-                LedgerTransaction,
-                pk=next(transaction_ids, None),
-                organization=organization,
-                kind=LedgerTransaction.Kind.USAGE,
-                idempotency_key=keys[item.index],
-                request_hash=request_hash(hold=hold.pk, amount=item.cost) if hold else item.digest,
-                metadata={"event_id": event.id},
-                created_at=now,  # the batch's one time, as its usage rows' recorded_at
-            )
+        txn, row = item.txn, item.usage
+        if txn is not None:
+            txn.pk = next(transaction_ids, None)  # the usage row has it as a related row
             writes.transactions.append(txn)
             writes.entries += [
                 usage_store.row(
@@ -392,13 +407,8 @@ def _record(
             )
             account.balance -= item.cost
             writes.spent += item.cost
+            row.budget_windows = [w.pk for _, w in pairs]
         crossings[item.index] = gate.charge(pairs, item.cost)
-        row = _usage_event(
-            attribution, event, item.digest, price=item.price, cost=item.cost,
-            source=item.source, txn=txn, occurred_at=item.occurred_at, now=now,
-            budget_windows=[w.pk for _, w in pairs] if item.cost > 0 else [],
-            extra_metadata={"authorization": hold.idempotency_key} if hold else None,
-        )  # fmt: skip
         row.pk = next(usage_ids, None)
         writes.usage.append(row)
         new[event.id] = row
