@@ -389,9 +389,9 @@ def _record(
                 usage_store.row(
                     LedgerEntry,
                     transaction=txn,
-                    account=account,
+                    account_id=account.pk,
                     amount=-portion,
-                    lot=lot,
+                    lot_id=lot.pk,
                     created_at=now,
                 )
                 for lot, portion in burn_lots(locked.lots, item.cost, touched)

@@ -322,7 +322,7 @@ def row(model_class, /, **values):
     if "pk" in values:
         values[model_class._meta.pk.attname] = values.pop("pk")
     args, related = [], []
-    for attname, name, model_field in fields:
+    for attname, name, model_field, default in fields:
         if attname in values:
             args.append(values[attname])
         elif name is not None and name in values:
@@ -330,7 +330,7 @@ def row(model_class, /, **values):
             args.append(None if obj is None else obj.pk)
             related.append((model_field, obj))
         else:
-            args.append(model_field.get_default())
+            args.append(model_field.get_default() if default is _CALLED else default)
     if attributes_settable(model_class):
         instance = model_class.__new__(model_class)
         instance._state = ModelState()
@@ -342,13 +342,24 @@ def row(model_class, /, **values):
     return instance
 
 
+_CALLED = object()  # a default made by each call of the field's get_default()
+
+
 def _plan(model_class) -> tuple[list, list[str]]:
-    """`row`'s fields of `model_class` as (attname, relation name or None, field), and their
-    attnames."""
+    """`row`'s fields of `model_class` as (attname, relation name or None, field, default), and
+    their attnames. The default is `_CALLED` where the field's default is a callable (a new
+    value each time: `timezone.now`, `dict`); else the value its `get_default()` always gives
+    (None, "", a constant), taken once."""
     fields = [
-        (f.attname, f.name if f.is_relation else None, f) for f in model_class._meta.concrete_fields
+        (
+            f.attname,
+            f.name if f.is_relation else None,
+            f,
+            _CALLED if f.has_default() and callable(f.default) else f.get_default(),
+        )
+        for f in model_class._meta.concrete_fields
     ]
-    return fields, [attname for attname, _, _ in fields]
+    return fields, [attname for attname, _, _, _ in fields]
 
 
 def _write_each(writes: Writes) -> None:

@@ -207,6 +207,9 @@ def test_rows_are_built_as_the_keyword_form_builds_them(tenant):
                 if name in expected_fields and name not in values:
                     assert abs(built_fields.pop(name) - expected_fields.pop(name)).seconds < 5
             assert built_fields == expected_fields, model
+    # A callable default gives each row its own value (a default taken once is a constant).
+    first, second = (row(LedgerTransaction, kind="usage") for _ in range(2))
+    assert first.metadata == second.metadata == {} and first.metadata is not second.metadata
 
 
 def test_rows_are_built_by_init_while_an_init_signal_listens(tenant):
