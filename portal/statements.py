@@ -161,11 +161,18 @@ def insert_rows(model, objs) -> tuple[str, list]:
     `INSERT ... SELECT ... FROM json_to_recordset(%s)`, the rows as one JSON parameter (orjson;
     decimals as strings, so exact), so its text is the same whatever the number of rows. Django's
     bulk_create statement (UNNEST, one array per column) cost 2 of the 3 seconds of a batch of
-    1,000 events to compile and quote. `objs` carry their primary keys (the metering path takes
-    them from the sequences ahead) or none (the sequence gives them), and their related rows'
-    keys."""
+    1,000 events to compile and quote. `objs` are model instances, which carry their primary
+    keys (the metering path takes them from the sequences ahead) or none (the sequence gives
+    them), and their related rows' keys; or dicts of every column's value by attname (an auto id
+    may be left out: the sequence gives it), all of the same columns (ValueError if the first
+    is not)."""
     if not objs:
         return "", []
+    if isinstance(objs[0], dict):  # values by attname, every column (an auto id may be left out)
+        plan = _insert_plan(model, with_ids=model._meta.pk.attname in objs[0])
+        if objs[0].keys() != set(plan.attnames):
+            raise ValueError(f"{model.__name__} rows need {plan.attnames}, not {list(objs[0])}")
+        return plan.statement, [orjson.dumps(objs, default=_json_default).decode()]
     plan = _insert_plan(model, with_ids=objs[0].pk is not None)
     rows = []
     for obj in objs:

@@ -18,7 +18,7 @@ from portal.errors import ApplicationError, IdempotencyConflict, ValidationFaile
 from portal.money import parse_credits
 
 from ..metrics import usage_outcomes_count, usage_refused
-from ..models import Hold, LedgerEntry, LedgerTransaction, UsageEvent
+from ..models import Hold, LedgerTransaction, UsageEvent
 from . import usage_store
 from .budgets import BudgetGate
 from .group_commit import lane_of, record_grouped
@@ -386,25 +386,14 @@ def _record(
             txn.pk = next(transaction_ids, None)  # the usage row has it as a related row
             writes.transactions.append(txn)
             writes.entries += [
-                usage_store.row(
-                    LedgerEntry,
-                    transaction=txn,
-                    account_id=account.pk,
-                    amount=-portion,
-                    lot_id=lot.pk,
-                    created_at=now,
-                )
+                usage_store.entry(transaction_id=txn.pk, account_id=account.pk, amount=-portion,
+                                  lot_id=lot.pk, created_at=now)
                 for lot, portion in burn_lots(locked.lots, item.cost, touched)
-            ]
+            ]  # fmt: skip
             writes.entries.append(
-                usage_store.row(
-                    LedgerEntry,
-                    transaction=txn,
-                    account_id=sink_id,
-                    amount=item.cost,
-                    created_at=now,
-                )
-            )
+                usage_store.entry(transaction_id=txn.pk, account_id=sink_id, amount=item.cost,
+                                  lot_id=None, created_at=now)
+            )  # fmt: skip
             account.balance -= item.cost
             writes.spent += item.cost
             row.budget_windows = [w.pk for _, w in pairs]
