@@ -252,3 +252,17 @@ def test_a_requests_digest_stays_the_one_stored_rows_were_recorded_with():
         metadata={"é": "ü", "b": [1, 2.5]},
     )
     assert digest == "deb780d21c1796557b2eb02bf81196aee898d942f68b5d9e5c2bb95deee29d2c"
+
+
+def test_rows_given_as_dicts_must_name_every_column():
+    """`insert_rows` takes a row's values by attname; a dict missing a column (which the JSON
+    insert would make NULL) is refused."""
+    from credits.models import LedgerEntry
+    from portal.statements import insert_rows
+
+    values = {"transaction_id": 1, "account_id": 2, "amount": Decimal("1"), "lot_id": None,
+              "created_at": None}  # fmt: skip
+    assert insert_rows(LedgerEntry, [values])[0].startswith("INSERT INTO")
+    del values["lot_id"]
+    with pytest.raises(ValueError, match="lot_id"):
+        insert_rows(LedgerEntry, [values])
