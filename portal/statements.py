@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from operator import attrgetter
 
 import orjson
 from django.db import connection
@@ -170,20 +169,22 @@ def insert_rows(model, objs) -> tuple[str, list]:
         return "", []
     if isinstance(objs[0], dict):  # values by attname, every column (an auto id may be left out)
         plan = _insert_plan(model, with_ids=model._meta.pk.attname in objs[0])
-        if objs[0].keys() != set(plan.attnames):
+        if objs[0].keys() != plan.columns:
             raise ValueError(f"{model.__name__} rows need {plan.attnames}, not {list(objs[0])}")
         return plan.statement, [orjson.dumps(objs, default=_json_default).decode()]
     plan = _insert_plan(model, with_ids=objs[0].pk is not None)
-    rows = []
-    for obj in objs:
-        values = plan.values_of(obj)
-        for i, column in plan.relations:
-            if values[i] is None and column.is_cached(obj):
+    # An instance keeps its fields' values in its __dict__ by attname, which are the JSON's keys
+    # here: the dicts go to orjson as they are (what else they hold, `_state`, is written as null
+    # and not read by the statement). A quarter of the time of a dict made per row.
+    rows = [obj.__dict__ for obj in objs]
+    for obj, values in zip(objs, rows, strict=True):
+        for attname, column in plan.relations:
+            if values.get(attname) is None and column.is_cached(obj):
                 related = column.get_cached_value(obj)  # assigned before its key was known
                 if related is not None and related.pk is not None:
-                    # the key on the row too, as Model.save() sets it (the relation kept)
-                    values[i] = obj.__dict__[column.attname] = related.pk
-        rows.append(dict(zip(plan.attnames, values, strict=True)))
+                    values[attname] = related.pk  # on the row too, as Model.save() sets it
+        if not plan.columns <= values.keys():
+            raise ValueError(f"{model.__name__} rows need every column: {plan.attnames}")
     return plan.statement, [orjson.dumps(rows, default=_json_default).decode()]
 
 
@@ -191,8 +192,8 @@ def insert_rows(model, objs) -> tuple[str, list]:
 class _InsertPlan:
     statement: str
     attnames: list[str]  # the columns' attnames, in the statement's order
-    values_of: Callable  # a row's values of `attnames`, as a list
-    relations: list  # the relation columns, as (position, field)
+    columns: frozenset[str]  # the same, as a set
+    relations: list  # the relation columns, as (attname, field)
 
 
 _INSERT_PLANS: dict = {}
@@ -208,14 +209,11 @@ def _insert_plan(model, with_ids: bool) -> _InsertPlan:
         names = ", ".join(connection.ops.quote_name(c.column) for c, _, _ in columns)
         types = ", ".join(f"{connection.ops.quote_name(a)} {t}" for _, a, t in columns)
         attnames = [attname for _, attname, _ in columns]
-        get = attrgetter(*attnames)
         _INSERT_PLANS[model, with_ids] = _InsertPlan(
             statement=f"INSERT INTO {table} ({names}) SELECT * FROM json_to_recordset(%s) AS r ({types})",  # noqa: S608, E501
             attnames=attnames,
-            values_of=(lambda obj: list(get(obj)))
-            if len(attnames) > 1
-            else (lambda obj: [get(obj)]),
-            relations=[(i, c) for i, (c, _, _) in enumerate(columns) if c.is_relation],
+            columns=frozenset(attnames),
+            relations=[(a, c) for c, a, _ in columns if c.is_relation],
         )
     return _INSERT_PLANS[model, with_ids]
 
@@ -223,6 +221,8 @@ def _insert_plan(model, with_ids: bool) -> _InsertPlan:
 def _json_default(value):
     if isinstance(value, Decimal):
         return str(value)
+    if isinstance(value, ModelState):  # an instance's `_state`, beside its values
+        return None
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
