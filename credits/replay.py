@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+import orjson
 from django.utils.dateparse import parse_date, parse_datetime
 
 from portal.errors import ApplicationError, ValidationFailed
@@ -355,9 +356,10 @@ class ApiSink:
         self.client = httpx.Client(headers={"Authorization": f"Bearer {secret}"}, timeout=timeout)
 
     def send(self, events: Sequence[UsageInput]) -> list[Outcome]:
+        body = orjson.dumps({"events": [event_json(e) for e in events]})
         try:
             response = self.client.post(
-                self.endpoint, json={"events": [event_json(e) for e in events]}
+                self.endpoint, content=body, headers={"Content-Type": "application/json"}
             )
         except httpx.HTTPError as exc:
             raise ReplayApiError(f"Cannot reach {self.endpoint}: {exc}") from None
@@ -371,7 +373,7 @@ class ApiSink:
                 status=response.status_code,
             )
         outcomes = []
-        for result in response.json()["results"]:
+        for result in orjson.loads(response.content)["results"]:
             if result["status"] == 201:
                 outcomes.append(Outcome("accepted", Decimal(result["cost"])))
             elif result["status"] == 200:
