@@ -19,7 +19,10 @@ from portal.errors import PayloadTooLarge, ValidationFailed
 MAX_JSON_DEPTH = 64
 # The numbers a body may hold: what orjson, which writes the metering path's rows, takes exactly.
 MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
-OUT_OF_RANGE = "Out of range: integers from -2**63 to 2**64 - 1, other numbers within a double."
+OUT_OF_RANGE = (
+    f"Number out of range: integers from {MIN_INTEGER} to {MAX_INTEGER}, other numbers within"
+    " ±1.8e308."
+)
 # 20 digits or more in a row: an integer orjson might read as a float (it reads those beyond 64
 # bits so), or digits in a string or a fraction; either way DRF's parser reads the body.
 _LONG_DIGITS = re.compile(rb"[0-9]{20}")
