@@ -341,53 +341,55 @@ def row(model_class, /, **values):
     attname, by `pk`, or related instances by relation name, which are cached on it; the other
     fields their defaults), without `Model.__init__`'s handling of each keyword: its attributes
     set at once when `portal.statements.attributes_settable` (else by `__init__`,
-    positionally). A quarter of a batch's Python was `__init__`: the metering path builds four
-    rows an event. tests/credits/test_metering_statements.py compares the two."""
-    plan = _PLANS.get(model_class)
+    positionally). What to do with each field is worked out once per model and set of keywords
+    (`_plan`). A quarter of a batch's Python was `__init__`: the metering path builds two rows an
+    event. tests/credits/test_metering_statements.py compares the two."""
+    key = (model_class, *values)
+    plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[model_class] = _plan(model_class)
-    fields, attnames = plan
-    if "pk" in values:
-        values[model_class._meta.pk.attname] = values.pop("pk")
-    args, related = [], []
-    for attname, name, model_field, default in fields:
-        if attname in values:
-            args.append(values[attname])
-        elif name is not None and name in values:
-            obj = values[name]
-            args.append(None if obj is None else obj.pk)
-            related.append((model_field, obj))
-        else:
-            args.append(model_field.get_default() if default is _CALLED else default)
+        plan = _PLANS[key] = _plan(model_class, tuple(values))
+    constants, given, related, called, attnames = plan
+    state = constants.copy()
+    for attname, name in given:
+        state[attname] = values[name]
+    for attname, name, _ in related:
+        obj = values[name]
+        state[attname] = None if obj is None else obj.pk
+    for attname, model_field in called:
+        state[attname] = model_field.get_default()
     if attributes_settable(model_class):
         instance = model_class.__new__(model_class)
         instance._state = ModelState()
-        instance.__dict__.update(zip(attnames, args, strict=True))
+        instance.__dict__.update(state)
     else:
-        instance = model_class(*args)
-    for model_field, obj in related:
-        model_field.set_cached_value(instance, obj)
+        instance = model_class(*[state[attname] for attname in attnames])
+    for _, name, model_field in related:
+        model_field.set_cached_value(instance, values[name])
     return instance
 
 
-_CALLED = object()  # a default made by each call of the field's get_default()
-
-
-def _plan(model_class) -> tuple[list, list[str]]:
-    """`row`'s fields of `model_class` as (attname, relation name or None, field, default), and
-    their attnames. The default is `_CALLED` where the field's default is a callable (a new
-    value each time: `timezone.now`, `dict`); else the value its `get_default()` always gives
-    (None, "", a constant), taken once."""
-    fields = [
-        (
-            f.attname,
-            f.name if f.is_relation else None,
-            f,
-            _CALLED if f.has_default() and callable(f.default) else f.get_default(),
-        )
-        for f in model_class._meta.concrete_fields
-    ]
-    return fields, [attname for attname, _, _, _ in fields]
+def _plan(model_class, names: tuple[str, ...]) -> tuple[dict, list, list, list, list[str]]:
+    """`row`'s work for `model_class` given the keywords `names`: the fields left to a default
+    that is always the same (None, "", a constant), as {attname: value}; the fields given, as
+    (attname, keyword) (`pk` is the primary key's); the relations given as instances, as
+    (attname, keyword, field); the fields whose default is a callable, a new value each time
+    (`timezone.now`, `dict`), as (attname, field); and every attname, in the fields' order."""
+    constants, given, related, called = {}, [], [], []
+    for f in model_class._meta.concrete_fields:
+        if f.attname in names:
+            given.append((f.attname, f.attname))
+        elif f.primary_key and "pk" in names:
+            given.append((f.attname, "pk"))
+        elif f.is_relation and f.name in names:
+            related.append((f.attname, f.name, f))
+        elif f.has_default() and callable(f.default):
+            called.append((f.attname, f))
+        else:
+            constants[f.attname] = f.get_default()
+    unknown = set(names) - {n for _, n in given} - {n for _, n, _ in related}
+    if unknown:
+        raise TypeError(f"{model_class.__name__} has no fields {sorted(unknown)}")
+    return constants, given, related, called, [f.attname for f in model_class._meta.concrete_fields]
 
 
 def _write_each(writes: Writes) -> None:
