@@ -155,7 +155,7 @@ def ledger_summary(request: ExportRequest) -> dict:
 
 
 def render_pdf(request: ExportRequest) -> bytes:
-    """The summary as an A4 PDF (WeasyPrint, from `templates/billing/exports_<kind>.pdf.html`)."""
+    """The summary as an A4 PDF (WeasyPrint, from `templates/billing/exports_<kind>_pdf.html`)."""
     from weasyprint import HTML
 
     usage = request.kind == ExportJob.Kind.USAGE
