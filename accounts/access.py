@@ -253,6 +253,31 @@ class Principal:
         )
         return model_rows(Team, sql, params)
 
+    def spending_team(self) -> Team | None:
+        """The team its usage is charged to (its account, or the pool for a pool-funded team,
+        with the team's budgets): its bound team; None, the organization's pool, for a
+        principal of the whole organization; else the one team it sees (`teams()`: the teams
+        the member is on or manages, those whose credits `credits.selectors.draw_accounts`
+        lets it draw on). Raises PermissionDenied (403) for a member who sees no team (no
+        credits to draw on) or several (a key bound to one of them says which)."""
+        if self.team_id is not None:
+            return self.key.team if self.key is not None else Team.objects.get(pk=self.team_id)
+        if self.org_wide:
+            return None
+        teams = list(self.teams().order_by("slug")[:3])
+        who = self.user.email if self.user is not None else self.label
+        if not teams:
+            raise PermissionDenied(
+                f"The usage of {who} is charged to their team, and they are on no team: an "
+                "admin can add them to one."
+            )
+        if len(teams) > 1:
+            names = ", ".join(t.slug for t in teams[:2]) + (", ..." if len(teams) > 2 else "")
+            raise PermissionDenied(
+                f"{who} is on several teams ({names}): use a key bound to the team to charge."
+            )
+        return teams[0]
+
     def team(self, slug: str) -> Team:
         """A team it may see, by slug. Raises NotFound (404)."""
         team = self.teams().filter(slug=slug).first()

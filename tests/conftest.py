@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 from accounts.audit import Actor
 from accounts.models import ApiKey, Organization, Team, User
 from accounts.roles import Role
-from accounts.services import apikey_create, organization_create, team_create
+from accounts.services import apikey_create, organization_create, team_create, team_member_set
 from credits.services import credits_allocate, credits_grant
 from credits.services.prices import prices_cache_clear, prices_load
 from portal.process_cache import evict_all_now
@@ -160,9 +160,15 @@ class Tenant:
     owner: User
     team: Team
 
-    def member(self, role: str = Role.MEMBER, email: str | None = None) -> User:
+    def member(
+        self, role: str = Role.MEMBER, email: str | None = None, *, team: Team | None = None
+    ) -> User:
+        """A new member of `role`, on `team` if given (a `member`'s usage is charged to their
+        team: `Principal.spending_team`)."""
         user = UserFactory(**({"email": email} if email else {}))
         MembershipFactory(organization=self.org, user=user, role=role)
+        if team is not None:
+            team_member_set(team=team, user=user, actor=SYSTEM)
         return user
 
     def key(

@@ -103,8 +103,9 @@ SEES_USAGE: dict[str, Any] = {  # usage events and holds made by these
     **dict.fromkeys(ORG_WIDE, ALL),
     "member": {"member", "member_session"},
     "manager": {"beta"},
-    "alpha_key": {"alpha"},
-    "alpha_mgmt": {"alpha"},
+    # the member is on team alpha: their usage is charged to alpha, and alpha's keys see it
+    "alpha_key": {"alpha", "member", "member_session"},
+    "alpha_mgmt": {"alpha", "member", "member_session"},
     "member_key": {"member", "member_session"},
 }
 SEES_TEAMS: dict[str, set[str]] = {
@@ -743,7 +744,7 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     "api/v1/generation": {
         "GET": [P("200 200 200 404 200 200  200 404 404 404",
                   query=lambda w: {"id": "ev-beta-1"}, check=generation_of("beta")),
-                P("200 200 200 200 200 404  200 404 404 200",
+                P("200 200 200 200 200 404  200 200 200 200",
                   query=lambda w: {"id": "ev-member-1"}, check=generation_of("member"))],
     },
     "api/v1/activity": {
@@ -804,17 +805,19 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     "api/v1/credits/authorizations": {
         "POST": [P("201 201 403 201 403 201  201 201 201 201",
                    body=lambda w: {"id": "matrix-new-hold", "amount": "0.5"}),
-                 # another account's hold: a different request, whoever asks
-                 P("409 409 403 409 403 409  409 409 409 409",
+                 # beta's hold: a different request from whoever is charged elsewhere; beta's
+                 # manager, charged to beta, makes the same request (its first result back)
+                 P("409 409 403 409 403 200  409 409 409 409",
                    body=lambda w: {"id": "hold-beta-1", "amount": "1"})],
     },
-    # Holds by the client's id or the public UUID: another team's or member's is 404.
+    # Holds by the client's id or the public UUID: another team's, or a member's of another team, is
+    # 404 (the member is on alpha: their holds are alpha's).
     "api/v1/credits/authorizations/<str:id>/capture": {
         "POST": [P("201 201 403 404 403 201  201 404 404 404", path=hold_id("beta"),
                    body=lambda w: CAPTURE),
                  P("201 201 403 404 403 404  201 201 201 404", path=hold_id("alpha", "uuid"),
                    body=lambda w: CAPTURE),
-                 P("201 201 403 201 403 404  201 404 404 201", path=hold_id("member"),
+                 P("201 201 403 201 403 404  201 201 201 201", path=hold_id("member"),
                    body=lambda w: CAPTURE),
                  # capturing one's own hold under the id of beta's event: not beta's event back
                  P("200 200 403 404 403 404  200 409 409 404", path=hold_id("alpha"),
@@ -822,7 +825,7 @@ MATRIX: dict[str, dict[str, list[Probe]]] = {
     },
     "api/v1/credits/authorizations/<str:id>/void": {
         "POST": [P("200 200 403 404 403 200  200 404 404 404", path=hold_id("beta", "uuid")),
-                 P("200 200 403 200 403 404  200 404 404 200", path=hold_id("member"))],
+                 P("200 200 403 200 403 404  200 200 200 200", path=hold_id("member"))],
     },
     "api/v1/credits/forecast": {
         "GET": [P("200 200 200 200 200 200  200 200 200 200", check=forecast_accounts)],

@@ -96,9 +96,10 @@ def _send(client, method: str, path: str, body: dict | None):
 @pytest.fixture
 def role_client(tenant, prices):
     tenant.grant("50")
+    tenant.allocate("20")  # a `member` is on the team: their usage is charged to it
 
     def make(role: str):
-        member = tenant.owner if role == Role.OWNER else tenant.member(role)
+        member = tenant.owner if role == Role.OWNER else tenant.member(role, team=tenant.team)
         _, secret = tenant.key("management", user=member)
         return tenant.client(secret)
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.access import Principal
 from accounts.models import ApiKey, Organization, Team, User
 from portal.errors import ApplicationError, IdempotencyConflict, ValidationFailed
 from portal.money import parse_credits
@@ -95,7 +96,8 @@ class Attribution:
 
     @classmethod
     def of_key(cls, key: ApiKey) -> Attribution:
-        return cls(organization=key.organization, api_key=key, team=key.team, member=key.user)
+        """A key's attribution (`of_principal` of the key)."""
+        return cls.of_principal(Principal.for_key(key))
 
     @classmethod
     def of_hold(cls, hold: Hold) -> Attribution:
@@ -105,11 +107,16 @@ class Attribution:
         )
 
     @classmethod
-    def of_principal(cls, principal) -> Attribution:
-        """An API key's attribution, or a member's session (charged to the pool, as theirs)."""
+    def of_principal(cls, principal: Principal) -> Attribution:
+        """Who the usage of `principal` (a key or a member's session) is charged to: its key,
+        its member, and the team `Principal.spending_team` names (None: the pool). Raises
+        PermissionDenied for a member on no team or on several, through a key bound to no team
+        or a session."""
+        team = principal.spending_team()
         if principal.key is not None:
-            return cls.of_key(principal.key)
-        return cls(organization=principal.organization, member=principal.user)
+            key = principal.key
+            return cls(organization=key.organization, api_key=key, team=team, member=key.user)
+        return cls(organization=principal.organization, team=team, member=principal.user)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import AuditEvent, Organization
 from accounts.roles import Role
-from accounts.services import apikey_create
+from accounts.services import apikey_create, team_member_set
 from billing.exports import FOCUS_COLUMNS
 from billing.models import ExportJob, PseudonymSecret
 from credits.models import LedgerAccount
@@ -252,7 +252,9 @@ def test_pseudonyms_are_stable_secret_at_rest_and_differ_between_organizations(a
     from accounts.models import Membership
 
     Membership.objects.create(organization=globex.org, user=acme.alice, role=Role.MEMBER)
+    team_member_set(team=globex.team, user=acme.alice, actor=SYSTEM)  # charged to her team
     globex.grant("10")
+    globex.allocate("5")
     key, _ = apikey_create(
         organization=globex.org, name="k", kind="usage", user=acme.alice, actor=SYSTEM
     )

@@ -27,7 +27,8 @@ def test_a_large_export_runs_on_a_real_worker_with_progress(tenant, worker, sett
     settings.BILLING_EXPORT_STREAM_MAX_ROWS = 1000
     settings.BILLING_EXPORT_QUEUE = worker.queue
     tenant.grant("1000")
-    alice = tenant.member(Role.MEMBER, email="alice@acme.test")
+    tenant.allocate("1000")
+    alice = tenant.member(Role.MEMBER, email="alice@acme.test", team=tenant.team)
     key, _ = tenant.key("usage", team=None, user=alice)
     start = timezone.now() - timedelta(days=2)
     for batch in range(ROWS // 1000):

@@ -230,7 +230,8 @@ def test_limit_enforced_through_the_budget(tenant, admin, prices):
 def test_member_limit_applies_to_their_keys(tenant, admin, prices):
     gid = _create(admin, limit_usd=0.5, allowed_models=None)["id"]
     tenant.grant("100")
-    member = tenant.member(Role.MEMBER)
+    tenant.allocate("10")
+    member = tenant.member(Role.MEMBER, team=tenant.team)
     _, secret = tenant.key("usage", user=member)
     admin.post(f"/api/v1/guardrails/{gid}/assignments/members",
                {"member_user_ids": [str(member.pk)]}, format="json")  # fmt: skip

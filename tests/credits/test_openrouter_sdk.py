@@ -218,8 +218,9 @@ def post_usage(live_server, secret: str, event_id: str, model: str, at=None, **f
 
 def test_activity_by_day_and_model_of_what_the_key_sees(live_server, tenant, other_tenant):
     tenant.grant("100")
+    tenant.allocate("50")
     other_tenant.grant("100")
-    member = tenant.member()
+    member = tenant.member(team=tenant.team)
     _, secret = tenant.key("usage")  # a key of no member and no team sees the organization's
     member_key, member_secret = tenant.key("usage", user=member)
     _, other_secret = other_tenant.key("usage")
