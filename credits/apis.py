@@ -13,6 +13,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from portal.api import (
+    IdFilter,
     OrganizationAPIView,
     OrganizationListAPIView,
     StrictSerializer,
@@ -182,7 +183,7 @@ class LotOutput(serializers.Serializer):
 
 
 class LotFilter(django_filters.FilterSet):
-    account = django_filters.NumberFilter(field_name="account_id")
+    account = IdFilter(field_name="account_id")
     active = django_filters.BooleanFilter(method="filter_active")
 
     class Meta:

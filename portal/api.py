@@ -11,7 +11,8 @@ import django_filters
 from django import forms
 from django.db import models
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema_field, inline_serializer
 from rest_framework import generics, serializers
 from rest_framework.metadata import SimpleMetadata
 from rest_framework.response import Response
@@ -73,6 +74,20 @@ class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
     """`IsoDateTimeFilter` for every time filter of the API (see `UTCIsoDateTimeField`)."""
 
     field_class = UTCIsoDateTimeField
+
+
+@extend_schema_field(OpenApiTypes.INT64)
+class IdFilter(django_filters.NumberFilter):
+    """A filter on an integer id (a row's primary key): a whole number from 1 to 2^63 - 1
+    (PostgreSQL's bigint, SQLite's INTEGER), else a 400. `NumberFilter` took any decimal, and
+    an id beyond 64 bits reached the database (SQLite: OverflowError, a 500)."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", 2**63 - 1)
+        super().__init__(*args, **kwargs)
 
 
 class OptionsMetadata(SimpleMetadata):

@@ -2,6 +2,8 @@
 
 - `RequestContextMiddleware` (first): the request id (`X-Request-ID`, taken when sane, else
   made, echoed in the response), the access log line, the request metrics.
+- `ApiErrorFormatMiddleware`: under /api/, the error pages Django answers itself (a debug 404,
+  a refused Host) in the API's error format.
 - `NoStoreMiddleware`: `Cache-Control: no-store` on every response of the portal's views.
 - `RejectNulMiddleware`: refuse input that no view can store: a NUL character (PostgreSQL
   refuses it in text and jsonb, which answered 500) in the path, the query string, a header or a
@@ -149,6 +151,47 @@ def _nul_in(request: HttpRequest) -> str | None:
             if NUL in name or any(isinstance(v, str) and NUL in v for v in values):
                 return f"form.{name.replace(NUL, '?')}"
     return None
+
+
+# Errors Django answers itself, not a view, as the API's error format calls them.
+_DJANGO_ERRORS = {
+    400: ("Bad request.", "bad_request"),
+    403: ("Forbidden.", "forbidden"),
+    404: ("Not found.", "not_found"),
+    405: ("Method not allowed.", "method_not_allowed"),
+    413: ("The request body is too large.", "payload_too_large"),
+    500: ("Internal error; it was logged.", "internal_error"),
+}
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+
+
+class ApiErrorFormatMiddleware:
+    """Under /api/, an error that Django answered itself rather than a view, in the API's error
+    format with its status: an unknown path or a path parameter of the wrong type with `DEBUG`
+    on (Django's debug 404 page; `handler404` serves it with `DEBUG` off), a Host that
+    `ALLOWED_HOSTS` refuses (Django's plain 400 page), and any other HTML error page. The views'
+    own errors are JSON already and pass as they are."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest):
+        response = self.get_response(request)
+        if (
+            response.status_code < 400
+            or not request.path.startswith("/api/")
+            or response.streaming
+            or response.get("Content-Type", "").startswith("application/json")
+        ):
+            return response
+        message, type_ = _DJANGO_ERRORS.get(
+            response.status_code, (f"{response.reason_phrase}.", "error")
+        )
+        converted = json_error_response(response.status_code, message, type_)
+        for header in _KEPT_HEADERS:
+            if header in response:
+                converted[header] = response[header]
+        return converted
 
 
 class RejectNulMiddleware:

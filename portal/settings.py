@@ -110,6 +110,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "portal.middleware.RequestContextMiddleware",  # request id, access log, request metrics
+    "portal.middleware.ApiErrorFormatMiddleware",  # Django's own error pages as JSON under /api/
     "portal.middleware.NoStoreMiddleware",  # no-store unless a view says otherwise
     "csp.middleware.CSPMiddleware",
     "portal.middleware.RejectNulMiddleware",

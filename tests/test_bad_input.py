@@ -203,6 +203,8 @@ BAD_QUERIES = [
         400,
     ),
     ("/api/v1/credits/lots", {"account": "abc"}, 400),
+    ("/api/v1/credits/lots", {"account": "1.5"}, 400),
+    ("/api/v1/credits/lots", {"account": str(10**20)}, 400),  # was a 500 on SQLite: overflow
     ("/api/v1/members", {"role": "god"}, 400),
     ("/api/v1/keys", {"offset": "-1"}, 400),
     ("/api/v1/keys", {"offset": str(2**100)}, 400),  # was a 500: bigint out of range
@@ -371,10 +373,21 @@ def test_wrong_scope_is_403(tenant, method, path, body):
     ],
 )
 @pytest.mark.parametrize("authenticated", [True, False])
-def test_unknown_api_url_is_404_json(api, path, authenticated):
+@pytest.mark.parametrize("debug", [False, True])  # `make demo` runs with DEBUG on
+def test_unknown_api_url_is_404_json(api, path, authenticated, debug, settings):
+    settings.DEBUG = debug  # on: Django's debug 404 page, unless the API's format replaces it
     client = api if authenticated else APIClient()
     assert_error(client.get(path), 404, "not_found")
     assert_error(client.post(path, {"a": 1}, format="json"), 404, "not_found")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_refused_host_is_400_json_under_the_api(api, debug, settings):
+    settings.DEBUG = debug
+    error = assert_error(api.get("/api/v1/models", HTTP_HOST="evil.example"), 400, "bad_request")
+    assert "evil" not in error["message"]
+    page = api.get("/login/", HTTP_HOST="evil.example")  # pages keep Django's page
+    assert page.status_code == 400 and not page["Content-Type"].startswith("application/json")
 
 
 @pytest.mark.parametrize(
