@@ -68,9 +68,14 @@ class BudgetCreateInput(StrictSerializer):
         child=serializers.IntegerField(min_value=1, max_value=1000), required=False
     )
     operation = serializers.ChoiceField(
-        choices=UsageEvent.Operation.choices, required=False, allow_blank=True
-    )
-    model = serializers.CharField(max_length=200, required=False, allow_blank=True)
+        choices=UsageEvent.Operation.choices, required=False, allow_blank=True, allow_null=True,
+        help_text="Only usage of this operation counts; null or empty: any.",
+    )  # fmt: skip
+    model = serializers.CharField(
+        max_length=200, required=False, allow_blank=True, allow_null=True,
+        help_text="Only usage of this model counts (a provider prefix ending in '/': its "
+        "models); a model of the price table or one used in the organization. Null or empty: any.",
+    )  # fmt: skip
 
 
 class BudgetUpdateInput(StrictSerializer):
@@ -82,9 +87,14 @@ class BudgetUpdateInput(StrictSerializer):
         child=serializers.IntegerField(min_value=1, max_value=1000), required=False
     )
     operation = serializers.ChoiceField(
-        choices=UsageEvent.Operation.choices, required=False, allow_blank=True
-    )
-    model = serializers.CharField(max_length=200, required=False, allow_blank=True)
+        choices=UsageEvent.Operation.choices, required=False, allow_blank=True, allow_null=True,
+        help_text="Only usage of this operation counts; null or empty: any.",
+    )  # fmt: skip
+    model = serializers.CharField(
+        max_length=200, required=False, allow_blank=True, allow_null=True,
+        help_text="Only usage of this model counts (a provider prefix ending in '/': its "
+        "models); a model of the price table or one used in the organization. Null or empty: any.",
+    )  # fmt: skip
 
 
 BudgetListOutput = inline_serializer("BudgetList", {"data": BudgetOutput(many=True)})

@@ -39,9 +39,11 @@ from portal.errors import BudgetExceeded, NotFound, ValidationFailed
 from portal.money import CREDIT_QUANTUM, credits_expression, format_credits, parse_credits
 from portal.statements import prepared_cursor
 
-from ..models import Budget, BudgetWindow, UsageEvent
+from .. import rollups
+from ..models import Budget, BudgetWindow, ModelPrice, UsageEvent
 from ..periods import window_bounds
 from .alerts import Crossing, alert_record
+from .prices import model_key, model_suggestions
 
 ZERO = Decimal(0)
 # The order budgets are checked and listed in (all are checked; the strictest decides): the
@@ -511,6 +513,25 @@ def _snapshot(budget: Budget) -> dict:
     }
 
 
+def _model_filter_known(organization: Organization, model: str) -> bool:
+    """Is `model` a filter that can match usage (`budget_matches`): a model of the price table
+    (as clients name it: `prices.model_key`), a provider prefix ending in "/" of one, or a model
+    (prefix) this organization's usage was recorded with (a model priced by a reported cost
+    need not be in the price table; one read of the rollups and their tail,
+    `credits.rollups.usage_sums`)? A filter that matches nothing would count nothing."""
+    if model.endswith("/"):
+        provider = model[:-1]
+        if ModelPrice.objects.filter(
+            Q(model__istartswith=model) | Q(provider__iexact=provider)
+        ).exists():
+            return True
+        used = rollups.usage_sums(organization=organization, fields=["model"])
+        return any(row["model"].startswith(model) for row in used)
+    if model_key(model) is not None:
+        return True
+    return bool(rollups.usage_sums(organization=organization, where=Q(model=model)))
+
+
 def _validate(budget: Budget) -> None:
     if budget.scope not in Budget.Scope.values:
         raise ValidationFailed({"scope": [f"One of: {', '.join(Budget.Scope.values)}."]})
@@ -522,6 +543,17 @@ def _validate(budget: Budget) -> None:
         raise ValidationFailed({"operation": [f"One of: {', '.join(OPERATIONS)}."]})
     if len(budget.model) > 200:
         raise ValidationFailed({"model": ["At most 200 characters."]})
+    if budget.model and not _model_filter_known(budget.organization, budget.model):
+        close = model_suggestions(budget.model.rstrip("/"))
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValidationFailed(
+            {
+                "model": [
+                    f"Unknown model '{budget.model}': not in the price table, not a provider "
+                    f"prefix of one (such as 'openai/'), and never used in this organization.{hint}"
+                ]
+            }
+        )
     org = budget.organization_id
     targets = {
         "team": budget.team,

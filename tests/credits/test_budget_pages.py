@@ -119,7 +119,7 @@ def test_window_bounds_are_in_the_organizations_time_zone(world):
     assert " JST" in html and "Asia/Tokyo" in html
 
 
-def test_the_owner_creates_edits_and_deletes_a_budget(world):
+def test_the_owner_creates_edits_and_deletes_a_budget(world, prices):
     t, people, _, _ = world
     client = page(t.owner)
     response = client.post(url(t.org), {

@@ -172,7 +172,7 @@ def test_soft_budget_allows_the_grace_then_refuses(tenant):
     ]  # fmt: skip
 
 
-def test_filters_operation_and_model_prefix(tenant):
+def test_filters_operation_and_model_prefix(tenant, prices):
     tenant.grant("10")
     anthropic = budget(tenant, "organization", "1", model="anthropic/")
     images = budget(tenant, "organization", "1", operation="image")
@@ -277,7 +277,7 @@ def test_a_key_limit_is_a_budget_with_utc_windows(tenant):
 # The API ------------------------------------------------------------------------------------
 
 
-def test_budgets_api_create_read_update_delete(tenant):
+def test_budgets_api_create_read_update_delete(tenant, prices):
     tenant.org.time_zone = "Europe/Berlin"
     tenant.org.save()
     client = tenant.client(tenant.key("management")[1])
@@ -318,6 +318,43 @@ def test_bad_budgets_are_400_and_write_nothing(tenant, other_tenant, body):
     assert response.status_code == 400, response.content
     assert response.json()["error"]["metadata"]["type"] == "validation_error"
     assert not Budget.objects.exists()
+
+
+@pytest.mark.parametrize("model", ["*", "-0.000000000000001", "gtp-4o", "nobody/"])
+def test_a_model_filter_that_can_match_nothing_is_400(tenant, prices, model):
+    client = tenant.client(tenant.key("management")[1])
+    body = {"scope": "organization", "period": "daily", "limit": "1", "model": model}
+    response = client.post("/api/v1/budgets", body, format="json")
+    assert response.status_code == 400, response.content
+    message = response.json()["error"]["metadata"]["errors"]["model"][0]
+    assert f"Unknown model '{model}'" in message
+    if model == "gtp-4o":
+        assert "Did you mean 'gpt-4o'" in message
+    assert not Budget.objects.exists()
+
+
+def test_model_filters_known_or_used_and_cleared_with_null(tenant, prices):
+    client = tenant.client(tenant.key("management")[1])
+
+    def create(**filters):
+        body = {"scope": "organization", "period": "daily", "limit": "1", **filters}
+        response = client.post("/api/v1/budgets", body, format="json")
+        assert response.status_code == 201, response.content
+        return response.json()
+
+    # A model as clients name it, a provider prefix (by its ids or its provider), and a model
+    # that only this organization's usage names (priced by a reported cost).
+    for model in ("gpt-4o", "openai/gpt-4o", "anthropic/", "openai/"):
+        assert create(model=model)["model"] == model
+    tenant.grant("5")
+    usage_record(attribution=Attribution(organization=tenant.org),
+                 event=ev("own", "0.1", model="acme/house-model"))  # fmt: skip
+    made = create(model="acme/house-model", operation="chat")
+    cleared = client.patch(f"/api/v1/budgets/{made['id']}", {"model": None, "operation": None},
+                           format="json")  # fmt: skip
+    assert cleared.status_code == 200, cleared.content
+    assert cleared.json()["model"] is None and cleared.json()["operation"] is None
+    assert create(model=None, operation=None)["model"] is None
 
 
 def test_a_team_manager_sets_budgets_of_the_team_members_only(tenant):
