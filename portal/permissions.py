@@ -22,7 +22,12 @@ class HasScope(permissions.BasePermission):
         principal = getattr(request, "principal", None)
         if principal is None:
             if getattr(request.user, "is_authenticated", False):
-                self.message = "Name the organization in the X-Organization header."
+                named = request.headers.get("X-Organization")
+                self.message = (
+                    f"You are not a member of an organization '{named[:50]}'."
+                    if named  # the same whether it exists or not
+                    else "Name the organization in the X-Organization header."
+                )
             return False
         if not callable(getattr(view, request.method.lower(), None)):
             return True  # the view has no such method: DRF answers 405, not 403

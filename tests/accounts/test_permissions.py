@@ -7,6 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, AuditEvent, Invitation, Membership
 from accounts.roles import KIND_SCOPES, ROLE_SCOPES, Role, TeamRole
@@ -178,7 +179,8 @@ def test_a_team_manager_reclaims_but_never_draws_on_the_pool(tenant, alpha):
 
 def test_a_member_bound_key_sees_its_members_usage_only(tenant, prices):
     tenant.grant("10")
-    member = tenant.member(Role.MEMBER)
+    tenant.allocate("5")
+    member = tenant.member(Role.MEMBER, team=tenant.team)
     _, mine = tenant.key("usage", user=member)
     _, others = tenant.key("usage")
     event = {"model": "gpt-4o", "prompt_tokens": 10}
@@ -305,3 +307,15 @@ def test_team_list_is_the_teams_it_may_see(tenant, alpha, other_tenant):
     assert [t.slug for t in principals["member"].team_list()] == ["alpha"]
     assert [t.slug for t in principals["team key"].team_list()] == ["alpha"]
     assert [t.slug for t in Principal.for_key(other_key).team_list()] == ["research"]
+
+
+@pytest.mark.parametrize("named", ["globex", "no-such-org"])
+def test_a_session_naming_an_organization_it_is_not_in_is_told_so(tenant, other_tenant, named):
+    client = APIClient()
+    client.force_login(tenant.owner)
+    response = client.get("/api/v1/credits/balance", HTTP_X_ORGANIZATION=named)
+    assert response.status_code == 403, response.content
+    # the same answer whether the organization exists or not
+    assert response.json()["error"]["message"] == (
+        f"You are not a member of an organization '{named}'."
+    )
