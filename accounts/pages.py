@@ -1,6 +1,7 @@
 """What every organization page shares: the tenant and the principal from the URL and the
-session (`organization_page`), who writes (`actor`), the confirmation step of destructive actions
-(`confirm`), and how a page runs a write (`perform`)."""
+session (`organization_page`), links to the pages the principal may open (`page_url`), who writes
+(`actor`), the confirmation step of destructive actions (`confirm`), and how a page runs a write
+(`perform`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
+from django.urls import NoReverseMatch, get_script_prefix, resolve, reverse
 from django.utils import timezone
 
 from portal.api import SESSION_ORGANIZATION
@@ -29,8 +31,9 @@ def organization_page(view=None, *, scope: str | None = None):
     non-members), set `request.organization`, `request.membership` and `request.principal`
     (`accounts.access.Principal`, the same layer the API asks), and remember the organization
     for the API's session authentication. With `scope`, a member whose role lacks it gets 404:
-    the page does not exist for them, as its API answers nothing they may read. The view runs
-    in the organization's time zone: templates show times in it."""
+    the page does not exist for them, as its API answers nothing they may read; the view keeps
+    it as `page_scope`, so that links to the page follow the same rule (`page_url`). The view
+    runs in the organization's time zone: templates show times in it."""
 
     def decorate(view):
         @login_required
@@ -55,9 +58,27 @@ def organization_page(view=None, *, scope: str | None = None):
             with timezone.override(organization.zone):
                 return view(request, *args, **kwargs)
 
+        wrapper.page_scope = scope
         return wrapper
 
     return decorate(view) if view is not None else decorate
+
+
+def page_url(request, name: str, **kwargs) -> str | None:
+    """The URL of the organization page `name` (in `request.organization`, with `kwargs`) when
+    `request.principal` may open it, else None. The page's own rule decides: the scope its
+    `organization_page` names, asked of the one permission layer (`Principal.has`); so a page
+    shows a link exactly to those the linked page lets in. None too for a page that does not
+    exist. (A page that decides inside its view, as the teams pages do, is not known here.)"""
+    try:
+        url = reverse(name, kwargs={"org": request.organization.slug, **kwargs})
+    except NoReverseMatch:
+        return None
+    path = url.removeprefix(get_script_prefix().rstrip("/"))
+    scope = getattr(resolve(path).func, "page_scope", None)
+    if scope is not None and not request.principal.has(scope):
+        return None
+    return url
 
 
 def actor(request):

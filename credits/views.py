@@ -25,7 +25,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.audit import Actor
 from accounts.context_processors import may_open_teams
-from accounts.pages import organization_page, perform
+from accounts.pages import organization_page, page_url, perform
 from portal.errors import ApplicationError, NotFound
 from portal.spreadsheet import csv_lines
 
@@ -470,13 +470,12 @@ def me(request):
     summary = balance_for(principal, now=now)
     mine = principal.member_team_ids | principal.managed_team_ids
     teams = [t for t in summary.teams if t.team.pk in mine]
+    # The keys card, for who may open the keys page (a viewer may not: no card, no link).
+    keys_url = page_url(request, "keys")
     keys = []
-    if principal.has("keys:read"):
+    if keys_url is not None:
         keys = list(principal.keys().filter(user_id=user.pk).order_by("name"))
-    try:
-        keys_url = reverse("keys", kwargs={"org": request.organization.slug})
-    except NoReverseMatch:
-        keys_url = None
+    usage_url = page_url(request, "usage")
     recent = own.order_by("-occurred_at", "-id")[:20]
     return render(
         request,
@@ -490,7 +489,6 @@ def me(request):
             "recent": _label_identities(recent, principal),
             "membership": request.membership,
             "time_zone": str(tz),
-            "usage_url": reverse("usage", kwargs={"org": request.organization.slug})
-            + f"?member={user.pk}",
+            "usage_url": usage_url and f"{usage_url}?member={user.pk}",
         },
     )

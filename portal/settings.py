@@ -25,6 +25,9 @@ Variables (all optional unless said):
 - `LOGIN_FAILURE_LIMIT` (default 10), `LOGIN_COOLOFF_MINUTES` (default 15): failed logins per
   account and per client IP before logins pause (django-axes), and for how long.
 - `THROTTLE_INVITATIONS`, `THROTTLE_KEYS` (default `60/hour` each, per organization).
+- `THROTTLE_PASSWORD_RESET_EMAIL` (default `3/hour`), `THROTTLE_PASSWORD_RESET_IP` (default
+  `20/hour`): password reset e-mails per e-mail address and per client IP; over either, the form
+  answers as usual and sends nothing (`portal.views.PasswordResetView`).
 - `FIELD_ENCRYPTION_KEY`: Fernet key(s), comma-separated, newest first, that encrypt secrets at
   rest (webhook signing secrets). Required with `DEBUG` off (`check --deploy` says so); with
   `DEBUG` on, derived from `SECRET_KEY`.
@@ -251,6 +254,9 @@ REST_FRAMEWORK = {
         "invitations": env("THROTTLE_INVITATIONS", default="60/hour"),
         "keys": env("THROTTLE_KEYS", default="60/hour"),
         "openrouter_sync": env("THROTTLE_OPENROUTER_SYNC", default="60/hour"),
+        # The password reset form's e-mails (portal.throttling.password_reset_refused).
+        "password_reset_email": env("THROTTLE_PASSWORD_RESET_EMAIL", default="3/hour"),
+        "password_reset_ip": env("THROTTLE_PASSWORD_RESET_IP", default="20/hour"),
     },
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "URL_FORMAT_OVERRIDE": None,  # `format` is a report parameter (json|csv)

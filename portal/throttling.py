@@ -7,17 +7,23 @@ counts.
   The pages' forms for the same writes count in the same buckets (`write_throttled`).
 - Browser logins: django-axes with its cache handler, per account and per client IP; a locked-out
   login answers 429 with `Retry-After` (`portal.views.login_locked_out`).
+- Password reset e-mails: per client IP and per e-mail address (`password_reset_refused`, the
+  scopes `password_reset_ip` and `password_reset_email` of the same rates). Over either limit the
+  visitor sees the usual "check your e-mail" page and no e-mail is sent
+  (`portal.views.PasswordResetView`): the answer never tells whether an account exists.
 Client IPs come from `portal.net.client_ip` (X-Forwarded-For only behind trusted proxies).
 
 When the shared cache is unreachable (Redis down: `CACHE_DOWN`), a write throttle lets the write
-through (logged): it only counts, and none of the writes it limits moves money. A login is refused
-instead (503 with `Retry-After`, `portal.views.LoginView`): its lockout counter guards the accounts,
-so a login it cannot count is not let through. Usage, holds and the ledger never read the cache
-(docs/faults.md).
+through (logged): it only counts, and none of the writes it limits moves money; so does the
+password reset's (its e-mail goes to the address's owner only, with a link that expires). A login
+is refused instead (503 with `Retry-After`, `portal.views.LoginView`): its lockout counter guards
+the accounts, so a login it cannot count is not let through. Usage, holds and the ledger never
+read the cache (docs/faults.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from types import SimpleNamespace
@@ -84,6 +90,35 @@ def write_throttled(request, scope: str) -> int | None:
     if throttle.allow_request(request, SimpleNamespace(throttle_scope=scope)):
         return None
     return max(1, math.ceil(throttle.wait() or 1))
+
+
+class _IdentityThrottle(ScopedRateThrottle):
+    """The scoped throttle's count for an identity the caller names (an e-mail address, a client
+    IP) rather than the request's organization."""
+
+    def __init__(self, ident: str):
+        self.ident = ident
+
+    def get_cache_key(self, request, view):
+        return self.cache_format % {"scope": self.scope, "ident": self.ident}
+
+
+def password_reset_refused(request, email: str) -> str | None:
+    """Count one password reset e-mail asked for `email` by the request's client: per client IP
+    (scope `password_reset_ip`), then per address (`password_reset_email`; lower-cased as
+    accounts store it, and hashed: no address in the cache's keys). The limit that refuses it
+    (`"client IP"` or `"address"`), else None: the e-mail may go. A refused request is not
+    counted against the address, so a client over its own limit uses up no one's allowance."""
+    address = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    counts = (
+        ("password_reset_ip", f"ip:{client_ip(request) or 'unknown'}", "client IP"),
+        ("password_reset_email", f"email:{address}", "address"),
+    )
+    for scope, ident, limit in counts:
+        view = SimpleNamespace(throttle_scope=scope)
+        if not _IdentityThrottle(ident).allow_request(request, view):
+            return limit
+    return None
 
 
 class LoginAttemptsBackend(AxesStandaloneBackend):

@@ -24,7 +24,7 @@ from credits import (
 from notifications import apis as notifications_apis
 from portal import health, metrics
 
-from .views import LoginView
+from .views import LoginView, PasswordResetView
 
 api_v1 = [
     path("organization", accounts_apis.OrganizationApi.as_view(), name="organization"),
@@ -181,7 +181,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/", PasswordResetView.as_view(), name="password_reset"),
     path(
         "password-reset/done/",
         auth_views.PasswordResetDoneView.as_view(),

@@ -1,15 +1,17 @@
 """Error handlers: the API's error format under /api/, plain pages elsewhere; the login page and
-its lockout page."""
+its lockout page; the password reset form, its e-mails limited."""
 
 import logging
 
 from django.contrib.auth import views as auth_views
+from django.http import HttpResponseRedirect
 from django.shortcuts import render
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as html_server_error
 
 from .errors import json_error_response
-from .throttling import CACHE_DOWN
+from .net import client_ip
+from .throttling import CACHE_DOWN, password_reset_refused
 
 logger = logging.getLogger(__name__)
 LOGINS_PAUSED_SECONDS = 30
@@ -53,3 +55,22 @@ class LoginView(auth_views.LoginView):
             page = render(request, "registration/logins_paused.html", status=503)
             page["Retry-After"] = str(LOGINS_PAUSED_SECONDS)
             return page
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's password reset form, its e-mails limited per client IP and per e-mail address
+    (`portal.throttling.password_reset_refused`; the rates `THROTTLE_PASSWORD_RESET_IP` and
+    `THROTTLE_PASSWORD_RESET_EMAIL`). Over a limit no e-mail is sent, a warning is logged, and
+    the visitor is sent to the same "check your e-mail" page as always: the answer says nothing
+    about the address, nor that it was limited."""
+
+    def form_valid(self, form):
+        limit = password_reset_refused(self.request, form.cleaned_data["email"])
+        if limit is not None:
+            logger.warning(
+                "Password reset e-mail not sent: over the limit per %s (client %s).",
+                limit,
+                client_ip(self.request) or "unknown",
+            )
+            return HttpResponseRedirect(self.get_success_url())
+        return super().form_valid(form)

@@ -15,6 +15,9 @@ probes check the rows listed as well.
 
 A route of the URL conf (the API and the pages under `o/<org>/`) or an operation of the OpenAPI
 schema missing from MATRIX fails `test_every_route_is_in_the_matrix` by name.
+
+The pages link only to what their reader may open: every link and htmx fetch of every page a
+session opens (by MATRIX) must answer that session 200 (`test_every_link_of_every_page_...`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from django.apps import apps
 from django.db import connection, transaction
@@ -1520,3 +1524,92 @@ def test_the_matrix_can_fail(tenant, prices):
         missing
     )
     assert "POST 'api/v1/keys': no probe in MATRIX" in missing
+
+
+# Links: a page shows a principal only what it may open ----------------------------------------
+
+
+class _Links(HTMLParser):
+    """The portal's own URLs a page links to (`a href`) or fetches itself (`hx-get`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for url in (attrs.get("href") if tag == "a" else None, attrs.get("hx-get")):
+            path = urlsplit(url or "")._replace(fragment="").geturl()
+            if path.startswith("/") and not path.startswith("//"):
+                self.urls.append(path)
+
+
+def page_links(html: str) -> list[str]:
+    parser = _Links()
+    parser.feed(html)
+    return sorted(set(parser.urls))
+
+
+def page_urls(w: World, principal: str) -> list[str]:
+    """The organization's pages `principal` opens (MATRIX: GET answers it 200), filled in."""
+    urls = []
+    for route, methods in MATRIX.items():
+        probe = methods.get("GET", [None])[0]
+        if not route.startswith("o/<slug:org>/") or probe is None:
+            continue
+        if probe.expected()[principal] == 200:
+            url = _url(route, {"org": w.org.slug, **(probe.path(w) if probe.path else {})})
+            urls.append(f"{url}?{urlencode(probe.query(w))}" if probe.query else url)
+    return urls
+
+
+def broken_links(
+    client: APIClient, pages: list[str], reader: APIClient | None = None
+) -> tuple[list[str], int]:
+    """Each link of the HTML among `pages` (as `client` gets them) that does not end in 200 for
+    `reader` (default: the same client; redirects followed), with its status; and how many links
+    were followed."""
+    reader = reader or client
+    status: dict[str, int] = {}
+    broken = []
+    for page in pages:
+        with transaction.atomic():
+            response = client.get(page)
+            assert response.status_code == 200, (page, response.status_code)
+            if response["Content-Type"].startswith("text/html"):
+                for url in page_links(response.content.decode()):
+                    if url not in status:
+                        status[url] = reader.get(url, follow=True).status_code
+                    if status[url] != 200:
+                        broken.append(f"{page} links to {url}: {status[url]}")
+            transaction.set_rollback(True)
+    return broken, len(status)
+
+
+def test_every_link_of_every_page_opens_for_its_reader(tenant, prices):
+    """Pages show nothing the same role cannot open: every link (and htmx fetch) of every
+    organization page a role opens answers that role 200. Before this test, "My usage" showed a
+    viewer "Manage keys", a link to the keys page, which does not exist for a viewer (404)."""
+    world = build_world(tenant)
+    broken = []
+    for principal in SESSIONS:
+        pages = page_urls(world, principal)
+        assert f"/o/{world.org.slug}/me/" in pages and len(pages) >= 10, (principal, pages)
+        found, followed = broken_links(world.clients[principal], pages)
+        assert followed >= 10, (principal, followed)  # the parser finds the pages' links
+        broken += [f"as {principal}: {line}" for line in found]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_link_check_can_fail(tenant, prices):
+    """Links are the portal's own paths of `a href` and `hx-get`; a link its reader cannot open
+    is named with its page and status (here the owner's "My usage" read by a viewer)."""
+    html = (
+        '<a href="/o/x/me/#top">me</a><a href="#content">skip</a><a href="https://e.test/">e</a>'
+        '<div hx-get="/o/x/balance/"></div><a href="//e.test/x">x</a><link href="/static/a.css">'
+    )
+    assert page_links(html) == ["/o/x/balance/", "/o/x/me/"]
+    world = build_world(tenant)
+    me = f"/o/{world.org.slug}/me/"
+    found, _ = broken_links(world.clients["owner"], [me], reader=world.clients["viewer"])
+    assert f"{me} links to /o/{world.org.slug}/keys/: 404" in found, found

@@ -71,3 +71,16 @@ def test_prepared_statements_are_on_for_postgresql_unless_turned_off():
     assert "'prepare_threshold': 5" in on.stdout
     assert "'prepare_threshold': None" in off.stdout
     assert "prepare_threshold" not in demo.stdout  # SQLite
+
+
+def test_the_password_reset_limits_come_from_the_environment():
+    code = (
+        "from django.conf import settings as s; r = s.REST_FRAMEWORK['DEFAULT_THROTTLE_RATES'];"
+        "print(r['password_reset_email'], r['password_reset_ip'])"
+    )
+    default = manage("shell", "--no-imports", "-c", code, DEBUG="1")
+    limits = {"THROTTLE_PASSWORD_RESET_EMAIL": "5/day", "THROTTLE_PASSWORD_RESET_IP": "50/hour"}
+    chosen = manage("shell", "--no-imports", "-c", code, DEBUG="1", **limits)
+    assert default.returncode == chosen.returncode == 0, default.stderr + chosen.stderr
+    assert default.stdout.split() == ["3/hour", "20/hour"]
+    assert chosen.stdout.split() == ["5/day", "50/hour"]

@@ -1,5 +1,6 @@
-"""Throttles and login lockouts count in Redis (the shared cache), per account and per client IP;
-the client IP is X-Forwarded-For only behind the configured number of trusted proxies."""
+"""Throttles, login lockouts and the password reset e-mails' limits count in Redis (the shared
+cache), per account and per client IP; the client IP is X-Forwarded-For only behind the configured
+number of trusted proxies."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import time_machine
 from axes.helpers import get_client_ip_address
 from django.conf import settings as django_settings
+from django.core import mail
 from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
+from django.utils import timezone
 from django_redis import get_redis_connection
 
 from accounts.models import ApiKey, AuditEvent, Invitation
@@ -305,3 +310,90 @@ def test_the_pages_count_in_the_apis_buckets(client, tenant, rates):
     made = ApiKey.objects.count()
     refused = client.post("/o/acme/keys/new/", {"name": "page key", "kind": "usage"})
     assert refused.status_code == 429 and ApiKey.objects.count() == made
+
+
+# Password reset e-mails (per address and per client IP, on the shared cache) --------------------
+
+RESET = "/password-reset/"
+RESET_DONE = "/password-reset/done/"
+
+
+def _reset_limits() -> tuple[int, int]:
+    """(e-mails per address, per client IP) in an hour, from the settings."""
+    rates = django_settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
+    per = [rates[f"password_reset_{kind}"].split("/") for kind in ("email", "ip")]
+    assert all(period == "hour" for _, period in per), per
+    return int(per[0][0]), int(per[1][0])
+
+
+def _reset(client, email: str, ip: str = "192.0.2.1", **extra):
+    response = client.post(RESET, {"email": email}, REMOTE_ADDR=ip, **extra)
+    # Always the same answer, sent or not, account or not: nothing to enumerate.
+    assert response.status_code == 302 and response["Location"] == RESET_DONE, response
+    return response
+
+
+def _sent_to(address: str) -> int:
+    return sum(message.to == [address] for message in mail.outbox)
+
+
+def test_the_settings_limit_reset_emails_to_a_few_an_hour():
+    per_address, per_ip = _reset_limits()
+    assert 1 <= per_address <= 5
+    assert per_address < per_ip <= 60
+
+
+def test_reset_emails_to_one_address_stop_at_the_limit_and_resume_after_an_hour(
+    client, tenant, caplog
+):
+    per_address, _ = _reset_limits()
+    owner = tenant.owner.email
+    for i in range(per_address + 1):  # a new address each time: the count is the e-mail's
+        _reset(client, owner, ip=f"198.51.100.{i}")
+    assert _sent_to(owner) == per_address
+    assert "over the limit per address (client 198.51.100." in caplog.text
+    # a case variant is the same account, hence the same count
+    _reset(client, owner.upper(), ip="203.0.113.50")
+    assert _sent_to(owner) == per_address
+    # another account still gets its e-mail, from the same addresses
+    colleague = tenant.member(email="colleague@acme.test")
+    _reset(client, colleague.email, ip="198.51.100.0")
+    assert _sent_to(colleague.email) == 1
+    # the window slides: an hour after the first ones, the owner gets one again
+    with time_machine.travel(timezone.now() + timedelta(hours=1, seconds=1), tick=False):
+        _reset(client, owner, ip="203.0.113.51")
+    assert _sent_to(owner) == per_address + 1
+
+
+def test_reset_emails_from_one_client_ip_stop_at_its_limit(client, tenant, rates, settings):
+    """One client asking for many addresses (some without an account) is stopped at the per-IP
+    limit; a prepended X-Forwarded-For does not make it another client."""
+    rates(password_reset_email="3/hour", password_reset_ip="4/hour")
+    settings.TRUSTED_PROXY_COUNT = 1
+    users = [tenant.member(email=f"user{i}@acme.test") for i in range(5)]
+    for i, user in enumerate(users):
+        _reset(client, user.email, HTTP_X_FORWARDED_FOR=f"10.9.9.{i}, 203.0.113.9")
+    assert [_sent_to(u.email) for u in users] == [1, 1, 1, 1, 0]
+    # another client is counted apart, and the refused request used up none of user4's three
+    for i in range(3):
+        _reset(client, users[4].email, HTTP_X_FORWARDED_FOR=f"203.0.113.{20 + i}")
+    assert _sent_to(users[4].email) == 3
+    # an address without an account counts as one with: the limit answers the same either way
+    _reset(client, "nobody@acme.test", HTTP_X_FORWARDED_FOR="203.0.113.9")
+    assert len(mail.outbox) == 7
+
+
+def test_reset_counts_are_in_redis_without_the_address(client, tenant):
+    """The counts are keys of the shared cache (so every process shares them); they name the
+    address by a hash only. Deleted there (as another process or an operator would), the
+    address gets its e-mail again."""
+    per_address, _ = _reset_limits()
+    for i in range(per_address + 1):
+        _reset(client, tenant.owner.email, ip=f"198.51.100.{i}")
+    assert _sent_to(tenant.owner.email) == per_address
+    keys = _redis_keys("throttle_password_reset_email_")
+    assert len(keys) == 1 and "acme" not in keys[0]
+    assert len(_redis_keys("throttle_password_reset_ip_")) == per_address + 1
+    get_redis_connection("default").delete(*keys)
+    _reset(client, tenant.owner.email, ip="198.51.100.0")
+    assert _sent_to(tenant.owner.email) == per_address + 1

@@ -8,8 +8,11 @@ import re
 
 import pytest
 from django.test import Client
+from django.urls import resolve
 
+from accounts.access import Principal
 from accounts.models import ApiKey, AuditEvent, Invitation, Membership, TeamMembership
+from accounts.pages import page_url
 from accounts.roles import Role, TeamRole
 from accounts.services import invitation_create, team_member_set
 
@@ -73,6 +76,32 @@ def test_who_opens_which_page(tenant, role_index, role):
     client = client_for(user_of(tenant, role))
     got = {name: client.get(url).status_code for name, url in PAGES.items()}
     assert got == {name: codes[role_index] for name, codes in EXPECTED.items()}
+
+
+def test_page_url_offers_a_page_to_exactly_the_roles_it_opens_for(tenant, rf):
+    """`page_url` (the links of pages, e.g. "Manage keys" on "My usage") asks the linked page's
+    own rule: a URL for the roles the page answers 200, None for those it answers 404."""
+    checked = set()
+    for role_index, role in enumerate(ROLES):
+        user = user_of(tenant, role)
+        client = client_for(user)
+        request = rf.get("/")
+        request.organization = tenant.org
+        request.principal = Principal.for_session(organization=tenant.org, user=user)
+        for name, url in PAGES.items():
+            match = resolve(url)
+            if match.func.page_scope is None:  # the teams pages decide inside the view
+                continue
+            kwargs = {k: v for k, v in match.kwargs.items() if k != "org"}
+            opens = client.get(url).status_code == 200
+            assert opens == (EXPECTED[name][role_index] == OK)
+            assert page_url(request, match.url_name, **kwargs) == (url if opens else None), (
+                role,
+                name,
+            )
+            checked.add(name)
+    assert {"keys", "key-create", "members", "audit", "org-settings"} <= checked
+    assert page_url(request, "no-such-page") is None
 
 
 def test_non_members_get_404_everywhere(tenant, other_tenant):

@@ -4,10 +4,11 @@ stops in the middle.
 
 While it is down: usage is still recorded and charged (the ledger needs PostgreSQL only; a budget
 alert's messages wait in the outbox, their queueing after the commit fails and is logged); the
-write throttles, which only count, let writes through; a login, whose lockout counter guards the
-accounts, is refused with 503 rather than let through uncounted. Once Redis is back, the outbox
-sweep on a real Celery worker delivers the waiting webhook, once; and the other work queued while
-it was down (an invitation's e-mail, an export, a PDF) is done by the beat sweeps."""
+write throttles and the password reset e-mails' limit, which only count, let writes through; a
+login, whose lockout counter guards the accounts, is refused with 503 rather than let through
+uncounted. Once Redis is back, the outbox sweep on a real Celery worker delivers the waiting
+webhook, once; and the other work queued while it was down (an invitation's e-mail, an export, a
+PDF) is done by the beat sweeps."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import environ
 import pytest
 from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
+from django.core import mail
 from django.test import Client, override_settings
 
 from accounts.models import Invitation
@@ -103,6 +105,11 @@ def test_usage_is_recorded_while_redis_is_down_and_the_outbox_delivers_after(
     # A throttled write (API keys: 60 an hour per organization) only counts: let through.
     created = management.post("/api/v1/keys", {"name": "during the outage", "kind": "usage"})
     assert created.status_code == 201, created.content
+    # So does the limit of password reset e-mails: the e-mail goes.
+    sent = len(mail.outbox)
+    reset = Client().post("/password-reset/", {"email": "owner@acme.test"})
+    assert reset.status_code == 302 and reset["Location"] == "/password-reset/done/"
+    assert [m.to for m in mail.outbox[sent:]] == [["owner@acme.test"]]
     # A login's lockout counter cannot be read: refused, not let through uncounted.
     refused = login()
     assert refused.status_code == 503 and "_auth_user_id" not in refused.client.session

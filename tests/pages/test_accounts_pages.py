@@ -1,6 +1,6 @@
 """The accounts pages in real Chromium against the live server: create a team, create a key and
-read its secret once, invite a member who accepts in a second browser, and a viewer who reaches
-no teams, keys or members page and sees no other member's e-mail.
+read its secret once, invite a member who accepts in a second browser, a viewer who reaches
+no teams, keys or members page and sees no other member's e-mail, and long names on a phone.
 
 Screenshots of every accounts page at 1280 and 390 px wide go to PAGES_SCREENSHOT_DIR
 (test-output/screenshots by default), named accounts-<page>-<width>.png."""
@@ -16,7 +16,7 @@ from accounts.models import ApiKey, Membership
 from accounts.roles import Role
 from accounts.services import invitation_create, team_member_set
 
-from ..conftest import SYSTEM
+from ..conftest import SYSTEM, make_tenant
 from .conftest import SCREENSHOTS
 from .test_pages import PASSWORD, log_in
 
@@ -184,3 +184,33 @@ def test_viewer_reaches_no_teams_keys_or_members_and_sees_no_emails(page, tenant
         for email in ("colleague@acme.test", tenant.owner.email, "invitee@acme.test"):
             assert email not in text, (path, email)
     shoot(page, "settings-viewer")
+
+
+def test_long_names_without_spaces_fit_a_phone(page, tenant):
+    """An organization named by one 60-character word, and a long e-mail address, at 390 px:
+    the organization switcher (which is as wide as its longest option) cuts the name short, the
+    headings break it; no page scrolls sideways, on the long-named organization or another."""
+    long_name = "Acme" + "Internationalholdingsandsubsidiaries" + "X" * 20
+    assert len(long_name) == 60
+    tenant.org.name = long_name
+    tenant.org.save()
+    email = "aratherlongmailboxnamewithoutspacesorhyphens@acmeinternational.test"
+    tenant.owner.email = email
+    tenant.owner.save()
+    other = make_tenant("globex")
+    Membership.objects.create(organization=other.org, user=tenant.owner, role=Role.MEMBER)
+    log_in(page, email, path="/login/?next=/o/acme/")
+    for path in ("/o/acme/", "/o/acme/me/", "/o/acme/members/", "/o/acme/settings/", "/o/globex/"):
+        page.goto(path)
+        switcher = page.locator("form.switcher")
+        expect(switcher.get_by_label("Organization")).to_be_visible()
+        name = path.strip("/").replace("/", "-")
+        shoot(page, f"long-names-{name}")  # both widths, no sideways scroll
+        page.set_viewport_size({"width": 390, "height": 844})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
+        assert switcher.bounding_box()["x"] + switcher.bounding_box()["width"] <= 390, path
+    # The name is whole in the switcher's options, and switching still works.
+    expect(page.locator("#org-switcher option").first).to_have_text(long_name)
+    page.locator("#org-switcher").select_option("acme")
+    expect(page).to_have_url(re.compile(r"/o/acme/$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text(long_name)
