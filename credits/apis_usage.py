@@ -37,7 +37,7 @@ from portal.errors import (
     _drf_field_errors,
     error_body,
 )
-from portal.money import quantize_credits
+from portal.money import decimal_text, quantize_credits
 from portal.spreadsheet import csv_lines
 
 from . import selectors, services
@@ -351,11 +351,6 @@ UsageBatchResult = inline_serializer(
 )
 
 
-def _credits(amount) -> str:
-    """Credits as a plain decimal string: `str()` of a zero quantized to 1e-12 is "0E-12"."""
-    return f"{amount:f}"
-
-
 def _taken_by_others(principal, outcomes) -> set[int]:
     """The events among retried `outcomes` that `principal` may not see: ids that another
     team's or member's request took (one query)."""
@@ -382,8 +377,8 @@ def recorded_response(result, principal) -> Response:
             "event": serializer_shared(
                 UsageEventOutput, {"principal": principal}
             ).to_representation(result.event),
-            "cost": _credits(result.event.cost),
-            "balance_after": _credits(result.balance_after),
+            "cost": decimal_text(result.event.cost),
+            "balance_after": decimal_text(result.balance_after),
         },
         status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
     )
@@ -491,8 +486,8 @@ class UsageApi(OrganizationListAPIView):
                     {
                         "id": event_id,
                         "status": 201 if outcome.created else 200,
-                        "cost": _credits(outcome.event.cost),
-                        "balance_after": _credits(outcome.balance_after),
+                        "cost": decimal_text(outcome.event.cost),
+                        "balance_after": decimal_text(outcome.balance_after),
                     }
                 )
         accepted = sum(1 for r in results if r["status"] in (200, 201))

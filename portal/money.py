@@ -87,6 +87,14 @@ def parse_credits(value, *, field: str = "amount", allow_zero: bool = False) -> 
     return amount.quantize(CREDIT_QUANTUM)
 
 
+def decimal_text(value: Decimal) -> str:
+    """An amount as plain decimal text, every digit it holds and never an exponent: how the API,
+    CSV files and the audit log write amounts (`str()` of a zero at the credit quantum is
+    "0E-12", of one quantum "1E-12"; this gives "0.000000000000", "0.000000000001"). A zero is
+    never written "-0"."""
+    return f"{value.copy_abs() if not value else value:f}"
+
+
 # Money paid and invoiced (orders, invoices, credit notes) is whole US cents: 1 credit bought
 # costs 1 USD, so a purchase of credits is a whole number of cents too.
 USD_DECIMAL_PLACES = 2
