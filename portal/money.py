@@ -62,11 +62,17 @@ def quantize_credits(value: Decimal) -> Decimal:
     return value.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
-def parse_credits(value, *, field: str = "amount", allow_zero: bool = False) -> Decimal:
+def parse_credits(
+    value, *, field: str = "amount", allow_zero: bool = False, round_to_quantum: bool = False
+) -> Decimal:
     """Parse a user-given amount of credits (str, int or Decimal; never float).
 
-    Raises `portal.errors.ValidationFailed` for NaN, infinities, negative or (unless `allow_zero`)
-    zero amounts, more decimals than `CREDIT_QUANTUM`, or more digits than the column holds.
+    Raises `portal.errors.ValidationFailed` for NaN, infinities, negative amounts (however
+    small: the sign is checked before any rounding), zero (unless `allow_zero`), more decimals
+    than `CREDIT_QUANTUM`, or more digits than the column holds. With `round_to_quantum` (an
+    upstream's reported cost, whose float has more digits), more decimals are rounded to the
+    quantum instead of refused; a positive amount that rounds to zero is then zero, refused
+    unless `allow_zero`. A zero is never negative ("-0" parses as 0).
     """
     from portal.errors import ValidationFailed
 
@@ -78,13 +84,17 @@ def parse_credits(value, *, field: str = "amount", allow_zero: bool = False) -> 
         raise ValidationFailed({field: ["A valid decimal number is required."]}) from None
     if not amount.is_finite():
         raise ValidationFailed({field: ["A finite number is required."]})
-    if amount < 0 or (amount == 0 and not allow_zero):
-        raise ValidationFailed({field: ["Must be greater than zero."]})
+    if amount < 0:  # before rounding: -4e-13 is negative, though it rounds to -0
+        message = "Must not be negative." if allow_zero else "Must be greater than zero."
+        raise ValidationFailed({field: [message]})
     if amount >= Decimal(10) ** (CREDIT_MAX_DIGITS - CREDIT_DECIMAL_PLACES):  # before quantize
         raise ValidationFailed({field: ["Too large."]})
-    if amount != amount.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN):
+    rounded = quantize_credits(amount).copy_abs()  # -0 is 0
+    if amount != rounded and not round_to_quantum:
         raise ValidationFailed({field: [f"At most {CREDIT_DECIMAL_PLACES} decimal places."]})
-    return amount.quantize(CREDIT_QUANTUM)
+    if rounded == 0 and not allow_zero:
+        raise ValidationFailed({field: ["Must be greater than zero."]})
+    return rounded
 
 
 def decimal_text(value: Decimal) -> str:
