@@ -152,6 +152,22 @@ def from_cents(cents: int) -> Decimal:
     return (Decimal(int(cents)) / 100).quantize(CENT)
 
 
+# The significant digits `format_credits` shows at least of an amount below 10^-places.
+SHOWN_SIGNIFICANT_DIGITS = 2
+
+
 def format_credits(value: Decimal, places: int = 4) -> str:
-    """Credits for people: rounded to `places` decimals, without trailing noise."""
-    return f"{value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN):,}"
+    """Credits for people (error messages, notifications): at least `places` decimals, and as
+    many more as the first two significant digits of a small amount need, up to the credit
+    quantum's 12, so that an amount that is not zero never reads "0.0000" ("0.000042", not
+    "0.0000"; "0.0042", "12.5000"); decimals past `places` without trailing zeros, thousands
+    separated. Banker's rounding of what is left out."""
+    value = Decimal(value)
+    shown_places = places
+    if value:
+        needed = SHOWN_SIGNIFICANT_DIGITS - 1 - value.adjusted()
+        shown_places = max(places, min(needed, CREDIT_DECIMAL_PLACES))
+    shown = value.quantize(Decimal(1).scaleb(-shown_places), rounding=ROUND_HALF_EVEN)
+    whole, _, decimals = f"{shown.copy_abs() if not shown else shown:,f}".partition(".")
+    decimals = decimals[:places] + decimals[places:].rstrip("0")
+    return f"{whole}.{decimals}" if decimals else whole

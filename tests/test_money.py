@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from portal.errors import ValidationFailed
-from portal.money import decimal_text, parse_credits
+from portal.money import decimal_text, format_credits, parse_credits
 
 D = Decimal
 
@@ -68,3 +68,34 @@ def test_an_amount_finer_than_the_quantum_is_refused_unless_rounding_is_asked():
 )
 def test_decimal_text_is_plain_and_never_minus_zero(value, text):
     assert decimal_text(value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("0.0042", "0.0042"),
+        ("0.004200000000", "0.0042"),
+        ("0.0011", "0.0011"),
+        ("12.5", "12.5000"),
+        ("-10", "-10.0000"),
+        ("1234567.891234", "1,234,567.8912"),
+        ("0", "0.0000"),
+        ("-0E-12", "0.0000"),
+        # Small amounts show their first two significant digits, never 0.0000.
+        ("0.000042", "0.000042"),
+        ("0.00004", "0.00004"),
+        ("0.00042", "0.00042"),
+        ("0.0004", "0.0004"),
+        ("0.000012345679", "0.000012"),
+        ("0.000000000001", "0.000000000001"),
+        ("-0.000001", "-0.000001"),
+        ("0.0000995", "0.0001"),
+    ],
+)
+def test_amounts_in_messages_are_never_a_misleading_zero(value, shown):
+    assert format_credits(D(value)) == shown
+
+
+def test_fewer_places_are_at_least_those():
+    assert format_credits(D("3.1"), 2) == "3.10"
+    assert format_credits(D("0.0004"), 2) == "0.0004"
