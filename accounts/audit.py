@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
+from portal.money import decimal_text
 from portal.net import client_ip
 
 from .models import ApiKey, AuditEvent, Organization, User
@@ -60,8 +62,19 @@ class Actor:
 SYSTEM = Actor(system="portal")
 
 
+class _SnapshotEncoder(DjangoJSONEncoder):
+    """Django's JSON encoder with amounts as plain decimal text (`portal.money.decimal_text`:
+    "0.000000000000", where `str()` gives "0E-12")."""
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, Decimal):
+            return decimal_text(o)
+        return super().default(o)
+
+
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, cls=DjangoJSONEncoder)) if value is not None else None
+    """A `before` or `after` snapshot as stored: JSON values, amounts as decimal text."""
+    return json.loads(json.dumps(value, cls=_SnapshotEncoder)) if value is not None else None
 
 
 def event_digest(event: AuditEvent) -> str:

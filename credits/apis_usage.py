@@ -37,7 +37,7 @@ from portal.errors import (
     _drf_field_errors,
     error_body,
 )
-from portal.money import quantize_credits
+from portal.money import decimal_text, parse_credits
 from portal.spreadsheet import csv_lines
 
 from . import selectors, services
@@ -74,15 +74,21 @@ class TokenCount(serializers.IntegerField):
 class ReportedCost(serializers.DecimalField):
     """`usage.cost` as OpenRouter sends it (a JSON number of USD = credits): more decimals than
     the credit quantum (1e-12) are rounded to it instead of refused, so a forwarded usage object
-    is never refused for a float's last digits."""
+    is never refused for a float's last digits. Parsed by `portal.money.parse_credits`, which
+    refuses a negative cost before rounding (-4e-13 is not a cost of "-0")."""
 
     def __init__(self, **kwargs):
         super().__init__(max_digits=28, decimal_places=12, min_value=0, **kwargs)
 
-    def validate_precision(self, value):
-        if value.adjusted() >= self.max_whole_digits:
-            self.fail("max_whole_digits", max_whole_digits=self.max_whole_digits)
-        return super().validate_precision(quantize_credits(value))
+    def to_internal_value(self, data):
+        if isinstance(data, float):  # a JSON number: its shortest decimal text
+            data = str(data)
+        elif isinstance(data, bool) or not isinstance(data, int | str):
+            self.fail("invalid")
+        try:
+            return parse_credits(data, field="cost", allow_zero=True, round_to_quantum=True)
+        except ValidationFailed as refused:
+            raise serializers.ValidationError(refused.metadata["errors"]["cost"]) from None
 
 
 class PromptTokensDetails(serializers.Serializer):
@@ -351,11 +357,6 @@ UsageBatchResult = inline_serializer(
 )
 
 
-def _credits(amount) -> str:
-    """Credits as a plain decimal string: `str()` of a zero quantized to 1e-12 is "0E-12"."""
-    return f"{amount:f}"
-
-
 def _taken_by_others(principal, outcomes) -> set[int]:
     """The events among retried `outcomes` that `principal` may not see: ids that another
     team's or member's request took (one query)."""
@@ -382,8 +383,8 @@ def recorded_response(result, principal) -> Response:
             "event": serializer_shared(
                 UsageEventOutput, {"principal": principal}
             ).to_representation(result.event),
-            "cost": _credits(result.event.cost),
-            "balance_after": _credits(result.balance_after),
+            "cost": decimal_text(result.event.cost),
+            "balance_after": decimal_text(result.balance_after),
         },
         status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
     )
@@ -491,8 +492,8 @@ class UsageApi(OrganizationListAPIView):
                     {
                         "id": event_id,
                         "status": 201 if outcome.created else 200,
-                        "cost": _credits(outcome.event.cost),
-                        "balance_after": _credits(outcome.balance_after),
+                        "cost": decimal_text(outcome.event.cost),
+                        "balance_after": decimal_text(outcome.balance_after),
                     }
                 )
         accepted = sum(1 for r in results if r["status"] in (200, 201))

@@ -19,7 +19,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import ApiKey, Organization, Team
-from portal.money import CreditField, PriceField
+from portal.money import CreditField, PriceField, decimal_text
 
 
 class LedgerAccount(models.Model):
@@ -611,7 +611,7 @@ class Budget(models.Model):
         indexes = [models.Index(fields=["organization", "scope"], name="budget_org_scope")]
 
     def __str__(self) -> str:
-        return f"{self.scope} {self.period} budget {self.limit}"
+        return f"{self.scope} {self.period} budget {decimal_text(self.limit)}"
 
     @property
     def in_utc(self) -> bool:

@@ -49,6 +49,7 @@ from django.utils import timezone
 
 from accounts.access import Principal
 from accounts.models import Organization
+from portal.money import quantize_credits
 from portal.statements import compiled, dict_rows, q_parameters, q_rebuilt
 
 from .models import (
@@ -185,7 +186,9 @@ def usage_sums(
     `model`, `operation` or `account`. `since` names window starts on bucket boundaries (such
     as UTC midnights) inside the window: each adds `cost_<name>`, the group's cost from then on.
     Groups without usage are left out; rows come in no particular order. One SQL statement,
-    after a read of the mark.
+    after a read of the mark. Costs are at the credit quantum: SQLite (the demo) sums decimals as
+    binary floats, whose last digits (39.65875740000001 by day, 39.65875740000011 by month)
+    would differ with the grouping; PostgreSQL's exact sums are at the quantum already.
 
     An `end` at or after the present reads as no end: no event lies beyond the present but by
     the few minutes a client may date it ahead (`services.usage.MAX_FUTURE_SKEW`), which count
@@ -247,7 +250,7 @@ def usage_sums(
             if first:
                 into["first"] = None
         for k in sums:
-            into[k] += sign * (int(row[k]) if k in _COUNTS else row[k])
+            into[k] += sign * (int(row[k]) if k in _COUNTS else quantize_credits(row[k]))
         if first and sign > 0 and row["first"] is not None:
             seen = into["first"]
             into["first"] = row["first"] if seen is None else min(seen, row["first"])

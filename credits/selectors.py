@@ -15,6 +15,7 @@ from django.utils import timezone
 from accounts.access import Principal
 from accounts.models import ApiKey, Organization, Team
 from portal.errors import NotFound
+from portal.money import quantize_credits
 from portal.statements import compiled, model_rows
 
 from . import rollups
@@ -465,6 +466,8 @@ def usage_report(
                 COUNTED, occurred_at__gte=start, occurred_at__lt=end
             )
             rows = list(qs.values(*group).annotate(**_RAW_SUMS))
+            for row in rows:  # at the quantum, as usage_sums gives costs (SQLite sums floats)
+                row["cost"] = quantize_credits(row["cost"])
         else:
             rows = sums(fields=group)
         rows.sort(key=lambda r: (-r["cost"], *(_nulls_last(r[g]) for g in group)))

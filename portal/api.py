@@ -246,11 +246,14 @@ def add_error_responses(result, generator, request, public):
 
 
 def decimals_as_strings(value: Any) -> Any:
-    """Credits in our own JSON are exact decimal strings (DRF's encoder would make floats)."""
+    """Credits in our own JSON are exact decimal strings (DRF's encoder would make floats), as
+    `portal.money.decimal_text` writes them ("0.000000000000", not "0E-12")."""
     from decimal import Decimal
 
+    from .money import decimal_text
+
     if isinstance(value, Decimal):
-        return str(value)
+        return decimal_text(value)
     if isinstance(value, dict):
         return {k: decimals_as_strings(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

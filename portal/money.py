@@ -62,11 +62,17 @@ def quantize_credits(value: Decimal) -> Decimal:
     return value.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
-def parse_credits(value, *, field: str = "amount", allow_zero: bool = False) -> Decimal:
+def parse_credits(
+    value, *, field: str = "amount", allow_zero: bool = False, round_to_quantum: bool = False
+) -> Decimal:
     """Parse a user-given amount of credits (str, int or Decimal; never float).
 
-    Raises `portal.errors.ValidationFailed` for NaN, infinities, negative or (unless `allow_zero`)
-    zero amounts, more decimals than `CREDIT_QUANTUM`, or more digits than the column holds.
+    Raises `portal.errors.ValidationFailed` for NaN, infinities, negative amounts (however
+    small: the sign is checked before any rounding), zero (unless `allow_zero`), more decimals
+    than `CREDIT_QUANTUM`, or more digits than the column holds. With `round_to_quantum` (an
+    upstream's reported cost, whose float has more digits), more decimals are rounded to the
+    quantum instead of refused; a positive amount that rounds to zero is then zero, refused
+    unless `allow_zero`. A zero is never negative ("-0" parses as 0).
     """
     from portal.errors import ValidationFailed
 
@@ -78,13 +84,25 @@ def parse_credits(value, *, field: str = "amount", allow_zero: bool = False) -> 
         raise ValidationFailed({field: ["A valid decimal number is required."]}) from None
     if not amount.is_finite():
         raise ValidationFailed({field: ["A finite number is required."]})
-    if amount < 0 or (amount == 0 and not allow_zero):
-        raise ValidationFailed({field: ["Must be greater than zero."]})
+    if amount < 0:  # before rounding: -4e-13 is negative, though it rounds to -0
+        message = "Must not be negative." if allow_zero else "Must be greater than zero."
+        raise ValidationFailed({field: [message]})
     if amount >= Decimal(10) ** (CREDIT_MAX_DIGITS - CREDIT_DECIMAL_PLACES):  # before quantize
         raise ValidationFailed({field: ["Too large."]})
-    if amount != amount.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN):
+    rounded = quantize_credits(amount).copy_abs()  # -0 is 0
+    if amount != rounded and not round_to_quantum:
         raise ValidationFailed({field: [f"At most {CREDIT_DECIMAL_PLACES} decimal places."]})
-    return amount.quantize(CREDIT_QUANTUM)
+    if rounded == 0 and not allow_zero:
+        raise ValidationFailed({field: ["Must be greater than zero."]})
+    return rounded
+
+
+def decimal_text(value: Decimal) -> str:
+    """An amount as plain decimal text, every digit it holds and never an exponent: how the API,
+    CSV files and the audit log write amounts (`str()` of a zero at the credit quantum is
+    "0E-12", of one quantum "1E-12"; this gives "0.000000000000", "0.000000000001"). A zero is
+    never written "-0"."""
+    return f"{value.copy_abs() if not value else value:f}"
 
 
 # Money paid and invoiced (orders, invoices, credit notes) is whole US cents: 1 credit bought
@@ -134,6 +152,22 @@ def from_cents(cents: int) -> Decimal:
     return (Decimal(int(cents)) / 100).quantize(CENT)
 
 
+# The significant digits `format_credits` shows at least of an amount below 10^-places.
+SHOWN_SIGNIFICANT_DIGITS = 2
+
+
 def format_credits(value: Decimal, places: int = 4) -> str:
-    """Credits for people: rounded to `places` decimals, without trailing noise."""
-    return f"{value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN):,}"
+    """Credits for people (error messages, notifications): at least `places` decimals, and as
+    many more as the first two significant digits of a small amount need, up to the credit
+    quantum's 12, so that an amount that is not zero never reads "0.0000" ("0.000042", not
+    "0.0000"; "0.0042", "12.5000"); decimals past `places` without trailing zeros, thousands
+    separated. Banker's rounding of what is left out."""
+    value = Decimal(value)
+    shown_places = places
+    if value:
+        needed = SHOWN_SIGNIFICANT_DIGITS - 1 - value.adjusted()
+        shown_places = max(places, min(needed, CREDIT_DECIMAL_PLACES))
+    shown = value.quantize(Decimal(1).scaleb(-shown_places), rounding=ROUND_HALF_EVEN)
+    whole, _, decimals = f"{shown.copy_abs() if not shown else shown:,f}".partition(".")
+    decimals = decimals[:places] + decimals[places:].rstrip("0")
+    return f"{whole}.{decimals}" if decimals else whole

@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
+from decimal import Decimal
 from typing import Any
+
+from .money import decimal_text
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def cell(value: Any) -> Any:
-    """`value`, with a leading apostrophe when it is text a spreadsheet would run."""
+    """`value`, with a leading apostrophe when it is text a spreadsheet would run; a Decimal as
+    its plain decimal text (`portal.money.decimal_text`: "0.000000000000", not "0E-12"), a
+    number and so never prefixed."""
     if isinstance(value, str) and value.startswith(FORMULA_START):
         return "'" + value
+    if isinstance(value, Decimal):
+        return decimal_text(value)
     return value
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -127,3 +128,48 @@ def test_the_demo_on_sqlite_builds_and_alerts(demo_env):
     # three sums agree to the credit quantum (and the last digits of a float's may differ).
     used = {quantize_credits(Decimal(u)) for u in out["used"]}
     assert len(used) == 1 and used.pop() > 0, out["used"]
+
+
+SUMS_SCRIPT = """
+import csv, io, json, re
+from django.test.utils import setup_test_environment
+setup_test_environment()
+from rest_framework.test import APIClient
+from accounts.audit import SYSTEM
+from accounts.models import Organization
+from accounts.services import apikey_create
+org = Organization.objects.get(slug="acme")
+_, secret = apikey_create(organization=org, name="sums", kind="management", actor=SYSTEM)
+client = APIClient()
+client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+everything = {"start": "0001-01-01", "end": "9999-12-31", "breakdowns": "model,conversation"}
+reports = {p: client.get("/api/v1/credits/report", {**everything, "period": p}).json()
+           for p in ("daily", "weekly", "monthly")}
+rows = list(csv.DictReader(io.StringIO(client.get(
+    "/api/v1/credits/report", {**everything, "format": "csv"}).content.decode())))
+credits = client.get("/api/v1/credits").content.decode()
+print(json.dumps({
+    "totals": {p: r["totals"]["cost"] for p, r in reports.items()},
+    "series": [s["cost"] for r in reports.values() for s in r["series"]],
+    "breakdowns": [b["cost"] for r in reports.values() for rows_ in r["breakdowns"].values()
+                   for b in rows_],
+    "csv": [row["cost"] for row in rows],
+    "total_usage": re.search(r'"total_usage":([^,}]+)', credits).group(1),
+}))
+"""
+
+
+def test_sums_of_credits_on_sqlite_are_at_the_quantum_whatever_the_grouping(demo_env):
+    """SQLite sums decimals as binary floats: the report's total by day read 39.65875740000001000,
+    by month 39.65875740000011, its CSV 0.000100000000000000, `GET /credits` 39.66375739999997.
+    Sums of credits come out of the database at the credit quantum (`credits.rollups.usage_sums`),
+    so every grouping gives the same figure, written with the quantum's 12 decimals."""
+    out = json.loads(_manage(demo_env, "shell", "-c", SUMS_SCRIPT).strip().splitlines()[-1])
+    at_quantum = re.compile(r"\d+\.\d{12}")
+    assert len(set(out["totals"].values())) == 1, out["totals"]
+    total = out["totals"]["daily"]
+    assert at_quantum.fullmatch(total) and Decimal(total) > 0
+    for cost in out["series"] + out["breakdowns"] + out["csv"]:
+        assert at_quantum.fullmatch(cost), cost
+    # A JSON number (as OpenRouter's): the float nearest the exact total, not a float's sum.
+    assert Decimal(out["total_usage"]) == Decimal(total), out

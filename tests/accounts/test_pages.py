@@ -4,6 +4,8 @@ to their fields, confirmation steps before destructive actions, and redirects af
 
 from __future__ import annotations
 
+import html
+import json
 import re
 
 import pytest
@@ -542,3 +544,21 @@ def test_organization_api_time_zone_and_currency(tenant):
 def test_new_user_without_organization_is_not_crashed_by_the_frame():
     client = client_for(UserFactory())
     assert client.get("/").status_code == 200
+
+
+def test_audit_log_shows_changes_as_json(tenant):
+    """A change's `before` and `after` read as JSON (`null`, `false`, amounts as decimal text),
+    not as the Python repr of a dict (`None`, `False`, `Decimal(...)`)."""
+    from credits.services.budgets import budget_create, budget_delete
+
+    budget = budget_create(
+        organization=tenant.org, scope="organization", period="monthly", limit="0", actor=SYSTEM
+    )
+    budget_delete(budget=budget, actor=SYSTEM)
+    page = client_for(tenant.owner).get("/o/acme/audit/?action=budget.deleted").content.decode()
+    assert "organization monthly budget 0.000000000000" in page
+    (before,) = re.findall(r'<code class="json">(.*?)</code>', page, re.S)
+    snapshot = json.loads(html.unescape(before))
+    assert snapshot["team"] is None and snapshot["utc_windows"] is False
+    assert snapshot["limit"] == snapshot["grace"] == "0.000000000000"
+    assert "None" not in before and "&lt;" not in before

@@ -438,3 +438,30 @@ def test_alerts_reach_the_notifications_once_per_threshold(tenant):
         "budget.threshold_crossed",
         "budget.exhausted",
     ]
+
+
+def test_budget_amounts_are_audited_as_plain_decimals(tenant):
+    """A budget's amounts in its audit events (label and snapshots) are decimal text as the API
+    writes amounts: "0.000000000000", not `str()`'s "0E-12"."""
+    client = tenant.client(tenant.key("management")[1])
+    made = client.post(
+        "/api/v1/budgets",
+        {"scope": "organization", "period": "monthly", "limit": "0", "mode": "soft", "grace": "0"},
+        format="json",
+    )
+    assert made.status_code == 201, made.content
+    bid = made.json()["id"]
+    patched = client.patch(f"/api/v1/budgets/{bid}", {"limit": "0.000001"}, format="json")
+    assert patched.status_code == 200, patched.content
+    assert client.delete(f"/api/v1/budgets/{bid}").status_code == 200
+    listed = client.get("/api/v1/audit-events", {"target_type": "budget"})
+    assert listed.status_code == 200 and "E-" not in listed.content.decode()
+    by_action = {e["action"]: e for e in listed.json()["results"]}
+    created, updated = by_action["budget.created"], by_action["budget.updated"]
+    assert created["target_label"] == "organization monthly budget 0.000000000000"
+    assert created["after"]["limit"] == created["after"]["grace"] == "0.000000000000"
+    assert updated["before"]["limit"] == "0.000000000000"
+    assert updated["after"]["limit"] == "0.000001000000"
+    deleted = by_action["budget.deleted"]
+    assert deleted["target_label"] == "organization monthly budget 0.000001000000"
+    assert deleted["before"]["grace"] == "0.000000000000" and deleted["before"]["team"] is None

@@ -13,6 +13,7 @@ from django.utils import timezone
 from accounts.models import Team
 from accounts.services import team_update
 from credits.models import Hold, LedgerAccount, UsageEvent
+from credits.services.budgets import budget_create
 from credits.services.rollups import usage_rollup_advance
 from credits.verify import ledger_verify
 
@@ -290,3 +291,39 @@ def test_a_blank_conversation_id_is_no_conversation(funded):
     response = client.post(USAGE, event(conversation_id=""), format="json")
     assert response.status_code == 201, response.json()
     assert UsageEvent.objects.get(event_id="e1").conversation_id == ""
+
+
+def test_402_messages_show_small_amounts_to_their_first_digits(tenant, prices):
+    """Amounts in a 402's message are for people: four decimals, more for a small amount (never
+    "0.0000 needed" for an amount that is not zero); `metadata` keeps them exact."""
+    tenant.grant("0.0011")
+    _, secret = tenant.key("usage")
+    pool = tenant.client(secret)
+    refused = pool.post(USAGE, event("a", cost="0.0042"), format="json")
+    assert refused.status_code == 402
+    assert refused.json()["error"]["message"] == (
+        "Insufficient credits: 0.0042 needed, 0.0011 available"
+    )  # the example of docs/api.md
+    tenant.allocate("0.000011")
+    _, secret = tenant.key("usage", team=tenant.team)
+    team = tenant.client(secret)
+    refused = team.post(USAGE, event("b", cost="0.000042"), format="json")
+    error = refused.json()["error"]
+    assert error["message"] == "Insufficient credits: 0.000042 needed, 0.000011 available"
+    assert (error["metadata"]["needed"], error["metadata"]["available"]) == (
+        "0.000042000000",
+        "0.000011000000",
+    )
+    budget_create(
+        organization=tenant.org, scope="team", team=tenant.team, period="daily",
+        limit="0.00001", mode="soft", actor=SYSTEM,
+    )  # fmt: skip
+    assert team.post(USAGE, event("c", cost="0.0000075"), format="json").status_code == 201
+    refused = team.post(USAGE, event("d", cost="0.000003"), format="json")
+    assert refused.status_code == 402
+    error = refused.json()["error"]
+    assert error["message"] == (
+        "Budget exceeded: 0.000003 needed, 0.0000025 left of the team daily soft budget of 0.00001"
+    )
+    assert error["metadata"]["budget"]["remaining"] == "0.000002500000"
+    assert not UsageEvent.objects.filter(event_id__in=["a", "b", "d"]).exists()

@@ -305,3 +305,50 @@ def test_a_zero_cost_is_a_plain_decimal_string(funded, cost):
     assert nested.status_code == 201 and nested.json()["cost"] == "0.000000000000"
     assert batch.json()["results"][0]["cost"] == "0.000000000000"
     assert nested.json()["balance_after"] == "10.000000000000"
+
+
+@pytest.mark.parametrize("cost", [-4e-13, -6e-13, -1e-20, "-4e-13", "-0.0000000000004"])
+def test_a_negative_cost_however_small_is_refused_and_records_nothing(funded, cost):
+    """-4e-13 rounds to "-0" at the quantum: the sign is checked on the value as given, in the
+    one parser of amounts (`portal.money.parse_credits`), for an event, a batch and a capture."""
+    tenant, _, client = funded
+    one = client.post(
+        USAGE,
+        {"id": "x1", "model": "gpt-4o", "prompt_tokens": 1, "completion_tokens": 1,
+         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "cost": cost}},
+        format="json",
+    )  # fmt: skip
+    assert list(errors_of(one)) == ["usage.cost"]
+    batch = client.post(
+        USAGE,
+        {"events": [{"id": "x2", "model": "gpt-4o", "usage": openrouter_usage(cost=cost)}]},
+        format="json",
+    )
+    (result,) = batch.json()["results"]
+    assert result["status"] == 400 and "usage.cost" in result["error"]["metadata"]["errors"]
+    flat = client.post(USAGE, {"id": "x3", "model": "gpt-4o", "cost": cost}, format="json")
+    assert list(errors_of(flat)) == ["cost"]
+    hold = client.post("/api/v1/credits/authorizations", {"id": "h", "amount": "1"}, format="json")
+    capture = client.post(
+        f"/api/v1/credits/authorizations/{hold.json()['id']}/capture",
+        {"id": "x4", "model": "gpt-4o", "usage": openrouter_usage(cost=cost)},
+        format="json",
+    )
+    assert list(errors_of(capture)) == ["usage.cost"]
+    assert not UsageEvent.objects.exists()
+    pool = LedgerAccount.objects.get(organization=tenant.org, kind="pool")
+    assert pool.balance == Decimal("10") and pool.held == Decimal("1")
+
+
+@pytest.mark.parametrize("cost", [-0.0, "-0", "-0.000000000000"])
+def test_a_cost_of_minus_zero_is_stored_and_answered_as_zero(funded, cost):
+    _, _, client = funded
+    for id_, body in [
+        ("z1", {"cost": cost}),
+        ("z2", {"usage": openrouter_usage(cost=cost)}),
+    ]:
+        response = client.post(USAGE, {"id": id_, "model": "gpt-4o", **body}, format="json")
+        assert response.status_code == 201, response.json()
+        assert response.json()["cost"] == "0.000000000000"
+        assert response.json()["event"]["cost"] == "0.000000000000"
+        assert not UsageEvent.objects.get(event_id=id_).cost.is_signed()
