@@ -88,7 +88,9 @@ def _usage_input(held: Held, usage: dict | None, streamed_bytes: int = 0) -> Usa
         reasoning = _count((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
         if upstream.kind == Upstream.Kind.OPENROUTER and usage.get("cost") is not None:
             try:
-                cost = parse_credits(Decimal(str(usage["cost"])), allow_zero=True)
+                cost = parse_credits(
+                    Decimal(str(usage["cost"])), allow_zero=True, round_to_quantum=True
+                )
             except (ArithmeticError, ValueError, ValidationFailed):  # not an amount: priced
                 metadata["reported_cost_refused"] = str(usage["cost"])[:50]
     else:

@@ -36,7 +36,13 @@ from django.utils import timezone
 from accounts.audit import Actor, audit_record
 from accounts.models import ApiKey, Membership, Organization, Team, User
 from portal.errors import BudgetExceeded, NotFound, ValidationFailed
-from portal.money import CREDIT_QUANTUM, credits_expression, format_credits, parse_credits
+from portal.money import (
+    CREDIT_QUANTUM,
+    credits_expression,
+    decimal_text,
+    format_credits,
+    parse_credits,
+)
 from portal.statements import prepared_cursor
 
 from .. import rollups
@@ -383,11 +389,11 @@ def budget_figures(budget: Budget, window: BudgetWindow | None) -> dict:
         "scope": budget.scope,
         "period": budget.period,
         "mode": budget.mode,
-        "limit": str(budget.limit),
-        "grace": str(budget.grace),
-        "spent": str(spent),
-        "held": str(held),
-        "remaining": str(max(budget.limit - spent - held, ZERO).quantize(CREDIT_QUANTUM)),
+        "limit": decimal_text(budget.limit),
+        "grace": decimal_text(budget.grace),
+        "spent": decimal_text(spent),
+        "held": decimal_text(held),
+        "remaining": decimal_text(max(budget.limit - spent - held, ZERO).quantize(CREDIT_QUANTUM)),
         "window_start": window.window_start.isoformat() if window else None,
         "window_end": window.window_end.isoformat() if window and window.window_end else None,
     }

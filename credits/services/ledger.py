@@ -29,7 +29,7 @@ from portal.errors import (
     InsufficientCredits,
     ValidationFailed,
 )
-from portal.money import format_credits, parse_credits
+from portal.money import decimal_text, format_credits, parse_credits
 
 from ..models import CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction, UsageEvent
 from .budgets import budget_windows_give_back
@@ -343,8 +343,8 @@ def _take_back(entry: LedgerEntry) -> list[tuple[CreditLot, Decimal]]:
         raise InsufficientCredits(
             f"Insufficient credits: {format_credits(left)} of the {format_credits(entry.amount)} "
             f"credits of lot #{lot.pk} were spent, moved or expired since.",
-            needed=str(entry.amount),
-            available=str(entry.amount - left),
+            needed=decimal_text(entry.amount),
+            available=decimal_text(entry.amount - left),
         )
     return taken
 

@@ -20,7 +20,7 @@ from django.db.models import Case, F, Subquery, Value, When
 
 from accounts.models import Organization, Team
 from portal.errors import IdempotencyConflict, InsufficientCredits, NotFound, ValidationFailed
-from portal.money import credits_expression, format_credits
+from portal.money import credits_expression, decimal_text, format_credits
 from portal.statements import compiled, insert_rows, json_rows, json_rows_sql, prepared_cursor
 
 from ..hooks import pool_locked
@@ -465,8 +465,8 @@ def _ensure_available(account: LedgerAccount, amount: Decimal, **context) -> Non
         raise InsufficientCredits(
             f"Insufficient credits: {format_credits(amount)} needed, "
             f"{format_credits(account.available)} available",
-            needed=str(amount),
-            available=str(account.available),
+            needed=decimal_text(amount),
+            available=decimal_text(account.available),
             account=account.kind,
             **context,
         )

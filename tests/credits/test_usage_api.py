@@ -88,6 +88,15 @@ def test_insufficient_credits_is_402_and_records_nothing(funded):
     assert LedgerAccount.objects.get(team=tenant.team).balance == Decimal("2")
 
 
+def test_an_empty_account_is_402_with_plain_decimals_in_the_metadata(funded):
+    _, _, client = funded
+    assert client.post(USAGE, event(id="all", cost="2"), format="json").status_code == 201
+    error = client.post(USAGE, event(id="more", cost="0.1"), format="json").json()["error"]
+    # str() of a zero at the quantum is "0E-12"
+    assert error["metadata"]["available"] == "0.000000000000", error
+    assert error["metadata"]["needed"] == "0.100000000000"
+
+
 def test_a_team_drawing_on_the_pool_spends_the_pool(funded):
     tenant, _, client = funded
     team_update(team=tenant.team, funding=Team.Funding.POOL, actor=SYSTEM)
