@@ -6,25 +6,27 @@ from __future__ import annotations
 
 from django.urls import NoReverseMatch, reverse
 
+from .pages import page_url
 from .selectors import organizations_for_user
 
-# (label, URL names tried in order, who may open it). A section whose page does not exist (yet)
-# is left out rather than breaking the frame.
+# (label, URL names tried in order). A section is shown to those its page lets in (`page_url`:
+# the scope the page's `organization_page` names); one whose page does not exist (yet) is left
+# out rather than breaking the frame.
 SECTIONS = (
-    ("Dashboard", ("dashboard",), "org:read"),
-    ("Usage", ("usage", "usage-explorer"), "usage:read"),
-    ("Ledger", ("ledger",), "credits:read"),
-    ("Budgets", ("budgets",), "credits:read"),
-    ("My usage", ("me",), "usage:read"),
-    ("Teams", ("teams",), "teams"),
-    ("Members", ("members",), "members:read"),
-    ("Keys", ("keys",), "keys:read"),
-    ("Audit", ("audit",), "audit:read"),
-    ("Webhooks", ("webhooks",), "org:write"),
-    ("Upstreams", ("upstreams",), "org:write"),
+    ("Dashboard", ("dashboard",)),
+    ("Usage", ("usage", "usage-explorer")),
+    ("Ledger", ("ledger",)),
+    ("Budgets", ("budgets",)),
+    ("My usage", ("me",)),
+    ("Teams", ("teams",)),
+    ("Members", ("members",)),
+    ("Keys", ("keys",)),
+    ("Audit", ("audit",)),
+    ("Webhooks", ("webhooks",)),
+    ("Upstreams", ("upstreams",)),
     # The billing area (billing members, admins and owners): its pages in a second row.
-    ("Billing", ("billing-orders",), "billing:read"),
-    ("Settings", ("org-settings",), "org:read"),
+    ("Billing", ("billing-orders",)),
+    ("Settings", ("org-settings",)),
 )
 # Notifications are reached from the bell in the header (every member).
 
@@ -39,17 +41,18 @@ SECTION_PREFIXES = {
     "Billing": ("billing",),
 }
 
-# The second row of a section: (label, URL name, who may open it, URL-name prefixes it covers).
+# The second row of a section: (label, URL name, URL-name prefixes it covers), each shown as
+# its page lets in (`page_url`).
 SUBSECTIONS = {
     "Billing": (
-        ("Orders", "billing-orders", "billing:read", ("billing-order",)),
-        ("Buy credits", "billing-buy", "billing:write", ()),
-        ("Invoices", "billing-documents", "billing:read", ("billing-invoice", "billing-credit")),
-        ("Statements", "billing-statements", "billing:read", ("billing-statement",)),
-        ("Top-up", "billing-topup", "billing:read", ()),
-        ("Exports", "billing-exports", "billing:read", ("billing-export",)),
-        ("Upstream sync", "billing-openrouter", "billing:read", ()),
-        ("Billing settings", "billing-settings", "billing:read", ()),
+        ("Orders", "billing-orders", ("billing-order",)),
+        ("Buy credits", "billing-buy", ()),
+        ("Invoices", "billing-documents", ("billing-invoice", "billing-credit")),
+        ("Statements", "billing-statements", ("billing-statement",)),
+        ("Top-up", "billing-topup", ()),
+        ("Exports", "billing-exports", ("billing-export",)),
+        ("Upstream sync", "billing-openrouter", ()),
+        ("Billing settings", "billing-settings", ()),
     ),
 }
 
@@ -77,8 +80,15 @@ def _reverse(names: tuple[str, ...], org: str) -> str | None:
     return None
 
 
-def _allowed(principal, rule: str) -> bool:
-    return may_open_teams(principal) if rule == "teams" else principal.has(rule)
+# Sections whose page decides inside its view, which `page_url` cannot see.
+_DECIDED_IN_VIEW = {"Teams": may_open_teams}
+
+
+def _section_url(request, label: str, names: tuple[str, ...]) -> str | None:
+    rule = _DECIDED_IN_VIEW.get(label)
+    if rule is not None and not rule(request.principal):
+        return None
+    return next((url for name in names if (url := page_url(request, name)) is not None), None)
 
 
 def navigation(request) -> list[dict]:
@@ -91,17 +101,15 @@ def navigation(request) -> list[dict]:
     match = getattr(request, "resolver_match", None)
     current = match.url_name if match else ""
     items = []
-    for label, names, rule in SECTIONS:
-        if not _allowed(principal, rule):
-            continue
-        url = _reverse(names, organization.slug)
+    for label, names in SECTIONS:
+        url = _section_url(request, label, names)
         if url is None:
             continue
         active = _active(current, names + SECTION_PREFIXES.get(label, ()))
         item = {"label": label, "url": url, "active": active, "children": []}
         if active:
-            for sub_label, name, sub_rule, covers in SUBSECTIONS.get(label, ()):
-                sub_url = _reverse((name,), organization.slug) if principal.has(sub_rule) else None
+            for sub_label, name, covers in SUBSECTIONS.get(label, ()):
+                sub_url = page_url(request, name)
                 if sub_url is not None:
                     item["children"].append(
                         {
