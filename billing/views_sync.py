@@ -19,6 +19,7 @@ from accounts.pages import actor, confirm, organization_page, perform, throttled
 from credits.reports import organization_tz
 from credits.selectors import balance_summary, credit_totals
 from portal.errors import ApplicationError
+from portal.money import format_credits
 
 from . import selectors_sync as selectors
 from .forms_sync import OpenRouterConnectionForm
@@ -139,7 +140,7 @@ def openrouter_sync_now(request):
     else:
         if snapshot.status == "ok":
             messages.success(
-                request, f"Synced with OpenRouter: drift {snapshot.drift:.4f} credits."
+                request, f"Synced with OpenRouter: drift {format_credits(snapshot.drift)} credits."
             )
         else:
             messages.error(request, f"The sync failed: {snapshot.error}")
