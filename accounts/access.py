@@ -31,6 +31,7 @@ from django.db import connection
 from django.db.models import Q, QuerySet
 
 from portal.errors import NotFound, PermissionDenied, ValidationFailed
+from portal.process_cache import ProcessCache
 from portal.statements import compiled, model_rows
 
 from .models import (
@@ -73,6 +74,20 @@ def key_scopes(key: ApiKey, *, member_role: str | None | object = _LOOK_UP) -> f
             member_role = member_roles([key]).get(key.user_id)
         own &= ROLE_SCOPES.get(member_role, frozenset())
     return own
+
+
+# The teams a member sees (`Principal.teams`, at most 3 of them), per organization and user,
+# kept MEMBER_TEAMS_CACHE_SECONDS in the process (`portal.process_cache`), as the API keys are:
+# `Principal.spending_team` asks on every usage write of a member (three statements). A change
+# of teams, team roles or funding reaches every worker within that time, and at once the process
+# that makes it (`member_teams_evict`, called by the services that make such changes).
+MEMBER_TEAMS_CACHE_SECONDS = 1.0
+_MEMBER_TEAMS: ProcessCache[list[Team]] = ProcessCache(MEMBER_TEAMS_CACHE_SECONDS)
+
+
+def member_teams_evict() -> None:
+    """Forget the members' teams this process keeps, now and when the transaction commits."""
+    _MEMBER_TEAMS.evict()
 
 
 def member_roles(keys) -> dict[int, str]:
@@ -264,7 +279,10 @@ class Principal:
             return self.key.team if self.key is not None else Team.objects.get(pk=self.team_id)
         if self.org_wide:
             return None
-        teams = list(self.teams().order_by("slug")[:3])
+        teams = _MEMBER_TEAMS.get(
+            (self.organization.pk, self.user.pk if self.user else None),
+            lambda: list(self.teams().order_by("slug")[:3]),
+        )
         who = self.user.email if self.user is not None else self.label
         if not teams:
             raise PermissionDenied(

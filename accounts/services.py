@@ -21,6 +21,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from portal.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from portal.money import parse_credits
 
+from .access import member_teams_evict
 from .audit import Actor, audit_record
 from .authentication import KEY_PREFIX, apikey_cache_evict, hash_secret
 from .models import ApiKey, Invitation, Membership, Organization, Team, TeamMembership, User
@@ -200,6 +201,7 @@ def team_update(
     if funding is not None:
         team.funding = _choice(funding, Team.Funding, "funding")
     team.save(update_fields=["name", "funding"])
+    member_teams_evict()  # a member charged to it draws on what its funding says
     audit_record(
         organization=team.organization,
         actor=actor,
@@ -225,6 +227,7 @@ def team_member_set(
     )
     for perm in TEAM_MANAGER_PERMISSIONS:
         (assign_perm if role == TeamRole.MANAGER else remove_perm)(perm, user, team)
+    member_teams_evict()
     audit_record(
         organization=team.organization,
         actor=actor,
@@ -242,6 +245,7 @@ def team_member_remove(*, team: Team, user: User, actor: Actor) -> None:
         raise NotFound("Not on this team.", resource="team_membership")
     for perm in TEAM_MANAGER_PERMISSIONS:
         remove_perm(perm, user, team)
+    member_teams_evict()
     audit_record(
         organization=team.organization,
         actor=actor,
@@ -325,6 +329,7 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
     )
     membership.delete()
     apikey_cache_evict()  # the member's keys stop now
+    member_teams_evict()
 
 
 # Invitations ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from decimal import Decimal as D
 import pytest
 
 from accounts.roles import Role
-from accounts.services import team_create, team_member_set
+from accounts.services import team_create, team_member_remove, team_member_set
 from credits.models import LedgerAccount, UsageEvent
 from credits.services.budgets import budget_create
 
@@ -138,3 +138,21 @@ def test_an_admins_key_still_draws_on_the_pool(tenant, prices):
     assert made.status_code == 201, made.content
     assert made.json()["event"]["team"] is None
     assert D(made.json()["balance_after"]) == _balances(tenant)[("pool", None)]
+
+
+def test_a_move_to_another_team_counts_at_once_in_the_process_that_made_it(tenant, prices):
+    tenant.grant("100")
+    ops = team_create(organization=tenant.org, slug="ops", name="Ops", funding="pool",
+                      actor=SYSTEM)  # fmt: skip
+    tenant.allocate("5")
+    member = tenant.member(Role.MEMBER, team=tenant.team)
+    client = tenant.client(tenant.key("usage", user=member)[1])
+    first = client.post("/api/v1/credits/usage", {"id": "v1", **EVENT}, format="json")
+    assert first.json()["event"]["team"] == "research"  # their teams are now kept a second
+
+    team_member_remove(team=tenant.team, user=member, actor=SYSTEM)
+    team_member_set(team=ops, user=member, actor=SYSTEM)
+    moved = client.post("/api/v1/credits/usage", {"id": "v2", **EVENT}, format="json")
+
+    assert moved.status_code == 201, moved.content
+    assert moved.json()["event"]["team"] == "ops"

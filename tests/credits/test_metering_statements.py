@@ -10,6 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from accounts.roles import Role
 from credits.models import Hold, LedgerAccount, UsageEvent
 from credits.services import (
     Attribution,
@@ -76,9 +77,16 @@ def test_a_batch_costs_the_same_statements_whatever_its_size(four):  # noqa: F81
     assert ledger_verify() == []
 
 
-def test_over_http_a_usage_post_is_at_most_six_statements(tenant, prices):
+@pytest.mark.parametrize("binding", ["organization", "team", "member"])
+def test_over_http_a_usage_post_is_at_most_six_statements(tenant, prices, binding):
     tenant.grant("10")
-    _, secret = tenant.key("usage")
+    tenant.allocate("5")
+    member = tenant.member(Role.MEMBER, team=tenant.team)
+    _, secret = tenant.key(
+        "usage",
+        team=tenant.team if binding == "team" else None,
+        user=member if binding == "member" else None,
+    )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     body = {"id": "e0", "model": "gpt-4o", "prompt_tokens": 1000, "completion_tokens": 500}
@@ -91,10 +99,14 @@ def test_over_http_a_usage_post_is_at_most_six_statements(tenant, prices):
 
     sql = recorded(post)
     assert response.status_code == 201, response.json()
-    assert len(sql) <= 6, sql  # the key is cached (accounts.authentication): no key query
+    # the key is cached (accounts.authentication), and a member's teams (accounts.access)
+    assert len(sql) <= 6, sql
     assert not [s for s in sql if "SAVEPOINT" in s]
-    pool = LedgerAccount.objects.get(organization=tenant.org, kind="pool")
-    assert Decimal(response.json()["balance_after"]) == pool.available
+    paid_from = LedgerAccount.objects.get(
+        organization=tenant.org,
+        **({"kind": "pool"} if binding == "organization" else {"team": tenant.team}),
+    )
+    assert Decimal(response.json()["balance_after"]) == paid_from.available
 
 
 def _prepared_on_this_connection() -> list[str]:
