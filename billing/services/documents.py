@@ -121,7 +121,10 @@ def invoice_issue(
     actor: Actor,
 ) -> Invoice:
     """Issue a numbered invoice of `lines` (USD) for `organization`, with its tax rate and the
-    seller's (settings.BILLING_SELLER) and buyer's details frozen, optionally for `order`.
+    seller's (settings.BILLING_SELLER) and buyer's details frozen, optionally for `order`. The
+    invoice of an order is taxed at the order's rate, the one its buyer was shown and paid (a
+    rate changed in the billing profile since applies to later orders only), so its total is the
+    order's.
 
     Raises ValidationFailed for no lines or a negative line."""
     if not lines:
@@ -135,7 +138,8 @@ def invoice_issue(
         organization=organization, kind=DocumentSequence.Kind.INVOICE, year=year
     )
     subtotal = sum((line.amount for line in lines), Decimal(0)).quantize(CENT)
-    tax = tax_of(subtotal, profile.tax_rate)
+    tax_rate = order.tax_rate if order is not None else profile.tax_rate
+    tax = tax_of(subtotal, tax_rate)
     invoice = Invoice.objects.create(
         organization=organization,
         number=_format_number(profile.number_prefix, DocumentSequence.Kind.INVOICE, year, number),
@@ -143,7 +147,7 @@ def invoice_issue(
         order=order,
         currency="USD",
         subtotal=subtotal,
-        tax_rate=profile.tax_rate,
+        tax_rate=tax_rate,
         tax=tax,
         total=subtotal + tax,
         seller=dict(settings.BILLING_SELLER),

@@ -378,6 +378,30 @@ def paid_stripe_order(api, stripe_server, amount="25.00") -> Order:
     return Order.objects.get(public_id=order_id)
 
 
+@pytest.mark.parametrize(("at_order", "at_payment"), [("19", "7"), ("0", "19")])
+def test_the_invoice_is_taxed_as_the_order_its_buyer_paid(
+    tenant, api, stripe_server, at_order, at_payment
+):
+    profile = billing_profile_of(tenant.org)
+    profile.tax_rate = Decimal(at_order)
+    profile.save()
+    order_id = buy(api, "40.00").json()["id"]
+    profile.tax_rate = Decimal(at_payment)  # changed while the buyer pays
+    profile.save()
+
+    deliver_stripe(
+        stripe_event("checkout.session.completed", session_completed(stripe_server.last_session()))
+    )
+
+    order = Order.objects.get(public_id=order_id)
+    invoice = Invoice.objects.get(order=order)
+    assert order.status == "paid"
+    assert (invoice.tax_rate, invoice.tax, invoice.total) == (
+        order.tax_rate, order.tax, order.total
+    )  # fmt: skip
+    assert invoice.tax_rate == Decimal(at_order)
+
+
 def refund(stripe_server, order: Order, cents: int) -> dict:
     """Refund through Stripe's API (the library against the loopback), then the charge as
     `charge.refunded` reports it: the cumulative `amount_refunded`."""
