@@ -132,7 +132,9 @@ def _currency(value: str) -> str:
 @transaction.atomic
 def organization_update(*, organization: Organization, actor: Actor, **changes) -> Organization:
     """Change the name, billing details, currency and time zone (IANA, from
-    `zoneinfo.available_timezones()`). Unknown fields raise ValidationFailed."""
+    `zoneinfo.available_timezones()`; the budgets' current windows, spans of time in it, are
+    counted again: `credits.services.budgets.budgets_reseed`). Unknown fields raise
+    ValidationFailed."""
     unknown = set(changes) - set(ORGANIZATION_FIELDS)
     if unknown:
         raise ValidationFailed({f: ["Unknown field."] for f in sorted(unknown)})
@@ -149,6 +151,10 @@ def organization_update(*, organization: Organization, actor: Actor, **changes) 
     for field, value in changes.items():
         setattr(organization, field, value)
     organization.save(update_fields=list(changes) or None)
+    if "time_zone" in changes and changes["time_zone"] != before["time_zone"]:
+        from credits.services.budgets import budgets_reseed  # credits builds on accounts
+
+        budgets_reseed(organization=organization)  # their windows are other spans of time now
     audit_record(
         organization=organization,
         actor=actor,

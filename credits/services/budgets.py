@@ -501,6 +501,25 @@ def _seed(budget: Budget, now: datetime) -> None:
     )
 
 
+def budgets_reseed(*, organization: Organization, now: datetime | None = None) -> int:
+    """Count once more, from usage history, the current windows of the organization's budgets
+    whose windows follow its time zone (all but key limits, in UTC, and lifetime budgets): after
+    a change of the time zone their current windows are other spans of time, which would start
+    from nothing, and a hard budget spent in the old window would let as much again through.
+    Runs in the caller's transaction (`accounts.services.organization_update`). Returns the
+    number of budgets counted."""
+    now = now or timezone.now()
+    budgets = Budget.objects.filter(organization=organization, utc_windows=False).exclude(
+        period=Budget.Period.LIFETIME
+    )
+    count = 0
+    for budget in budgets:
+        budget.organization = organization  # with its new time zone
+        _seed(budget, now)
+        count += 1
+    return count
+
+
 def _snapshot(budget: Budget) -> dict:
     return {
         "scope": budget.scope,

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from accounts.roles import Role, TeamRole
-from accounts.services import team_member_set
+from accounts.services import organization_update, team_member_set
 from credits.models import Alert, Budget, BudgetWindow, Hold, UsageEvent
 from credits.services import (
     Attribution,
@@ -27,7 +27,7 @@ from credits.services import (
     usage_record_many,
 )
 from credits.services import budgets as budgets_service
-from credits.services.budgets import budget_create, key_limit_set
+from credits.services.budgets import budget_create, budget_current_window, key_limit_set
 from portal.errors import BudgetExceeded, ValidationFailed
 
 from ..conftest import SYSTEM
@@ -465,3 +465,21 @@ def test_budget_amounts_are_audited_as_plain_decimals(tenant):
     deleted = by_action["budget.deleted"]
     assert deleted["target_label"] == "organization monthly budget 0.000001000000"
     assert deleted["before"]["grace"] == "0.000000000000" and deleted["before"]["team"] is None
+
+
+@pytest.mark.parametrize("period", ["daily", "weekly", "monthly"])
+def test_a_new_time_zone_counts_the_current_windows_again(tenant, period):
+    """A window is a span of time in the organization's zone: after a change of zone the current
+    window is another span, counted from history; a hard budget spent is not spent afresh."""
+    tenant.grant("100")
+    hard = budget(tenant, "organization", "60", period=period)
+    who = Attribution(organization=tenant.org)
+    usage_record(attribution=who, event=ev("before", "36"))
+
+    organization_update(organization=tenant.org, time_zone="America/Los_Angeles", actor=SYSTEM)
+    tenant.org.refresh_from_db()
+
+    with pytest.raises(BudgetExceeded):
+        usage_record(attribution=Attribution(organization=tenant.org), event=ev("after", "26"))
+    current = budget_current_window(Budget.objects.select_related("organization").get(pk=hard.pk))
+    assert current.spent == Decimal("36")
