@@ -228,6 +228,8 @@ class BalanceSummary:
     pool_balance: Decimal | None
     pool_available: Decimal | None
     teams: list[TeamBalance]
+    # The usage figures are the whole organization's (False: of the member it is bound to).
+    usage_whole: bool = True
 
 
 def balance_summary(
@@ -310,6 +312,7 @@ def _summary(
         pool_balance=pool.balance if pool else ZERO,
         pool_available=pool.available if pool else ZERO,
         teams=team_rows,
+        usage_whole=principal is None or principal.member_id is None,
     )
 
 
@@ -350,9 +353,10 @@ class CreditTotals:
 def credit_totals(summary: BalanceSummary) -> CreditTotals:
     """The one rule of the portal's totals in OpenRouter's terms (its `GET /api/v1/credits` and
     the upstream sync of `billing`): credits granted and purchased, and usage counted; for a
-    principal bound to a team (no organization totals), what it can draw on plus what it used."""
+    principal bound to a team (no organization totals) or to a member (the member's usage),
+    what it can draw on plus what it used, so that their difference is what is left."""
     total_credits = summary.total_credited
-    if total_credits is None:
+    if total_credits is None or not summary.usage_whole:
         total_credits = summary.available + summary.total_used
     return CreditTotals(total_credits=total_credits, total_usage=summary.total_used)
 

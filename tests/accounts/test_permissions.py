@@ -319,3 +319,21 @@ def test_a_session_naming_an_organization_it_is_not_in_is_told_so(tenant, other_
     assert response.json()["error"]["message"] == (
         f"You are not a member of an organization '{named}'."
     )
+
+
+def test_credits_of_a_key_bound_to_an_owner_leave_what_is_left(tenant, prices):
+    """`GET /api/v1/credits` (OpenRouter's): total_credits - total_usage is what is left, also
+    for a key bound to a member of the whole organization, whose usage figures are theirs."""
+    tenant.grant("100")
+    _, org_usage = tenant.key("usage")
+    event = {"id": "u1", "model": "gpt-4o", "cost": "2.5"}
+    assert tenant.client(org_usage).post("/api/v1/credits/usage", event).status_code == 201
+    _, owners = tenant.key("management", user=tenant.owner)
+
+    data = tenant.client(owners).get("/api/v1/credits").json()["data"]
+    balance = tenant.client(owners).get("/api/v1/credits/balance").json()
+
+    assert Decimal(str(data["total_credits"])) - Decimal(str(data["total_usage"])) == Decimal(
+        balance["available"]
+    )
+    assert Decimal(balance["available"]) == Decimal("97.5")
