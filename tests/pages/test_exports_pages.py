@@ -28,7 +28,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def acme(tenant):
     tenant.grant("100")
-    member = tenant.member(Role.MEMBER, email="member@acme.test")
+    tenant.allocate("50")  # the member's usage is charged to their team
+    member = tenant.member(Role.MEMBER, email="member@acme.test", team=tenant.team)
     key, _ = tenant.key("usage", user=member)
     now = timezone.now()
     events = [
