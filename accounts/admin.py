@@ -5,6 +5,7 @@ admin actions that call `accounts.services` and are audited (see `portal.admin`)
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from portal.admin import ReadOnlyAdmin, ReadOnlyInline
@@ -25,11 +26,35 @@ from .models import (
 from .roles import Role
 
 
+class _EmailInLowerCase:
+    """An e-mail as the services keep it (lower case), unique whatever its case."""
+
+    def clean_email(self):
+        email = self.cleaned_data["email"].strip().lower()
+        if User.objects.filter(email__iexact=email).exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError("A user with this e-mail address exists.")
+        return email
+
+
+class UserChangeForm(_EmailInLowerCase, auth_forms.UserChangeForm):
+    class Meta(auth_forms.UserChangeForm.Meta):
+        model = User
+        fields = "__all__"
+
+
+class UserCreationForm(_EmailInLowerCase, auth_forms.UserCreationForm):
+    class Meta(auth_forms.UserCreationForm.Meta):
+        model = User
+        fields = ("email",)
+
+
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
     """People are the installation's, not a tenant's: operators edit them (deactivate rather than
     delete: deleting would drop their memberships past the services)."""
 
+    form = UserChangeForm
+    add_form = UserCreationForm
     ordering = ["email"]
     list_display = ["email", "first_name", "last_name", "is_staff", "is_active", "last_login"]
     search_fields = ["email", "first_name", "last_name"]

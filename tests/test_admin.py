@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Permission
+from django.db import IntegrityError, transaction
 from django.urls import reverse
 
-from accounts.models import ApiKey, AuditEvent, Membership, TeamMembership
+from accounts.models import ApiKey, AuditEvent, Membership, TeamMembership, User
 from accounts.roles import Role
 from accounts.services import invitation_create, team_member_set
 
@@ -199,3 +200,21 @@ def test_a_non_staff_action_post_changes_nothing(client, tenant):
     assert response.status_code == 302 and response.url.startswith("/admin/login/")
     key.refresh_from_db()
     assert not key.disabled
+
+
+def test_an_operator_cannot_give_a_user_another_case_of_someone_elses_e_mail(operator, tenant):
+    viewer = tenant.member(Role.VIEWER, email="viewer@acme.test")
+    url = reverse("admin:accounts_user_change", args=[viewer.pk])
+    form = {"email": "OWNER@acme.test", "first_name": "", "last_name": "", "is_active": "on",
+            "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00"}  # fmt: skip
+    response = operator.post(url, form)
+    assert response.status_code == 200  # the form again, with its error
+    assert "A user with this e-mail address exists." in response.content.decode()
+    viewer.refresh_from_db()
+    assert viewer.email == "viewer@acme.test"
+
+    operator.post(url, {**form, "email": "Viewer.New@ACME.test"})
+    viewer.refresh_from_db()
+    assert viewer.email == "viewer.new@acme.test"  # as the services keep e-mails
+    with pytest.raises(IntegrityError), transaction.atomic():  # and the database, whatever path
+        User.objects.filter(pk=viewer.pk).update(email="OWNER@ACME.TEST")
