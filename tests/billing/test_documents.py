@@ -307,3 +307,18 @@ def test_sample_documents_render_to_png(tenant, settings):
                              reason="Refund of unused credits", actor=SYSTEM)  # fmt: skip
     assert len(render_png("invoice", document_pdf(invoice))) == 2
     assert len(render_png("credit-note", document_pdf(note))) == 1
+
+
+def test_long_names_and_addresses_without_spaces_wrap_and_leave_the_rest_whole(tenant, settings):
+    """A buyer's e-mail, address or name with no space to break at wraps inside its column: the
+    seller's column beside it and the dates above keep their width."""
+    org = tenant.org
+    org.name = "Acme" + "X" * 90
+    org.billing_email = "accounts-payable-of-the-acme-corporation-worldwide@" + "d" * 60 + ".test"
+    org.billing_address = "https://acme.test/" + "a" * 120
+    org.save()
+    text = pdf_text(pdf_render(_invoice(tenant)))[0]
+    seller = settings.BILLING_SELLER["name"]
+    assert seller in text.splitlines(), text  # one line of its own, not cut into words
+    issued = next(line for line in text.splitlines() if line.startswith("Issue date"))
+    assert len(issued.split()) == 5, issued  # "Issue date 2 December 2026" on one line
