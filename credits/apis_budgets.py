@@ -55,7 +55,21 @@ class BudgetOutput(serializers.Serializer):
     window_end = serializers.DateTimeField(allow_null=True, help_text="null: lifetime.")
 
 
-class BudgetCreateInput(StrictSerializer):
+class _BudgetFilters(StrictSerializer):
+    """What usage a budget counts, as created and as updated."""
+
+    operation = serializers.ChoiceField(
+        choices=UsageEvent.Operation.choices, required=False, allow_blank=True, allow_null=True,
+        help_text="Only usage of this operation counts; null or empty: any.",
+    )  # fmt: skip
+    model = serializers.CharField(
+        max_length=200, required=False, allow_blank=True, allow_null=True,
+        help_text="Only usage of this model counts (a provider prefix ending in '/': its "
+        "models); a model of the price table or one used in the organization. Null or empty: any.",
+    )  # fmt: skip
+
+
+class BudgetCreateInput(_BudgetFilters):
     scope = serializers.ChoiceField(choices=Budget.Scope.choices)
     team = serializers.CharField(max_length=50, required=False)
     member = serializers.EmailField(required=False)
@@ -67,18 +81,9 @@ class BudgetCreateInput(StrictSerializer):
     thresholds = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=1000), required=False
     )
-    operation = serializers.ChoiceField(
-        choices=UsageEvent.Operation.choices, required=False, allow_blank=True, allow_null=True,
-        help_text="Only usage of this operation counts; null or empty: any.",
-    )  # fmt: skip
-    model = serializers.CharField(
-        max_length=200, required=False, allow_blank=True, allow_null=True,
-        help_text="Only usage of this model counts (a provider prefix ending in '/': its "
-        "models); a model of the price table or one used in the organization. Null or empty: any.",
-    )  # fmt: skip
 
 
-class BudgetUpdateInput(StrictSerializer):
+class BudgetUpdateInput(_BudgetFilters):
     period = serializers.ChoiceField(choices=Budget.Period.choices, required=False)
     limit = _amount(min_value=0, required=False)
     mode = serializers.ChoiceField(choices=Budget.Mode.choices, required=False)
@@ -86,15 +91,6 @@ class BudgetUpdateInput(StrictSerializer):
     thresholds = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=1000), required=False
     )
-    operation = serializers.ChoiceField(
-        choices=UsageEvent.Operation.choices, required=False, allow_blank=True, allow_null=True,
-        help_text="Only usage of this operation counts; null or empty: any.",
-    )  # fmt: skip
-    model = serializers.CharField(
-        max_length=200, required=False, allow_blank=True, allow_null=True,
-        help_text="Only usage of this model counts (a provider prefix ending in '/': its "
-        "models); a model of the price table or one used in the organization. Null or empty: any.",
-    )  # fmt: skip
 
 
 BudgetListOutput = inline_serializer("BudgetList", {"data": BudgetOutput(many=True)})
