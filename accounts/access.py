@@ -276,7 +276,7 @@ class Principal:
         lets it draw on). Raises PermissionDenied (403) for a member who sees no team (no
         credits to draw on) or several (a key bound to one of them says which)."""
         if self.team_id is not None:
-            return self.key.team if self.key is not None else Team.objects.get(pk=self.team_id)
+            return self.key.team if self.key is not None else self.teams().get()
         if self.org_wide:
             return None
         teams = _MEMBER_TEAMS.get(
@@ -485,7 +485,7 @@ class Principal:
         if self.team_id is not None:
             if team is not None and team.pk != self.team_id:
                 raise PermissionDenied("A team's key creates keys of its own team only.")
-            team = Team.objects.get(pk=self.team_id)
+            team = self.teams().get()  # its bound team, in its organization
         if self.role == Role.MEMBER:
             if member is not None and member.pk != self.user.pk:
                 raise PermissionDenied("You can create keys for yourself only.")
